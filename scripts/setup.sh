@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up everything modelfs needs on a fresh Debian machine, idempotently:
+#   - Debian's fuse3 (fusermount3), for mounts as a non-root user;
+#   - a project-local virtual environment .venv with TileDB-Py 0.36.1, which
+#     ships libtiledb 2.30 (the library the Rust binding links), plus
+#     safetensors, numpy and pytest for the interoperability tests.
+# Quiet when everything is already there.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+python="${PYTHON:-python3}"
+pip_pkgs=(tiledb==0.36.1 safetensors numpy pytest)
+
+say() { echo "setup: $*" >&2; }
+
+if ! command -v fusermount3 >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing Debian's fuse3"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+    else
+        say "warning: fusermount3 is missing; install the fuse3 package to mount as a non-root user"
+    fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    "$python" -m venv "$venv"
+fi
+
+if ! "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+import importlib.metadata as m, sys
+want = {"tiledb": "0.36.1"}
+for name in ("tiledb", "safetensors", "numpy", "pytest"):
+    v = m.version(name)
+    if name in want and v != want[name]:
+        sys.exit(1)
+PY
+then
+    say "installing ${pip_pkgs[*]} into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"
+fi
+
+lib=$(ls "$venv"/lib/python3*/site-packages/tiledb.libs/libtiledb-*.so.2.30 2>/dev/null | head -n 1 || true)
+if [ -z "$lib" ]; then
+    say "error: libtiledb 2.30 not found in $venv after installing tiledb==0.36.1"
+    exit 1
+fi

@@ -1,0 +1,202 @@
+//! Groups: creating them, listing their members, adding and removing members.
+
+use std::ptr;
+
+use super::context::{Context, cstring};
+use super::error::{Error, Result};
+use super::ffi;
+use super::object::ObjectType;
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's name, when it was added with one.
+    pub name: Option<String>,
+    /// Its absolute URI.
+    pub uri: String,
+    pub object_type: ObjectType,
+}
+
+/// How a group is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMode {
+    Read,
+    Write,
+    /// Needed to delete members' data with the group.
+    ModifyExclusive,
+}
+
+/// An open TileDB group.
+pub struct Group {
+    ctx: Context,
+    raw: *mut ffi::tiledb_group_t,
+    uri: String,
+}
+
+// SAFETY: the handle is owned and used through `&self`/`&mut self` by one
+// thread at a time; it may move between threads. Not `Sync`: TileDB treats
+// group mutation as single-threaded.
+unsafe impl Send for Group {}
+
+impl Group {
+    /// Creates an empty group at `uri`; fails if something is there.
+    pub fn create(ctx: &Context, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_group_create", uri)?;
+        // SAFETY: valid URI.
+        ctx.call("tiledb_group_create", |c| unsafe {
+            ffi::tiledb_group_create(c, c_uri.as_ptr())
+        })
+        .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
+    }
+
+    pub fn open(ctx: &Context, uri: &str, mode: GroupMode) -> Result<Self> {
+        let c_uri = cstring("tiledb_group_alloc", uri)?;
+        let mut raw = ptr::null_mut();
+        // SAFETY: valid URI and out-pointer.
+        ctx.call("tiledb_group_alloc", |c| unsafe {
+            ffi::tiledb_group_alloc(c, c_uri.as_ptr(), &mut raw)
+        })?;
+        let group = Group {
+            ctx: ctx.clone(),
+            raw,
+            uri: uri.to_string(),
+        };
+        let m = match mode {
+            GroupMode::Read => ffi::TILEDB_READ,
+            GroupMode::Write => ffi::TILEDB_WRITE,
+            GroupMode::ModifyExclusive => ffi::TILEDB_MODIFY_EXCLUSIVE,
+        };
+        // SAFETY: live, closed group.
+        ctx.call("tiledb_group_open", |c| unsafe {
+            ffi::tiledb_group_open(c, group.raw, m)
+        })
+        .map_err(|e| group.in_uri(e))?;
+        Ok(group)
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn in_uri(&self, e: Error) -> Error {
+        Error::new(e.op, format!("{}: {}", self.uri, e.message))
+    }
+
+    /// Every member (group opened for reading).
+    pub fn members(&self) -> Result<Vec<Member>> {
+        let mut n = 0u64;
+        // SAFETY: open group.
+        self.ctx
+            .call("tiledb_group_get_member_count", |c| unsafe {
+                ffi::tiledb_group_get_member_count(c, self.raw, &mut n)
+            })
+            .map_err(|e| self.in_uri(e))?;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut uri = ptr::null_mut();
+            let mut name = ptr::null_mut();
+            let mut ty = 0u32;
+            // SAFETY: i < n; both strings are owned by `TdbString` and freed.
+            self.ctx
+                .call("tiledb_group_get_member_by_index_v2", |c| unsafe {
+                    ffi::tiledb_group_get_member_by_index_v2(c, self.raw, i, &mut uri, &mut ty, &mut name)
+                })
+                .map_err(|e| self.in_uri(e))?;
+            let uri = TdbString(uri).take();
+            let name = if name.is_null() {
+                None
+            } else {
+                Some(TdbString(name).take())
+            };
+            out.push(Member {
+                name,
+                uri,
+                object_type: ObjectType::from_raw(ty),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds a member (group opened for writing); persisted at close.
+    /// A relative `uri` is resolved against the group's own URI.
+    pub fn add_member(&mut self, uri: &str, relative: bool, name: &str, object_type: ObjectType) -> Result<()> {
+        let c_uri = cstring("tiledb_group_add_member_with_type", uri)?;
+        let c_name = cstring("tiledb_group_add_member_with_type", name)?;
+        // SAFETY: open group; strings valid for the call.
+        self.ctx
+            .call("tiledb_group_add_member_with_type", |c| unsafe {
+                ffi::tiledb_group_add_member_with_type(
+                    c,
+                    self.raw,
+                    c_uri.as_ptr(),
+                    relative as u8,
+                    c_name.as_ptr(),
+                    object_type.raw(),
+                )
+            })
+            .map_err(|e| self.in_uri(e))
+    }
+
+    /// Removes the member named `name` (the object itself stays); persisted
+    /// at close.
+    pub fn remove_member(&mut self, name: &str) -> Result<()> {
+        let c_name = cstring("tiledb_group_remove_member", name)?;
+        // SAFETY: open group; string valid for the call.
+        self.ctx
+            .call("tiledb_group_remove_member", |c| unsafe {
+                ffi::tiledb_group_remove_member(c, self.raw, c_name.as_ptr())
+            })
+            .map_err(|e| self.in_uri(e))
+    }
+
+    /// Closes the group, persisting member changes; reports errors that
+    /// dropping would ignore.
+    pub fn close(self) -> Result<()> {
+        // SAFETY: live group; `Drop` then finds it closed.
+        self.ctx
+            .call("tiledb_group_close", |c| unsafe {
+                ffi::tiledb_group_close(c, self.raw)
+            })
+            .map_err(|e| self.in_uri(e))
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: owned handle; closing a closed group only returns an error
+        // status, which is ignored here; freed once.
+        unsafe {
+            ffi::tiledb_group_close(self.ctx.raw(), self.raw);
+            ffi::tiledb_group_free(&mut self.raw);
+        }
+    }
+}
+
+/// An owned `tiledb_string_t`.
+struct TdbString(*mut ffi::tiledb_string_t);
+
+impl TdbString {
+    fn take(self) -> String {
+        let mut data: *const std::ffi::c_char = ptr::null();
+        let mut len = 0usize;
+        // SAFETY: live string handle; the view is copied before it is freed.
+        unsafe {
+            if self.0.is_null()
+                || ffi::tiledb_string_view(self.0, &mut data, &mut len) != ffi::TILEDB_OK
+                || data.is_null()
+            {
+                return String::new();
+            }
+            String::from_utf8_lossy(std::slice::from_raw_parts(data as *const u8, len)).into_owned()
+        }
+    }
+}
+
+impl Drop for TdbString {
+    fn drop(&mut self) {
+        // SAFETY: owned handle (or null), freed once.
+        unsafe {
+            ffi::tiledb_string_free(&mut self.0);
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! A small, safe binding over the libtiledb 2.30 C API: only what modelfs
+//! needs. Every handle owns its pointer and frees it once in `Drop`; every
+//! call's status is checked and a failure carries TileDB's own message.
+//! No other module calls TileDB or uses `unsafe`.
+
+mod array;
+mod context;
+mod datatype;
+mod error;
+mod ffi;
+mod filter;
+mod fragment_info;
+mod group;
+mod object;
+mod schema;
+mod vfs;
+
+pub use array::{Array, GlobalWrite, MetaValue, Mode};
+pub use context::{Config, Context, now_ms, version};
+pub use datatype::{Datatype, format_values};
+pub use error::{Error, Result};
+pub use filter::{Filter, FilterType};
+pub use fragment_info::{Fragment, fragments};
+pub use group::{Group, GroupMode, Member};
+pub use object::{ObjectType, object_move, object_remove, object_type};
+pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};
+pub use vfs::Vfs;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! TileDB's virtual filesystem: listing, probing and removing objects on any
+//! backend (local, S3, Azure, GCS) by URI.
+
+use std::ffi::{CStr, c_char, c_void};
+use std::ptr;
+
+use super::context::{Context, cstring};
+use super::error::{Error, Result};
+use super::ffi;
+
+/// An owned `tiledb_vfs_t`.
+pub struct Vfs {
+    ctx: Context,
+    raw: *mut ffi::tiledb_vfs_t,
+}
+
+// SAFETY: TileDB's VFS calls are safe from several threads (each call is
+// independent; the handle only holds configuration and backend clients,
+// which TileDB guards).
+unsafe impl Send for Vfs {}
+// SAFETY: as above.
+unsafe impl Sync for Vfs {}
+
+impl Vfs {
+    pub fn new(ctx: &Context) -> Result<Self> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: live context; null config means the context's.
+        ctx.call("tiledb_vfs_alloc", |c| unsafe {
+            ffi::tiledb_vfs_alloc(c, ptr::null_mut(), &mut raw)
+        })?;
+        Ok(Vfs { ctx: ctx.clone(), raw })
+    }
+
+    fn probe(
+        &self,
+        op: &'static str,
+        uri: &str,
+        f: unsafe extern "C" fn(*mut ffi::tiledb_ctx_t, *mut ffi::tiledb_vfs_t, *const c_char, *mut i32) -> i32,
+    ) -> Result<bool> {
+        let c_uri = cstring(op, uri)?;
+        let mut yes = 0i32;
+        // SAFETY: live handles, valid URI and out-pointer.
+        self.ctx
+            .call(op, |c| unsafe { f(c, self.raw, c_uri.as_ptr(), &mut yes) })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(yes != 0)
+    }
+
+    pub fn is_dir(&self, uri: &str) -> Result<bool> {
+        self.probe("tiledb_vfs_is_dir", uri, ffi::tiledb_vfs_is_dir)
+    }
+
+    pub fn is_file(&self, uri: &str) -> Result<bool> {
+        self.probe("tiledb_vfs_is_file", uri, ffi::tiledb_vfs_is_file)
+    }
+
+    pub fn file_size(&self, uri: &str) -> Result<u64> {
+        let c_uri = cstring("tiledb_vfs_file_size", uri)?;
+        let mut size = 0u64;
+        // SAFETY: live handles, valid URI and out-pointer.
+        self.ctx
+            .call("tiledb_vfs_file_size", |c| unsafe {
+                ffi::tiledb_vfs_file_size(c, self.raw, c_uri.as_ptr(), &mut size)
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(size)
+    }
+
+    /// Creates a directory and its parents (a no-op on object stores).
+    pub fn create_dir(&self, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_vfs_create_dir", uri)?;
+        // SAFETY: live handles, valid URI.
+        self.ctx
+            .call("tiledb_vfs_create_dir", |c| unsafe {
+                ffi::tiledb_vfs_create_dir(c, self.raw, c_uri.as_ptr())
+            })
+            .map_err(|e| in_uri(e, uri))
+    }
+
+    /// Removes a directory and everything in it.
+    pub fn remove_dir(&self, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_vfs_remove_dir", uri)?;
+        // SAFETY: live handles, valid URI.
+        self.ctx
+            .call("tiledb_vfs_remove_dir", |c| unsafe {
+                ffi::tiledb_vfs_remove_dir(c, self.raw, c_uri.as_ptr())
+            })
+            .map_err(|e| in_uri(e, uri))
+    }
+
+    pub fn remove_file(&self, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_vfs_remove_file", uri)?;
+        // SAFETY: live handles, valid URI.
+        self.ctx
+            .call("tiledb_vfs_remove_file", |c| unsafe {
+                ffi::tiledb_vfs_remove_file(c, self.raw, c_uri.as_ptr())
+            })
+            .map_err(|e| in_uri(e, uri))
+    }
+
+    /// The URIs of the immediate children of `uri` (files and directories),
+    /// as TileDB spells them (`file:///...` for local paths).
+    pub fn ls(&self, uri: &str) -> Result<Vec<String>> {
+        unsafe extern "C" fn collect(path: *const c_char, data: *mut c_void) -> i32 {
+            // SAFETY: `data` is the `Vec<String>` passed below, alive for the
+            // whole `tiledb_vfs_ls` call; `path` is a NUL-terminated string.
+            unsafe {
+                let out = &mut *(data as *mut Vec<String>);
+                if !path.is_null() {
+                    out.push(CStr::from_ptr(path).to_string_lossy().into_owned());
+                }
+            }
+            1
+        }
+        let c_uri = cstring("tiledb_vfs_ls", uri)?;
+        let mut out: Vec<String> = Vec::new();
+        // SAFETY: live handles; the callback only touches `out`.
+        self.ctx
+            .call("tiledb_vfs_ls", |c| unsafe {
+                ffi::tiledb_vfs_ls(
+                    c,
+                    self.raw,
+                    c_uri.as_ptr(),
+                    Some(collect),
+                    &mut out as *mut Vec<String> as *mut c_void,
+                )
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(out)
+    }
+}
+
+impl Drop for Vfs {
+    fn drop(&mut self) {
+        // SAFETY: owned handle, freed once.
+        unsafe { ffi::tiledb_vfs_free(&mut self.raw) };
+    }
+}
+
+fn in_uri(e: Error, uri: &str) -> Error {
+    Error::new(e.op, format!("{uri}: {}", e.message))
+}
