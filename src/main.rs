@@ -1,3 +1,354 @@
-fn main() {
-    println!("Hello, world!");
+//! The `modelfs` command line: a thin layer over the library that parses
+//! arguments, reports progress and prints `modelfs: <cause chain>` once on
+//! failure.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use modelfs::registry::{self, Entry, Node, Registry, transfer};
+use modelfs::tiledb::{self, Context};
+
+/// Files at least this large get a progress bar on a terminal.
+const PROGRESS_MIN_BYTES: u64 = 16 << 20;
+
+#[derive(Parser)]
+#[command(
+    name = "modelfs",
+    version,
+    about = "A registry of machine-learning models stored in TileDB arrays, shown as ordinary files",
+    long_about = "modelfs keeps models in TileDB arrays (on a local disk or any object store TileDB \
+                  reaches) and shows them as ordinary files. URIs are local paths or any TileDB URI \
+                  (s3://bucket/prefix, azure://..., gcs://...).\n\nSet RUST_LOG=info (or debug) for \
+                  more detail on stderr."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy local files or directory trees into the registry.
+    ///
+    /// With one SRC, DEST is the URI of the new entry (`modelfs import ./bert
+    /// s3://team/registry/bert`). With several, DEST is a directory, created
+    /// when missing, that receives each SRC under its own name. Missing
+    /// parent directories are created as TileDB groups. `.safetensors` files
+    /// are validated first; an invalid one is refused and nothing of it is
+    /// written. Symbolic links are followed.
+    Import {
+        /// Local files or directories to copy.
+        #[arg(required = true, num_args = 1..)]
+        src: Vec<PathBuf>,
+        /// Registry URI of the new entry (one SRC) or of the directory receiving them (several).
+        dest: String,
+        /// Write a new version of files that already exist (older versions stay readable by timestamp).
+        #[arg(long)]
+        force: bool,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Copy a file or directory out of the registry, byte for byte.
+    ///
+    /// DEST is the local path to create. Files are written to a temporary
+    /// name and renamed into place, so DEST never holds a partial copy.
+    Export {
+        /// Registry URI of a file or directory.
+        src: String,
+        /// Local path to create.
+        dest: PathBuf,
+        /// Overwrite files that already exist at DEST.
+        #[arg(long)]
+        force: bool,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List a directory of the registry.
+    Ls {
+        /// Registry URI of a directory (or a file, to list just it).
+        uri: String,
+        /// Long format: kind, size in bytes, version time (UTC) and name.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Describe a file, directory or any TileDB array.
+    ///
+    /// For a file: its size, kind, version timestamp and, for safetensors,
+    /// the tensor table. For any array: its schema, fragments and metadata.
+    Info {
+        /// Registry URI, or the URI of any TileDB array or group.
+        uri: String,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modelfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn registry() -> Result<Registry> {
+    let ctx = Context::new().context("creating a TileDB context")?;
+    Ok(Registry::new(ctx)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Import {
+            src,
+            dest,
+            force,
+            quiet,
+        } => {
+            let reg = registry()?;
+            let dest = registry::uri::normalize(&dest);
+            let mut progress = Bar::new(quiet);
+            let totals = transfer::import(&reg, &src, &dest, force, &mut progress)
+                .with_context(|| format!("import into {dest}"))?;
+            if !quiet {
+                eprintln!("imported {} files ({} bytes) into {dest}", totals.files, totals.bytes);
+            }
+            Ok(())
+        }
+        Command::Export {
+            src,
+            dest,
+            force,
+            quiet,
+        } => {
+            let reg = registry()?;
+            let src = registry::uri::normalize(&src);
+            let mut progress = Bar::new(quiet);
+            let totals = transfer::export(&reg, &src, &dest, force, &mut progress)
+                .with_context(|| format!("export of {src}"))?;
+            if !quiet {
+                eprintln!(
+                    "exported {} files ({} bytes) to {}",
+                    totals.files,
+                    totals.bytes,
+                    dest.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Ls { uri, long } => ls(&registry::uri::normalize(&uri), long),
+        Command::Info { uri } => info(&registry::uri::normalize(&uri)),
+    }
+}
+
+fn resolve(reg: &Registry, uri: &str) -> Result<Entry> {
+    match reg.resolve(uri)? {
+        Some(e) => Ok(e),
+        None => bail!("{uri}: no such file or directory"),
+    }
+}
+
+fn ls(uri: &str, long: bool) -> Result<()> {
+    let reg = registry()?;
+    let entry = resolve(&reg, uri)?;
+    let entries = if entry.is_dir() { reg.list(&entry)? } else { vec![entry] };
+    for e in entries {
+        if !long {
+            println!("{}{}", e.name, if e.is_dir() { "/" } else { "" });
+            continue;
+        }
+        let (kind, size, version) = match reg.node(&e) {
+            Ok(Node::Dir) => ("dir".to_string(), String::from("-"), String::from("-")),
+            Ok(Node::File(m)) => (
+                m.kind.clone().unwrap_or_else(|| "file".into()),
+                m.size.to_string(),
+                m.timestamp.map(format_utc_ms).unwrap_or_else(|| "-".into()),
+            ),
+            Ok(Node::TileDbMl { framework }) => (format!("tiledb-ml:{framework}"), "-".into(), "-".into()),
+            Ok(Node::Other { .. }) => ("array".into(), "-".into(), "-".into()),
+            Err(err) => {
+                eprintln!("modelfs: {}: {err}", e.uri);
+                ("error".into(), "-".into(), "-".into())
+            }
+        };
+        let name = if e.is_dir() {
+            format!("{}/", e.name)
+        } else {
+            e.name.clone()
+        };
+        println!("{kind:<12} {size:>14} {version:<24} {name}");
+    }
+    Ok(())
+}
+
+fn info(uri: &str) -> Result<()> {
+    let reg = registry()?;
+    let entry = resolve(&reg, uri)?;
+    println!("uri:        {}", entry.uri);
+    match reg.node(&entry)? {
+        Node::Dir => {
+            let kind = if entry.storage == registry::Storage::Group {
+                "directory (TileDB group)"
+            } else {
+                "directory"
+            };
+            println!("kind:       {kind}");
+            println!("entries:    {}", reg.list(&entry)?.len());
+            return Ok(());
+        }
+        Node::File(meta) => {
+            println!(
+                "kind:       {}",
+                meta.kind.as_deref().unwrap_or("file (written by another tool)")
+            );
+            println!("size:       {} bytes", meta.size);
+            if let Some(ts) = meta.timestamp {
+                println!("version:    {ts} ({})", format_utc_ms(ts));
+            }
+            if let Some(index) = &meta.tensors {
+                print_tensors(index);
+            }
+        }
+        Node::TileDbMl { framework } => println!("kind:       TileDB-ML model array ({framework})"),
+        Node::Other { reason } => println!("kind:       TileDB array, not a modelfs file ({reason})"),
+    }
+    print_array(reg.context(), &entry.uri, &reg)
+}
+
+fn print_tensors(index: &registry::TensorIndex) {
+    println!("header:     {} bytes", index.header_len);
+    if let Some(m) = &index.metadata {
+        println!("__metadata__: {}", serde_json::to_string(m).unwrap_or_default());
+    }
+    println!("tensors:    {}", index.tensors.len());
+    let width = index.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    println!(
+        "  {:<width$}  {:<7} {:<20} {:>14} {:>14}",
+        "NAME", "DTYPE", "SHAPE", "BEGIN", "END"
+    );
+    for t in &index.tensors {
+        let shape = format!("{:?}", t.shape);
+        println!(
+            "  {:<width$}  {:<7} {:<20} {:>14} {:>14}",
+            t.name, t.dtype, shape, t.range[0], t.range[1]
+        );
+    }
+}
+
+fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
+    let schema = tiledb::Schema::load(ctx, uri)?;
+    println!("schema:     {:?} array", schema.array_type()?);
+    for d in schema.dimensions()? {
+        let dom = tiledb::format_values(d.datatype, &d.domain);
+        let ext = tiledb::format_values(d.datatype, &d.tile_extent);
+        println!("  dimension {} {} domain {dom} tile extent {ext}", d.name, d.datatype);
+    }
+    for a in schema.attributes()? {
+        let filters: Vec<String> = a.filters.iter().map(|f| f.name()).collect();
+        let cells = if a.cell_val_num == u32::MAX {
+            "var".to_string()
+        } else {
+            a.cell_val_num.to_string()
+        };
+        println!(
+            "  attribute {} {} x{cells}{} filters [{}]",
+            a.name,
+            a.datatype,
+            if a.nullable { " nullable" } else { "" },
+            filters.join(", ")
+        );
+    }
+    let fragments = tiledb::fragments(ctx, uri)?;
+    println!("fragments:  {}", fragments.len());
+    for f in &fragments {
+        println!(
+            "  [{}, {}] {} cells",
+            f.timestamp_range.0, f.timestamp_range.1, f.cell_num
+        );
+    }
+    println!("metadata:");
+    for (k, v) in reg.array_metadata(uri)? {
+        let text = tiledb::format_values(v.datatype, &v.bytes);
+        let text = if text.len() > 200 {
+            format!("({} bytes of {})", v.bytes.len(), v.datatype)
+        } else {
+            text
+        };
+        println!("  {k} ({}) = {text}", v.datatype);
+    }
+    Ok(())
+}
+
+/// `ms` since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+fn format_utc_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// A progress bar on a terminal for large files; silent otherwise.
+struct Bar {
+    enabled: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    fn new(quiet: bool) -> Self {
+        Bar {
+            enabled: !quiet && std::io::stderr().is_terminal(),
+            bar: None,
+        }
+    }
+}
+
+impl transfer::Progress for Bar {
+    fn start(&mut self, name: &str, size: u64) {
+        if !self.enabled || size < PROGRESS_MIN_BYTES {
+            return;
+        }
+        let bar = ProgressBar::new(size);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(name.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
 }

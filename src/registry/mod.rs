@@ -1,1 +1,17 @@
-//! The registry format.
+//! The registry format, version 1: directories are TileDB groups (or plain
+//! directories holding TileDB objects), files are file arrays with
+//! filestore-compatible metadata, and `.safetensors` files carry a validated
+//! tensor index. See the README's "Registry format" section.
+
+mod error;
+pub mod file_array;
+pub mod names;
+pub mod safetensors_index;
+pub mod transfer;
+mod tree;
+pub mod uri;
+
+pub use error::{Error, Result, SafetensorsProblem};
+pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
+pub use safetensors_index::{TensorEntry, TensorIndex};
+pub use tree::{Entry, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};

@@ -182,8 +182,8 @@ impl Array {
     pub fn non_empty_domain_u64(&self, index: u32) -> Result<Option<(u64, u64)>> {
         let mut dom = [0u64; 2];
         let mut empty = 0i32;
-        // SAFETY: the caller names a UINT64 dimension, so two u64 are written.
         self.ctx
+            // SAFETY: the caller names a UINT64 dimension, so two u64 are written.
             .call("tiledb_array_get_non_empty_domain_from_index", |c| unsafe {
                 ffi::tiledb_array_get_non_empty_domain_from_index(
                     c,
@@ -265,6 +265,16 @@ impl Array {
         // TileDB copies them.
         self.ctx.call("tiledb_array_put_metadata", |c| unsafe {
             ffi::tiledb_array_put_metadata(c, self.raw, c_key.as_ptr(), value.datatype.0, value.num, ptr)
+        })
+    }
+
+    /// Stages the removal of `key` (array opened for writing); a missing key
+    /// is not an error.
+    pub fn delete_metadata(&mut self, key: &str) -> Result<()> {
+        let c_key = cstring("tiledb_array_delete_metadata", key)?;
+        // SAFETY: open array; the key outlives the call.
+        self.ctx.call("tiledb_array_delete_metadata", |c| unsafe {
+            ffi::tiledb_array_delete_metadata(c, self.raw, c_key.as_ptr())
         })
     }
 

@@ -346,6 +346,11 @@ unsafe extern "C" {
         num: u32,
         value: *const c_void,
     ) -> capi_return_t;
+    pub fn tiledb_array_delete_metadata(
+        ctx: *mut tiledb_ctx_t,
+        array: *mut tiledb_array_t,
+        key: *const c_char,
+    ) -> capi_return_t;
     pub fn tiledb_array_get_metadata_num(
         ctx: *mut tiledb_ctx_t,
         array: *mut tiledb_array_t,

@@ -85,8 +85,8 @@ impl Group {
     /// Every member (group opened for reading).
     pub fn members(&self) -> Result<Vec<Member>> {
         let mut n = 0u64;
-        // SAFETY: open group.
         self.ctx
+            // SAFETY: open group.
             .call("tiledb_group_get_member_count", |c| unsafe {
                 ffi::tiledb_group_get_member_count(c, self.raw, &mut n)
             })
@@ -96,8 +96,8 @@ impl Group {
             let mut uri = ptr::null_mut();
             let mut name = ptr::null_mut();
             let mut ty = 0u32;
-            // SAFETY: i < n; both strings are owned by `TdbString` and freed.
             self.ctx
+                // SAFETY: i < n; both strings are owned by `TdbString` and freed.
                 .call("tiledb_group_get_member_by_index_v2", |c| unsafe {
                     ffi::tiledb_group_get_member_by_index_v2(c, self.raw, i, &mut uri, &mut ty, &mut name)
                 })

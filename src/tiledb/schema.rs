@@ -275,8 +275,8 @@ impl Schema {
 
     fn attribute(&self, index: u32) -> Result<AttributeInfo> {
         let mut attr = ptr::null_mut();
-        // SAFETY: index < n; the attribute is freed below.
         self.ctx
+            // SAFETY: index < n; the attribute is freed below.
             .call("tiledb_array_schema_get_attribute_from_index", |c| unsafe {
                 ffi::tiledb_array_schema_get_attribute_from_index(c, self.raw, index, &mut attr)
             })?;

@@ -39,8 +39,8 @@ impl Vfs {
     ) -> Result<bool> {
         let c_uri = cstring(op, uri)?;
         let mut yes = 0i32;
-        // SAFETY: live handles, valid URI and out-pointer.
         self.ctx
+            // SAFETY: live handles, valid URI and out-pointer.
             .call(op, |c| unsafe { f(c, self.raw, c_uri.as_ptr(), &mut yes) })
             .map_err(|e| in_uri(e, uri))?;
         Ok(yes != 0)
@@ -57,8 +57,8 @@ impl Vfs {
     pub fn file_size(&self, uri: &str) -> Result<u64> {
         let c_uri = cstring("tiledb_vfs_file_size", uri)?;
         let mut size = 0u64;
-        // SAFETY: live handles, valid URI and out-pointer.
         self.ctx
+            // SAFETY: live handles, valid URI and out-pointer.
             .call("tiledb_vfs_file_size", |c| unsafe {
                 ffi::tiledb_vfs_file_size(c, self.raw, c_uri.as_ptr(), &mut size)
             })
@@ -114,8 +114,8 @@ impl Vfs {
         }
         let c_uri = cstring("tiledb_vfs_ls", uri)?;
         let mut out: Vec<String> = Vec::new();
-        // SAFETY: live handles; the callback only touches `out`.
         self.ctx
+            // SAFETY: live handles; the callback only touches `out`.
             .call("tiledb_vfs_ls", |c| unsafe {
                 ffi::tiledb_vfs_ls(
                     c,

@@ -1,0 +1,338 @@
+//! The registry as a tree: directories (TileDB groups, or plain VFS
+//! directories holding TileDB objects) whose entries are file arrays,
+//! subdirectories and other arrays. Listing, resolving a URI to an entry,
+//! telling what an entry is, and creating, linking and removing entries.
+
+use log::{debug, warn};
+
+use crate::tiledb::{self, Array, Context, Group, GroupMode, MetaValue, Mode, ObjectType, Vfs};
+
+use super::error::{Error, Result};
+use super::file_array::{self, FileMeta};
+use super::names::{invalid_name_reason, last_component, storage_name};
+use super::uri::{join, split_parent};
+
+/// Array metadata key that marks a TileDB-ML model array.
+pub const TILEDB_ML_FRAMEWORK_KEY: &str = "TILEDB_ML_MODEL_ML_FRAMEWORK";
+
+/// How an entry is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A TileDB group: entries are its named members.
+    Group,
+    /// A plain directory: entries are the TileDB objects and directories in it.
+    PlainDir,
+    /// A TileDB array.
+    Array,
+}
+
+/// One entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    /// Where the group, directory or array is.
+    pub uri: String,
+    pub storage: Storage,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        matches!(self.storage, Storage::Group | Storage::PlainDir)
+    }
+}
+
+/// What an entry holds, as far as modelfs is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Dir,
+    /// A file array, at its latest committed version.
+    File(FileMeta),
+    /// A TileDB-ML model array, with its framework.
+    TileDbMl {
+        framework: String,
+    },
+    /// An array modelfs does not show, and why.
+    Other {
+        reason: String,
+    },
+}
+
+/// A registry reached through one TileDB context.
+pub struct Registry {
+    ctx: Context,
+    vfs: Vfs,
+}
+
+impl Registry {
+    pub fn new(ctx: Context) -> Result<Self> {
+        let vfs = Vfs::new(&ctx)?;
+        Ok(Registry { ctx, vfs })
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    pub fn vfs(&self) -> &Vfs {
+        &self.vfs
+    }
+
+    /// The entry at `uri`, found by walking group member names from the
+    /// nearest plain ancestor, or `None` when nothing is there.
+    pub fn resolve(&self, uri: &str) -> Result<Option<Entry>> {
+        if let Some((parent_uri, name)) = split_parent(uri)
+            && let Some(parent) = self.resolve(&parent_uri)?
+        {
+            if parent.storage == Storage::Group {
+                return self.lookup(&parent, &name);
+            }
+            if parent.storage == Storage::Array {
+                return Ok(None);
+            }
+        }
+        self.probe(uri, last_component(uri))
+    }
+
+    /// What is stored at `uri`, named `name`, ignoring group membership.
+    fn probe(&self, uri: &str, name: &str) -> Result<Option<Entry>> {
+        let storage = match tiledb::object_type(&self.ctx, uri)? {
+            ObjectType::Group => Storage::Group,
+            ObjectType::Array => Storage::Array,
+            ObjectType::Invalid if self.vfs.is_dir(uri)? => Storage::PlainDir,
+            ObjectType::Invalid => return Ok(None),
+        };
+        Ok(Some(Entry {
+            name: name.to_string(),
+            uri: uri.to_string(),
+            storage,
+        }))
+    }
+
+    /// The entries of directory `dir`, sorted by name. Entries whose names
+    /// cannot be file names are left out with a warning.
+    pub fn list(&self, dir: &Entry) -> Result<Vec<Entry>> {
+        let mut out = match dir.storage {
+            Storage::Group => self.list_group(dir)?,
+            Storage::PlainDir => self.list_plain(dir)?,
+            Storage::Array => return Err(Error::NotADirectory { uri: dir.uri.clone() }),
+        };
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|b, a| {
+            let dup = a.name == b.name;
+            if dup {
+                warn!("{}: two entries named {:?}; showing {}", dir.uri, a.name, a.uri);
+            }
+            dup
+        });
+        Ok(out)
+    }
+
+    fn list_group(&self, dir: &Entry) -> Result<Vec<Entry>> {
+        let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
+        let mut out = Vec::new();
+        for m in group.members()? {
+            let name = m.name.clone().unwrap_or_else(|| last_component(&m.uri).to_string());
+            if let Some(reason) = invalid_name_reason(&name) {
+                warn!("{}: member {:?} ({}) left out: name {reason}", dir.uri, name, m.uri);
+                continue;
+            }
+            let storage = match m.object_type {
+                ObjectType::Group => Storage::Group,
+                ObjectType::Array => Storage::Array,
+                ObjectType::Invalid => {
+                    warn!(
+                        "{}: member {name:?} ({}) is neither an array nor a group; left out",
+                        dir.uri, m.uri
+                    );
+                    continue;
+                }
+            };
+            out.push(Entry {
+                name,
+                uri: m.uri,
+                storage,
+            });
+        }
+        Ok(out)
+    }
+
+    fn list_plain(&self, dir: &Entry) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for child in self.vfs.ls(&dir.uri)? {
+            let name = last_component(&child).to_string();
+            if invalid_name_reason(&name).is_some() {
+                continue;
+            }
+            let uri = join(&dir.uri, &name);
+            match self.probe(&uri, &name)? {
+                Some(e) => out.push(e),
+                None => debug!("{uri}: a plain file, not shown"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry named `name` in directory `dir`.
+    pub fn lookup(&self, dir: &Entry, name: &str) -> Result<Option<Entry>> {
+        match dir.storage {
+            Storage::Group => Ok(self.list_group(dir)?.into_iter().find(|e| e.name == name)),
+            Storage::PlainDir => {
+                if invalid_name_reason(name).is_some() {
+                    return Ok(None);
+                }
+                self.probe(&join(&dir.uri, name), name)
+            }
+            Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),
+        }
+    }
+
+    /// Tells what `entry` holds, reading the array's schema and metadata.
+    pub fn node(&self, entry: &Entry) -> Result<Node> {
+        if entry.is_dir() {
+            return Ok(Node::Dir);
+        }
+        let mut array = Array::open(&self.ctx, &entry.uri, Mode::Read)?;
+        let schema = array.schema()?;
+        let meta = array.metadata()?;
+        match file_array::check_schema(&schema) {
+            Ok(()) => Ok(Node::File(file_array::parse_meta(&entry.uri, &meta)?)),
+            Err(reason) => match meta.iter().find(|(k, _)| k == TILEDB_ML_FRAMEWORK_KEY) {
+                Some((_, v)) => Ok(Node::TileDbMl {
+                    framework: v.as_str().unwrap_or("?").to_string(),
+                }),
+                None => Ok(Node::Other { reason }),
+            },
+        }
+    }
+
+    /// The storage URI a new entry `name` in `dir` gets.
+    pub fn child_uri(&self, dir: &Entry, name: &str) -> String {
+        match dir.storage {
+            Storage::Group => join(&dir.uri, &storage_name(name)),
+            _ => join(&dir.uri, name),
+        }
+    }
+
+    fn check_new_name(name: &str) -> Result<()> {
+        match invalid_name_reason(name) {
+            Some(reason) => Err(Error::InvalidName {
+                name: name.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Clears what a crashed earlier create may have left at `uri` (an
+    /// array or group that never became a member).
+    fn clear_orphan(&self, uri: &str) -> Result<()> {
+        if tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid {
+            warn!("{uri}: removing an unfinished entry left by an earlier write");
+            tiledb::object_remove(&self.ctx, uri)?;
+        }
+        Ok(())
+    }
+
+    /// Creates directory `name` in `dir` as a group and links it.
+    pub fn mkdir(&self, dir: &Entry, name: &str) -> Result<Entry> {
+        Self::check_new_name(name)?;
+        if self.lookup(dir, name)?.is_some() {
+            return Err(Error::AlreadyExists {
+                uri: join(&dir.uri, name),
+            });
+        }
+        let uri = self.child_uri(dir, name);
+        self.clear_orphan(&uri)?;
+        Group::create(&self.ctx, &uri)?;
+        let entry = Entry {
+            name: name.to_string(),
+            uri,
+            storage: Storage::Group,
+        };
+        self.link(dir, &entry)?;
+        Ok(entry)
+    }
+
+    /// Creates an empty, unlinked file array for a new file `name` in `dir`.
+    /// It becomes visible when [`Registry::link`] adds it after its first
+    /// commit.
+    pub fn create_file(&self, dir: &Entry, name: &str) -> Result<Entry> {
+        Self::check_new_name(name)?;
+        let uri = self.child_uri(dir, name);
+        self.clear_orphan(&uri)?;
+        file_array::create(&self.ctx, &uri)?;
+        Ok(Entry {
+            name: name.to_string(),
+            uri,
+            storage: Storage::Array,
+        })
+    }
+
+    /// Makes `entry` a member of `dir` when `dir` is a group (entries of a
+    /// plain directory are found by listing it).
+    pub fn link(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        if dir.storage != Storage::Group {
+            return Ok(());
+        }
+        let relative = entry.uri.strip_prefix(&format!("{}/", dir.uri.trim_end_matches('/')));
+        let ty = if entry.storage == Storage::Array {
+            ObjectType::Array
+        } else {
+            ObjectType::Group
+        };
+        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+        match relative {
+            Some(rel) => group.add_member(rel, true, &entry.name, ty)?,
+            None => group.add_member(&entry.uri, false, &entry.name, ty)?,
+        }
+        group.close()?;
+        Ok(())
+    }
+
+    /// Removes `entry` from `dir` and deletes what it stored.
+    pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        if dir.storage == Storage::Group {
+            let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+            group.remove_member(&entry.name)?;
+            group.close()?;
+        }
+        match entry.storage {
+            Storage::PlainDir => self.vfs.remove_dir(&entry.uri)?,
+            _ => tiledb::object_remove(&self.ctx, &entry.uri)?,
+        }
+        Ok(())
+    }
+
+    /// The directory at `uri`, created (with missing ancestors, as groups
+    /// linked into their parents) when absent.
+    pub fn ensure_dir(&self, uri: &str) -> Result<Entry> {
+        if let Some(e) = self.resolve(uri)? {
+            return if e.is_dir() {
+                Ok(e)
+            } else {
+                Err(Error::NotADirectory { uri: uri.to_string() })
+            };
+        }
+        match split_parent(uri) {
+            Some((parent_uri, name)) => {
+                let parent = self.ensure_dir(&parent_uri)?;
+                self.mkdir(&parent, &name)
+            }
+            None => {
+                // A bucket or filesystem root that does not list as a
+                // directory: make the registry group right there.
+                Group::create(&self.ctx, uri)?;
+                Ok(Entry {
+                    name: last_component(uri).to_string(),
+                    uri: uri.to_string(),
+                    storage: Storage::Group,
+                })
+            }
+        }
+    }
+
+    /// Every metadata key and value of the array at `uri`, latest version.
+    pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
+        Ok(Array::open(&self.ctx, uri, Mode::Read)?.metadata()?)
+    }
+}

@@ -1,0 +1,113 @@
+//! Registry URIs: local paths made absolute, any other TileDB URI kept as
+//! given, and the joins and parents the tree walks need. Nothing here
+//! touches storage.
+
+/// Turns what a user typed into a URI TileDB accepts everywhere: a URI with
+/// a scheme is kept (trailing `/` dropped); a local path is made absolute
+/// against the current directory (without resolving symlinks or requiring
+/// it to exist), so a daemon that changes directory still finds it.
+pub fn normalize(input: &str) -> String {
+    let trimmed = trim_trailing_slashes(input);
+    if has_scheme(trimmed) {
+        return trimmed.to_string();
+    }
+    let path = std::path::Path::new(trimmed);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for c in abs.components() {
+        use std::path::Component::*;
+        match c {
+            Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            ParentDir => {
+                parts.pop();
+            }
+            CurDir | RootDir | Prefix(_) => {}
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn has_scheme(s: &str) -> bool {
+    s.find("://")
+        .is_some_and(|i| i > 0 && s[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+'))
+}
+
+fn trim_trailing_slashes(s: &str) -> &str {
+    let t = s.trim_end_matches('/');
+    if t.is_empty() || t.ends_with(':') { s } else { t }
+}
+
+/// `base/name`.
+pub fn join(base: &str, name: &str) -> String {
+    format!("{}/{name}", base.trim_end_matches('/'))
+}
+
+/// The parent of `uri` and the last component, or `None` at a root (`/`,
+/// `s3://bucket`).
+pub fn split_parent(uri: &str) -> Option<(String, String)> {
+    let t = uri.trim_end_matches('/');
+    let prefix_len = t.find("://").map_or(0, |i| i + 3);
+    let (prefix, rest) = t.split_at(prefix_len);
+    let slash = rest.rfind('/')?;
+    let name = &rest[slash + 1..];
+    let parent = &rest[..slash];
+    if name.is_empty() {
+        return None;
+    }
+    let parent = match (prefix, parent) {
+        ("", "") => "/".to_string(),
+        ("file://", "") => "file:///".to_string(),
+        // `s3://bucket` itself: the bucket has no parent directory.
+        (_, "") => return None,
+        _ => format!("{prefix}{parent}"),
+    };
+    Some((parent, name.to_string()))
+}
+
+/// Whether `uri` is on the local filesystem.
+pub fn is_local(uri: &str) -> bool {
+    !has_scheme(uri) || uri.starts_with("file://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize("s3://b/reg/"), "s3://b/reg");
+        assert_eq!(normalize("/a/b/../c/"), "/a/c");
+        assert!(normalize("rel/x").starts_with('/'));
+        assert!(normalize("rel/x").ends_with("/rel/x"));
+        assert_eq!(normalize("/"), "/");
+    }
+
+    #[test]
+    fn parents() {
+        assert_eq!(split_parent("/a/b"), Some(("/a".into(), "b".into())));
+        assert_eq!(split_parent("/a"), Some(("/".into(), "a".into())));
+        assert_eq!(split_parent("/"), None);
+        assert_eq!(
+            split_parent("s3://bucket/reg/m"),
+            Some(("s3://bucket/reg".into(), "m".into()))
+        );
+        assert_eq!(
+            split_parent("s3://bucket/reg"),
+            Some(("s3://bucket".into(), "reg".into()))
+        );
+        assert_eq!(split_parent("s3://bucket"), None);
+        assert_eq!(split_parent("file:///x/y"), Some(("file:///x".into(), "y".into())));
+    }
+
+    #[test]
+    fn joins() {
+        assert_eq!(join("s3://b/r/", "x"), "s3://b/r/x");
+        assert_eq!(join("/", "x"), "/x");
+    }
+}
