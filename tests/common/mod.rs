@@ -1,0 +1,144 @@
+//! Helpers shared by the integration tests: running the real `modelfs`
+//! binary, making realistic model directories, comparing trees.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelfs")
+}
+
+/// Runs `modelfs ARGS`, returning its output; fails the test on a panic.
+pub fn modelfs(args: &[&str]) -> Output {
+    let out = Command::new(bin()).args(args).output().expect("run modelfs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "modelfs {args:?} panicked:\n{stderr}");
+    out
+}
+
+/// Runs `modelfs ARGS` and requires success; returns stdout.
+pub fn modelfs_ok(args: &[&str]) -> String {
+    let out = modelfs(args);
+    assert!(
+        out.status.success(),
+        "modelfs {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A deterministic byte stream (xorshift), so files are not all zeros.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A safetensors file of `count` tensors mixing F32, F16, BF16, I64 and
+/// BOOL, about `total_bytes` in all, shaped like a transformer's weights.
+pub fn safetensors_bytes(count: usize, total_bytes: usize) -> Vec<u8> {
+    let dtypes = [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64, Dtype::BOOL];
+    let per = total_bytes / count;
+    let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for i in 0..count {
+        let dtype = dtypes[i % dtypes.len()];
+        let width = dtype.bitsize() / 8;
+        // Sizes from a few bytes (biases, flags) to several MiB (matrices).
+        let elems = match i % 7 {
+            0 => 1,
+            1 => 3 + i % 5,
+            _ => (per * (i % 7)) * 2 / 5 / width.max(1) + 1,
+        };
+        let cols = if elems > 64 && elems % 64 == 0 { 64 } else { 1 };
+        let shape = if i % 11 == 0 {
+            vec![]
+        } else if cols > 1 {
+            vec![elems / cols, cols]
+        } else {
+            vec![elems]
+        };
+        let elems = shape.iter().product::<usize>();
+        let mut bytes = pseudo_random(i as u64 + 1, elems * width);
+        if dtype == Dtype::BOOL {
+            bytes.iter_mut().for_each(|b| *b &= 1);
+        }
+        data.push((format!("model.layers.{}.weight_{i}", i / 10), dtype, shape, bytes));
+    }
+    let views: Vec<(String, TensorView<'_>)> = data
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view")))
+        .collect();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize(views, Some(meta)).expect("serialize")
+}
+
+/// An HF-style model directory: configs, tokenizer, a nested subfolder with
+/// its own config, a large `model.safetensors`, and edge-size files.
+pub fn make_hf_model(dir: &Path, safetensors_mib: usize) -> PathBuf {
+    let m = dir.join("tiny-model");
+    std::fs::create_dir_all(m.join("text_encoder")).unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        br#"{"architectures":["TinyForCausalLM"],"hidden_size":64}"#,
+    )
+    .unwrap();
+    std::fs::write(m.join("tokenizer.json"), pseudo_random(7, 20_000)).unwrap();
+    std::fs::write(m.join("text_encoder/config.json"), br#"{"model_type":"clip"}"#).unwrap();
+    std::fs::write(
+        m.join("model.safetensors"),
+        safetensors_bytes(320, safetensors_mib << 20),
+    )
+    .unwrap();
+    m
+}
+
+/// Every regular file under `root`, by relative path, with its bytes.
+pub fn read_tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two trees hold the same files with the same bytes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (read_tree(a), read_tree(b));
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "file lists differ"
+    );
+    for (k, v) in &ta {
+        assert!(
+            v == &tb[k],
+            "{} differs ({} vs {} bytes)",
+            k.display(),
+            v.len(),
+            tb[k].len()
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Import and export through the real binary and real TileDB arrays:
+//! byte-identical round trips, versions, and refusal of bad input.
+
+mod common;
+
+use common::*;
+use modelfs::registry::file_array::TILE_BYTES;
+use modelfs::tiledb::{self, Array, Context, Mode, ObjectType};
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn hf_model_and_edge_sizes_round_trip_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_hf_model(tmp.path(), 66);
+    let tile = TILE_BYTES as usize;
+    std::fs::write(model.join("empty.bin"), b"").unwrap();
+    std::fs::write(model.join("one-byte.bin"), b"x").unwrap();
+    std::fs::write(model.join("one-tile.bin"), pseudo_random(1, tile)).unwrap();
+    std::fs::write(model.join("tile-plus-one.bin"), pseudo_random(2, tile + 1)).unwrap();
+    let st_size = std::fs::metadata(model.join("model.safetensors")).unwrap().len();
+    assert!(st_size >= 64 << 20, "model.safetensors is {st_size} bytes");
+
+    let reg = tmp.path().join("registry");
+    modelfs_ok(&["import", "--quiet", s(&model), &format!("{}/tiny", s(&reg))]);
+    let out = tmp.path().join("out");
+    modelfs_ok(&["export", "--quiet", &format!("{}/tiny", s(&reg)), s(&out)]);
+    assert_same_tree(&model, &out);
+
+    let listing = modelfs_ok(&["ls", &format!("{}/tiny", s(&reg))]);
+    let names: Vec<&str> = listing.lines().collect();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "empty.bin",
+            "model.safetensors",
+            "one-byte.bin",
+            "one-tile.bin",
+            "text_encoder/",
+            "tile-plus-one.bin",
+            "tokenizer.json"
+        ]
+    );
+    let long = modelfs_ok(&["ls", "-l", &format!("{}/tiny", s(&reg))]);
+    let line = long
+        .lines()
+        .find(|l| l.ends_with(" model.safetensors"))
+        .expect("listed");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[..2], &["safetensors", &st_size.to_string()], "{long}");
+
+    let info = modelfs_ok(&["info", &format!("{}/tiny/model.safetensors", s(&reg))]);
+    assert!(info.contains("kind:       safetensors"), "{info}");
+    assert!(info.contains("tensors:    320"), "{info}");
+    assert!(info.contains("model.layers.0.weight_0"), "{info}");
+    for dtype in ["F32", "F16", "BF16", "I64", "BOOL"] {
+        assert!(info.contains(&format!(" {dtype} ")), "{dtype} missing from\n{info}");
+    }
+}
+
+fn corrupt_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let good = safetensors_bytes(5, 4000);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 3);
+    let mut past_eof = good.clone();
+    past_eof[..8].copy_from_slice(&(good.len() as u64).to_le_bytes());
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&100_000_001u64.to_le_bytes());
+    let header = |h: &str, data: usize| {
+        let mut f = (h.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(h.as_bytes());
+        f.extend(std::iter::repeat_n(0u8, data));
+        f
+    };
+    let overlap = header(
+        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+        12,
+    );
+    let shape = header(r#"{"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,8]}}"#, 8);
+    vec![
+        ("truncated", truncated, "tensor data ends at byte"),
+        ("past-eof", past_eof, "runs past the end"),
+        ("huge-header", huge, "over the 100000000-byte limit"),
+        ("overlap", overlap, "overlap"),
+        ("shape", shape, "needs 96 bits"),
+        ("short", vec![1, 2, 3], "too short"),
+    ]
+}
+
+#[test]
+fn corrupt_safetensors_are_refused_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("registry");
+    // The registry exists and holds one good file.
+    std::fs::write(tmp.path().join("ok.json"), b"{}").unwrap();
+    modelfs_ok(&[
+        "import",
+        s(&tmp.path().join("ok.json")),
+        &format!("{}/ok.json", s(&reg)),
+    ]);
+    let ctx = Context::new().unwrap();
+    for (name, bytes, problem) in corrupt_cases() {
+        let file = tmp.path().join(format!("{name}.safetensors"));
+        std::fs::write(&file, &bytes).unwrap();
+        let dest = format!("{}/{name}.safetensors", s(&reg));
+        let out = modelfs(&["import", s(&file), &dest]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: import succeeded");
+        assert!(
+            stderr.contains(&format!("{name}.safetensors")),
+            "{name}: message does not name the file: {stderr}"
+        );
+        assert!(
+            stderr.contains(problem),
+            "{name}: message does not say {problem:?}: {stderr}"
+        );
+        assert_eq!(
+            tiledb::object_type(&ctx, &dest).unwrap(),
+            ObjectType::Invalid,
+            "{name}: array left behind"
+        );
+    }
+    let listing = modelfs_ok(&["ls", s(&reg)]);
+    assert_eq!(listing.trim(), "ok.json");
+}
+
+#[test]
+fn import_over_existing_needs_force_and_keeps_old_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("registry");
+    let dest = format!("{}/notes.txt", s(&reg));
+    let v1 = tmp.path().join("v1.txt");
+    let v2 = tmp.path().join("v2.txt");
+    std::fs::write(&v1, pseudo_random(1, 300_000)).unwrap();
+    std::fs::write(&v2, b"the second version is short").unwrap();
+    modelfs_ok(&["import", s(&v1), &dest]);
+    let out = modelfs(&["import", s(&v2), &dest]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let ctx = Context::new().unwrap();
+    let reg_api = modelfs::registry::Registry::new(ctx.clone()).unwrap();
+    let entry = reg_api.resolve(&dest).unwrap().unwrap();
+    let old = modelfs::registry::file_array::read_meta(&ctx, &entry.uri).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    modelfs_ok(&["import", "--force", s(&v2), &dest]);
+
+    let exported = tmp.path().join("now.txt");
+    modelfs_ok(&["export", &dest, s(&exported)]);
+    assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&v2).unwrap());
+    // The first version is still in TileDB, readable at its timestamp.
+    let old_file = modelfs::registry::FileArray::open_version(&ctx, &entry.uri, old.clone()).unwrap();
+    let mut buf = vec![0u8; old.size as usize];
+    assert_eq!(old_file.read_at(0, &mut buf).unwrap(), buf.len());
+    assert_eq!(buf, std::fs::read(&v1).unwrap());
+    let at_old = Array::open_at(&ctx, &entry.uri, Mode::Read, old.timestamp).unwrap();
+    drop(at_old);
+}
+
+#[test]
+fn missing_paths_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = format!("{}/registry/nothing", s(tmp.path()));
+    for args in [
+        vec!["export", missing.as_str(), "/tmp/never-written"],
+        vec!["ls", missing.as_str()],
+        vec!["info", missing.as_str()],
+    ] {
+        let out = modelfs(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.starts_with("modelfs: "), "{stderr}");
+        assert!(stderr.contains("nothing: no such file or directory"), "{stderr}");
+    }
+    let out = modelfs(&["import", "/no/such/source", &format!("{}/registry/x", s(tmp.path()))]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/source"));
+}
+
+#[test]
+fn several_sources_go_into_one_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.json");
+    let b = tmp.path().join("b.bin");
+    std::fs::write(&a, b"{}").unwrap();
+    std::fs::write(&b, pseudo_random(3, 1000)).unwrap();
+    let dir = format!("{}/registry/run-1", s(tmp.path()));
+    modelfs_ok(&["import", s(&a), s(&b), &dir]);
+    assert_eq!(modelfs_ok(&["ls", &dir]), "a.json\nb.bin\n");
+}
+
+#[test]
+fn names_needing_escapes_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("__pycache__")).unwrap();
+    for name in [
+        "_private.txt",
+        ".hidden",
+        "with space.json",
+        "ünïcode.txt",
+        "__meta",
+        "a~b",
+    ] {
+        std::fs::write(src.join(name), name.as_bytes()).unwrap();
+    }
+    std::fs::write(src.join("__pycache__/x.pyc"), b"pyc").unwrap();
+    let reg = format!("{}/registry/m", s(tmp.path()));
+    modelfs_ok(&["import", s(&src), &reg]);
+    let out = tmp.path().join("out");
+    modelfs_ok(&["export", &reg, s(&out)]);
+    assert_same_tree(&src, &out);
+}
