@@ -7,5 +7,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod fs;
+pub mod fuse;
 pub mod registry;
 pub mod tiledb;

@@ -78,6 +78,48 @@ enum Command {
         #[arg(short, long)]
         long: bool,
     },
+    /// Mount a registry as a directory tree (read-only).
+    ///
+    /// Files are read from TileDB on demand, through a chunk cache shared by
+    /// all open files, with read-ahead for sequential readers. Without
+    /// --foreground the command returns once the mount is up (or fails with
+    /// the reason and a non-zero exit). SIGINT or SIGTERM unmount. The root
+    /// holds a hidden file `.modelfs-stats` with the mount's counters (JSON).
+    Mount {
+        /// Registry URI: a directory (TileDB group or plain directory) holding models.
+        registry: String,
+        /// An existing, empty directory.
+        mountpoint: PathBuf,
+        /// Mount read-only (the only mode for now).
+        #[arg(long, default_value_t = true)]
+        read_only: bool,
+        /// Stay in the foreground and log to stderr.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Threads serving FUSE requests.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
+        /// Size limit of the chunk cache shared by all open files (e.g. 512M, 2G).
+        #[arg(long, default_value = "128M", value_parser = parse_size)]
+        cache_size: u64,
+        /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
+        #[arg(long)]
+        allow_other: bool,
+        /// Append the daemon's log to this file instead of stderr.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Unmount a modelfs mount.
+    ///
+    /// Fails with "busy" while files in it are open, unless --lazy, which
+    /// detaches the mount at once; the daemon then exits when the last open
+    /// file is closed.
+    Unmount {
+        mountpoint: PathBuf,
+        /// Detach now even if files are open.
+        #[arg(long)]
+        lazy: bool,
+    },
     /// Describe a file, directory or any TileDB array.
     ///
     /// For a file: its size, kind, version timestamp and, for safetensors,
@@ -88,9 +130,14 @@ enum Command {
     },
 }
 
+mod mount;
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // fuser warns when unmounting a mount that is already gone; that is routine here.
+    let default_level = if matches!(cli.command, Command::Mount { .. }) { "info,fuser=error" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("modelfs: {e:#}");
@@ -144,6 +191,26 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ls { uri, long } => ls(&registry::uri::normalize(&uri), long),
+        Command::Mount {
+            registry,
+            mountpoint,
+            read_only,
+            foreground,
+            threads,
+            cache_size,
+            allow_other,
+            log_file,
+        } => mount::run(mount::Args {
+            registry: registry::uri::normalize(&registry),
+            mountpoint,
+            read_only,
+            foreground,
+            threads: threads as usize,
+            cache_bytes: cache_size,
+            allow_other,
+            log_file,
+        }),
+        Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),
         Command::Info { uri } => info(&registry::uri::normalize(&uri)),
     }
 }
@@ -284,6 +351,26 @@ fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
         println!("  {k} ({}) = {text}", v.datatype);
     }
     Ok(())
+}
+
+/// Parses a size like `4096`, `512K`, `128M`, `2G` or `1T` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `ms` since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmm UTC`.

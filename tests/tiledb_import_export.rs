@@ -148,6 +148,10 @@ fn import_over_existing_needs_force_and_keeps_old_versions() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     modelfs_ok(&["import", "--force", s(&v2), &dest]);
 
+    // A device is written in place, never replaced.
+    modelfs_ok(&["export", &dest, "/dev/null"]);
+    assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+
     let exported = tmp.path().join("now.txt");
     modelfs_ok(&["export", &dest, s(&exported)]);
     assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&v2).unwrap());

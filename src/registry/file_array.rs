@@ -148,6 +148,7 @@ pub fn read_meta(ctx: &Context, uri: &str) -> Result<FileMeta> {
 pub struct FileArray {
     array: Array,
     meta: FileMeta,
+    tile_bytes: u64,
 }
 
 impl FileArray {
@@ -160,7 +161,17 @@ impl FileArray {
     /// Opens the version `meta` describes (as read by [`read_meta`]).
     pub fn open_version(ctx: &Context, uri: &str, meta: FileMeta) -> Result<Self> {
         let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp)?;
-        Ok(FileArray { array, meta })
+        let tile_bytes = array
+            .schema()?
+            .dimensions()?
+            .first()
+            .and_then(|d| d.as_u64())
+            .map_or(TILE_BYTES, |(_, _, extent)| extent);
+        Ok(FileArray {
+            array,
+            meta,
+            tile_bytes,
+        })
     }
 
     pub fn meta(&self) -> &FileMeta {
@@ -169,6 +180,11 @@ impl FileArray {
 
     pub fn size(&self) -> u64 {
         self.meta.size
+    }
+
+    /// The array's tile extent, in bytes.
+    pub fn tile_bytes(&self) -> u64 {
+        self.tile_bytes
     }
 
     pub fn uri(&self) -> &str {

@@ -308,24 +308,38 @@ fn export_entry(
 }
 
 /// Writes `file` to `dest` through a temporary file renamed into place, so
-/// `dest` never holds a partial copy.
+/// `dest` never holds a partial copy; a device or pipe is written directly.
 fn export_file(file: &FileArray, name: &str, dest: &Path, progress: &mut dyn Progress) -> Result<()> {
+    if std::fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let mut out = std::fs::OpenOptions::new().write(true).open(dest).map_err(|e| Error::io(dest, e))?;
+        progress.start(name, file.size());
+        copy_out(file, &mut out, dest, progress)?;
+        progress.finish();
+        return Ok(());
+    }
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     progress.start(name, file.size());
+    let tmp_path = tmp.path().to_path_buf();
+    copy_out(file, tmp.as_file_mut(), &tmp_path, progress)?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
+    progress.finish();
+    Ok(())
+}
+
+/// Copies all of `file` into `out`, a chunk at a time.
+fn copy_out(file: &FileArray, out: &mut impl Write, path: &Path, progress: &mut dyn Progress) -> Result<()> {
     let mut buf = vec![0u8; COPY_CHUNK_BYTES.min(file.size().max(1) as usize)];
     let mut offset = 0u64;
     while offset < file.size() {
         let n = file.read_at(offset, &mut buf)?;
-        tmp.write_all(&buf[..n]).map_err(|e| Error::io(tmp.path(), e))?;
+        out.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
         offset += n as u64;
         progress.advance(n as u64);
     }
-    tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
-    progress.finish();
     Ok(())
 }

@@ -1,0 +1,68 @@
+//! The core's own file attributes and identifiers; the FUSE adapter turns
+//! them into fuser's types.
+
+use std::time::SystemTime;
+
+/// An inode number. 1 is the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    pub const ROOT: Ino = Ino(1);
+    /// The root's hidden counters file.
+    pub const STATS: Ino = Ino(2);
+    pub const FIRST_FREE: u64 = 3;
+}
+
+/// An open file or directory handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// What `stat` shows for an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    /// Permission bits (no file type).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirItem {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: String,
+    /// The offset of the entry after this one.
+    pub next_offset: u64,
+}
+
+/// What an open returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: Fh,
+    /// The file is unchanged since it was last cached: keep the page cache.
+    pub keep_cache: bool,
+    /// Bypass the page cache (generated files whose size is not known).
+    pub direct_io: bool,
+}
+
+/// What `statfs` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}

@@ -1,0 +1,60 @@
+//! Counters of what the mount does, readable while mounted (the root's
+//! hidden `.modelfs-stats` file) and by tests. Plain relaxed atomics: each
+//! is exact on its own, a snapshot of several is not a transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Live counters, shared by every thread of a mount.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of the counters at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct Snapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Read requests answered.
+    reads_served,
+    /// Bytes returned to readers.
+    bytes_served,
+    /// Chunks found in the cache (or being loaded by another reader).
+    cache_hits,
+    /// Chunks that had to be read from TileDB for a reader.
+    cache_misses,
+    /// Chunks dropped from the cache to stay under its size limit.
+    cache_evictions,
+    /// TileDB read queries issued.
+    tiledb_reads,
+    /// Bytes asked of TileDB.
+    tiledb_bytes,
+    /// Chunks read ahead of a sequential reader.
+    prefetch_chunks,
+    /// Read-ahead requests dropped because the queue was full.
+    prefetch_dropped,
+    /// Lookups of names.
+    lookups,
+    /// Files opened.
+    opens,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

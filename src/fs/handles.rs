@@ -1,0 +1,51 @@
+//! Open file and directory handles. A handle holds what its reads need
+//! (the file version, the read-ahead planner, a directory snapshot), so a
+//! file keeps reading the version it opened even after a newer one lands.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use super::attr::{DirItem, Fh, Ino};
+use super::read::{ChunkSource, Prefetcher};
+
+pub struct FileHandle {
+    pub ino: Ino,
+    pub source: Arc<dyn ChunkSource>,
+    pub prefetch: Mutex<Prefetcher>,
+}
+
+pub enum Handle {
+    File(FileHandle),
+    /// A listing taken at `opendir`, so offsets stay stable while it is read.
+    Dir { items: Vec<DirItem> },
+    /// A generated file's contents, fixed at open.
+    Generated(Vec<u8>),
+}
+
+#[derive(Default)]
+pub struct HandleTable {
+    map: RwLock<HashMap<Fh, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    pub fn insert(&self, handle: Handle) -> Fh {
+        let fh = Fh(self.next.fetch_add(1, Ordering::Relaxed) + 1);
+        self.map.write().unwrap_or_else(PoisonError::into_inner).insert(fh, Arc::new(handle));
+        fh
+    }
+
+    pub fn get(&self, fh: Fh) -> Option<Arc<Handle>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).get(&fh).cloned()
+    }
+
+    pub fn remove(&self, fh: Fh) -> Option<Arc<Handle>> {
+        self.map.write().unwrap_or_else(PoisonError::into_inner).remove(&fh)
+    }
+
+    /// Open handles of any kind.
+    pub fn count(&self) -> usize {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}

@@ -1,0 +1,9 @@
+//! The read path: chunk sources, the shared chunk cache, and read-ahead.
+
+pub mod chunk_cache;
+pub mod prefetch;
+pub mod source;
+
+pub use chunk_cache::ChunkCache;
+pub use prefetch::{PrefetchPool, Prefetcher};
+pub use source::{ChunkSource, FileVersion};

@@ -1,0 +1,253 @@
+//! Read-ahead for sequential readers: a pure planner per open file, and a
+//! small pool of threads that carries the plans out through the cache.
+//!
+//! The planner watches each read's offset. A read that starts near where
+//! the previous one ended (within the current window, since the kernel's
+//! own readahead may deliver requests slightly out of order) continues a
+//! streak; from the second read of a streak on, the window of bytes to keep
+//! loaded ahead of the reader doubles, from one chunk up to the maximum. A
+//! read elsewhere ends the streak and the window. Each plan names only bytes
+//! not planned before, rounded to whole chunks.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use log::debug;
+
+use super::chunk_cache::ChunkCache;
+use super::source::ChunkSource;
+use crate::fs::counters::Counters;
+
+/// The read-ahead state of one open file. Does no I/O.
+#[derive(Debug, Clone)]
+pub struct Prefetcher {
+    size: u64,
+    chunk: u64,
+    max_window: u64,
+    /// Where a sequential reader's next read would start.
+    next: u64,
+    /// Bytes to keep loaded ahead of the reader; 0 when not sequential.
+    window: u64,
+    streak: u32,
+    /// Everything before this offset has been planned.
+    planned_until: u64,
+}
+
+impl Prefetcher {
+    /// A planner for a file of `size` bytes cached in `chunk`-byte chunks,
+    /// reading at most `max_window` bytes ahead.
+    pub fn new(size: u64, chunk: u64, max_window: u64) -> Self {
+        Prefetcher {
+            size,
+            chunk: chunk.max(1),
+            max_window: max_window.max(chunk),
+            next: 0,
+            window: 0,
+            streak: 0,
+            planned_until: 0,
+        }
+    }
+
+    /// Records a read of `len` bytes at `offset` and returns the byte range
+    /// to load ahead of it, if any.
+    pub fn on_read(&mut self, offset: u64, len: u64) -> Option<Range<u64>> {
+        let slack = self.window.max(self.chunk);
+        let sequential = offset <= self.next.saturating_add(slack) && offset.saturating_add(slack) >= self.next;
+        let end = offset.saturating_add(len).min(self.size);
+        if sequential && self.streak > 0 {
+            self.streak += 1;
+            self.window = (self.window * 2).clamp(self.chunk, self.max_window);
+            self.next = self.next.max(end);
+        } else {
+            self.streak = 1;
+            self.window = 0;
+            self.next = end;
+            self.planned_until = 0;
+            return None;
+        }
+        let round_up = |x: u64| x.div_ceil(self.chunk).saturating_mul(self.chunk).min(self.size);
+        let start = round_up(end).max(self.planned_until);
+        let stop = round_up(end.saturating_add(self.window));
+        if stop > start {
+            self.planned_until = stop;
+            Some(start..stop)
+        } else {
+            None
+        }
+    }
+}
+
+struct Job {
+    src: Arc<dyn ChunkSource>,
+    chunks: Range<u64>,
+}
+
+/// Threads that load planned ranges into the cache in the background.
+pub struct PrefetchPool {
+    sender: Mutex<Option<SyncSender<Job>>>,
+    workers: Vec<JoinHandle<()>>,
+    fetch_bytes: u64,
+    counters: Arc<Counters>,
+}
+
+impl PrefetchPool {
+    /// `threads` workers, each loading up to `fetch_bytes` per query, with
+    /// at most `queue` jobs waiting (more are dropped and counted).
+    pub fn new(cache: Arc<ChunkCache>, counters: Arc<Counters>, threads: usize, fetch_bytes: u64, queue: usize) -> Self {
+        let (tx, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..threads)
+            .map(|i| {
+                let (rx, cache) = (rx.clone(), cache.clone());
+                std::thread::Builder::new()
+                    .name(format!("modelfs-prefetch-{i}"))
+                    .spawn(move || worker(&rx, &cache))
+                    .expect("spawn a prefetch thread")
+            })
+            .collect();
+        PrefetchPool {
+            sender: Mutex::new(Some(tx)),
+            workers,
+            fetch_bytes,
+            counters,
+        }
+    }
+
+    /// Queues the loading of byte range `bytes` of `src`, split into jobs of
+    /// at most the fetch size so several workers share a long range.
+    pub fn submit(&self, src: &Arc<dyn ChunkSource>, bytes: Range<u64>) {
+        let cb = src.chunk_bytes();
+        let first = bytes.start / cb;
+        let end = bytes.end.div_ceil(cb);
+        let per_job = (self.fetch_bytes / cb).max(1);
+        let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(tx) = guard.as_ref() else { return };
+        let mut c = first;
+        while c < end {
+            let stop = (c + per_job).min(end);
+            let job = Job {
+                src: src.clone(),
+                chunks: c..stop,
+            };
+            match tx.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    Counters::add(&self.counters.prefetch_dropped, stop - c);
+                }
+            }
+            c = stop;
+        }
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, cache: &ChunkCache) {
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            rx.recv()
+        };
+        let Ok(job) = job else { return };
+        if let Err(e) = cache.prefetch(job.src.as_ref(), job.chunks.start, job.chunks.end) {
+            // The reader that reaches these bytes reports the error.
+            debug!("read-ahead of {} chunks {:?} failed: {e}", job.src.describe(), job.chunks);
+        }
+    }
+}
+
+impl Drop for PrefetchPool {
+    fn drop(&mut self) {
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn one_read_plans_nothing() {
+        let mut p = Prefetcher::new(100 * MIB, MIB, 8 * MIB);
+        assert_eq!(p.on_read(0, 4096), None);
+    }
+
+    #[test]
+    fn sequential_reads_grow_the_window_to_the_limit() {
+        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB);
+        let step = 128 * 1024;
+        let mut planned = Vec::new();
+        for i in 0..200u64 {
+            if let Some(r) = p.on_read(i * step, step) {
+                planned.push(r);
+            }
+        }
+        // Contiguous, non-overlapping, chunk-aligned plans.
+        for w in planned.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert!(planned.iter().all(|r| r.start % MIB == 0 && r.end % MIB == 0));
+        let reader_end = 200 * step;
+        let ahead = planned.last().unwrap().end - reader_end;
+        assert!(ahead <= 8 * MIB + MIB, "{ahead}");
+        assert!(ahead >= 7 * MIB, "{ahead}");
+    }
+
+    #[test]
+    fn a_seek_resets_the_window() {
+        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB);
+        for i in 0..20 {
+            p.on_read(i * MIB, MIB);
+        }
+        assert_eq!(p.on_read(500 * MIB, 4096), None);
+        let r = p.on_read(500 * MIB + 4096, 4096).unwrap();
+        assert_eq!(r, 501 * MIB..502 * MIB);
+    }
+
+    #[test]
+    fn never_plans_past_the_end() {
+        let mut p = Prefetcher::new(3 * MIB + 5, MIB, 64 * MIB);
+        for i in 0..10 {
+            if let Some(r) = p.on_read(i * 65536, 65536) {
+                assert!(r.end <= 3 * MIB + 5);
+            }
+        }
+    }
+
+    #[test]
+    fn slightly_reordered_readahead_stays_sequential() {
+        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB);
+        let k = 128 * 1024;
+        for off in [0, k, 3 * k, 2 * k, 4 * k, 6 * k, 5 * k, 7 * k] {
+            p.on_read(off, k);
+        }
+        assert!(p.window > 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plans_stay_in_the_file_and_never_repeat(
+            size in 0u64..(64 * MIB),
+            reads in proptest::collection::vec((0u64..(70 * MIB), 0u64..(2 * MIB)), 1..50),
+        ) {
+            let mut p = Prefetcher::new(size, 256 * 1024, 8 * MIB);
+            let mut last_end = 0u64;
+            for (off, len) in reads {
+                if let Some(r) = p.on_read(off, len) {
+                    proptest::prop_assert!(r.start < r.end && r.end <= size);
+                    proptest::prop_assert!(r.end - r.start <= 8 * MIB + 512 * 1024);
+                    if p.streak > 2 {
+                        proptest::prop_assert!(r.start >= last_end.min(r.start));
+                    }
+                    last_end = r.end;
+                }
+            }
+        }
+    }
+}

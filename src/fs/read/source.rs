@@ -1,0 +1,144 @@
+//! Where chunk bytes come from: one version of one file, read by byte range.
+//! A trait so the cache and the planner are tested on an in-memory source
+//! (and a failing one) as well as on real file arrays.
+
+use std::sync::Arc;
+
+use crate::fs::error::Result;
+use crate::registry::FileArray;
+
+/// One immutable version of a file, readable by byte range from any thread.
+pub trait ChunkSource: Send + Sync {
+    /// Unique for this file version within the mount; the cache key.
+    fn id(&self) -> u64;
+    /// The file's size in bytes.
+    fn size(&self) -> u64;
+    /// The cache's unit for this file, in bytes: whole storage tiles.
+    fn chunk_bytes(&self) -> u64;
+    /// Fills `buf` with the bytes at `offset`; the range lies within the file.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Names the file in log lines.
+    fn describe(&self) -> &str;
+}
+
+/// Smallest cache chunk: arrays with small tiles (TileDB's filestore uses
+/// 1 KiB) are read a few hundred KiB at a time, not a tile at a time.
+pub const MIN_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// The chunk size for tiles of `tile_bytes`: the smallest multiple of the
+/// tile at least [`MIN_CHUNK_BYTES`], so every chunk covers whole tiles.
+pub fn chunk_bytes_for_tile(tile_bytes: u64) -> u64 {
+    let tile = tile_bytes.max(1);
+    MIN_CHUNK_BYTES.div_ceil(tile) * tile
+}
+
+/// A file array version as a chunk source.
+pub struct FileVersion {
+    id: u64,
+    file: FileArray,
+    chunk_bytes: u64,
+    uri: String,
+}
+
+impl FileVersion {
+    pub fn new(id: u64, file: FileArray, tile_bytes: u64) -> Arc<Self> {
+        let uri = file.uri().to_string();
+        Arc::new(FileVersion {
+            id,
+            file,
+            chunk_bytes: chunk_bytes_for_tile(tile_bytes),
+            uri,
+        })
+    }
+
+    pub fn file(&self) -> &FileArray {
+        &self.file
+    }
+}
+
+impl ChunkSource for FileVersion {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+
+    fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let n = self.file.read_at(offset, buf)?;
+        if n != buf.len() {
+            return Err(crate::fs::error::Error::new(
+                libc::EIO,
+                log::Level::Warn,
+                format!("{}: read {n} of {} bytes at {offset}", self.uri, buf.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> &str {
+        &self.uri
+    }
+}
+
+#[cfg(test)]
+pub mod testing {
+    //! In-memory sources for the cache and planner tests.
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::fs::error::Error;
+
+    /// A file held in memory, counting the reads it serves.
+    pub struct MemSource {
+        pub id: u64,
+        pub data: Vec<u8>,
+        pub chunk: u64,
+        pub reads: AtomicU64,
+        /// Byte ranges whose reads fail with EIO.
+        pub failing: Mutex<Vec<std::ops::Range<u64>>>,
+    }
+
+    impl MemSource {
+        pub fn new(id: u64, data: Vec<u8>, chunk: u64) -> Arc<Self> {
+            Arc::new(MemSource {
+                id,
+                data,
+                chunk,
+                reads: AtomicU64::new(0),
+                failing: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl ChunkSource for MemSource {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn chunk_bytes(&self) -> u64 {
+            self.chunk
+        }
+        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let end = offset + buf.len() as u64;
+            if self.failing.lock().unwrap().iter().any(|r| r.start < end && offset < r.end) {
+                return Err(Error::new(libc::EIO, log::Level::Warn, "injected failure"));
+            }
+            buf.copy_from_slice(&self.data[offset as usize..end as usize]);
+            Ok(())
+        }
+        fn describe(&self) -> &str {
+            "memory"
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `modelfs mount` and `modelfs unmount`: checks, daemonizing, signals.
+//!
+//! Without `--foreground` the command re-runs itself in the foreground as a
+//! child in its own session and waits until the child reports the mount is
+//! up (one line on a pipe) or fails, so mount errors reach the caller with a
+//! non-zero exit before it detaches.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use log::{info, warn};
+
+use modelfs::fs::{Config, ModelFs};
+use modelfs::fuse::{MountOptions, Mounted};
+use modelfs::registry::Registry;
+use modelfs::tiledb::Context;
+
+/// Set in the child's environment: report readiness on stdout.
+const READY_ENV: &str = "MODELFS_REPORT_READY";
+const READY_LINE: &str = "modelfs-mounted";
+
+pub struct Args {
+    pub registry: String,
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    pub foreground: bool,
+    pub threads: usize,
+    pub cache_bytes: u64,
+    pub allow_other: bool,
+    pub log_file: Option<PathBuf>,
+}
+
+fn check_mountpoint(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("mountpoint {}", path.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {}: not a directory", path.display());
+    }
+    let mut entries = std::fs::read_dir(path).with_context(|| format!("mountpoint {}", path.display()))?;
+    if entries.next().is_some() {
+        bail!("mountpoint {}: not empty", path.display());
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if !args.read_only {
+        bail!("read-write mounts are not supported yet; mount with --read-only");
+    }
+    check_mountpoint(&args.mountpoint)?;
+    if !args.foreground {
+        return spawn_daemon();
+    }
+    if let Some(path) = &args.log_file {
+        redirect_stderr(path)?;
+    }
+    let ctx = Context::new().context("creating a TileDB context")?;
+    let registry = Registry::new(ctx)?;
+    let config = Config {
+        read_only: args.read_only,
+        cache_bytes: args.cache_bytes,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        ..Config::default()
+    };
+    let core = Arc::new(ModelFs::new(registry, &args.registry, config).with_context(|| format!("mount of {}", args.registry))?);
+    let options = MountOptions {
+        fs_name: args.registry.clone(),
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        threads: args.threads,
+    };
+    let mut mounted =
+        Mounted::new(core.clone(), &args.mountpoint, &options).with_context(|| format!("mount at {}", args.mountpoint.display()))?;
+    let mut unmounter = mounted.unmounter();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("installing signal handlers")?;
+    let mountpoint = args.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("modelfs-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!("signal {sig}: unmounting {}", mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    warn!("unmount of {} failed: {e}", mountpoint.display());
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    if std::env::var_os(READY_ENV).is_some() {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{READY_LINE}");
+        let _ = out.flush();
+        // The parent has what it waited for; stdout goes nowhere from now on.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(&null);
+        }
+    }
+    mounted.run().context("serving the mount")?;
+    info!("unmounted {}; {} handles were open", args.mountpoint.display(), core.open_handles());
+    Ok(())
+}
+
+fn redirect_stderr(path: &Path) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("log file {}", path.display()))?;
+    nix::unistd::dup2_stderr(&f).with_context(|| format!("log file {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs this command again with `--foreground` as a detached child and
+/// waits for it to report the mount (exit 0) or to fail (its exit code).
+fn spawn_daemon() -> Result<()> {
+    let exe = std::env::current_exe().context("finding the modelfs executable")?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--foreground".into());
+    let mut cmd = Command::new(exe);
+    // Its own process group, so a Ctrl-C meant for the caller's terminal
+    // does not unmount it.
+    cmd.args(&args)
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).context("waiting for the mount daemon")?;
+    if line.trim() == READY_LINE {
+        return Ok(());
+    }
+    let status = child.wait().context("waiting for the mount daemon")?;
+    bail!("the mount daemon exited ({status}) before the mount was up");
+}
+
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let path = mountpoint.canonicalize().with_context(|| format!("{}", mountpoint.display()))?;
+    if nix::unistd::geteuid().is_root() {
+        use nix::errno::Errno;
+        use nix::mount::{MntFlags, umount2};
+        let flags = if lazy { MntFlags::MNT_DETACH } else { MntFlags::empty() };
+        return match umount2(&path, flags) {
+            Ok(()) => Ok(()),
+            Err(Errno::EBUSY) => bail!("{}: busy: files in it are open (--lazy detaches it now)", path.display()),
+            Err(Errno::EINVAL) => bail!("{}: not a mount point", path.display()),
+            Err(e) => bail!("{}: {e}", path.display()),
+        };
+    }
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(&path).output().context("running fusermount3")?;
+    if !out.status.success() {
+        bail!("{}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
