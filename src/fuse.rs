@@ -86,8 +86,13 @@ fn file_attr(a: &Attr) -> FileAttr {
 }
 
 fn name_str<'a>(name: &'a OsStr, op: &str) -> Result<&'a str, Error> {
-    name.to_str()
-        .ok_or_else(|| Error::new(libc::ENOENT, log::Level::Debug, format!("{op}: name {name:?} is not UTF-8")))
+    name.to_str().ok_or_else(|| {
+        Error::new(
+            libc::ENOENT,
+            log::Level::Debug,
+            format!("{op}: name {name:?} is not UTF-8"),
+        )
+    })
 }
 
 impl Filesystem for FuseAdapter {
@@ -250,7 +255,11 @@ impl Mounted {
         }
         let mut config = FuseConfig::default();
         config.mount_options = mount_options;
-        config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+        config.acl = if options.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
         config.n_threads = Some(options.threads.max(1));
         config.clone_fd = true;
         let session = Session::new(FuseAdapter::new(core), mountpoint, &config)?;

@@ -105,7 +105,8 @@ enum Command {
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
-        /// Append the daemon's log to this file instead of stderr.
+        /// Append the log to this file. Without it a background mount logs to
+        /// stderr only until the mount is up.
         #[arg(long)]
         log_file: Option<PathBuf>,
     },
@@ -135,7 +136,11 @@ mod mount;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // fuser warns when unmounting a mount that is already gone; that is routine here.
-    let default_level = if matches!(cli.command, Command::Mount { .. }) { "info,fuser=error" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Mount { .. }) {
+        "info,fuser=error"
+    } else {
+        "warn"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,15 +66,17 @@ pub fn run(args: Args) -> Result<()> {
         gid: nix::unistd::getgid().as_raw(),
         ..Config::default()
     };
-    let core = Arc::new(ModelFs::new(registry, &args.registry, config).with_context(|| format!("mount of {}", args.registry))?);
+    let core = Arc::new(
+        ModelFs::new(registry, &args.registry, config).with_context(|| format!("mount of {}", args.registry))?,
+    );
     let options = MountOptions {
         fs_name: args.registry.clone(),
         read_only: args.read_only,
         allow_other: args.allow_other,
         threads: args.threads,
     };
-    let mut mounted =
-        Mounted::new(core.clone(), &args.mountpoint, &options).with_context(|| format!("mount at {}", args.mountpoint.display()))?;
+    let mut mounted = Mounted::new(core.clone(), &args.mountpoint, &options)
+        .with_context(|| format!("mount at {}", args.mountpoint.display()))?;
     let mut unmounter = mounted.unmounter();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("installing signal handlers")?;
@@ -94,13 +96,21 @@ pub fn run(args: Args) -> Result<()> {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "{READY_LINE}");
         let _ = out.flush();
-        // The parent has what it waited for; stdout goes nowhere from now on.
+        // The caller has what it waited for. Let go of its stdout and (unless
+        // logging to a file) its stderr, so a caller capturing them sees EOF.
         if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
             let _ = nix::unistd::dup2_stdout(&null);
+            if args.log_file.is_none() {
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
         }
     }
     mounted.run().context("serving the mount")?;
-    info!("unmounted {}; {} handles were open", args.mountpoint.display(), core.open_handles());
+    info!(
+        "unmounted {}; {} handles were open",
+        args.mountpoint.display(),
+        core.open_handles()
+    );
     Ok(())
 }
 
@@ -131,7 +141,9 @@ fn spawn_daemon() -> Result<()> {
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).context("waiting for the mount daemon")?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("waiting for the mount daemon")?;
     if line.trim() == READY_LINE {
         return Ok(());
     }
@@ -140,14 +152,19 @@ fn spawn_daemon() -> Result<()> {
 }
 
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
-    let path = mountpoint.canonicalize().with_context(|| format!("{}", mountpoint.display()))?;
+    let path = mountpoint
+        .canonicalize()
+        .with_context(|| format!("{}", mountpoint.display()))?;
     if nix::unistd::geteuid().is_root() {
         use nix::errno::Errno;
         use nix::mount::{MntFlags, umount2};
         let flags = if lazy { MntFlags::MNT_DETACH } else { MntFlags::empty() };
         return match umount2(&path, flags) {
             Ok(()) => Ok(()),
-            Err(Errno::EBUSY) => bail!("{}: busy: files in it are open (--lazy detaches it now)", path.display()),
+            Err(Errno::EBUSY) => bail!(
+                "{}: busy: files in it are open (--lazy detaches it now)",
+                path.display()
+            ),
             Err(Errno::EINVAL) => bail!("{}: not a mount point", path.display()),
             Err(e) => bail!("{}: {e}", path.display()),
         };

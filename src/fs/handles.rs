@@ -18,7 +18,9 @@ pub struct FileHandle {
 pub enum Handle {
     File(FileHandle),
     /// A listing taken at `opendir`, so offsets stay stable while it is read.
-    Dir { items: Vec<DirItem> },
+    Dir {
+        items: Vec<DirItem>,
+    },
     /// A generated file's contents, fixed at open.
     Generated(Vec<u8>),
 }
@@ -32,12 +34,19 @@ pub struct HandleTable {
 impl HandleTable {
     pub fn insert(&self, handle: Handle) -> Fh {
         let fh = Fh(self.next.fetch_add(1, Ordering::Relaxed) + 1);
-        self.map.write().unwrap_or_else(PoisonError::into_inner).insert(fh, Arc::new(handle));
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(fh, Arc::new(handle));
         fh
     }
 
     pub fn get(&self, fh: Fh) -> Option<Arc<Handle>> {
-        self.map.read().unwrap_or_else(PoisonError::into_inner).get(&fh).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&fh)
+            .cloned()
     }
 
     pub fn remove(&self, fh: Fh) -> Option<Arc<Handle>> {

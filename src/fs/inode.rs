@@ -70,12 +70,19 @@ impl InodeTable {
                 page_cache_version: None,
             }),
         });
-        t.by_ino.write().unwrap_or_else(PoisonError::into_inner).insert(Ino::ROOT, root);
+        t.by_ino
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Ino::ROOT, root);
         t
     }
 
     pub fn get(&self, ino: Ino) -> Option<Arc<Inode>> {
-        self.by_ino.read().unwrap_or_else(PoisonError::into_inner).get(&ino).cloned()
+        self.by_ino
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ino)
+            .cloned()
     }
 
     /// The inode for `entry` named `name` in `parent`: the existing one when

@@ -132,7 +132,11 @@ impl ModelFs {
     }
 
     fn warn_once(&self, uri: &str, message: std::fmt::Arguments<'_>) {
-        let first = self.warned.lock().unwrap_or_else(PoisonError::into_inner).insert(uri.to_string());
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uri.to_string());
         if first {
             warn!("{message}");
         } else {
@@ -154,7 +158,10 @@ impl ModelFs {
                 Ok(None)
             }
             Ok(Node::Other { reason }) => {
-                self.warn_once(&entry.uri, format_args!("{}: not shown: not a modelfs file ({reason})", entry.uri));
+                self.warn_once(
+                    &entry.uri,
+                    format_args!("{}: not shown: not a modelfs file ({reason})", entry.uri),
+                );
                 Ok(None)
             }
             Err(e) => {
@@ -181,7 +188,9 @@ impl ModelFs {
                 ino,
                 kind: Kind::File,
                 size: meta.size,
-                mtime: meta.timestamp.map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms)),
+                mtime: meta
+                    .timestamp
+                    .map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms)),
                 perm: 0o444 | w,
                 nlink: 1,
                 uid: self.config.uid,
@@ -211,9 +220,13 @@ impl ModelFs {
                 return Ok(c.node.clone());
             }
         }
-        let node = self
-            .node_of(&inode.entry)?
-            .ok_or_else(|| Error::new(libc::ENOENT, log::Level::Debug, format!("{}: no longer shown", inode.entry.uri)))?;
+        let node = self.node_of(&inode.entry)?.ok_or_else(|| {
+            Error::new(
+                libc::ENOENT,
+                log::Level::Debug,
+                format!("{}: no longer shown", inode.entry.uri),
+            )
+        })?;
         let mut c = inode.lock();
         if c.node != node {
             c.version = None;
@@ -231,7 +244,11 @@ impl ModelFs {
         }
         let dir = self.inode(parent)?;
         if self.fresh_node(&dir)? != NodeState::Dir {
-            return Err(Error::new(libc::ENOTDIR, log::Level::Debug, format!("{}: not a directory", dir.entry.uri)));
+            return Err(Error::new(
+                libc::ENOTDIR,
+                log::Level::Debug,
+                format!("{}: not a directory", dir.entry.uri),
+            ));
         }
         let entry = self
             .registry
@@ -255,7 +272,11 @@ impl ModelFs {
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
         let dir = self.inode(ino)?;
         if self.fresh_node(&dir)? != NodeState::Dir {
-            return Err(Error::new(libc::ENOTDIR, log::Level::Debug, format!("{}: not a directory", dir.entry.uri)));
+            return Err(Error::new(
+                libc::ENOTDIR,
+                log::Level::Debug,
+                format!("{}: not a directory", dir.entry.uri),
+            ));
         }
         let mut items = vec![
             DirItem {
@@ -325,7 +346,11 @@ impl ModelFs {
             return Err(Error::read_only(&inode.entry.uri));
         }
         let NodeState::File(meta) = self.fresh_node(&inode)? else {
-            return Err(Error::new(libc::EISDIR, log::Level::Debug, format!("{}: is a directory", inode.entry.uri)));
+            return Err(Error::new(
+                libc::EISDIR,
+                log::Level::Debug,
+                format!("{}: is a directory", inode.entry.uri),
+            ));
         };
         let existing = inode.lock().version.clone();
         let version = match existing {
@@ -366,13 +391,21 @@ impl ModelFs {
         let handle = self.handles.get(fh).ok_or_else(|| Error::bad_handle(fh.0))?;
         let out = match handle.as_ref() {
             Handle::File(f) => {
-                let plan = f.prefetch.lock().unwrap_or_else(PoisonError::into_inner).on_read(offset, size as u64);
+                let plan = f
+                    .prefetch
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .on_read(offset, size as u64);
                 if let Some(range) = plan {
                     self.prefetch.submit(&f.source, range);
                 }
                 let mut buf = vec![0u8; size as usize];
                 let n = self.cache.read(f.source.as_ref(), offset, &mut buf).map_err(|e| {
-                    Error::new(e.errno, e.level, format!("read of {} at {offset}: {e}", f.source.describe()))
+                    Error::new(
+                        e.errno,
+                        e.level,
+                        format!("read of {} at {offset}: {e}", f.source.describe()),
+                    )
                 })?;
                 buf.truncate(n);
                 buf

@@ -311,7 +311,10 @@ fn export_entry(
 /// `dest` never holds a partial copy; a device or pipe is written directly.
 fn export_file(file: &FileArray, name: &str, dest: &Path, progress: &mut dyn Progress) -> Result<()> {
     if std::fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        let mut out = std::fs::OpenOptions::new().write(true).open(dest).map_err(|e| Error::io(dest, e))?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dest)
+            .map_err(|e| Error::io(dest, e))?;
         progress.start(name, file.size());
         copy_out(file, &mut out, dest, progress)?;
         progress.finish();

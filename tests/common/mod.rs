@@ -142,3 +142,99 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         );
     }
 }
+
+/// A real FUSE mount served by `modelfs mount --foreground`, unmounted and
+/// stopped on drop, even when the test fails.
+pub struct MountGuard {
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap_or("")))
+}
+
+impl MountGuard {
+    /// Mounts `registry` at `dir` (created if missing) with extra flags.
+    pub fn new(registry: &str, dir: &Path, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.with_extension("log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin())
+            .args(["mount", "--foreground", registry, dir.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "info,fuser=error")
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn modelfs mount");
+        let mut guard = MountGuard {
+            dir: dir.to_path_buf(),
+            log,
+            child: Some(child),
+        };
+        let start = std::time::Instant::now();
+        while !is_mounted(dir) {
+            if let Some(status) = guard.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("modelfs mount exited ({status}):\n{}", guard.log_text());
+            }
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "mount did not come up:\n{}",
+                guard.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        guard
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The mount's counters, from the root's hidden stats file.
+    pub fn stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.join(".modelfs-stats")).expect("stats file");
+        serde_json::from_str(&text).expect("stats JSON")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits up to `secs` for the daemon to exit; true if it did.
+    pub fn wait_exit(&mut self, secs: u64) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed().as_secs() < secs {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    self.child = None;
+                    return true;
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        false
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new(bin())
+                .args(["unmount", "--lazy", self.dir.to_str().unwrap_or("")])
+                .output();
+        }
+        if !self.wait_exit(10)
+            && let Some(mut c) = self.child.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -96,7 +96,13 @@ pub struct PrefetchPool {
 impl PrefetchPool {
     /// `threads` workers, each loading up to `fetch_bytes` per query, with
     /// at most `queue` jobs waiting (more are dropped and counted).
-    pub fn new(cache: Arc<ChunkCache>, counters: Arc<Counters>, threads: usize, fetch_bytes: u64, queue: usize) -> Self {
+    pub fn new(
+        cache: Arc<ChunkCache>,
+        counters: Arc<Counters>,
+        threads: usize,
+        fetch_bytes: u64,
+        queue: usize,
+    ) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         let workers = (0..threads)
@@ -152,7 +158,11 @@ fn worker(rx: &Mutex<Receiver<Job>>, cache: &ChunkCache) {
         let Ok(job) = job else { return };
         if let Err(e) = cache.prefetch(job.src.as_ref(), job.chunks.start, job.chunks.end) {
             // The reader that reaches these bytes reports the error.
-            debug!("read-ahead of {} chunks {:?} failed: {e}", job.src.describe(), job.chunks);
+            debug!(
+                "read-ahead of {} chunks {:?} failed: {e}",
+                job.src.describe(),
+                job.chunks
+            );
         }
     }
 }

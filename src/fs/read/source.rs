@@ -131,7 +131,13 @@ pub mod testing {
         fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
             self.reads.fetch_add(1, Ordering::Relaxed);
             let end = offset + buf.len() as u64;
-            if self.failing.lock().unwrap().iter().any(|r| r.start < end && offset < r.end) {
+            if self
+                .failing
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.start < end && offset < r.end)
+            {
                 return Err(Error::new(libc::EIO, log::Level::Warn, "injected failure"));
             }
             buf.copy_from_slice(&self.data[offset as usize..end as usize]);
