@@ -9,14 +9,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::SystemTime;
+
 use fuser::{
-    Config as FuseConfig, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+    BsdFileFlags, Config as FuseConfig, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, log};
 
-use crate::fs::{Attr, Error, Fh, Ino, Kind, ModelFs};
+use crate::fs::{Attr, Error, Fh, Ino, Kind, ModelFs, Opened, SetAttr};
 
 /// Largest readahead the kernel may ask for in one request, in bytes. The
 /// kernel's default (128 KiB) splits a page-cache read of a large file into
@@ -26,6 +29,10 @@ pub const MAX_READAHEAD_BYTES: u32 = 1 << 20;
 /// Requests the kernel may have in flight in the background (readahead),
 /// so several reads of a sequential reader overlap.
 pub const MAX_BACKGROUND: u16 = 64;
+
+/// Largest write request, in bytes: `cp` and Python write in 128 KiB to
+/// 1 MiB pieces; larger requests mean fewer round trips per byte.
+pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 
 /// The core behind fuser's trait.
 pub struct FuseAdapter {
@@ -54,7 +61,17 @@ macro_rules! error_reply {
     };
 }
 
-error_reply!(ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen);
+error_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyXattr
+);
 
 /// Logs `err` once, at its level, and replies with its errno.
 fn fail(reply: impl ErrorReply, op: &str, err: Error) {
@@ -85,6 +102,35 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if o.direct_io {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    f
+}
+
+/// EPERM: the registry stores regular files and directories only.
+fn special_file(name: &OsStr) -> Error {
+    Error::new(
+        libc::EPERM,
+        log::Level::Debug,
+        format!("{name:?}: only regular files and directories can be stored"),
+    )
+}
+
+/// ENOTSUP for what the registry cannot store.
+fn unsupported(what: &str, name: &OsStr) -> Error {
+    Error::new(
+        libc::ENOTSUP,
+        log::Level::Debug,
+        format!("{name:?}: {what} are not supported"),
+    )
+}
+
 fn name_str<'a>(name: &'a OsStr, op: &str) -> Result<&'a str, Error> {
     name.to_str().ok_or_else(|| {
         Error::new(
@@ -102,6 +148,9 @@ impl Filesystem for FuseAdapter {
         }
         if let Err(max) = config.set_max_background(MAX_BACKGROUND) {
             let _ = config.set_max_background(max);
+        }
+        if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
+            let _ = config.set_max_write(max);
         }
         Ok(())
     }
@@ -127,19 +176,181 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        match self.core.open(Ino(ino.0), write) {
-            Ok(o) => {
-                let mut f = FopenFlags::empty();
-                if o.keep_cache {
-                    f |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                if o.direct_io {
-                    f |= FopenFlags::FOPEN_DIRECT_IO;
-                }
-                reply.opened(FileHandle(o.fh.0), f)
-            }
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match self.core.open(Ino(ino.0), write, truncate) {
+            Ok(o) => reply.opened(FileHandle(o.fh.0), fopen_flags(&o)),
             Err(e) => fail(reply, "open", e),
         }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if mode & libc::S_IFMT != 0 && mode & libc::S_IFMT != libc::S_IFREG {
+            return fail(reply, "create", special_file(name));
+        }
+        let exclusive = flags & libc::O_EXCL != 0;
+        let result = name_str(name, "create").and_then(|n| self.core.create(Ino(parent.0), n, exclusive));
+        match result {
+            Ok((attr, o)) => reply.created(
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(o.fh.0),
+                fopen_flags(&o),
+            ),
+            Err(e) => fail(reply, "create", e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write(Fh(fh.0), offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => fail(reply, "write", e),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.core.fsync(Fh(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "fsync", e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            fh: fh.map(|f| Fh(f.0)),
+        };
+        match self.core.setattr(Ino(ino.0), change) {
+            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Err(e) => fail(reply, "setattr", e),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        match name_str(name, "mkdir").and_then(|n| self.core.mkdir(Ino(parent.0), n)) {
+            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Err(e) => fail(reply, "mkdir", e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name, "unlink").and_then(|n| self.core.unlink(Ino(parent.0), n)) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "unlink", e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name, "rmdir").and_then(|n| self.core.rmdir(Ino(parent.0), n)) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "rmdir", e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !flags.is_empty() {
+            let e = Error::new(
+                libc::EINVAL,
+                log::Level::Debug,
+                format!("rename flags {flags:?} are not supported"),
+            );
+            return fail(reply, "rename", e);
+        }
+        let result = name_str(name, "rename").and_then(|from| {
+            let to = name_str(newname, "rename")?;
+            self.core.rename(Ino(parent.0), from, Ino(newparent.0), to)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "rename", e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        fail(reply, "mknod", special_file(name));
+    }
+
+    fn symlink(&self, _req: &Request, _parent: INodeNo, link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
+        fail(reply, "symlink", unsupported("symbolic links", link_name));
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        fail(reply, "link", unsupported("hard links", newname));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        fail(reply, "setxattr", unsupported("extended attributes", name));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        fail(reply, "removexattr", unsupported("extended attributes", name));
     }
 
     fn read(
@@ -173,9 +384,12 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing is buffered for writing on a read-only mount.
-        reply.ok();
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // A writing handle commits here, so `close()` returns its errors.
+        match self.core.flush(Fh(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "flush", e),
+        }
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {

@@ -78,10 +78,12 @@ enum Command {
         #[arg(short, long)]
         long: bool,
     },
-    /// Mount a registry as a directory tree (read-only).
+    /// Mount a registry as a directory tree.
     ///
     /// Files are read from TileDB on demand, through a chunk cache shared by
-    /// all open files, with read-ahead for sequential readers. Without
+    /// all open files, with read-ahead for sequential readers. Files written
+    /// are committed to TileDB as a new version when closed (or fsync'd);
+    /// `.safetensors` files are validated then. Without
     /// --foreground the command returns once the mount is up (or fails with
     /// the reason and a non-zero exit). SIGINT or SIGTERM unmount. The root
     /// holds a hidden file `.modelfs-stats` with the mount's counters (JSON).
@@ -90,8 +92,8 @@ enum Command {
         registry: String,
         /// An existing, empty directory.
         mountpoint: PathBuf,
-        /// Mount read-only (the only mode for now).
-        #[arg(long, default_value_t = true)]
+        /// Refuse every change (EROFS).
+        #[arg(long)]
         read_only: bool,
         /// Stay in the foreground and log to stderr.
         #[arg(short, long)]
@@ -105,6 +107,14 @@ enum Command {
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
+        /// Directory for staging files written out of order (default: a
+        /// `modelfs-staging` directory under $TMPDIR or /tmp).
+        #[arg(long)]
+        staging_dir: Option<PathBuf>,
+        /// Most bytes staged at once over all files being written; past it
+        /// writes fail with ENOSPC.
+        #[arg(long, default_value = "64G", value_parser = parse_size)]
+        staging_limit: u64,
         /// Append the log to this file. Without it a background mount logs to
         /// stderr only until the mount is up.
         #[arg(long)]
@@ -204,6 +214,8 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             cache_size,
             allow_other,
+            staging_dir,
+            staging_limit,
             log_file,
         } => mount::run(mount::Args {
             registry: registry::uri::normalize(&registry),
@@ -213,6 +225,8 @@ fn run(cli: Cli) -> Result<()> {
             threads: threads as usize,
             cache_bytes: cache_size,
             allow_other,
+            staging_dir,
+            staging_limit,
             log_file,
         }),
         Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),

@@ -31,6 +31,8 @@ pub struct Args {
     pub threads: usize,
     pub cache_bytes: u64,
     pub allow_other: bool,
+    pub staging_dir: Option<PathBuf>,
+    pub staging_limit: u64,
     pub log_file: Option<PathBuf>,
 }
 
@@ -47,9 +49,6 @@ fn check_mountpoint(path: &Path) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if !args.read_only {
-        bail!("read-write mounts are not supported yet; mount with --read-only");
-    }
     check_mountpoint(&args.mountpoint)?;
     if !args.foreground {
         return spawn_daemon();
@@ -62,6 +61,11 @@ pub fn run(args: Args) -> Result<()> {
     let config = Config {
         read_only: args.read_only,
         cache_bytes: args.cache_bytes,
+        staging_dir: args
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| Config::default().staging_dir),
+        staging_limit_bytes: args.staging_limit,
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
         ..Config::default()

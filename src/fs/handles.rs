@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::attr::{DirItem, Fh, Ino};
 use super::read::{ChunkSource, Prefetcher};
+use super::write::Writer;
 
 pub struct FileHandle {
     pub ino: Ino,
@@ -15,8 +16,15 @@ pub struct FileHandle {
     pub prefetch: Mutex<Prefetcher>,
 }
 
+/// A file open for writing; the inode refers to the same writer.
+pub struct WriteHandle {
+    pub ino: Ino,
+    pub writer: Arc<Mutex<Writer>>,
+}
+
 pub enum Handle {
     File(FileHandle),
+    Write(WriteHandle),
     /// A listing taken at `opendir`, so offsets stay stable while it is read.
     Dir {
         items: Vec<DirItem>,

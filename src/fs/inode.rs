@@ -1,19 +1,20 @@
 //! The inode table: stable inode numbers for registry entries, found by
 //! `(parent, name)`, with what each entry held when last looked at.
 //!
-//! Identity (`ino`, `parent`, `entry`) never changes after an inode
-//! is made; the cached state (`Node` and when it was read, the open file
-//! version) sits behind the inode's own mutex, which is never held across
-//! TileDB I/O. Inodes live as long as the mount (a registry tree is small
-//! next to the memory of its files).
+//! An inode's number never changes; its place (parent and entry) changes
+//! only on rename. Cached state (the `Node` and when it was read, the open
+//! file version, the active writer, open handles) sits behind the inode's
+//! own mutex, which is never held across TileDB I/O. Lock order: the
+//! table's maps, then an inode's place, then its cached state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Instant;
 
 use super::attr::Ino;
 use super::read::FileVersion;
+use super::write::Writer;
 use crate::registry::{Entry, FileMeta};
 
 /// What an inode was found to be.
@@ -31,18 +32,50 @@ pub struct Cached {
     pub version: Option<Arc<FileVersion>>,
     /// The version whose bytes the kernel may hold in its page cache.
     pub page_cache_version: Option<u64>,
+    /// The handle writing this file, if any (one writer at a time).
+    pub writer: Weak<Mutex<Writer>>,
+    /// Open handles on this inode.
+    pub open_handles: u32,
+    /// Removed from its directory while open: its storage is deleted when
+    /// the last handle closes.
+    pub unlinked: bool,
+}
+
+impl Cached {
+    fn new(node: NodeState) -> Self {
+        Cached {
+            node,
+            read_at: Instant::now(),
+            version: None,
+            page_cache_version: None,
+            writer: Weak::new(),
+            open_handles: 0,
+            unlinked: false,
+        }
+    }
+
+    pub fn active_writer(&self) -> Option<Arc<Mutex<Writer>>> {
+        self.writer.upgrade()
+    }
 }
 
 pub struct Inode {
     pub ino: Ino,
-    pub parent: Ino,
-    pub entry: Entry,
+    place: RwLock<(Ino, Entry)>,
     pub cached: Mutex<Cached>,
 }
 
 impl Inode {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
         self.cached.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn entry(&self) -> Entry {
+        self.place.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+    }
+
+    pub fn parent(&self) -> Ino {
+        self.place.read().unwrap_or_else(PoisonError::into_inner).0
     }
 }
 
@@ -61,14 +94,8 @@ impl InodeTable {
         };
         let root = Arc::new(Inode {
             ino: Ino::ROOT,
-            parent: Ino::ROOT,
-            entry: root,
-            cached: Mutex::new(Cached {
-                node: NodeState::Dir,
-                read_at: Instant::now(),
-                version: None,
-                page_cache_version: None,
-            }),
+            place: RwLock::new((Ino::ROOT, root)),
+            cached: Mutex::new(Cached::new(NodeState::Dir)),
         });
         t.by_ino
             .write()
@@ -85,15 +112,25 @@ impl InodeTable {
             .cloned()
     }
 
-    /// The inode for `entry` named `name` in `parent`: the existing one when
-    /// it still stands for the same storage, a new one otherwise.
+    /// The inode known for `name` in `parent`, if any.
+    pub fn find(&self, parent: Ino, name: &str) -> Option<Arc<Inode>> {
+        let ino = *self
+            .by_name
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(parent, name.to_string()))?;
+        self.get(ino)
+    }
+
+    /// The inode for `entry` in `parent`: the existing one when it still
+    /// stands for the same storage, a new one otherwise.
     pub fn upsert(&self, parent: Ino, entry: Entry, node: NodeState) -> Arc<Inode> {
         let key = (parent, entry.name.clone());
         let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(ino) = by_name.get(&key)
             && let Some(inode) = by_ino.get(ino)
-            && inode.entry == entry
+            && inode.entry().uri == entry.uri
         {
             let inode = inode.clone();
             drop((by_name, by_ino));
@@ -109,18 +146,51 @@ impl InodeTable {
         let ino = Ino(self.next.fetch_add(1, Ordering::Relaxed));
         let inode = Arc::new(Inode {
             ino,
-            parent,
-            entry,
-            cached: Mutex::new(Cached {
-                node,
-                read_at: Instant::now(),
-                version: None,
-                page_cache_version: None,
-            }),
+            place: RwLock::new((parent, entry)),
+            cached: Mutex::new(Cached::new(node)),
         });
         by_name.insert(key, ino);
         by_ino.insert(ino, inode.clone());
         inode
+    }
+
+    /// Forgets the name `name` in `parent` (the inode stays while handles
+    /// or the kernel refer to it).
+    pub fn remove_name(&self, parent: Ino, name: &str) {
+        self.by_name
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(parent, name.to_string()));
+    }
+
+    /// Moves `inode` to `entry` in `parent`.
+    pub fn rename(&self, inode: &Inode, parent: Ino, entry: Entry) {
+        let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+        let mut place = inode.place.write().unwrap_or_else(PoisonError::into_inner);
+        by_name.remove(&(place.0, place.1.name.clone()));
+        by_name.insert((parent, entry.name.clone()), inode.ino);
+        *place = (parent, entry);
+    }
+
+    /// Inodes named in `parent` that have a writer but no committed
+    /// version yet (new files being written), shown in listings.
+    pub fn uncommitted_children(&self, parent: Ino) -> Vec<Arc<Inode>> {
+        let inos: Vec<Ino> = self
+            .by_name
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|((p, _), _)| *p == parent)
+            .map(|(_, ino)| *ino)
+            .collect();
+        inos.into_iter()
+            .filter_map(|i| self.get(i))
+            .filter(|i| {
+                i.lock()
+                    .active_writer()
+                    .is_some_and(|w| !w.lock().unwrap_or_else(PoisonError::into_inner).target().exists)
+            })
+            .collect()
     }
 
     /// Number of inodes known.

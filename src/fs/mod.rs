@@ -8,8 +8,10 @@ pub mod error;
 mod handles;
 mod inode;
 pub mod read;
+pub mod write;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,9 +22,10 @@ pub use counters::{Counters, Snapshot};
 pub use error::{Error, Result};
 
 use crate::registry::{Entry, FileArray, Node, Registry};
-use handles::{FileHandle, Handle, HandleTable};
+use handles::{FileHandle, Handle, HandleTable, WriteHandle};
 use inode::{Inode, InodeTable, NodeState};
 use read::{ChunkCache, ChunkSource, FileVersion, PrefetchPool, Prefetcher};
+use write::{StagingArea, Target, Writer};
 
 /// The root's hidden file holding the counters as JSON.
 pub const STATS_NAME: &str = ".modelfs-stats";
@@ -42,6 +45,10 @@ pub struct Config {
     pub prefetch_window_bytes: u64,
     /// Bytes one read-ahead query asks TileDB for.
     pub prefetch_fetch_bytes: u64,
+    /// Directory for staging files written out of order.
+    pub staging_dir: PathBuf,
+    /// Most bytes staged at once, over all files being written.
+    pub staging_limit_bytes: u64,
     pub uid: u32,
     pub gid: u32,
 }
@@ -55,6 +62,8 @@ impl Default for Config {
             prefetch_threads: 4,
             prefetch_window_bytes: 32 << 20,
             prefetch_fetch_bytes: 4 << 20,
+            staging_dir: std::env::temp_dir().join("modelfs-staging"),
+            staging_limit_bytes: 64 << 30,
             uid: 0,
             gid: 0,
         }
@@ -70,6 +79,7 @@ pub struct ModelFs {
     cache: Arc<ChunkCache>,
     prefetch: PrefetchPool,
     counters: Arc<Counters>,
+    staging: Arc<StagingArea>,
     next_version: std::sync::atomic::AtomicU64,
     started: SystemTime,
     /// URIs already warned about, so a bad entry logs once, not per listing.
@@ -89,6 +99,13 @@ impl ModelFs {
                 format!("{root_uri}: not a directory (a TileDB group or a directory)"),
             ));
         }
+        let staging = StagingArea::new(&config.staging_dir, config.staging_limit_bytes).map_err(|e| {
+            Error::new(
+                libc::EIO,
+                log::Level::Error,
+                format!("staging directory {}: {e}", config.staging_dir.display()),
+            )
+        })?;
         let counters = Arc::new(Counters::default());
         let cache = Arc::new(ChunkCache::new(config.cache_bytes, counters.clone()));
         let prefetch = PrefetchPool::new(
@@ -105,6 +122,7 @@ impl ModelFs {
             cache,
             prefetch,
             counters,
+            staging,
             config,
             next_version: std::sync::atomic::AtomicU64::new(1),
             started: SystemTime::now(),
@@ -212,19 +230,30 @@ impl ModelFs {
         }
     }
 
-    /// Re-reads an inode's node when it is older than the TTL.
+    /// Re-reads an inode's node when it is older than the TTL. A file being
+    /// written shows its writer's size.
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
         {
             let c = inode.lock();
-            if inode.ino == Ino::ROOT || c.read_at.elapsed() < self.config.metadata_ttl {
+            if let Some(w) = c.active_writer() {
+                let size = lock(&w).size();
+                let mut meta = match &c.node {
+                    NodeState::File(m) => m.clone(),
+                    NodeState::Dir => return Ok(NodeState::Dir),
+                };
+                meta.size = size;
+                return Ok(NodeState::File(meta));
+            }
+            if inode.ino == Ino::ROOT || c.unlinked || c.read_at.elapsed() < self.config.metadata_ttl {
                 return Ok(c.node.clone());
             }
         }
-        let node = self.node_of(&inode.entry)?.ok_or_else(|| {
+        let entry = inode.entry();
+        let node = self.node_of(&entry)?.ok_or_else(|| {
             Error::new(
                 libc::ENOENT,
                 log::Level::Debug,
-                format!("{}: no longer shown", inode.entry.uri),
+                format!("{}: no longer shown", entry.uri),
             )
         })?;
         let mut c = inode.lock();
@@ -236,24 +265,43 @@ impl ModelFs {
         Ok(node)
     }
 
+    fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {
+        let dir = self.inode(ino)?;
+        if self.fresh_node(&dir)? != NodeState::Dir {
+            return Err(Error::new(
+                libc::ENOTDIR,
+                log::Level::Debug,
+                format!("{}: not a directory", dir.entry().uri),
+            ));
+        }
+        Ok(dir)
+    }
+
+    /// The entry named `name` in directory inode `dir`: a file being
+    /// created here first, then the registry.
+    fn child(&self, dir: &Inode, name: &str) -> Result<Option<(Entry, Option<Arc<Inode>>)>> {
+        if let Some(inode) = self.inodes.find(dir.ino, name)
+            && inode.lock().active_writer().is_some()
+        {
+            return Ok(Some((inode.entry(), Some(inode))));
+        }
+        Ok(self.registry.lookup(&dir.entry(), name)?.map(|e| (e, None)))
+    }
+
     /// Looks up `name` in directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr> {
         Counters::add(&self.counters.lookups, 1);
         if parent == Ino::ROOT && name == STATS_NAME {
             return Ok(self.stats_attr());
         }
-        let dir = self.inode(parent)?;
-        if self.fresh_node(&dir)? != NodeState::Dir {
-            return Err(Error::new(
-                libc::ENOTDIR,
-                log::Level::Debug,
-                format!("{}: not a directory", dir.entry.uri),
-            ));
+        let dir = self.dir_inode(parent)?;
+        let (entry, known) = self
+            .child(&dir, name)?
+            .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
+        if let Some(inode) = known {
+            let node = self.fresh_node(&inode)?;
+            return Ok(self.attr_of(inode.ino, &node));
         }
-        let entry = self
-            .registry
-            .lookup(&dir.entry, name)?
-            .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry.uri)))?;
         let node = self.node_of(&entry)?.ok_or_else(|| Error::not_found(&entry.uri))?;
         let inode = self.inodes.upsert(parent, entry, node.clone());
         Ok(self.attr_of(inode.ino, &node))
@@ -270,14 +318,7 @@ impl ModelFs {
 
     /// Opens a directory: its listing is taken now and read by offset.
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
-        let dir = self.inode(ino)?;
-        if self.fresh_node(&dir)? != NodeState::Dir {
-            return Err(Error::new(
-                libc::ENOTDIR,
-                log::Level::Debug,
-                format!("{}: not a directory", dir.entry.uri),
-            ));
-        }
+        let dir = self.dir_inode(ino)?;
         let mut items = vec![
             DirItem {
                 ino,
@@ -286,13 +327,14 @@ impl ModelFs {
                 next_offset: 1,
             },
             DirItem {
-                ino: dir.parent,
+                ino: dir.parent(),
                 kind: Kind::Dir,
                 name: "..".into(),
                 next_offset: 2,
             },
         ];
-        for entry in self.registry.list(&dir.entry)? {
+        let mut names = HashSet::new();
+        for entry in self.registry.list(&dir.entry())? {
             if ino == Ino::ROOT && entry.name == STATS_NAME {
                 continue;
             }
@@ -304,6 +346,7 @@ impl ModelFs {
             };
             let name = entry.name.clone();
             let child = self.inodes.upsert(ino, entry, node);
+            names.insert(name.clone());
             let next_offset = items.len() as u64 + 1;
             items.push(DirItem {
                 ino: child.ino,
@@ -311,6 +354,18 @@ impl ModelFs {
                 name,
                 next_offset,
             });
+        }
+        for child in self.inodes.uncommitted_children(ino) {
+            let name = child.entry().name;
+            if names.insert(name.clone()) {
+                let next_offset = items.len() as u64 + 1;
+                items.push(DirItem {
+                    ino: child.ino,
+                    kind: Kind::File,
+                    name,
+                    next_offset,
+                });
+            }
         }
         Ok(self.handles.insert(Handle::Dir { items }))
     }
@@ -327,8 +382,16 @@ impl ModelFs {
         self.handles.remove(fh);
     }
 
-    /// Opens a file. Opening for writing on a read-only mount is EROFS.
-    pub fn open(&self, ino: Ino, write: bool) -> Result<Opened> {
+    fn check_writable(&self, what: &str) -> Result<()> {
+        if self.config.read_only {
+            return Err(Error::read_only(what));
+        }
+        Ok(())
+    }
+
+    /// Opens a file; `write` for writing (`truncate` for `O_TRUNC`). A
+    /// second writer of one file gets EBUSY.
+    pub fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened> {
         if ino == Ino::STATS {
             if write {
                 return Err(Error::read_only(STATS_NAME));
@@ -342,21 +405,26 @@ impl ModelFs {
             });
         }
         let inode = self.inode(ino)?;
-        if write && self.config.read_only {
-            return Err(Error::read_only(&inode.entry.uri));
+        if write {
+            self.check_writable(&inode.entry().uri)?;
+            return self.open_writer(&inode, truncate);
         }
         let NodeState::File(meta) = self.fresh_node(&inode)? else {
             return Err(Error::new(
                 libc::EISDIR,
                 log::Level::Debug,
-                format!("{}: is a directory", inode.entry.uri),
+                format!("{}: is a directory", inode.entry().uri),
             ));
         };
+        if meta.timestamp.is_none() && meta.kind.is_none() && inode.lock().active_writer().is_some() {
+            // A new file not committed yet reads as empty.
+            return Ok(self.open_generated(&inode, Vec::new()));
+        }
         let existing = inode.lock().version.clone();
         let version = match existing {
             Some(v) if v.file().meta() == &meta => v,
             _ => {
-                let file = FileArray::open_version(self.registry.context(), &inode.entry.uri, meta)?;
+                let file = FileArray::open_version(self.registry.context(), &inode.entry().uri, meta)?;
                 let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let tile = file.tile_bytes();
                 let v = FileVersion::new(id, file, tile);
@@ -368,6 +436,7 @@ impl ModelFs {
             let mut c = inode.lock();
             let keep = c.page_cache_version == Some(version.id());
             c.page_cache_version = Some(version.id());
+            c.open_handles += 1;
             keep
         };
         Counters::add(&self.counters.opens, 1);
@@ -384,6 +453,201 @@ impl ModelFs {
             keep_cache,
             direct_io: false,
         })
+    }
+
+    fn open_generated(&self, inode: &Inode, bytes: Vec<u8>) -> Opened {
+        inode.lock().open_handles += 1;
+        Opened {
+            fh: self.handles.insert(Handle::Generated(bytes)),
+            keep_cache: false,
+            direct_io: false,
+        }
+    }
+
+    fn open_writer(&self, inode: &Arc<Inode>, truncate: bool) -> Result<Opened> {
+        let entry = inode.entry();
+        let NodeState::File(meta) = self.fresh_node(inode)? else {
+            return Err(Error::new(
+                libc::EISDIR,
+                log::Level::Debug,
+                format!("{}: is a directory", entry.uri),
+            ));
+        };
+        let dir = self.inode(inode.parent())?.entry();
+        let target = Target {
+            dir,
+            entry,
+            exists: true,
+        };
+        let writer = Writer::new(target, truncate, self.staging.clone(), meta.size);
+        self.attach_writer(inode, writer)
+    }
+
+    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer) -> Result<Opened> {
+        let writer = Arc::new(Mutex::new(writer));
+        {
+            let mut c = inode.lock();
+            if c.active_writer().is_some() {
+                return Err(Error::new(
+                    libc::EBUSY,
+                    log::Level::Info,
+                    format!("{}: already open for writing", inode.entry().uri),
+                ));
+            }
+            c.writer = Arc::downgrade(&writer);
+            c.open_handles += 1;
+            c.page_cache_version = None;
+        }
+        Counters::add(&self.counters.opens, 1);
+        let fh = self
+            .handles
+            .insert(Handle::Write(WriteHandle { ino: inode.ino, writer }));
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+            direct_io: false,
+        })
+    }
+
+    /// Creates (or, without `exclusive`, opens and truncates) file `name` in
+    /// `parent` for writing. It is listed at once and committed at close.
+    pub fn create(&self, parent: Ino, name: &str, exclusive: bool) -> Result<(Attr, Opened)> {
+        self.check_writable(name)?;
+        let dir = self.dir_inode(parent)?;
+        if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
+            let errno = if name.len() > crate::registry::names::NAME_MAX_BYTES {
+                libc::ENAMETOOLONG
+            } else {
+                libc::EINVAL
+            };
+            return Err(Error::new(errno, log::Level::Debug, format!("{name:?}: {reason}")));
+        }
+        if let Some((entry, known)) = self.child(&dir, name)? {
+            if exclusive {
+                return Err(Error::new(
+                    libc::EEXIST,
+                    log::Level::Debug,
+                    format!("{}: exists", entry.uri),
+                ));
+            }
+            let inode = match known {
+                Some(i) => i,
+                None => {
+                    let node = self.node_of(&entry)?.ok_or_else(|| {
+                        Error::new(
+                            libc::EEXIST,
+                            log::Level::Info,
+                            format!("{}: exists and is not a file", entry.uri),
+                        )
+                    })?;
+                    self.inodes.upsert(parent, entry, node)
+                }
+            };
+            let opened = self.open_writer(&inode, true)?;
+            return Ok((self.getattr(inode.ino)?, opened));
+        }
+        let dir_entry = dir.entry();
+        let uri = self.registry.new_child_uri(&dir_entry, name)?;
+        let entry = Entry {
+            name: name.to_string(),
+            uri,
+            storage: crate::registry::Storage::Array,
+        };
+        let blank = crate::registry::FileMeta {
+            size: 0,
+            timestamp: None,
+            kind: None,
+            tensors: None,
+        };
+        let inode = self
+            .inodes
+            .upsert(parent, entry.clone(), NodeState::File(blank.clone()));
+        let target = Target {
+            dir: dir_entry,
+            entry,
+            exists: false,
+        };
+        let opened = self.attach_writer(&inode, Writer::new(target, true, self.staging.clone(), 0))?;
+        Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
+    }
+
+    /// Writes `data` at `offset` through a handle open for writing.
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
+        let handle = self.handles.get(fh).ok_or_else(|| Error::bad_handle(fh.0))?;
+        let Handle::Write(w) = handle.as_ref() else {
+            return Err(Error::new(
+                libc::EBADF,
+                log::Level::Debug,
+                "write to a handle not open for writing",
+            ));
+        };
+        let n = lock(&w.writer).write(&self.registry, offset, data)?;
+        Ok(n as u32)
+    }
+
+    /// Commits a writing handle's changes (`close` and `fsync` call this);
+    /// its errors are what `close()`/`fsync()` return.
+    pub fn flush(&self, fh: Fh) -> Result<()> {
+        let Some(handle) = self.handles.get(fh) else {
+            return Ok(());
+        };
+        let Handle::Write(w) = handle.as_ref() else {
+            return Ok(());
+        };
+        self.commit(w)
+    }
+
+    fn commit(&self, w: &WriteHandle) -> Result<()> {
+        let committed = lock(&w.writer).commit(&self.registry)?;
+        if committed.is_some()
+            && let Some(inode) = self.inodes.get(w.ino)
+        {
+            let entry = lock(&w.writer).target().entry.clone();
+            // The new version becomes what lookups and opens see.
+            if let Ok(Node::File(meta)) = self.registry.node(&entry) {
+                let mut c = inode.lock();
+                c.node = NodeState::File(meta);
+                c.read_at = Instant::now();
+                c.version = None;
+                c.page_cache_version = None;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: Fh) -> Result<()> {
+        self.flush(fh)
+    }
+
+    /// Closes a handle. A writer with uncommitted changes (no `flush` came)
+    /// is committed here; errors can only be logged.
+    pub fn release(&self, fh: Fh) {
+        let Some(h) = self.handles.remove(fh) else { return };
+        let ino = match h.as_ref() {
+            Handle::File(f) => f.ino,
+            Handle::Write(w) => {
+                let dirty = lock(&w.writer).is_dirty();
+                if dirty && let Err(e) = self.commit(w) {
+                    log::log!(e.level, "release: {e}");
+                }
+                w.ino
+            }
+            Handle::Generated(_) | Handle::Dir { .. } => return,
+        };
+        debug!("release ino={} fh={}", ino.0, fh.0);
+        if let Some(inode) = self.inodes.get(ino) {
+            let delete = {
+                let mut c = inode.lock();
+                c.open_handles = c.open_handles.saturating_sub(1);
+                c.open_handles == 0 && c.unlinked
+            };
+            if delete {
+                let entry = inode.entry();
+                if let Err(e) = self.registry.delete_storage(&entry) {
+                    warn!("{}: deleting the storage of an unlinked file failed: {e}", entry.uri);
+                }
+            }
+        }
     }
 
     /// Reads up to `size` bytes at `offset`; short only at the end.
@@ -410,6 +674,7 @@ impl ModelFs {
                 buf.truncate(n);
                 buf
             }
+            Handle::Write(w) => lock(&w.writer).read(&self.registry, offset, size)?,
             Handle::Generated(bytes) => {
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
@@ -422,11 +687,189 @@ impl ModelFs {
         Ok(out)
     }
 
-    pub fn release(&self, fh: Fh) {
-        if let Some(h) = self.handles.remove(fh)
-            && let Handle::File(f) = h.as_ref()
-        {
-            debug!("release ino={} fh={}", f.ino.0, fh.0);
+    /// Changes attributes. Only the size can change (truncate / extend, as a
+    /// new version or through the open writer `fh`); times are accepted and
+    /// ignored (a version's time is its commit); mode and owner are EPERM.
+    pub fn setattr(&self, ino: Ino, change: SetAttr) -> Result<Attr> {
+        let inode = self.inode(ino)?;
+        if change.mode.is_some() || change.uid.is_some() || change.gid.is_some() {
+            return Err(Error::new(
+                libc::EPERM,
+                log::Level::Debug,
+                format!("{}: modes and owners are fixed", inode.entry().uri),
+            ));
+        }
+        if let Some(size) = change.size {
+            self.check_writable(&inode.entry().uri)?;
+            let handle = change.fh.and_then(|fh| self.handles.get(fh));
+            match handle.as_deref() {
+                Some(Handle::Write(w)) => lock(&w.writer).truncate(&self.registry, size)?,
+                _ => {
+                    let opened = self.open_writer(&inode, size == 0)?;
+                    let result = match self.handles.get(opened.fh).as_deref() {
+                        Some(Handle::Write(w)) => lock(&w.writer)
+                            .truncate(&self.registry, size)
+                            .and_then(|()| self.commit(w)),
+                        _ => Ok(()),
+                    };
+                    self.release(opened.fh);
+                    result?;
+                }
+            }
+        }
+        self.getattr(ino)
+    }
+
+    /// Creates directory `name` in `parent` (a group, linked into its parent).
+    pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr> {
+        self.check_writable(name)?;
+        let dir = self.dir_inode(parent)?;
+        if self.child(&dir, name)?.is_some() {
+            return Err(Error::new(libc::EEXIST, log::Level::Debug, format!("{name}: exists")));
+        }
+        let entry = self.registry.mkdir(&dir.entry(), name)?;
+        let inode = self.inodes.upsert(parent, entry, NodeState::Dir);
+        Ok(self.attr_of(inode.ino, &NodeState::Dir))
+    }
+
+    /// Removes file `name` from `parent`. Its storage is deleted now, or
+    /// when the last open handle closes.
+    pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
+        self.check_writable(name)?;
+        let dir = self.dir_inode(parent)?;
+        let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
+        if entry.is_dir() {
+            return Err(Error::new(
+                libc::EISDIR,
+                log::Level::Debug,
+                format!("{}: is a directory", entry.uri),
+            ));
+        }
+        let inode = known.or_else(|| self.inodes.find(parent, name));
+        let exists = inode
+            .as_ref()
+            .is_none_or(|i| i.lock().active_writer().is_none_or(|w| lock(&w).target().exists));
+        if exists {
+            self.registry.unlink(&dir.entry(), &entry)?;
+        }
+        self.inodes.remove_name(parent, name);
+        let open = inode.as_ref().is_some_and(|i| {
+            let mut c = i.lock();
+            c.unlinked = true;
+            c.open_handles > 0
+        });
+        if exists && !open {
+            self.registry.delete_storage(&entry)?;
+        }
+        info!("removed {}", entry.uri);
+        Ok(())
+    }
+
+    /// Removes the empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
+        self.check_writable(name)?;
+        let dir = self.dir_inode(parent)?;
+        let entry = self
+            .registry
+            .lookup(&dir.entry(), name)?
+            .ok_or_else(|| Error::not_found(name))?;
+        if !entry.is_dir() {
+            return Err(Error::new(
+                libc::ENOTDIR,
+                log::Level::Debug,
+                format!("{}: not a directory", entry.uri),
+            ));
+        }
+        let child = self.inodes.find(parent, name);
+        let busy = child
+            .as_ref()
+            .is_some_and(|c| !self.inodes.uncommitted_children(c.ino).is_empty());
+        if busy || !self.registry.list(&entry)?.is_empty() {
+            return Err(Error::new(
+                libc::ENOTEMPTY,
+                log::Level::Debug,
+                format!("{}: not empty", entry.uri),
+            ));
+        }
+        self.registry.remove(&dir.entry(), &entry)?;
+        self.inodes.remove_name(parent, name);
+        info!("removed directory {}", entry.uri);
+        Ok(())
+    }
+
+    /// Renames `name` in `parent` to `new_name` in `new_parent`, replacing a
+    /// file already there (POSIX). Files being written cannot be renamed
+    /// (EBUSY); a directory replaces only an empty directory.
+    pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str) -> Result<()> {
+        self.check_writable(name)?;
+        let dir = self.dir_inode(parent)?;
+        let new_dir = self.dir_inode(new_parent)?;
+        let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
+        if known.is_some() {
+            return Err(Error::new(
+                libc::EBUSY,
+                log::Level::Info,
+                format!("{}: being written; rename it after it is closed", entry.uri),
+            ));
+        }
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        if entry.is_dir() && self.is_ancestor_or_self(parent, new_parent, &entry)? {
+            return Err(Error::new(
+                libc::EINVAL,
+                log::Level::Debug,
+                "cannot move a directory into itself",
+            ));
+        }
+        if let Some((target, target_known)) = self.child(&new_dir, new_name)? {
+            if target_known.is_some() {
+                return Err(Error::new(
+                    libc::EBUSY,
+                    log::Level::Info,
+                    format!("{}: being written", target.uri),
+                ));
+            }
+            match (entry.is_dir(), target.is_dir()) {
+                (false, true) => return Err(Error::new(libc::EISDIR, log::Level::Debug, "target is a directory")),
+                (true, false) => {
+                    return Err(Error::new(
+                        libc::ENOTDIR,
+                        log::Level::Debug,
+                        "target is not a directory",
+                    ));
+                }
+                (true, true) => self.rmdir(new_parent, new_name)?,
+                (false, false) => self.unlink(new_parent, new_name)?,
+            }
+        }
+        let moved = self.registry.rename(&dir.entry(), &entry, &new_dir.entry(), new_name)?;
+        match self.inodes.find(parent, name) {
+            Some(inode) => self.inodes.rename(&inode, new_parent, moved.clone()),
+            None => {
+                let node = self.node_of(&moved)?.unwrap_or(NodeState::Dir);
+                self.inodes.upsert(new_parent, moved.clone(), node);
+            }
+        }
+        info!("renamed {} to {}", entry.uri, moved.uri);
+        Ok(())
+    }
+
+    /// Whether directory `entry` (in `parent`) is `dir` or one of its
+    /// ancestors, walking up from `dir`.
+    fn is_ancestor_or_self(&self, parent: Ino, dir: Ino, entry: &Entry) -> Result<bool> {
+        let Some(moving) = self.inodes.find(parent, &entry.name) else {
+            return Ok(false);
+        };
+        let mut cur = dir;
+        loop {
+            if cur == moving.ino {
+                return Ok(true);
+            }
+            if cur == Ino::ROOT {
+                return Ok(false);
+            }
+            cur = self.inode(cur)?.parent();
         }
     }
 
@@ -443,4 +886,19 @@ impl ModelFs {
     pub fn log_summary(&self) {
         info!("counters at unmount: {:?}", self.counters());
     }
+}
+
+/// The changes a `setattr` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The handle the change came through, if any (`ftruncate`).
+    pub fh: Option<Fh>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -205,12 +205,33 @@ impl Registry {
         }
     }
 
-    /// The storage URI a new entry `name` in `dir` gets.
-    pub fn child_uri(&self, dir: &Entry, name: &str) -> String {
-        match dir.storage {
-            Storage::Group => join(&dir.uri, &storage_name(name)),
-            _ => join(&dir.uri, name),
+    /// A storage URI for a new entry `name` in `dir` that no current entry
+    /// uses: the escaped name, or the escaped name with `~N` appended when a
+    /// renamed entry already sits there. Whatever else is found at the
+    /// chosen URI is what a crashed earlier write left (an array or group
+    /// that never became a member), and is removed.
+    pub fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
+        let base = match dir.storage {
+            Storage::Group => storage_name(name),
+            _ => return Ok(join(&dir.uri, name)),
+        };
+        let used: std::collections::HashSet<String> = self
+            .list_group(dir)?
+            .into_iter()
+            .map(|e| e.uri.trim_end_matches('/').to_string())
+            .collect();
+        let taken = |uri: &str| used.contains(uri) || used.contains(&uri.replace("file://", ""));
+        let mut uri = join(&dir.uri, &base);
+        let mut n = 1u32;
+        while taken(&uri) || taken(&format!("file://{uri}")) {
+            uri = join(&dir.uri, &format!("{base}~{n}"));
+            n += 1;
         }
+        if tiledb::object_type(&self.ctx, &uri)? != ObjectType::Invalid {
+            warn!("{uri}: removing an unfinished entry left by an earlier write");
+            tiledb::object_remove(&self.ctx, &uri)?;
+        }
+        Ok(uri)
     }
 
     fn check_new_name(name: &str) -> Result<()> {
@@ -223,16 +244,6 @@ impl Registry {
         }
     }
 
-    /// Clears what a crashed earlier create may have left at `uri` (an
-    /// array or group that never became a member).
-    fn clear_orphan(&self, uri: &str) -> Result<()> {
-        if tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid {
-            warn!("{uri}: removing an unfinished entry left by an earlier write");
-            tiledb::object_remove(&self.ctx, uri)?;
-        }
-        Ok(())
-    }
-
     /// Creates directory `name` in `dir` as a group and links it.
     pub fn mkdir(&self, dir: &Entry, name: &str) -> Result<Entry> {
         Self::check_new_name(name)?;
@@ -241,8 +252,7 @@ impl Registry {
                 uri: join(&dir.uri, name),
             });
         }
-        let uri = self.child_uri(dir, name);
-        self.clear_orphan(&uri)?;
+        let uri = self.new_child_uri(dir, name)?;
         Group::create(&self.ctx, &uri)?;
         let entry = Entry {
             name: name.to_string(),
@@ -258,12 +268,17 @@ impl Registry {
     /// commit.
     pub fn create_file(&self, dir: &Entry, name: &str) -> Result<Entry> {
         Self::check_new_name(name)?;
-        let uri = self.child_uri(dir, name);
-        self.clear_orphan(&uri)?;
-        file_array::create(&self.ctx, &uri)?;
+        let uri = self.new_child_uri(dir, name)?;
+        self.create_file_at(name, &uri)
+    }
+
+    /// Creates an empty, unlinked file array named `name` at `uri`.
+    pub fn create_file_at(&self, name: &str, uri: &str) -> Result<Entry> {
+        Self::check_new_name(name)?;
+        file_array::create(&self.ctx, uri)?;
         Ok(Entry {
             name: name.to_string(),
-            uri,
+            uri: uri.to_string(),
             storage: Storage::Array,
         })
     }
@@ -274,33 +289,96 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(());
         }
-        let relative = entry.uri.strip_prefix(&format!("{}/", dir.uri.trim_end_matches('/')));
+        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+        self.add_member(&mut group, dir, entry)?;
+        group.close()?;
+        Ok(())
+    }
+
+    fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
+        let dir_prefix = format!("{}/", dir.uri.trim_end_matches('/'));
+        let relative = entry.uri.strip_prefix(&dir_prefix).filter(|r| !r.contains('/'));
         let ty = if entry.storage == Storage::Array {
             ObjectType::Array
         } else {
             ObjectType::Group
         };
-        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
         match relative {
             Some(rel) => group.add_member(rel, true, &entry.name, ty)?,
             None => group.add_member(&entry.uri, false, &entry.name, ty)?,
         }
-        group.close()?;
         Ok(())
     }
 
-    /// Removes `entry` from `dir` and deletes what it stored.
-    pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+    /// Takes `entry` out of `dir` without deleting its storage (a group
+    /// member is removed; a plain directory's entry cannot be, so nothing
+    /// happens there).
+    pub fn unlink(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage == Storage::Group {
             let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
             group.remove_member(&entry.name)?;
             group.close()?;
         }
+        Ok(())
+    }
+
+    /// Deletes what `entry` stores (an array, or a group with everything
+    /// under it).
+    pub fn delete_storage(&self, entry: &Entry) -> Result<()> {
         match entry.storage {
             Storage::PlainDir => self.vfs.remove_dir(&entry.uri)?,
             _ => tiledb::object_remove(&self.ctx, &entry.uri)?,
         }
         Ok(())
+    }
+
+    /// Removes `entry` from `dir` and deletes what it stored.
+    pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        self.unlink(dir, entry)?;
+        self.delete_storage(entry)
+    }
+
+    /// Renames `entry` of `dir` to `new_name` in `new_dir`; an entry already
+    /// named so there must have been removed first. Within one group only
+    /// the member changes (no data moves); across directories the storage
+    /// moves to a fresh URI under `new_dir`. The new name is added before
+    /// the old one is removed, so a crash in between shows both, never
+    /// neither.
+    pub fn rename(&self, dir: &Entry, entry: &Entry, new_dir: &Entry, new_name: &str) -> Result<Entry> {
+        Self::check_new_name(new_name)?;
+        let same_group = dir.storage == Storage::Group && new_dir.storage == Storage::Group && dir.uri == new_dir.uri;
+        let uri = if same_group {
+            entry.uri.clone()
+        } else {
+            let to = self.new_child_uri(new_dir, new_name)?;
+            match entry.storage {
+                Storage::PlainDir => {
+                    return Err(Error::Corrupt {
+                        uri: entry.uri.clone(),
+                        reason: "plain directories cannot be moved".into(),
+                    });
+                }
+                _ => tiledb::object_move(&self.ctx, &entry.uri, &to)?,
+            }
+            to
+        };
+        let moved = Entry {
+            name: new_name.to_string(),
+            uri,
+            storage: entry.storage,
+        };
+        if same_group {
+            let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+            self.add_member(&mut group, dir, &moved)?;
+            group.close()?;
+            let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+            group.remove_member(&entry.name)?;
+            group.close()?;
+        } else {
+            self.link(new_dir, &moved)?;
+            self.unlink(dir, entry)?;
+        }
+        Ok(moved)
     }
 
     /// The directory at `uri`, created (with missing ancestors, as groups

@@ -1,0 +1,471 @@
+//! The write path: one [`Writer`] per file open for writing.
+//!
+//! A writer is a small state machine:
+//!
+//! ```text
+//! Buffering ──(.safetensors header complete)──> Streaming ──┐
+//!     │  └──(past the memory limit, or a write out of order)─> Staging ──┤
+//!     └────────────────────────────────────────────────────────────────┴─> commit ─> Clean
+//! any state ──(error)──> Failed(errno)   (kept: every later call returns it)
+//! ```
+//!
+//! - `Buffering`: sequential bytes from offset 0 held in memory, up to
+//!   [`MEMORY_LIMIT_BYTES`]; small files (configs, tokenizers) never touch
+//!   the disk.
+//! - `Streaming`: a `.safetensors` file whose header is in: the header gives
+//!   the final size, so bytes go straight into one global-order TileDB
+//!   write as they arrive, with memory bounded by TileDB's tile buffers.
+//! - `Staging`: anything else (out-of-order writes, a seek back to patch a
+//!   header, files of unknown size past the memory limit, and opens of an
+//!   existing file without `O_TRUNC`): a local file under the staging
+//!   directory, copied into TileDB at commit.
+//!
+//! Commit (at `flush` or `fsync`) validates `.safetensors` files and writes
+//! one new version; nothing is visible before it succeeds. Errors stick.
+
+mod staging;
+
+use std::sync::Arc;
+
+use log::{info, warn};
+
+use crate::registry::safetensors_index::{self, header_len};
+use crate::registry::transfer::is_safetensors_name;
+use crate::registry::{self, Entry, FileArray, FileKind, FileWriter, Registry};
+
+use super::error::{Error, Result};
+pub use staging::{StagingArea, StagingFile};
+
+/// Bytes a writer holds in memory before it stages to disk.
+pub const MEMORY_LIMIT_BYTES: usize = 8 << 20;
+
+/// Where a writer's bytes go when committed.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The directory holding the file.
+    pub dir: Entry,
+    /// The file's entry: for a new file, its name and the storage URI it
+    /// will get; the array is made at the first commit.
+    pub entry: Entry,
+    /// Whether the array exists (a committed version is there).
+    pub exists: bool,
+}
+
+enum State {
+    Buffering(Vec<u8>),
+    Streaming(Box<Stream>),
+    Staging(StagingFile),
+    /// Committed, nothing new since.
+    Clean {
+        size: u64,
+    },
+    Failed {
+        errno: i32,
+        message: String,
+    },
+}
+
+struct Stream {
+    writer: FileWriter,
+    kind: FileKind,
+    size: u64,
+}
+
+/// One file open for writing.
+pub struct Writer {
+    target: Target,
+    state: State,
+    staging: Arc<StagingArea>,
+    /// Bytes changed since the last commit.
+    dirty: bool,
+}
+
+fn failed(errno: i32, message: String) -> Error {
+    Error::new(errno, log::Level::Warn, message)
+}
+
+impl Writer {
+    /// A writer for `target`. With `truncate` (or for a new file) it starts
+    /// empty; otherwise it starts from the committed bytes, which are copied
+    /// to a staging file at the first change.
+    pub fn new(target: Target, truncate: bool, staging: Arc<StagingArea>, committed_size: u64) -> Self {
+        let fresh = truncate || !target.exists;
+        Writer {
+            state: if fresh {
+                State::Buffering(Vec::new())
+            } else {
+                State::Clean { size: committed_size }
+            },
+            dirty: fresh && target.exists,
+            target,
+            staging,
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The file's size as written so far.
+    pub fn size(&self) -> u64 {
+        match &self.state {
+            State::Buffering(b) => b.len() as u64,
+            State::Streaming(s) => s.writer.written(),
+            State::Staging(f) => f.size(),
+            State::Clean { size } => *size,
+            State::Failed { .. } => 0,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.state {
+            State::Failed { errno, message } => Err(failed(*errno, message.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.state = State::Failed {
+            errno: e.errno,
+            message: e.to_string(),
+        };
+        e
+    }
+
+    fn name(&self) -> &str {
+        &self.target.entry.name
+    }
+
+    /// Writes `data` at `offset`; returns the bytes taken.
+    pub fn write(&mut self, reg: &Registry, offset: u64, data: &[u8]) -> Result<usize> {
+        self.check()?;
+        let r = self.write_inner(reg, offset, data);
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn write_inner(&mut self, reg: &Registry, offset: u64, data: &[u8]) -> Result<usize> {
+        self.dirty = true;
+        if let State::Clean { .. } = self.state {
+            self.stage_committed(reg)?;
+        }
+        let size = self.size();
+        match &mut self.state {
+            State::Buffering(buf) if offset == size && buf.len() + data.len() <= MEMORY_LIMIT_BYTES => {
+                buf.extend_from_slice(data);
+                if is_safetensors_name(&self.target.entry.name) {
+                    self.try_start_stream(reg)?;
+                }
+                return Ok(data.len());
+            }
+            State::Buffering(_) => {
+                self.spill_to_staging()?;
+            }
+            State::Streaming(s) if offset == s.writer.written() => {
+                if s.writer.written() + data.len() as u64 > s.size {
+                    return Err(failed(
+                        libc::EINVAL,
+                        format!(
+                            "{}: written past the {} bytes its safetensors header declares",
+                            self.target.entry.name, s.size
+                        ),
+                    ));
+                }
+                s.writer.write(data)?;
+                return Ok(data.len());
+            }
+            State::Streaming(s) => {
+                return Err(failed(
+                    libc::EIO,
+                    format!(
+                        "{}: write at {offset} after {} bytes: a .safetensors file is streamed to TileDB and must be written in order",
+                        self.target.entry.name,
+                        s.writer.written()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        match &mut self.state {
+            State::Staging(f) => {
+                f.write_at(offset, data)?;
+                Ok(data.len())
+            }
+            _ => Err(failed(
+                libc::EIO,
+                format!("{}: write in an unexpected state", self.name()),
+            )),
+        }
+    }
+
+    /// Copies the committed version into a staging file, for changes to an
+    /// existing file opened without `O_TRUNC`.
+    fn stage_committed(&mut self, reg: &Registry) -> Result<()> {
+        let mut f = self.staging.create(&self.target.entry.name)?;
+        let file = FileArray::open(reg.context(), &self.target.entry.uri)?;
+        let mut buf = vec![0u8; registry::transfer::COPY_CHUNK_BYTES.min(file.size().max(1) as usize)];
+        let mut offset = 0;
+        while offset < file.size() {
+            let n = file.read_at(offset, &mut buf)?;
+            f.write_at(offset, &buf[..n])?;
+            offset += n as u64;
+        }
+        self.state = State::Staging(f);
+        Ok(())
+    }
+
+    fn spill_to_staging(&mut self) -> Result<()> {
+        let mut f = self.staging.create(&self.target.entry.name)?;
+        if let State::Buffering(buf) = &self.state {
+            f.write_at(0, buf)?;
+        }
+        self.state = State::Staging(f);
+        Ok(())
+    }
+
+    /// Once a buffered `.safetensors` header is complete, validates it and
+    /// starts streaming the file into TileDB.
+    fn try_start_stream(&mut self, reg: &Registry) -> Result<()> {
+        let Some((size, index)) = self.complete_header()? else {
+            return Ok(());
+        };
+        let entry = self.ensure_array(reg)?;
+        let mut writer = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
+        if let State::Buffering(buf) = &self.state {
+            writer.write(buf)?;
+        }
+        self.state = State::Streaming(Box::new(Stream {
+            writer,
+            kind: FileKind::Safetensors(index),
+            size,
+        }));
+        Ok(())
+    }
+
+    /// The declared size and the index of a buffered `.safetensors` file once
+    /// its header is complete; `None` before that.
+    fn complete_header(&self) -> Result<Option<(u64, safetensors_index::TensorIndex)>> {
+        let State::Buffering(buf) = &self.state else {
+            return Ok(None);
+        };
+        if buf.len() < 8 {
+            return Ok(None);
+        }
+        let n = header_len(&buf[..8], u64::MAX).map_err(|p| self.invalid(p))?;
+        if (buf.len() as u64) < 8 + n {
+            return Ok(None);
+        }
+        let header = &buf[8..8 + n as usize];
+        let data_len = declared_data_len(header).map_err(|p| self.invalid(p))?;
+        let size = 8 + n + data_len;
+        let index = safetensors_index::validate(header, size).map_err(|p| self.invalid(p))?;
+        Ok(Some((size, index)))
+    }
+
+    /// Makes the file's array if this is its first version.
+    fn ensure_array(&mut self, reg: &Registry) -> Result<Entry> {
+        if !self.target.exists {
+            let e = reg.create_file_at(&self.target.entry.name, &self.target.entry.uri)?;
+            self.target.entry = e;
+        }
+        Ok(self.target.entry.clone())
+    }
+
+    /// Sets the size to `size`, cutting or zero-extending.
+    pub fn truncate(&mut self, reg: &Registry, size: u64) -> Result<()> {
+        self.check()?;
+        if size == self.size() && !matches!(self.state, State::Clean { .. }) {
+            return Ok(());
+        }
+        let r = (|| {
+            self.dirty = true;
+            match &mut self.state {
+                State::Buffering(buf) if size <= buf.len() as u64 => {
+                    buf.truncate(size as usize);
+                    return Ok(());
+                }
+                State::Clean { .. } if size == 0 => {
+                    self.state = State::Buffering(Vec::new());
+                    return Ok(());
+                }
+                State::Clean { .. } => self.stage_committed(reg)?,
+                State::Buffering(_) => self.spill_to_staging()?,
+                State::Streaming(_) => {
+                    return Err(failed(
+                        libc::EIO,
+                        format!(
+                            "{}: a streamed .safetensors file cannot be truncated while written",
+                            self.name()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            match &mut self.state {
+                State::Staging(f) => f.set_size(size),
+                _ => Ok(()),
+            }
+        })();
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Reads back what this handle wrote (for files open read-write).
+    pub fn read(&self, reg: &Registry, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.check()?;
+        match &self.state {
+            State::Buffering(buf) => {
+                let start = (offset as usize).min(buf.len());
+                let end = start.saturating_add(len as usize).min(buf.len());
+                Ok(buf[start..end].to_vec())
+            }
+            State::Staging(f) => f.read_at(offset, len),
+            State::Clean { .. } => {
+                let file = FileArray::open(reg.context(), &self.target.entry.uri)?;
+                let mut buf = vec![0u8; len as usize];
+                let n = file.read_at(offset, &mut buf)?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            State::Streaming(_) => Err(failed(
+                libc::EIO,
+                format!(
+                    "{}: a .safetensors file being streamed cannot be read back before it is closed",
+                    self.name()
+                ),
+            )),
+            State::Failed { .. } => Ok(Vec::new()),
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Commits what was written as a new version (nothing when clean), and
+    /// links a new file into its directory. Returns the version's timestamp
+    /// when one was written.
+    pub fn commit(&mut self, reg: &Registry) -> Result<Option<u64>> {
+        self.check()?;
+        if !self.dirty {
+            return Ok(None);
+        }
+        let r = self.commit_inner(reg);
+        match r {
+            Ok(ts) => {
+                self.dirty = false;
+                Ok(Some(ts))
+            }
+            Err(e) => {
+                warn!(
+                    "commit of {} ({}) failed: {e}",
+                    self.target.entry.name, self.target.entry.uri
+                );
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    fn commit_inner(&mut self, reg: &Registry) -> Result<u64> {
+        let was_new = !self.target.exists;
+        let state = std::mem::replace(&mut self.state, State::Clean { size: 0 });
+        let (ts, size) = match state {
+            State::Streaming(s) => {
+                if s.writer.written() != s.size {
+                    return Err(failed(
+                        libc::EINVAL,
+                        registry::Error::InvalidSafetensors {
+                            name: self.target.entry.name.clone(),
+                            problem: registry::SafetensorsProblem::SizeMismatch {
+                                data_end: s.size,
+                                size: s.writer.written(),
+                            },
+                        }
+                        .to_string(),
+                    ));
+                }
+                (s.writer.commit(&s.kind)?, s.size)
+            }
+            State::Buffering(buf) => {
+                let kind = self.kind_of_bytes(&buf)?;
+                let entry = self.ensure_array(reg)?;
+                let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, buf.len() as u64)?;
+                w.write(&buf)?;
+                (w.commit(&kind)?, buf.len() as u64)
+            }
+            State::Staging(f) => {
+                let size = f.size();
+                let kind = if is_safetensors_name(self.name()) {
+                    let mut first8 = [0u8; 8];
+                    let got = f.read_at(0, 8)?;
+                    first8[..got.len()].copy_from_slice(&got);
+                    let n = header_len(&first8[..got.len()], size).map_err(|p| self.invalid(p))?;
+                    let header = f.read_at(8, n as u32)?;
+                    FileKind::Safetensors(safetensors_index::validate(&header, size).map_err(|p| self.invalid(p))?)
+                } else {
+                    FileKind::Plain
+                };
+                let entry = self.ensure_array(reg)?;
+                let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
+                let mut offset = 0;
+                while offset < size {
+                    let chunk = f.read_at(offset, registry::transfer::COPY_CHUNK_BYTES as u32)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    w.write(&chunk)?;
+                    offset += chunk.len() as u64;
+                }
+                let ts = w.commit(&kind)?;
+                // Kept, so later writes through this handle go on from here.
+                self.state = State::Staging(f);
+                (ts, size)
+            }
+            State::Clean { size } => return Ok(size),
+            State::Failed { errno, message } => return Err(failed(errno, message)),
+        };
+        if was_new {
+            reg.link(&self.target.dir, &self.target.entry)?;
+            self.target.exists = true;
+        }
+        if let State::Clean { size: s } = &mut self.state {
+            *s = size;
+        }
+        info!("committed {} ({size} bytes, version {ts})", self.target.entry.uri);
+        Ok(ts)
+    }
+
+    fn invalid(&self, problem: registry::SafetensorsProblem) -> Error {
+        failed(
+            libc::EINVAL,
+            registry::Error::InvalidSafetensors {
+                name: self.target.entry.name.clone(),
+                problem,
+            }
+            .to_string(),
+        )
+    }
+
+    fn kind_of_bytes(&self, buf: &[u8]) -> Result<FileKind> {
+        if is_safetensors_name(self.name()) {
+            let index = safetensors_index::validate_bytes(buf).map_err(|p| self.invalid(p))?;
+            Ok(FileKind::Safetensors(index))
+        } else {
+            Ok(FileKind::Plain)
+        }
+    }
+}
+
+/// The data length a safetensors header declares: the largest end offset.
+fn declared_data_len(header: &[u8]) -> std::result::Result<u64, registry::SafetensorsProblem> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| registry::SafetensorsProblem::BadJson(e.to_string()))?;
+    let mut end = 0u64;
+    for (name, v) in &map {
+        if name == "__metadata__" {
+            continue;
+        }
+        if let Some(e) = v.get("data_offsets").and_then(|o| o.get(1)).and_then(|e| e.as_u64()) {
+            end = end.max(e);
+        }
+    }
+    Ok(end)
+}
