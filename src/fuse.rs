@@ -102,6 +102,16 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The process (thread group) a request's thread belongs to, from
+/// `/proc/<tid>/status`; `None` when it cannot be told.
+fn process_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn fopen_flags(o: &Opened) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.keep_cache {
@@ -174,10 +184,11 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.core.open(Ino(ino.0), write, truncate) {
+        let opener = if write { process_of(req.pid()) } else { None };
+        match self.core.open(Ino(ino.0), write, truncate, opener) {
             Ok(o) => reply.opened(FileHandle(o.fh.0), fopen_flags(&o)),
             Err(e) => fail(reply, "open", e),
         }
@@ -185,7 +196,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -197,10 +208,13 @@ impl Filesystem for FuseAdapter {
             return fail(reply, "create", special_file(name));
         }
         let exclusive = flags & libc::O_EXCL != 0;
-        let result = name_str(name, "create").and_then(|n| self.core.create(Ino(parent.0), n, exclusive));
+        let opener = process_of(req.pid());
+        let result = name_str(name, "create").and_then(|n| self.core.create(Ino(parent.0), n, exclusive, opener));
         match result {
+            // Not cached by the kernel: the file exists only if its first
+            // commit succeeds.
             Ok((attr, o)) => reply.created(
-                &self.ttl,
+                &Duration::ZERO,
                 &file_attr(&attr),
                 Generation(0),
                 FileHandle(o.fh.0),
@@ -384,9 +398,9 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // A writing handle commits here, so `close()` returns its errors.
-        match self.core.flush(Fh(fh.0)) {
+        match self.core.flush(Fh(fh.0), process_of(req.pid())) {
             Ok(()) => reply.ok(),
             Err(e) => fail(reply, "flush", e),
         }

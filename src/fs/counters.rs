@@ -51,6 +51,14 @@ counters! {
     lookups,
     /// Files opened.
     opens,
+    /// Bytes taken by writes.
+    bytes_written,
+    /// New versions committed.
+    commits,
+    /// Commits refused or failed (the application got the error).
+    commit_failures,
+    /// Staging files made (writes out of order or past the memory limit).
+    staged_files,
 }
 
 impl Counters {

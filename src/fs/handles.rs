@@ -20,6 +20,10 @@ pub struct FileHandle {
 pub struct WriteHandle {
     pub ino: Ino,
     pub writer: Arc<Mutex<Writer>>,
+    /// The process that opened it: only its `close()` commits. A forked
+    /// child closing its inherited copy (at `exec`, or on exit) must not
+    /// commit half a file.
+    pub opener: Option<u32>,
 }
 
 pub enum Handle {

@@ -99,14 +99,15 @@ impl ModelFs {
                 format!("{root_uri}: not a directory (a TileDB group or a directory)"),
             ));
         }
-        let staging = StagingArea::new(&config.staging_dir, config.staging_limit_bytes).map_err(|e| {
-            Error::new(
-                libc::EIO,
-                log::Level::Error,
-                format!("staging directory {}: {e}", config.staging_dir.display()),
-            )
-        })?;
         let counters = Arc::new(Counters::default());
+        let staging =
+            StagingArea::new(&config.staging_dir, config.staging_limit_bytes, counters.clone()).map_err(|e| {
+                Error::new(
+                    libc::EIO,
+                    log::Level::Error,
+                    format!("staging directory {}: {e}", config.staging_dir.display()),
+                )
+            })?;
         let cache = Arc::new(ChunkCache::new(config.cache_bytes, counters.clone()));
         let prefetch = PrefetchPool::new(
             cache.clone(),
@@ -391,7 +392,7 @@ impl ModelFs {
 
     /// Opens a file; `write` for writing (`truncate` for `O_TRUNC`). A
     /// second writer of one file gets EBUSY.
-    pub fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened> {
+    pub fn open(&self, ino: Ino, write: bool, truncate: bool, opener: Option<u32>) -> Result<Opened> {
         if ino == Ino::STATS {
             if write {
                 return Err(Error::read_only(STATS_NAME));
@@ -407,7 +408,7 @@ impl ModelFs {
         let inode = self.inode(ino)?;
         if write {
             self.check_writable(&inode.entry().uri)?;
-            return self.open_writer(&inode, truncate);
+            return self.open_writer(&inode, truncate, opener);
         }
         let NodeState::File(meta) = self.fresh_node(&inode)? else {
             return Err(Error::new(
@@ -464,7 +465,7 @@ impl ModelFs {
         }
     }
 
-    fn open_writer(&self, inode: &Arc<Inode>, truncate: bool) -> Result<Opened> {
+    fn open_writer(&self, inode: &Arc<Inode>, truncate: bool, opener: Option<u32>) -> Result<Opened> {
         let entry = inode.entry();
         let NodeState::File(meta) = self.fresh_node(inode)? else {
             return Err(Error::new(
@@ -480,10 +481,10 @@ impl ModelFs {
             exists: true,
         };
         let writer = Writer::new(target, truncate, self.staging.clone(), meta.size);
-        self.attach_writer(inode, writer)
+        self.attach_writer(inode, writer, opener)
     }
 
-    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer) -> Result<Opened> {
+    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer, opener: Option<u32>) -> Result<Opened> {
         let writer = Arc::new(Mutex::new(writer));
         {
             let mut c = inode.lock();
@@ -499,9 +500,11 @@ impl ModelFs {
             c.page_cache_version = None;
         }
         Counters::add(&self.counters.opens, 1);
-        let fh = self
-            .handles
-            .insert(Handle::Write(WriteHandle { ino: inode.ino, writer }));
+        let fh = self.handles.insert(Handle::Write(WriteHandle {
+            ino: inode.ino,
+            writer,
+            opener,
+        }));
         Ok(Opened {
             fh,
             keep_cache: false,
@@ -511,7 +514,7 @@ impl ModelFs {
 
     /// Creates (or, without `exclusive`, opens and truncates) file `name` in
     /// `parent` for writing. It is listed at once and committed at close.
-    pub fn create(&self, parent: Ino, name: &str, exclusive: bool) -> Result<(Attr, Opened)> {
+    pub fn create(&self, parent: Ino, name: &str, exclusive: bool, opener: Option<u32>) -> Result<(Attr, Opened)> {
         self.check_writable(name)?;
         let dir = self.dir_inode(parent)?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
@@ -543,7 +546,7 @@ impl ModelFs {
                     self.inodes.upsert(parent, entry, node)
                 }
             };
-            let opened = self.open_writer(&inode, true)?;
+            let opened = self.open_writer(&inode, true, opener)?;
             return Ok((self.getattr(inode.ino)?, opened));
         }
         let dir_entry = dir.entry();
@@ -567,7 +570,7 @@ impl ModelFs {
             entry,
             exists: false,
         };
-        let opened = self.attach_writer(&inode, Writer::new(target, true, self.staging.clone(), 0))?;
+        let opened = self.attach_writer(&inode, Writer::new(target, true, self.staging.clone(), 0), opener)?;
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
     }
 
@@ -582,23 +585,51 @@ impl ModelFs {
             ));
         };
         let n = lock(&w.writer).write(&self.registry, offset, data)?;
+        Counters::add(&self.counters.bytes_written, n as u64);
         Ok(n as u32)
     }
 
-    /// Commits a writing handle's changes (`close` and `fsync` call this);
-    /// its errors are what `close()`/`fsync()` return.
-    pub fn flush(&self, fh: Fh) -> Result<()> {
+    /// Commits a writing handle's changes when its opener closes it (`close`
+    /// calls this for every descriptor; `caller` is the closing process);
+    /// its errors are what `close()` returns.
+    pub fn flush(&self, fh: Fh, caller: Option<u32>) -> Result<()> {
         let Some(handle) = self.handles.get(fh) else {
             return Ok(());
         };
         let Handle::Write(w) = handle.as_ref() else {
             return Ok(());
         };
-        self.commit(w)
+        if w.opener.is_some() && caller.is_some() && w.opener != caller {
+            debug!(
+                "flush fh={} by process {caller:?}, not the opener {:?}: not committed",
+                fh.0, w.opener
+            );
+            return Ok(());
+        }
+        let result = self.commit(w);
+        // `release` reaches the daemon only after `close()` has returned, so
+        // the file is free for the next writer from here on.
+        if let Some(inode) = self.inodes.get(w.ino) {
+            let mut c = inode.lock();
+            if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
+                c.writer = std::sync::Weak::new();
+            }
+            drop(c);
+            // A new file whose first commit failed does not exist.
+            if result.is_err() && !lock(&w.writer).target().exists {
+                self.inodes.remove_name(inode.parent(), &inode.entry().name);
+            }
+        }
+        result
     }
 
     fn commit(&self, w: &WriteHandle) -> Result<()> {
-        let committed = lock(&w.writer).commit(&self.registry)?;
+        let committed = lock(&w.writer).commit(&self.registry).inspect_err(|_| {
+            Counters::add(&self.counters.commit_failures, 1);
+        })?;
+        if committed.is_some() {
+            Counters::add(&self.counters.commits, 1);
+        }
         if committed.is_some()
             && let Some(inode) = self.inodes.get(w.ino)
         {
@@ -616,7 +647,13 @@ impl ModelFs {
     }
 
     pub fn fsync(&self, fh: Fh) -> Result<()> {
-        self.flush(fh)
+        let Some(handle) = self.handles.get(fh) else {
+            return Ok(());
+        };
+        let Handle::Write(w) = handle.as_ref() else {
+            return Ok(());
+        };
+        self.commit(w)
     }
 
     /// Closes a handle. A writer with uncommitted changes (no `flush` came)
@@ -626,7 +663,7 @@ impl ModelFs {
         let ino = match h.as_ref() {
             Handle::File(f) => f.ino,
             Handle::Write(w) => {
-                let dirty = lock(&w.writer).is_dirty();
+                let dirty = lock(&w.writer).needs_commit();
                 if dirty && let Err(e) = self.commit(w) {
                     log::log!(e.level, "release: {e}");
                 }
@@ -701,11 +738,16 @@ impl ModelFs {
         }
         if let Some(size) = change.size {
             self.check_writable(&inode.entry().uri)?;
-            let handle = change.fh.and_then(|fh| self.handles.get(fh));
-            match handle.as_deref() {
-                Some(Handle::Write(w)) => lock(&w.writer).truncate(&self.registry, size)?,
-                _ => {
-                    let opened = self.open_writer(&inode, size == 0)?;
+            // Through the handle it came with, or the file's open writer (the
+            // kernel truncates for `O_TRUNC` without naming the handle).
+            let writer = match change.fh.and_then(|fh| self.handles.get(fh)).as_deref() {
+                Some(Handle::Write(w)) => Some(w.writer.clone()),
+                _ => inode.lock().active_writer(),
+            };
+            match writer {
+                Some(w) => lock(&w).truncate(&self.registry, size)?,
+                None => {
+                    let opened = self.open_writer(&inode, size == 0, None)?;
                     let result = match self.handles.get(opened.fh).as_deref() {
                         Some(Handle::Write(w)) => lock(&w.writer)
                             .truncate(&self.registry, size)
@@ -805,12 +847,8 @@ impl ModelFs {
         let dir = self.dir_inode(parent)?;
         let new_dir = self.dir_inode(new_parent)?;
         let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
-        if known.is_some() {
-            return Err(Error::new(
-                libc::EBUSY,
-                log::Level::Info,
-                format!("{}: being written; rename it after it is closed", entry.uri),
-            ));
+        if let Some(inode) = known {
+            return self.rename_written(&inode, &new_dir, new_name);
         }
         if parent == new_parent && name == new_name {
             return Ok(());
@@ -852,6 +890,80 @@ impl ModelFs {
             }
         }
         info!("renamed {} to {}", entry.uri, moved.uri);
+        Ok(())
+    }
+
+    /// Renames a file that is open for writing: the bytes go to the new name
+    /// at commit. Over an existing file they become its new version (or, if
+    /// already streaming into an array of their own, take its place), so
+    /// the old content stays until the commit succeeds.
+    fn rename_written(&self, inode: &Arc<Inode>, new_dir: &Arc<Inode>, new_name: &str) -> Result<()> {
+        let Some(writer) = inode.lock().active_writer() else {
+            return Err(Error::new(
+                libc::EBUSY,
+                log::Level::Info,
+                "file closed during rename; try again",
+            ));
+        };
+        let mut w = lock(&writer);
+        if w.target().exists {
+            return Err(Error::new(
+                libc::EBUSY,
+                log::Level::Info,
+                format!(
+                    "{}: open for writing; rename it after it is closed",
+                    w.target().entry.uri
+                ),
+            ));
+        }
+        let dir_entry = new_dir.entry();
+        let existing = self.child(new_dir, new_name)?;
+        let (entry, exists, replaces) = match existing {
+            Some((_, Some(other))) if !Arc::ptr_eq(&other, inode) => {
+                return Err(Error::new(
+                    libc::EBUSY,
+                    log::Level::Info,
+                    format!("{new_name}: being written"),
+                ));
+            }
+            Some((target, _)) if target.is_dir() => {
+                return Err(Error::new(
+                    libc::EISDIR,
+                    log::Level::Debug,
+                    format!("{}: is a directory", target.uri),
+                ));
+            }
+            Some((target, _)) if w.has_own_array() => {
+                let own = Entry {
+                    name: new_name.to_string(),
+                    ..w.target().entry.clone()
+                };
+                (own, false, Some(target))
+            }
+            Some((target, _)) => (target, true, None),
+            None if w.has_own_array() => (
+                Entry {
+                    name: new_name.to_string(),
+                    ..w.target().entry.clone()
+                },
+                false,
+                None,
+            ),
+            None => (
+                Entry {
+                    name: new_name.to_string(),
+                    uri: self.registry.new_child_uri(&dir_entry, new_name)?,
+                    storage: crate::registry::Storage::Array,
+                },
+                false,
+                None,
+            ),
+        };
+        let old_name = w.target().entry.name.clone();
+        w.retarget(dir_entry, entry.clone(), exists, replaces);
+        drop(w);
+        self.inodes.rename(inode, new_dir.ino, entry);
+        debug!("renamed {old_name} (open for writing) to {new_name}");
         Ok(())
     }
 

@@ -310,6 +310,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Puts `new` in `dir` in place of `old` (same name) in one group change,
+    /// so readers see one or the other, never neither.
+    pub fn replace_member(&self, dir: &Entry, old: &Entry, new: &Entry) -> Result<()> {
+        if dir.storage != Storage::Group {
+            return Ok(());
+        }
+        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+        group.remove_member(&old.name)?;
+        self.add_member(&mut group, dir, new)?;
+        group.close()?;
+        Ok(())
+    }
+
     /// Takes `entry` out of `dir` without deleting its storage (a group
     /// member is removed; a plain directory's entry cannot be, so nothing
     /// happens there).

@@ -9,9 +9,8 @@
 //! any state ──(error)──> Failed(errno)   (kept: every later call returns it)
 //! ```
 //!
-//! - `Buffering`: sequential bytes from offset 0 held in memory, up to
-//!   [`MEMORY_LIMIT_BYTES`]; small files (configs, tokenizers) never touch
-//!   the disk.
+//! - `Buffering`: bytes held in memory, up to [`MEMORY_LIMIT_BYTES`]; small
+//!   files (configs, tokenizers) never touch the disk.
 //! - `Streaming`: a `.safetensors` file whose header is in: the header gives
 //!   the final size, so bytes go straight into one global-order TileDB
 //!   write as they arrive, with memory bounded by TileDB's tile buffers.
@@ -51,8 +50,19 @@ pub struct Target {
     pub exists: bool,
 }
 
+/// A file held in memory: `bytes` (its whole content, zero-filled where
+/// nothing was written) and how long a prefix was written in order from 0,
+/// which decides whether it can still be streamed.
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    in_order: usize,
+    /// The header turned out invalid: keep the bytes, refuse at commit.
+    no_stream: bool,
+}
+
 enum State {
-    Buffering(Vec<u8>),
+    Buffering(Buffer),
     Streaming(Box<Stream>),
     Staging(StagingFile),
     /// Committed, nothing new since.
@@ -74,6 +84,9 @@ struct Stream {
 /// One file open for writing.
 pub struct Writer {
     target: Target,
+    /// An existing file this one takes the place of at commit (a file
+    /// streamed to its own array, then renamed over another).
+    replaces: Option<Entry>,
     state: State,
     staging: Arc<StagingArea>,
     /// Bytes changed since the last commit.
@@ -92,12 +105,15 @@ impl Writer {
         let fresh = truncate || !target.exists;
         Writer {
             state: if fresh {
-                State::Buffering(Vec::new())
+                State::Buffering(Buffer::default())
             } else {
                 State::Clean { size: committed_size }
             },
-            dirty: fresh && target.exists,
+            // A new file is committed even if nothing is written to it; so is
+            // a truncation.
+            dirty: fresh,
             target,
+            replaces: None,
             staging,
         }
     }
@@ -106,10 +122,24 @@ impl Writer {
         &self.target
     }
 
+    /// Whether the bytes are going into a new array of their own (streaming
+    /// a new file), so a rename cannot redirect them into another array.
+    pub fn has_own_array(&self) -> bool {
+        !self.target.exists && matches!(self.state, State::Streaming(_))
+    }
+
+    /// Points the writer at a new place after a rename: `entry` in `dir`,
+    /// which exists when it is a committed file the bytes become a new
+    /// version of. `replaces` names a file to take the place of at commit.
+    pub fn retarget(&mut self, dir: Entry, entry: Entry, exists: bool, replaces: Option<Entry>) {
+        self.target = Target { dir, entry, exists };
+        self.replaces = replaces;
+    }
+
     /// The file's size as written so far.
     pub fn size(&self) -> u64 {
         match &self.state {
-            State::Buffering(b) => b.len() as u64,
+            State::Buffering(b) => b.bytes.len() as u64,
             State::Streaming(s) => s.writer.written(),
             State::Staging(f) => f.size(),
             State::Clean { size } => *size,
@@ -150,8 +180,16 @@ impl Writer {
         }
         let size = self.size();
         match &mut self.state {
-            State::Buffering(buf) if offset == size && buf.len() + data.len() <= MEMORY_LIMIT_BYTES => {
-                buf.extend_from_slice(data);
+            State::Buffering(buf) if (offset as usize).saturating_add(data.len()) <= MEMORY_LIMIT_BYTES => {
+                let (start, end) = (offset as usize, offset as usize + data.len());
+                if buf.bytes.len() < end {
+                    buf.bytes.resize(end, 0);
+                }
+                buf.bytes[start..end].copy_from_slice(data);
+                if start == buf.in_order {
+                    buf.in_order = end;
+                }
+                let _ = size;
                 if is_safetensors_name(&self.target.entry.name) {
                     self.try_start_stream(reg)?;
                 }
@@ -216,7 +254,7 @@ impl Writer {
     fn spill_to_staging(&mut self) -> Result<()> {
         let mut f = self.staging.create(&self.target.entry.name)?;
         if let State::Buffering(buf) = &self.state {
-            f.write_at(0, buf)?;
+            f.write_at(0, &buf.bytes)?;
         }
         self.state = State::Staging(f);
         Ok(())
@@ -225,13 +263,23 @@ impl Writer {
     /// Once a buffered `.safetensors` header is complete, validates it and
     /// starts streaming the file into TileDB.
     fn try_start_stream(&mut self, reg: &Registry) -> Result<()> {
-        let Some((size, index)) = self.complete_header()? else {
-            return Ok(());
+        let (size, index) = match self.complete_header() {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // An invalid file is refused at close (EINVAL from close());
+                // until then its bytes are taken like any other file's.
+                log::debug!("{}: not streamed: {e}", self.name());
+                if let State::Buffering(buf) = &mut self.state {
+                    buf.no_stream = true;
+                }
+                return Ok(());
+            }
         };
         let entry = self.ensure_array(reg)?;
         let mut writer = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
         if let State::Buffering(buf) = &self.state {
-            writer.write(buf)?;
+            writer.write(&buf.bytes)?;
         }
         self.state = State::Streaming(Box::new(Stream {
             writer,
@@ -247,14 +295,16 @@ impl Writer {
         let State::Buffering(buf) = &self.state else {
             return Ok(None);
         };
-        if buf.len() < 8 {
+        // Only a file written in order from 0, with nothing past that, can
+        // stream; anything else stays in memory or is staged.
+        if buf.no_stream || buf.in_order < 8 || buf.bytes.len() != buf.in_order {
             return Ok(None);
         }
-        let n = header_len(&buf[..8], u64::MAX).map_err(|p| self.invalid(p))?;
-        if (buf.len() as u64) < 8 + n {
+        let n = header_len(&buf.bytes[..8], u64::MAX).map_err(|p| self.invalid(p))?;
+        if (buf.in_order as u64) < 8 + n {
             return Ok(None);
         }
-        let header = &buf[8..8 + n as usize];
+        let header = &buf.bytes[8..8 + n as usize];
         let data_len = declared_data_len(header).map_err(|p| self.invalid(p))?;
         let size = 8 + n + data_len;
         let index = safetensors_index::validate(header, size).map_err(|p| self.invalid(p))?;
@@ -279,12 +329,13 @@ impl Writer {
         let r = (|| {
             self.dirty = true;
             match &mut self.state {
-                State::Buffering(buf) if size <= buf.len() as u64 => {
-                    buf.truncate(size as usize);
+                State::Buffering(buf) if size <= MEMORY_LIMIT_BYTES as u64 => {
+                    buf.bytes.resize(size as usize, 0);
+                    buf.in_order = buf.in_order.min(size as usize);
                     return Ok(());
                 }
                 State::Clean { .. } if size == 0 => {
-                    self.state = State::Buffering(Vec::new());
+                    self.state = State::Buffering(Buffer::default());
                     return Ok(());
                 }
                 State::Clean { .. } => self.stage_committed(reg)?,
@@ -313,9 +364,9 @@ impl Writer {
         self.check()?;
         match &self.state {
             State::Buffering(buf) => {
-                let start = (offset as usize).min(buf.len());
-                let end = start.saturating_add(len as usize).min(buf.len());
-                Ok(buf[start..end].to_vec())
+                let start = (offset as usize).min(buf.bytes.len());
+                let end = start.saturating_add(len as usize).min(buf.bytes.len());
+                Ok(buf.bytes[start..end].to_vec())
             }
             State::Staging(f) => f.read_at(offset, len),
             State::Clean { .. } => {
@@ -336,8 +387,10 @@ impl Writer {
         }
     }
 
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
+    /// Changed since the last commit, and not failed (a failed writer has
+    /// already reported its error and commits nothing).
+    pub fn needs_commit(&self) -> bool {
+        self.dirty && !matches!(self.state, State::Failed { .. })
     }
 
     /// Commits what was written as a new version (nothing when clean), and
@@ -385,11 +438,11 @@ impl Writer {
                 (s.writer.commit(&s.kind)?, s.size)
             }
             State::Buffering(buf) => {
-                let kind = self.kind_of_bytes(&buf)?;
+                let kind = self.kind_of_bytes(&buf.bytes)?;
                 let entry = self.ensure_array(reg)?;
-                let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, buf.len() as u64)?;
-                w.write(&buf)?;
-                (w.commit(&kind)?, buf.len() as u64)
+                let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, buf.bytes.len() as u64)?;
+                w.write(&buf.bytes)?;
+                (w.commit(&kind)?, buf.bytes.len() as u64)
             }
             State::Staging(f) => {
                 let size = f.size();
@@ -423,7 +476,15 @@ impl Writer {
             State::Failed { errno, message } => return Err(failed(errno, message)),
         };
         if was_new {
-            reg.link(&self.target.dir, &self.target.entry)?;
+            match self.replaces.take() {
+                Some(old) => {
+                    reg.replace_member(&self.target.dir, &old, &self.target.entry)?;
+                    if let Err(e) = reg.delete_storage(&old) {
+                        warn!("{}: deleting the replaced file's storage failed: {e}", old.uri);
+                    }
+                }
+                None => reg.link(&self.target.dir, &self.target.entry)?,
+            }
             self.target.exists = true;
         }
         if let State::Clean { size: s } = &mut self.state {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::fs::counters::Counters;
 use crate::fs::error::{Error, Result};
 
 /// The staging directory and its limit.
@@ -14,16 +15,18 @@ pub struct StagingArea {
     dir: PathBuf,
     limit_bytes: u64,
     used: AtomicU64,
+    counters: Arc<Counters>,
 }
 
 impl StagingArea {
     /// Stages under `dir` (created if missing), at most `limit_bytes` in all.
-    pub fn new(dir: &Path, limit_bytes: u64) -> std::io::Result<Arc<Self>> {
+    pub fn new(dir: &Path, limit_bytes: u64, counters: Arc<Counters>) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         Ok(Arc::new(StagingArea {
             dir: dir.to_path_buf(),
             limit_bytes,
             used: AtomicU64::new(0),
+            counters,
         }))
     }
 
@@ -40,6 +43,7 @@ impl StagingArea {
     /// file is unlinked at once, so nothing is left behind by a crash.
     pub fn create(self: &Arc<Self>, name: &str) -> Result<StagingFile> {
         let file = tempfile::tempfile_in(&self.dir).map_err(|e| io_error(&self.dir, name, e))?;
+        Counters::add(&self.counters.staged_files, 1);
         Ok(StagingFile {
             file,
             size: 0,

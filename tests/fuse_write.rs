@@ -1,0 +1,349 @@
+//! Writes through real FUSE mounts: copies in, versions, refusals with the
+//! right errno at close, crash safety, memory, and the semantics table.
+
+mod common;
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use modelfs::registry::{FileArray, Registry, file_array};
+use modelfs::tiledb::Context;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An empty registry (a group) and a read-write mount of it.
+fn mounted(tmp: &Path, extra: &[&str]) -> (PathBuf, MountGuard) {
+    let reg = tmp.join("registry");
+    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{}/seed.txt", s(&reg))]);
+    let mnt = MountGuard::new(s(&reg), &tmp.join("mnt"), extra);
+    (reg, mnt)
+}
+
+/// Closes `file` and returns close()'s errno, if it failed.
+fn close_errno(file: std::fs::File) -> Option<i32> {
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken out of the File, so it is closed once.
+    let rc = unsafe { libc::close(fd) };
+    (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+fn version_of(reg_uri: &str) -> Option<u64> {
+    let ctx = Context::new().unwrap();
+    let reg = Registry::new(ctx.clone()).unwrap();
+    let entry = reg.resolve(reg_uri).unwrap()?;
+    file_array::read_meta(&ctx, &entry.uri).unwrap().timestamp
+}
+
+#[test]
+fn cp_r_in_then_export_and_remount_are_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_hf_model(tmp.path(), 66);
+    std::fs::write(model.join("empty.bin"), b"").unwrap();
+    let reg;
+    {
+        let (r, mnt) = mounted(tmp.path(), &[]);
+        reg = r;
+        let st = Command::new("cp")
+            .args(["-r", s(&model), s(&mnt.dir.join("tiny"))])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let stats = mnt.stats();
+        assert_eq!(stats["staged_files"], 0, "{stats}");
+        assert_same_tree(&model, &mnt.dir.join("tiny"));
+    }
+    let out = tmp.path().join("exported");
+    modelfs_ok(&["export", &format!("{}/tiny", s(&reg)), s(&out)]);
+    assert_same_tree(&model, &out);
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt2"), &["--read-only"]);
+    assert_same_tree(&model, &mnt.dir.join("tiny"));
+    let info = modelfs_ok(&["info", &format!("{}/tiny/model.safetensors", s(&reg))]);
+    assert!(info.contains("tensors:    320"), "{info}");
+}
+
+#[test]
+fn overwrite_makes_a_new_version_and_keeps_the_old_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let path = mnt.dir.join("weights.bin");
+    let v1 = pseudo_random(1, 3 << 20);
+    let v2 = pseudo_random(2, 1 << 20);
+    std::fs::write(&path, &v1).unwrap();
+    let uri = format!("{}/weights.bin", s(&reg));
+    let t1 = version_of(&uri).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::fs::write(&path, &v2).unwrap();
+    let t2 = version_of(&uri).unwrap();
+    assert!(t2 > t1);
+    // Opens after the commit read the new version.
+    assert!(std::fs::read(&path).unwrap() == v2);
+    // The old version is still in TileDB, readable at its timestamp.
+    let ctx = Context::new().unwrap();
+    let entry = Registry::new(ctx.clone()).unwrap().resolve(&uri).unwrap().unwrap();
+    let mut meta = file_array::read_meta(&ctx, &entry.uri).unwrap();
+    meta.timestamp = Some(t1);
+    meta.size = v1.len() as u64;
+    let old = FileArray::open_version(&ctx, &entry.uri, meta).unwrap();
+    let mut all = vec![0u8; v1.len()];
+    old.read_at(0, &mut all).unwrap();
+    assert!(all == v1);
+}
+
+#[test]
+fn invalid_safetensors_fail_at_close_with_einval_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let good = safetensors_bytes(10, 100_000);
+    let path = mnt.dir.join("model.safetensors");
+    std::fs::write(&path, &good).unwrap();
+    let uri = format!("{}/model.safetensors", s(&reg));
+    let before = version_of(&uri).unwrap();
+
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 100);
+    let mut bad_header = good.clone();
+    bad_header[8] = b'!';
+    for (what, bytes) in [("truncated", truncated), ("bad header", bad_header)] {
+        let mut f = std::fs::File::create(&path).unwrap();
+        let _ = f.write_all(&bytes);
+        assert_eq!(close_errno(f), Some(libc::EINVAL), "{what}");
+        assert_eq!(version_of(&uri), Some(before), "{what}: a version was committed");
+        assert!(std::fs::read(&path).unwrap() == good, "{what}: old file changed");
+    }
+    // A new invalid file leaves nothing behind.
+    let new_path = mnt.dir.join("new.safetensors");
+    let mut f = std::fs::File::create(&new_path).unwrap();
+    f.write_all(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+        .unwrap();
+    assert_eq!(close_errno(f), Some(libc::EINVAL));
+    assert!(!new_path.exists());
+    assert!(mnt.log_text().contains("new.safetensors"), "no log line names the file");
+    drop(mnt);
+    assert_eq!(modelfs_ok(&["ls", s(&reg)]), "model.safetensors\nseed.txt\n");
+}
+
+#[test]
+fn second_writer_gets_ebusy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let path = mnt.dir.join("a.txt");
+    let mut w = std::fs::File::create(&path).unwrap();
+    w.write_all(b"first").unwrap();
+    let err = std::fs::OpenOptions::new().write(true).open(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+    drop(w);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"first");
+}
+
+#[test]
+fn directories_rename_unlink_truncate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let d = mnt.dir.join("run-1");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(d.join("sub/a.json"), b"{\"a\": 1}").unwrap();
+    assert_eq!(std::fs::create_dir(&d).unwrap_err().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(
+        std::fs::remove_dir(d.join("sub")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    // Rename within a directory, across directories, and of a directory.
+    std::fs::rename(d.join("sub/a.json"), d.join("sub/b.json")).unwrap();
+    std::fs::rename(d.join("sub/b.json"), d.join("c.json")).unwrap();
+    std::fs::rename(d.join("sub"), d.join("sub2")).unwrap();
+    std::fs::write(d.join("sub2/x.txt"), b"x").unwrap();
+    std::fs::rename(&d, mnt.dir.join("run-2")).unwrap();
+    let d = mnt.dir.join("run-2");
+    assert_eq!(std::fs::read(d.join("c.json")).unwrap(), b"{\"a\": 1}");
+    assert_eq!(std::fs::read(d.join("sub2/x.txt")).unwrap(), b"x");
+    // Replace an existing file by rename.
+    std::fs::write(d.join("old.txt"), b"old").unwrap();
+    std::fs::rename(d.join("c.json"), d.join("old.txt")).unwrap();
+    assert_eq!(std::fs::read(d.join("old.txt")).unwrap(), b"{\"a\": 1}");
+    // A new file may reuse a renamed-away name without touching the renamed file.
+    std::fs::write(d.join("c.json"), b"new c").unwrap();
+    assert_eq!(std::fs::read(d.join("old.txt")).unwrap(), b"{\"a\": 1}");
+    // Truncate, extend, O_TRUNC, and unlink.
+    let f = d.join("c.json");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"new");
+    Command::new("truncate").args(["-s", "6", s(&f)]).status().unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"new\0\0\0");
+    std::fs::OpenOptions::new().write(true).truncate(true).open(&f).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"");
+    std::fs::remove_file(&f).unwrap();
+    assert!(!f.exists());
+    std::fs::remove_file(d.join("sub2/x.txt")).unwrap();
+    std::fs::remove_dir(d.join("sub2")).unwrap();
+    // Appending to an existing file keeps what was there.
+    let mut a = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("old.txt"))
+        .unwrap();
+    a.write_all(b" and more").unwrap();
+    drop(a);
+    assert_eq!(std::fs::read(d.join("old.txt")).unwrap(), b"{\"a\": 1} and more");
+    drop(mnt);
+    let listing = modelfs_ok(&["ls", &format!("{}/run-2", s(&reg))]);
+    assert_eq!(listing, "old.txt\n");
+}
+
+#[test]
+fn unlinked_open_file_stays_readable_until_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &["--cache-size", "1M"]);
+    let path = mnt.dir.join("big.bin");
+    let data = pseudo_random(9, 4 << 20);
+    std::fs::write(&path, &data).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut buf, 3 << 20).unwrap();
+    assert!(buf == data[3 << 20..]);
+}
+
+#[test]
+fn unsupported_operations_return_the_documented_errno() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let file = mnt.dir.join("seed.txt");
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("seed.txt", mnt.dir.join("l"))),
+        Some(libc::ENOTSUP)
+    );
+    assert_eq!(errno(std::fs::hard_link(&file, mnt.dir.join("h"))), Some(libc::ENOTSUP));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        errno(std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::chown(&file, Some(1), Some(1))),
+        Some(libc::EPERM)
+    );
+    let c = |p: &Path| CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe { libc::mkfifo(c(&mnt.dir.join("fifo")).as_ptr(), 0o644) };
+    assert_eq!(
+        (rc, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EPERM))
+    );
+    let name = CString::new("user.test").unwrap();
+    // SAFETY: valid strings and buffer.
+    let rc = unsafe { libc::setxattr(c(&file).as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+    assert_eq!(
+        (rc, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::ENOTSUP))
+    );
+    // Times are accepted and ignored.
+    Command::new("touch").arg(&file).status().unwrap();
+    let ro = MountGuard::new(s(&_reg), &tmp.path().join("ro"), &["--read-only"]);
+    assert_eq!(errno(std::fs::write(ro.dir.join("x"), b"x")), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::create_dir(ro.dir.join("d"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::remove_file(ro.dir.join("seed.txt"))), Some(libc::EROFS));
+}
+
+/// Writes `data` to `path` from a thread; returns after `kill_after` bytes
+/// went through, leaving the writer running.
+fn start_writer(path: PathBuf, data: std::sync::Arc<Vec<u8>>) -> std::sync::mpsc::Receiver<usize> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(mut f) = std::fs::File::create(&path) else {
+            return;
+        };
+        let mut done = 0;
+        for chunk in data.chunks(1 << 20) {
+            if f.write_all(chunk).is_err() {
+                return;
+            }
+            done += chunk.len();
+            let _ = tx.send(done);
+        }
+    });
+    rx
+}
+
+#[test]
+fn sigkill_mid_write_leaves_the_old_version_or_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("registry");
+    let old = pseudo_random(3, 5 << 20);
+    std::fs::write(tmp.path().join("old.bin"), &old).unwrap();
+    modelfs_ok(&[
+        "import",
+        s(&tmp.path().join("old.bin")),
+        &format!("{}/big.bin", s(&reg)),
+    ]);
+    let big = std::sync::Arc::new(safetensors_bytes(64, 256 << 20));
+    let plain = std::sync::Arc::new(pseudo_random(4, 256 << 20));
+    for (name, data) in [("new.safetensors", big), ("big.bin", plain)] {
+        let mut mnt = MountGuard::new(s(&reg), &tmp.path().join(format!("mnt-{name}")), &[]);
+        let progress = start_writer(mnt.dir.join(name), data);
+        while progress.recv().is_ok_and(|n| n < 100 << 20) {}
+        Command::new("kill")
+            .args(["-KILL", &mnt.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(mnt.wait_exit(10));
+        drop(mnt);
+        let again = MountGuard::new(s(&reg), &tmp.path().join(format!("again-{name}")), &[]);
+        match name {
+            "new.safetensors" => assert!(!again.dir.join(name).exists(), "a partial new file is visible"),
+            _ => {
+                let now = std::fs::read(again.dir.join(name)).unwrap();
+                let same = now.iter().zip(old.iter()).take_while(|(a, b)| a == b).count();
+                assert!(
+                    now == old,
+                    "the old version is not intact: {} bytes, first {same} equal\n{}",
+                    now.len(),
+                    again.log_text()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn one_gib_safetensors_cp_streams_with_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("model.safetensors");
+    std::fs::write(&src, safetensors_bytes(300, 1 << 30)).unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let st = Command::new("cp")
+        .args([s(&src), s(&mnt.dir.join("model.safetensors"))])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mnt.pid())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let stats = mnt.stats();
+    assert_eq!(stats["staged_files"], 0, "a staging file was made: {stats}");
+    assert!(hwm_kib < 256 * 1024, "daemon peak RSS {hwm_kib} KiB");
+    eprintln!("1 GiB cp into the mount: daemon peak RSS {} MiB", hwm_kib / 1024);
+    drop(mnt);
+    let info = modelfs_ok(&["info", &format!("{}/model.safetensors", s(&reg))]);
+    assert!(info.contains("tensors:    300"), "{info}");
+    assert!(info.contains(&format!("size:       {} bytes", std::fs::metadata(&src).unwrap().len())));
+}
