@@ -28,7 +28,7 @@ fn registry_with_model(tmp: &Path, mib: usize) -> (PathBuf, PathBuf) {
 fn cp_r_stat_and_ls_match_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, reg) = registry_with_model(tmp.path(), 66);
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &["--read-only"]);
 
     let out = tmp.path().join("copy");
     let st = Command::new("cp")

@@ -282,7 +282,10 @@ fn export_entry(
             Ok(())
         }
         Node::File(meta) => {
-            if dest.exists() && !force {
+            // Devices and pipes (`/dev/null`, `/dev/stdout`) are written in
+            // place; an existing regular file is replaced only with `force`.
+            let special = std::fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir());
+            if dest.exists() && !special && !force {
                 return Err(Error::AlreadyExists {
                     uri: dest.display().to_string(),
                 });

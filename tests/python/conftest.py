@@ -2,6 +2,7 @@
 (MODELFS_BIN, set by scripts/test.sh) and a helper to run it."""
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,41 @@ def run(modelfs_bin):
         return p
 
     return run
+
+
+def is_mounted(path):
+    target = str(Path(path).resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == target for line in f)
+
+
+@pytest.fixture
+def mount(modelfs_bin, tmp_path):
+    """mount(registry) -> mountpoint; unmounted at the end even on failure."""
+    procs = []
+
+    def mount(registry, *flags):
+        mnt = tmp_path / f"mnt{len(procs)}"
+        mnt.mkdir()
+        log = open(tmp_path / f"mnt{len(procs)}.log", "w")
+        p = subprocess.Popen([modelfs_bin, "mount", "--foreground", str(registry), str(mnt), *flags],
+                             stdout=subprocess.DEVNULL, stderr=log)
+        procs.append((p, mnt))
+        deadline = time.time() + 20
+        while not is_mounted(mnt):
+            assert p.poll() is None, (tmp_path / f"mnt{len(procs) - 1}.log").read_text()
+            assert time.time() < deadline, "mount did not come up"
+            time.sleep(0.02)
+        return mnt
+
+    yield mount
+    for p, mnt in procs:
+        if is_mounted(mnt):
+            subprocess.run([modelfs_bin, "unmount", "--lazy", str(mnt)], capture_output=True)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+

@@ -1,8 +1,6 @@
 """Framework loaders on a real mount: safetensors (load_file, safe_open with
 partial slices), numpy.memmap, and the header-only open's TileDB traffic."""
 import json
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,42 +9,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from models import write_mixed_safetensors
-
-
-def is_mounted(path):
-    target = str(Path(path).resolve())
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split(" ")[4] == target for line in f)
-
-
-@pytest.fixture
-def mount(modelfs_bin, tmp_path):
-    """mount(registry) -> mountpoint; unmounted at the end even on failure."""
-    procs = []
-
-    def mount(registry, *flags):
-        mnt = tmp_path / f"mnt{len(procs)}"
-        mnt.mkdir()
-        log = open(tmp_path / f"mnt{len(procs)}.log", "w")
-        p = subprocess.Popen([modelfs_bin, "mount", "--foreground", str(registry), str(mnt), *flags],
-                             stdout=subprocess.DEVNULL, stderr=log)
-        procs.append((p, mnt))
-        deadline = time.time() + 20
-        while not is_mounted(mnt):
-            assert p.poll() is None, (tmp_path / f"mnt{len(procs) - 1}.log").read_text()
-            assert time.time() < deadline, "mount did not come up"
-            time.sleep(0.02)
-        return mnt
-
-    yield mount
-    for p, mnt in procs:
-        if is_mounted(mnt):
-            subprocess.run([modelfs_bin, "unmount", "--lazy", str(mnt)], capture_output=True)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def stats(mnt):
