@@ -4,8 +4,9 @@
 //! An inode's number never changes; its place (parent and entry) changes
 //! only on rename. Cached state (the `Node` and when it was read, the open
 //! file version, the active writer, open handles) sits behind the inode's
-//! own mutex, which is never held across TileDB I/O. Lock order: the
-//! table's maps, then an inode's place, then its cached state.
+//! own mutex, which is never held across TileDB I/O nor while taking a
+//! writer's lock (a writer's lock is held across its commit). Lock order:
+//! the table's maps, then an inode's place, then its cached state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,9 +187,9 @@ impl InodeTable {
         inos.into_iter()
             .filter_map(|i| self.get(i))
             .filter(|i| {
-                i.lock()
-                    .active_writer()
-                    .is_some_and(|w| !w.lock().unwrap_or_else(PoisonError::into_inner).target().exists)
+                // Taken apart: never hold an inode's lock while taking a writer's.
+                let writer = i.lock().active_writer();
+                writer.is_some_and(|w| !w.lock().unwrap_or_else(PoisonError::into_inner).target().exists)
             })
             .collect()
     }

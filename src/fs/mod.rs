@@ -234,20 +234,20 @@ impl ModelFs {
     /// Re-reads an inode's node when it is older than the TTL. A file being
     /// written shows its writer's size.
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
-        {
+        let (writer, node, fresh) = {
             let c = inode.lock();
-            if let Some(w) = c.active_writer() {
-                let size = lock(&w).size();
-                let mut meta = match &c.node {
-                    NodeState::File(m) => m.clone(),
-                    NodeState::Dir => return Ok(NodeState::Dir),
-                };
-                meta.size = size;
-                return Ok(NodeState::File(meta));
-            }
-            if inode.ino == Ino::ROOT || c.unlinked || c.read_at.elapsed() < self.config.metadata_ttl {
-                return Ok(c.node.clone());
-            }
+            let fresh = inode.ino == Ino::ROOT || c.unlinked || c.read_at.elapsed() < self.config.metadata_ttl;
+            (c.active_writer(), c.node.clone(), fresh)
+        };
+        if let Some(w) = writer {
+            let NodeState::File(mut meta) = node else {
+                return Ok(NodeState::Dir);
+            };
+            meta.size = lock(&w).size();
+            return Ok(NodeState::File(meta));
+        }
+        if fresh {
+            return Ok(node);
         }
         let entry = inode.entry();
         let node = self.node_of(&entry)?.ok_or_else(|| {
@@ -905,6 +905,9 @@ impl ModelFs {
                 "file closed during rename; try again",
             ));
         };
+        // Looked up before the writer is locked: lock order is an inode's
+        // cached state, then a writer.
+        let existing = self.child(new_dir, new_name)?;
         let mut w = lock(&writer);
         if w.target().exists {
             return Err(Error::new(
@@ -917,7 +920,6 @@ impl ModelFs {
             ));
         }
         let dir_entry = new_dir.entry();
-        let existing = self.child(new_dir, new_name)?;
         let (entry, exists, replaces) = match existing {
             Some((_, Some(other))) if !Arc::ptr_eq(&other, inode) => {
                 return Err(Error::new(
