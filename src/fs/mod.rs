@@ -788,9 +788,10 @@ impl ModelFs {
             ));
         }
         let inode = known.or_else(|| self.inodes.find(parent, name));
-        let exists = inode
-            .as_ref()
-            .is_none_or(|i| i.lock().active_writer().is_none_or(|w| lock(&w).target().exists));
+        let exists = inode.as_ref().is_none_or(|i| {
+            let writer = i.lock().active_writer();
+            writer.is_none_or(|w| lock(&w).target().exists)
+        });
         if exists {
             self.registry.unlink(&dir.entry(), &entry)?;
         }
