@@ -65,6 +65,19 @@ pub enum Error {
     /// carries the decoder's whole error).
     #[error(transparent)]
     TileDbMlField(Box<FieldError>),
+    /// An export wrote every file it could, but these TileDB-ML fields show
+    /// no files.
+    #[error("{}", incomplete(failures))]
+    ExportIncomplete { failures: Vec<FieldError> },
+}
+
+fn incomplete(failures: &[FieldError]) -> String {
+    let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    format!(
+        "{} TileDB-ML field(s) not exported (every other file was written): {}",
+        failures.len(),
+        list.join("; ")
+    )
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
