@@ -19,7 +19,7 @@
 //! allowlist (`collections.OrderedDict`, the torch tensor and storage
 //! rebuilders, numpy's array and scalar reconstructors, a few builtins);
 //! any other global is refused and named in the error. Every size is
-//! checked before it is used, and [`DecodeLimits`]-style bounds cap the
+//! checked before it is used, and bounds (`tensor::DecodeLimits`) cap the
 //! input, the opcodes run, the memo, the stack, the nesting and the bytes
 //! allocated, so a hostile pickle costs bounded time and memory.
 //!
@@ -28,8 +28,6 @@
 //! through `safetensors_writer` and `pyjson`), `view_file` (those files
 //! owned, served by byte range), `metadata_json`, and `model`, the one
 //! entry point: [`TileDbMlModel::open`].
-//!
-//! [`DecodeLimits`]: tensor::DecodeLimits
 
 mod metadata_json;
 mod model;

@@ -368,6 +368,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_model_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<TileDbMlModel>();
+        shared::<ViewEntry>();
+    }
+
+    #[test]
     fn first_entry_at_a_path_wins_and_files_are_not_folders() {
         let mut e = Entries::default();
         let file = |b: &[u8]| ViewEntry::Ready(ViewFile::from_vec(b.to_vec()));

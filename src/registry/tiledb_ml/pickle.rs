@@ -116,7 +116,7 @@ impl Default for Limits {
     }
 }
 
-/// Which bound of [`Limits`] was hit.
+/// Which bound of the reader's `Limits` was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     InputLen,
