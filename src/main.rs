@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use modelfs::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
 use modelfs::registry::{self, Entry, Node, Registry, transfer};
 use modelfs::tiledb::{self, Context};
 
@@ -57,7 +58,11 @@ enum Command {
     /// Copy a file or directory out of the registry, byte for byte.
     ///
     /// DEST is the local path to create. Files are written to a temporary
-    /// name and renamed into place, so DEST never holds a partial copy.
+    /// name and renamed into place, so DEST never holds a partial copy. A
+    /// TileDB-ML model array becomes a folder of the pickle-free files it
+    /// shows (metadata.json, model.safetensors, ...); a field that cannot be
+    /// shown (say, a pickle calling a forbidden global) is reported after
+    /// everything else is written, with a non-zero exit.
     Export {
         /// Registry URI of a file or directory.
         src: String,
@@ -134,7 +139,9 @@ enum Command {
     /// Describe a file, directory or any TileDB array.
     ///
     /// For a file: its size, kind, version timestamp and, for safetensors,
-    /// the tensor table. For any array: its schema, fragments and metadata.
+    /// the tensor table. For a TileDB-ML model array: its framework, fields
+    /// and the files it shows, with their tensor tables. For any array: its
+    /// schema, fragments and metadata.
     Info {
         /// Registry URI, or the URI of any TileDB array or group.
         uri: String,
@@ -302,7 +309,13 @@ fn info(uri: &str) -> Result<()> {
                 print_tensors(index);
             }
         }
-        Node::TileDbMl { framework } => println!("kind:       TileDB-ML model array ({framework})"),
+        Node::TileDbMl { framework } => {
+            println!("kind:       TileDB-ML model array ({framework})");
+            match TileDbMlModel::open(reg.context(), &entry.uri) {
+                Ok(model) => print_tiledb_ml(&model),
+                Err(e) => println!("files:      none shown: {e}"),
+            }
+        }
         Node::Other { reason } => println!("kind:       TileDB array, not a modelfs file ({reason})"),
     }
     print_array(reg.context(), &entry.uri, &reg)
@@ -325,6 +338,36 @@ fn print_tensors(index: &registry::TensorIndex) {
             "  {:<width$}  {:<7} {:<20} {:>14} {:>14}",
             t.name, t.dtype, shape, t.range[0], t.range[1]
         );
+    }
+}
+
+fn print_tiledb_ml(model: &TileDbMlModel) {
+    println!("read as of: {} ({})", model.version(), format_utc_ms(model.version()));
+    println!("fields:     {}", model.fields().len());
+    for f in model.fields() {
+        let size = match (f.size, f.stale) {
+            (0, _) => "empty".to_string(),
+            (n, false) => format!("{n} bytes"),
+            (n, true) => format!("empty (`{}_size` = {n} is left from an older save)", f.name),
+        };
+        println!("  {:<12} {size}", f.name);
+    }
+    println!("files:      {}", model.entries().len());
+    let width = model.entries().iter().map(|(p, _)| p.len()).max().unwrap_or(4);
+    for (path, entry) in model.entries() {
+        match entry {
+            ViewEntry::Ready(file) => {
+                println!("  {path:<width$}  {:>14} bytes", file.len());
+                if let Some(tensors) = file.tensors() {
+                    let w = tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+                    println!("      {:<w$}  {:<5} SHAPE", "NAME", "DTYPE");
+                    for t in tensors {
+                        println!("      {:<w$}  {:<5} {:?}", t.name, t.dtype, t.shape);
+                    }
+                }
+            }
+            ViewEntry::Failed(e) => println!("  {path:<width$}  not shown: {}", e.problem),
+        }
     }
 }
 

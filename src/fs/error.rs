@@ -82,6 +82,7 @@ impl From<registry::Error> for Error {
             R::InvalidSafetensors { .. } => (libc::EINVAL, Level::Warn),
             R::SizeMismatch { .. } => (libc::EIO, Level::Warn),
             R::TileDB(_) | R::NotAFileArray { .. } | R::Corrupt { .. } | R::Io { .. } => (libc::EIO, Level::Warn),
+            R::NotATileDbMlModel { .. } | R::TileDbMlField(_) | R::ExportIncomplete { .. } => (libc::EIO, Level::Warn),
         };
         Error {
             errno,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use crate::tiledb;
 
+use super::tiledb_ml::FieldError;
+
 /// Why a `.safetensors` file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SafetensorsProblem {
@@ -57,9 +59,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{uri}: not a TileDB-ML model array: {reason}")]
+    NotATileDbMlModel { uri: String, reason: String },
+    /// A field of a TileDB-ML model array that shows no files (boxed: it
+    /// carries the decoder's whole error).
+    #[error(transparent)]
+    TileDbMlField(Box<FieldError>),
+    /// An export wrote every file it could, but these TileDB-ML fields show
+    /// no files.
+    #[error("{}", incomplete(failures))]
+    ExportIncomplete { failures: Vec<FieldError> },
+}
+
+fn incomplete(failures: &[FieldError]) -> String {
+    let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    format!(
+        "{} TileDB-ML field(s) not exported (every other file was written): {}",
+        failures.len(),
+        list.join("; ")
+    )
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<FieldError> for Error {
+    fn from(e: FieldError) -> Self {
+        Error::TileDbMlField(Box::new(e))
+    }
+}
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -1,12 +1,15 @@
 //! The registry format, version 1: directories are TileDB groups (or plain
 //! directories holding TileDB objects), files are file arrays with
 //! filestore-compatible metadata, and `.safetensors` files carry a validated
-//! tensor index. See the README's "Registry format" section.
+//! tensor index. TileDB-ML model arrays are shown as read-only directories
+//! of pickle-free files ([`tiledb_ml`]). See the README's "Registry format"
+//! section.
 
 mod error;
 pub mod file_array;
 pub mod names;
 pub mod safetensors_index;
+pub mod tiledb_ml;
 pub mod transfer;
 mod tree;
 pub mod uri;

@@ -1,5 +1,8 @@
 //! `import` and `export`: copying local files and directory trees into the
-//! registry and back, byte for byte, with bounded memory.
+//! registry and back, byte for byte, with bounded memory. A TileDB-ML model
+//! array exports as a folder of the files it shows (`metadata.json`,
+//! `model.safetensors`, ...); a field that shows no files is reported once
+//! the rest is written.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -9,7 +12,9 @@ use log::{info, warn};
 
 use super::error::{Error, Result};
 use super::file_array::{FileArray, FileKind, FileWriter};
+use super::names::invalid_name_reason;
 use super::safetensors_index;
+use super::tiledb_ml::{FieldError, TileDbMlModel, ViewEntry, ViewFile};
 use super::tree::{Entry, Node, Registry};
 use super::uri::split_parent;
 
@@ -246,13 +251,36 @@ fn write_version(
 
 /// Exports the file or directory at `source` (a registry URI) to the local
 /// path `dest`, byte for byte. An existing `dest` is refused unless `force`.
+/// A TileDB-ML model array becomes a folder of the files it shows.
+///
+/// # Errors
+/// The first failure that stops the export; or, after every other file was
+/// written, [`Error::ExportIncomplete`] listing the TileDB-ML fields that
+/// show no files (such as a pickle calling a forbidden global).
 pub fn export(reg: &Registry, source: &str, dest: &Path, force: bool, progress: &mut dyn Progress) -> Result<Totals> {
     let entry = reg.resolve(source)?.ok_or_else(|| Error::NotFound {
         uri: source.to_string(),
     })?;
     let mut totals = Totals::default();
-    export_entry(reg, &entry, dest, force, progress, &mut totals)?;
+    let mut failures = Vec::new();
+    export_entry(reg, &entry, dest, force, progress, &mut totals, &mut failures)?;
+    if !failures.is_empty() {
+        return Err(Error::ExportIncomplete { failures });
+    }
     Ok(totals)
+}
+
+/// Makes `dest` a directory to export into: created when missing, refused
+/// when it exists unless `force`.
+fn prepare_dir(dest: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if !m.is_dir() => Err(Error::io(dest, std::io::ErrorKind::AlreadyExists.into())),
+        Ok(_) if !force => Err(Error::AlreadyExists {
+            uri: dest.display().to_string(),
+        }),
+        Ok(_) => Ok(()),
+        Err(_) => std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e)),
+    }
 }
 
 fn export_entry(
@@ -262,22 +290,14 @@ fn export_entry(
     force: bool,
     progress: &mut dyn Progress,
     totals: &mut Totals,
+    failures: &mut Vec<FieldError>,
 ) -> Result<()> {
     match reg.node(entry)? {
         Node::Dir => {
-            match std::fs::symlink_metadata(dest) {
-                Ok(m) if !m.is_dir() => return Err(Error::io(dest, std::io::ErrorKind::AlreadyExists.into())),
-                Ok(_) if !force => {
-                    return Err(Error::AlreadyExists {
-                        uri: dest.display().to_string(),
-                    });
-                }
-                Ok(_) => {}
-                Err(_) => std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?,
-            }
+            prepare_dir(dest, force)?;
             totals.dirs += 1;
             for child in reg.list(entry)? {
-                export_entry(reg, &child, &dest.join(&child.name), force, progress, totals)?;
+                export_entry(reg, &child, &dest.join(&child.name), force, progress, totals, failures)?;
             }
             Ok(())
         }
@@ -296,12 +316,9 @@ fn export_entry(
             totals.bytes += file.size();
             Ok(())
         }
-        Node::TileDbMl { framework } => {
-            warn!(
-                "{}: TileDB-ML {framework} model arrays cannot be exported yet; skipped",
-                entry.uri
-            );
-            Ok(())
+        Node::TileDbMl { .. } => {
+            let model = TileDbMlModel::open(reg.context(), &entry.uri)?;
+            export_model(&model, dest, force, progress, totals, failures)
         }
         Node::Other { reason } => {
             warn!("{}: not a modelfs file array ({reason}); skipped", entry.uri);
@@ -310,16 +327,79 @@ fn export_entry(
     }
 }
 
-/// Writes `file` to `dest` through a temporary file renamed into place, so
-/// `dest` never holds a partial copy; a device or pipe is written directly.
+/// Writes the files `model` shows into the folder `dest`; a field that shows
+/// no files is added to `failures` and the rest carries on.
+fn export_model(
+    model: &TileDbMlModel,
+    dest: &Path,
+    force: bool,
+    progress: &mut dyn Progress,
+    totals: &mut Totals,
+    failures: &mut Vec<FieldError>,
+) -> Result<()> {
+    prepare_dir(dest, force)?;
+    totals.dirs += 1;
+    for (path, entry) in model.entries() {
+        let file = match entry {
+            ViewEntry::Ready(file) => file,
+            ViewEntry::Failed(e) => {
+                failures.push(e.clone());
+                continue;
+            }
+        };
+        let mut target = dest.to_path_buf();
+        for part in path.split('/') {
+            if let Some(reason) = invalid_name_reason(part) {
+                return Err(Error::InvalidName {
+                    name: path.clone(),
+                    reason,
+                });
+            }
+            target.push(part);
+        }
+        if let Some(parent) = target.parent()
+            && parent != dest
+        {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        if target.exists() && !force {
+            return Err(Error::AlreadyExists {
+                uri: target.display().to_string(),
+            });
+        }
+        write_file(&target, path, file.len(), progress, |out, at, progress| {
+            copy_view_out(file, out, at, progress)
+        })?;
+        totals.files += 1;
+        totals.bytes += file.len();
+    }
+    Ok(())
+}
+
+/// Writes `file` to `dest`; see [`write_file`].
 fn export_file(file: &FileArray, name: &str, dest: &Path, progress: &mut dyn Progress) -> Result<()> {
+    write_file(dest, name, file.size(), progress, |out, at, progress| {
+        copy_out(file, out, at, progress)
+    })
+}
+
+/// Writes `size` bytes, produced by `fill`, to `dest` through a temporary
+/// file renamed into place, so `dest` never holds a partial copy; a device
+/// or pipe is written directly.
+fn write_file(
+    dest: &Path,
+    name: &str,
+    size: u64,
+    progress: &mut dyn Progress,
+    fill: impl FnOnce(&mut File, &Path, &mut dyn Progress) -> Result<()>,
+) -> Result<()> {
     if std::fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .open(dest)
             .map_err(|e| Error::io(dest, e))?;
-        progress.start(name, file.size());
-        copy_out(file, &mut out, dest, progress)?;
+        progress.start(name, size);
+        fill(&mut out, dest, progress)?;
         progress.finish();
         return Ok(());
     }
@@ -328,12 +408,29 @@ fn export_file(file: &FileArray, name: &str, dest: &Path, progress: &mut dyn Pro
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    progress.start(name, file.size());
+    progress.start(name, size);
     let tmp_path = tmp.path().to_path_buf();
-    copy_out(file, tmp.as_file_mut(), &tmp_path, progress)?;
+    fill(tmp.as_file_mut(), &tmp_path, progress)?;
     tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
     progress.finish();
+    Ok(())
+}
+
+/// Copies all of the view `file` into `out`, a chunk at a time.
+fn copy_view_out(file: &ViewFile, out: &mut impl Write, path: &Path, progress: &mut dyn Progress) -> Result<()> {
+    let chunk = usize::try_from(file.len().clamp(1, COPY_CHUNK_BYTES as u64)).unwrap_or(COPY_CHUNK_BYTES);
+    let mut buf = vec![0u8; chunk];
+    let mut offset = 0u64;
+    while offset < file.len() {
+        let n = file.read_at(offset, &mut buf);
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
+        offset += n as u64;
+        progress.advance(n as u64);
+    }
     Ok(())
 }
 

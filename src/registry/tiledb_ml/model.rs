@@ -1,0 +1,395 @@
+//! [`TileDbMlModel`]: one TileDB-ML model array, read once at one timestamp,
+//! and the directory of pickle-free files it shows.
+//!
+//! Opening reads everything through a single open of the array, so sizes,
+//! data and metadata are of the same version: the schema, every metadata
+//! key, and for each field (a UINT8 attribute with a `<field>_size` key) the
+//! cells `[0, size)`. Each field is then decoded into its files by the
+//! restricted pickle reader, which executes nothing.
+//!
+//! Invariants:
+//! - `metadata.json` is always an entry, whatever the fields hold;
+//! - a field that cannot be shown becomes one [`ViewEntry::Failed`] entry, at
+//!   the path its file would have had, naming why; other fields are
+//!   unaffected;
+//! - a size key is checked (a non-negative integer, at most
+//!   [`MAX_FIELD_BYTES`], within the cells written) before anything is
+//!   allocated for it;
+//! - a field whose bytes start with a zero byte is empty in the newest save:
+//!   tiledb-ml zero-pads every field to the longest one and never deletes a
+//!   size key, so a key can outlive its data (no pickle starts with 0x00);
+//! - entries are sorted by path, paths are unique, and no path is both a
+//!   file and the folder of another.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use log::debug;
+
+use crate::registry::error::{Error, Result};
+use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
+use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
+
+use super::metadata_json::metadata_json;
+use super::tensor::DecodeLimits;
+use super::view_file::ViewFile;
+use super::views::{self, Framework, ViewError};
+
+/// Path of the entry holding every array metadata key as JSON.
+pub const METADATA_JSON: &str = "metadata.json";
+
+/// Largest field read, in bytes (4 GiB). A bigger `<field>_size` makes that
+/// field a [`FieldProblem::TooLarge`] failure; nothing is allocated for it.
+pub const MAX_FIELD_BYTES: u64 = 4 << 30;
+
+/// The one dimension of a TileDB-ML model array (UINT64, one byte per cell).
+pub const OFFSET_DIMENSION: &str = "offset";
+
+/// Suffix of the metadata key holding a field's length in bytes.
+const SIZE_SUFFIX: &str = "_size";
+
+/// One field of the array: an attribute holding one pickle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldInfo {
+    /// The attribute name (`model`, `optimizer`, `tensorboard`).
+    pub name: String,
+    /// The field's length in bytes from its `<field>_size` key; 0 when the
+    /// key is absent (an empty field) or unreadable.
+    pub size: u64,
+    /// The size key outlived its data: the newest save left the field empty
+    /// (its bytes start with a zero byte), so it shows no files.
+    pub stale: bool,
+}
+
+/// Why a field shows no files.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FieldProblem {
+    #[error("`{key}` is not a non-negative integer")]
+    BadSize { key: String },
+    #[error("`{key}` is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { key: String, size: u64, limit: u64 },
+    #[error("`{key}` is {size} bytes but only {written} cells were written")]
+    PastWritten { key: String, size: u64, written: u64 },
+    #[error("cannot allocate {size} bytes to read it")]
+    OutOfMemory { size: u64 },
+    #[error("the attribute is {datatype}, not one non-nullable UINT8 per cell")]
+    NotBytes { datatype: String },
+    /// The field's pickle could not be turned into files: a forbidden
+    /// global, a limit, a malformed pickle or tensor.
+    #[error(transparent)]
+    View(#[from] ViewError),
+}
+
+/// A field that shows no files: the array, the field and why. Cheap to
+/// clone, so a caller can hand out a fresh error each time the entry is
+/// asked for; converts into [`crate::registry::Error`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{uri}: TileDB-ML field `{field}`: {problem}")]
+pub struct FieldError {
+    pub uri: String,
+    pub field: String,
+    pub problem: FieldProblem,
+}
+
+impl FieldError {
+    /// The `(module, name)` of the global the field's pickle tried to call,
+    /// when that is why it was refused.
+    pub fn forbidden_global(&self) -> Option<(&str, &str)> {
+        match &self.problem {
+            FieldProblem::View(e) => e.forbidden_global(),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a model's directory.
+#[derive(Debug, Clone)]
+pub enum ViewEntry {
+    /// A file, ready to read.
+    Ready(ViewFile),
+    /// The field behind this path could not be shown. The path is where its
+    /// file would be (`model.safetensors`), or `tensorboard` for the folder
+    /// of the tensorboard field's files.
+    Failed(FieldError),
+}
+
+/// One TileDB-ML model array at one version; see the module docs.
+#[derive(Debug, Clone)]
+pub struct TileDbMlModel {
+    uri: String,
+    version: u64,
+    framework: Framework,
+    fields: Vec<FieldInfo>,
+    entries: Vec<(String, ViewEntry)>,
+}
+
+/// What reading one field gave.
+enum FieldRead {
+    Empty,
+    Stale,
+    Bytes(Vec<u8>),
+    Problem(FieldProblem),
+}
+
+impl TileDbMlModel {
+    /// Opens the TileDB-ML model array at `uri` as of now; see
+    /// [`TileDbMlModel::open_at`].
+    pub fn open(ctx: &Context, uri: &str) -> Result<Self> {
+        Self::open_at(ctx, uri, None)
+    }
+
+    /// Opens the TileDB-ML model array at `uri` as of `end_ms` (ms since the
+    /// epoch, inclusive; `None` for now), reads its metadata and fields and
+    /// decodes them into files. Memory: the fields' bytes (each at most
+    /// [`MAX_FIELD_BYTES`]) plus the tensors that had to be rearranged.
+    ///
+    /// # Errors
+    /// [`Error::TileDB`] when the array cannot be opened or read;
+    /// [`Error::NotATileDbMlModel`] when it lacks the layout (one UINT64
+    /// dimension `offset`, dense) or a known `TILEDB_ML_MODEL_ML_FRAMEWORK`.
+    /// A field that cannot be shown is not an error here: it is a
+    /// [`ViewEntry::Failed`] entry.
+    pub fn open_at(ctx: &Context, uri: &str, end_ms: Option<u64>) -> Result<Self> {
+        let mut array = Array::open_at(ctx, uri, Mode::Read, end_ms)?;
+        let version = array.open_timestamp_end()?;
+        let schema = array.schema()?;
+        let meta = array.metadata()?;
+        let framework = check_layout(uri, &schema, &meta)?;
+        // Cells past the non-empty domain read as the fill value: a size
+        // key pointing there is broken.
+        let written = array.non_empty_domain_u64(0)?.map_or(0, |(_, hi)| hi.saturating_add(1));
+        let limits = DecodeLimits::default();
+
+        let mut entries = Entries::default();
+        entries.add(
+            uri,
+            METADATA_JSON.to_string(),
+            ViewEntry::Ready(ViewFile::from_vec(metadata_json(&meta))),
+        );
+        let mut fields = Vec::new();
+        for attr in schema.attributes()? {
+            let key = format!("{}{SIZE_SUFFIX}", attr.name);
+            let size_value = meta.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+            let is_bytes = attr.datatype == Datatype::UINT8 && attr.cell_val_num == 1 && !attr.nullable;
+            if !is_bytes && size_value.is_none() {
+                continue;
+            }
+            let read = read_field(&array, &attr, is_bytes, &key, size_value, written)?;
+            fields.push(FieldInfo {
+                name: attr.name.clone(),
+                size: size_value.and_then(MetaValue::as_u64).unwrap_or(0),
+                stale: matches!(read, FieldRead::Stale),
+            });
+            let fail = |problem: FieldProblem| {
+                ViewEntry::Failed(FieldError {
+                    uri: uri.to_string(),
+                    field: attr.name.clone(),
+                    problem,
+                })
+            };
+            match read {
+                FieldRead::Empty => {}
+                FieldRead::Stale => debug!("{uri}: `{key}` outlived its data; field `{}` is empty", attr.name),
+                FieldRead::Problem(p) => entries.add(uri, views::field_path(framework, &attr.name), fail(p)),
+                FieldRead::Bytes(buf) => {
+                    let bytes = Arc::new(buf);
+                    match views::field_files(framework, &attr.name, &bytes, &limits) {
+                        Ok(files) => {
+                            for f in files {
+                                entries.add(uri, f.path, ViewEntry::Ready(ViewFile::from_content(f.content, &bytes)));
+                            }
+                        }
+                        Err(e) => entries.add(uri, views::field_path(framework, &attr.name), fail(e.into())),
+                    }
+                }
+            }
+        }
+        let mut entries = entries.list;
+        entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        Ok(TileDbMlModel {
+            uri: uri.to_string(),
+            version,
+            framework,
+            fields,
+            entries,
+        })
+    }
+
+    /// The array's URI, as given to [`TileDbMlModel::open`].
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The timestamp (ms since the epoch) the array was opened at: every
+    /// byte and key shown is as of this time, and
+    /// [`TileDbMlModel::open_at`] with it shows the same files again. Cache
+    /// views per `(uri, version)`.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The array's `TILEDB_ML_MODEL_ML_FRAMEWORK`.
+    pub fn framework(&self) -> Framework {
+        self.framework
+    }
+
+    /// The fields (attributes holding a pickle), in schema order.
+    pub fn fields(&self) -> &[FieldInfo] {
+        &self.fields
+    }
+
+    /// The directory's entries, sorted by path: `/`-separated paths relative
+    /// to the model's directory (`metadata.json`, `model.safetensors`,
+    /// `tensorboard/train/events...`); folders are implied by the paths.
+    pub fn entries(&self) -> &[(String, ViewEntry)] {
+        &self.entries
+    }
+
+    /// The entry at `path`, if there is one.
+    pub fn entry(&self, path: &str) -> Option<&ViewEntry> {
+        let i = self.entries.binary_search_by(|(p, _)| p.as_str().cmp(path)).ok()?;
+        self.entries.get(i).map(|(_, e)| e)
+    }
+
+    /// The fields that show no files, and why.
+    pub fn failures(&self) -> impl Iterator<Item = &FieldError> {
+        self.entries.iter().filter_map(|(_, e)| match e {
+            ViewEntry::Failed(f) => Some(f),
+            ViewEntry::Ready(_) => None,
+        })
+    }
+}
+
+/// Whether `schema` and `meta` have the TileDB-ML layout; the framework.
+fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<Framework> {
+    let not = |reason: String| Error::NotATileDbMlModel {
+        uri: uri.to_string(),
+        reason,
+    };
+    let value = meta
+        .iter()
+        .find(|(k, _)| k == TILEDB_ML_FRAMEWORK_KEY)
+        .map(|(_, v)| v)
+        .ok_or_else(|| not(format!("no `{TILEDB_ML_FRAMEWORK_KEY}` metadata")))?;
+    let name = value
+        .as_str()
+        .ok_or_else(|| not(format!("`{TILEDB_ML_FRAMEWORK_KEY}` is not text")))?;
+    let framework = Framework::from_metadata(name).ok_or_else(|| not(format!("unknown framework {name:?}")))?;
+    if schema.array_type()? != ArrayType::Dense {
+        return Err(not("sparse array".into()));
+    }
+    match schema.dimensions()?.as_slice() {
+        [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => Ok(framework),
+        _ => Err(not(format!("dimensions are not one UINT64 `{OFFSET_DIMENSION}`"))),
+    }
+}
+
+/// Reads field `attr` of `array` after checking its size key.
+fn read_field(
+    array: &Array,
+    attr: &AttributeInfo,
+    is_bytes: bool,
+    key: &str,
+    size_value: Option<&MetaValue>,
+    written: u64,
+) -> Result<FieldRead> {
+    let Some(value) = size_value else {
+        return Ok(FieldRead::Empty);
+    };
+    let problem = |p| Ok(FieldRead::Problem(p));
+    let Some(size) = value.as_u64() else {
+        return problem(FieldProblem::BadSize { key: key.into() });
+    };
+    if !is_bytes {
+        return problem(FieldProblem::NotBytes {
+            datatype: attr.datatype.to_string(),
+        });
+    }
+    if size == 0 {
+        return Ok(FieldRead::Empty);
+    }
+    let too_large = FieldProblem::TooLarge {
+        key: key.into(),
+        size,
+        limit: MAX_FIELD_BYTES,
+    };
+    if size > MAX_FIELD_BYTES {
+        return problem(too_large);
+    }
+    if size > written {
+        return problem(FieldProblem::PastWritten {
+            key: key.into(),
+            size,
+            written,
+        });
+    }
+    let Ok(len) = usize::try_from(size) else {
+        return problem(too_large);
+    };
+    let mut buf = Vec::new();
+    if buf.try_reserve_exact(len).is_err() {
+        return problem(FieldProblem::OutOfMemory { size });
+    }
+    buf.resize(len, 0);
+    array.read_cells(&attr.name, 0, size - 1, &mut buf)?;
+    if buf.first() == Some(&0) {
+        return Ok(FieldRead::Stale);
+    }
+    Ok(FieldRead::Bytes(buf))
+}
+
+/// Entries in the making: the first entry at a path wins, and a path that
+/// would be both a file and a folder is dropped.
+#[derive(Default)]
+struct Entries {
+    list: Vec<(String, ViewEntry)>,
+    files: HashSet<String>,
+    folders: HashSet<String>,
+}
+
+impl Entries {
+    fn add(&mut self, uri: &str, path: String, entry: ViewEntry) {
+        let parents: Vec<&str> = path.match_indices('/').filter_map(|(i, _)| path.get(..i)).collect();
+        if self.files.contains(&path) || self.folders.contains(&path) || parents.iter().any(|p| self.files.contains(*p))
+        {
+            debug!("{uri}: a second entry at {path:?} left out");
+            return;
+        }
+        for p in parents {
+            self.folders.insert(p.to_string());
+        }
+        self.files.insert(path.clone());
+        self.list.push((path, entry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<TileDbMlModel>();
+        shared::<ViewEntry>();
+    }
+
+    #[test]
+    fn first_entry_at_a_path_wins_and_files_are_not_folders() {
+        let mut e = Entries::default();
+        let file = |b: &[u8]| ViewEntry::Ready(ViewFile::from_vec(b.to_vec()));
+        e.add("u", "metadata.json".into(), file(b"{}"));
+        e.add("u", "metadata.json".into(), file(b"x"));
+        e.add("u", "tensorboard/a/x".into(), file(b"1"));
+        e.add("u", "tensorboard/a".into(), file(b"2"));
+        e.add("u", "tensorboard".into(), file(b"3"));
+        e.add("u", "tensorboard/a/x/y".into(), file(b"4"));
+        e.add("u", "tensorboard/b".into(), file(b"5"));
+        let paths: Vec<&str> = e.list.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["metadata.json", "tensorboard/a/x", "tensorboard/b"]);
+        match &e.list[0].1 {
+            ViewEntry::Ready(f) => assert_eq!(f.len(), 2),
+            ViewEntry::Failed(_) => panic!("metadata.json failed"),
+        }
+    }
+}
