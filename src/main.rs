@@ -150,6 +150,15 @@ enum Command {
 
 mod mount;
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`modelfs info ... | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // fuser warns when unmounting a mount that is already gone; that is routine here.
@@ -161,6 +170,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            // The reader of our output went away (`| head`): not an error.
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("modelfs: {e:#}");
             ExitCode::FAILURE
@@ -254,7 +270,7 @@ fn ls(uri: &str, long: bool) -> Result<()> {
     let entries = if entry.is_dir() { reg.list(&entry)? } else { vec![entry] };
     for e in entries {
         if !long {
-            println!("{}{}", e.name, if e.is_dir() { "/" } else { "" });
+            out!("{}{}", e.name, if e.is_dir() { "/" } else { "" });
             continue;
         }
         let (kind, size, version) = match reg.node(&e) {
@@ -276,7 +292,7 @@ fn ls(uri: &str, long: bool) -> Result<()> {
         } else {
             e.name.clone()
         };
-        println!("{kind:<12} {size:>14} {version:<24} {name}");
+        out!("{kind:<12} {size:>14} {version:<24} {name}");
     }
     Ok(())
 }
@@ -284,7 +300,7 @@ fn ls(uri: &str, long: bool) -> Result<()> {
 fn info(uri: &str) -> Result<()> {
     let reg = registry()?;
     let entry = resolve(&reg, uri)?;
-    println!("uri:        {}", entry.uri);
+    out!("uri:        {}", entry.uri);
     match reg.node(&entry)? {
         Node::Dir => {
             let kind = if entry.storage == registry::Storage::Group {
@@ -292,92 +308,102 @@ fn info(uri: &str) -> Result<()> {
             } else {
                 "directory"
             };
-            println!("kind:       {kind}");
-            println!("entries:    {}", reg.list(&entry)?.len());
+            out!("kind:       {kind}");
+            out!("entries:    {}", reg.list(&entry)?.len());
             return Ok(());
         }
         Node::File(meta) => {
-            println!(
+            out!(
                 "kind:       {}",
                 meta.kind.as_deref().unwrap_or("file (written by another tool)")
             );
-            println!("size:       {} bytes", meta.size);
+            out!("size:       {} bytes", meta.size);
             if let Some(ts) = meta.timestamp {
-                println!("version:    {ts} ({})", format_utc_ms(ts));
+                out!("version:    {ts} ({})", format_utc_ms(ts));
             }
             if let Some(index) = &meta.tensors {
-                print_tensors(index);
+                print_tensors(index)?;
             }
         }
         Node::TileDbMl { framework } => {
-            println!("kind:       TileDB-ML model array ({framework})");
+            out!("kind:       TileDB-ML model array ({framework})");
             match TileDbMlModel::open(reg.context(), &entry.uri) {
-                Ok(model) => print_tiledb_ml(&model),
-                Err(e) => println!("files:      none shown: {e}"),
+                Ok(model) => print_tiledb_ml(&model)?,
+                Err(e) => out!("files:      none shown: {e}"),
             }
         }
-        Node::Other { reason } => println!("kind:       TileDB array, not a modelfs file ({reason})"),
+        Node::Other { reason } => out!("kind:       TileDB array, not a modelfs file ({reason})"),
     }
     print_array(reg.context(), &entry.uri, &reg)
 }
 
-fn print_tensors(index: &registry::TensorIndex) {
-    println!("header:     {} bytes", index.header_len);
+fn print_tensors(index: &registry::TensorIndex) -> Result<()> {
+    out!("header:     {} bytes", index.header_len);
     if let Some(m) = &index.metadata {
-        println!("__metadata__: {}", serde_json::to_string(m).unwrap_or_default());
+        out!("__metadata__: {}", serde_json::to_string(m).unwrap_or_default());
     }
-    println!("tensors:    {}", index.tensors.len());
+    out!("tensors:    {}", index.tensors.len());
     let width = index.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!(
+    out!(
         "  {:<width$}  {:<7} {:<20} {:>14} {:>14}",
-        "NAME", "DTYPE", "SHAPE", "BEGIN", "END"
+        "NAME",
+        "DTYPE",
+        "SHAPE",
+        "BEGIN",
+        "END"
     );
     for t in &index.tensors {
         let shape = format!("{:?}", t.shape);
-        println!(
+        out!(
             "  {:<width$}  {:<7} {:<20} {:>14} {:>14}",
-            t.name, t.dtype, shape, t.range[0], t.range[1]
+            t.name,
+            t.dtype,
+            shape,
+            t.range[0],
+            t.range[1]
         );
     }
+    Ok(())
 }
 
-fn print_tiledb_ml(model: &TileDbMlModel) {
-    println!("read as of: {} ({})", model.version(), format_utc_ms(model.version()));
-    println!("fields:     {}", model.fields().len());
+fn print_tiledb_ml(model: &TileDbMlModel) -> Result<()> {
+    out!("read as of: {} ({})", model.version(), format_utc_ms(model.version()));
+    out!("fields:     {}", model.fields().len());
     for f in model.fields() {
         let size = match (f.size, f.stale) {
             (0, _) => "empty".to_string(),
             (n, false) => format!("{n} bytes"),
             (n, true) => format!("empty (`{}_size` = {n} is left from an older save)", f.name),
         };
-        println!("  {:<12} {size}", f.name);
+        out!("  {:<12} {size}", f.name);
     }
-    println!("files:      {}", model.entries().len());
+    out!("files:      {}", model.entries().len());
     let width = model.entries().iter().map(|(p, _)| p.len()).max().unwrap_or(4);
     for (path, entry) in model.entries() {
         match entry {
             ViewEntry::Ready(file) => {
-                println!("  {path:<width$}  {:>14} bytes", file.len());
+                out!("  {path:<width$}  {:>14} bytes", file.len());
                 if let Some(tensors) = file.tensors() {
                     let w = tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-                    println!("      {:<w$}  {:<5} SHAPE", "NAME", "DTYPE");
+                    out!("      {:<w$}  {:<5} SHAPE", "NAME", "DTYPE");
                     for t in tensors {
-                        println!("      {:<w$}  {:<5} {:?}", t.name, t.dtype, t.shape);
+                        out!("      {:<w$}  {:<5} {:?}", t.name, t.dtype, t.shape);
                     }
                 }
             }
-            ViewEntry::Failed(e) => println!("  {path:<width$}  not shown: {}", e.problem),
+            ViewEntry::Failed(e) => out!("  {path:<width$}  not shown: {}", e.problem),
         }
     }
+    Ok(())
 }
 
 fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
     let schema = tiledb::Schema::load(ctx, uri)?;
-    println!("schema:     {:?} array", schema.array_type()?);
+    out!("schema:     {:?} array", schema.array_type()?);
     for d in schema.dimensions()? {
         let dom = tiledb::format_values(d.datatype, &d.domain);
         let ext = tiledb::format_values(d.datatype, &d.tile_extent);
-        println!("  dimension {} {} domain {dom} tile extent {ext}", d.name, d.datatype);
+        out!("  dimension {} {} domain {dom} tile extent {ext}", d.name, d.datatype);
     }
     for a in schema.attributes()? {
         let filters: Vec<String> = a.filters.iter().map(|f| f.name()).collect();
@@ -386,7 +412,7 @@ fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
         } else {
             a.cell_val_num.to_string()
         };
-        println!(
+        out!(
             "  attribute {} {} x{cells}{} filters [{}]",
             a.name,
             a.datatype,
@@ -395,14 +421,16 @@ fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
         );
     }
     let fragments = tiledb::fragments(ctx, uri)?;
-    println!("fragments:  {}", fragments.len());
+    out!("fragments:  {}", fragments.len());
     for f in &fragments {
-        println!(
+        out!(
             "  [{}, {}] {} cells",
-            f.timestamp_range.0, f.timestamp_range.1, f.cell_num
+            f.timestamp_range.0,
+            f.timestamp_range.1,
+            f.cell_num
         );
     }
-    println!("metadata:");
+    out!("metadata:");
     for (k, v) in reg.array_metadata(uri)? {
         let text = tiledb::format_values(v.datatype, &v.bytes);
         let text = if text.len() > 200 {
@@ -410,7 +438,7 @@ fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
         } else {
             text
         };
-        println!("  {k} ({}) = {text}", v.datatype);
+        out!("  {k} ({}) = {text}", v.datatype);
     }
     Ok(())
 }

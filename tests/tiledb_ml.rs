@@ -403,3 +403,69 @@ fn other_arrays_are_not_tiledb_ml_models() {
         Ok(_) => panic!("JAX opened"),
     }
 }
+
+#[test]
+fn mounted_models_show_the_expected_files_read_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = fixture_registry(tmp.path());
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mut names: Vec<String> = std::fs::read_dir(&mnt.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, FIXTURES);
+    for name in FIXTURES {
+        let dir = mnt.dir.join(name);
+        assert!(std::fs::metadata(&dir).unwrap().is_dir());
+        let got: BTreeMap<String, Vec<u8>> = read_tree(&dir)
+            .into_iter()
+            .map(|(p, b)| (p.to_string_lossy().into_owned(), b))
+            .collect();
+        assert_matches_expected(name, &got);
+        for (file, bytes) in &got {
+            let meta = std::fs::metadata(dir.join(file)).unwrap();
+            assert_eq!(meta.len(), bytes.len() as u64, "{name}/{file}: stat size");
+            assert!(meta.permissions().readonly());
+        }
+        // Read-only, with a log line.
+        let err = std::fs::write(dir.join("new.txt"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{name}");
+        let err = std::fs::remove_file(dir.join("metadata.json")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{name}");
+    }
+    assert!(mnt.log_text().contains("shown read-only"), "{}", mnt.log_text());
+}
+
+#[test]
+fn a_mounted_pickle_naming_os_system_shows_metadata_and_eio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("pwned");
+    let command = format!("touch {}", marker.display());
+    let mut evil =
+        b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x06\x00\x00\x00weightq\x02cos\nsystem\nq\x03X".to_vec();
+    evil.extend_from_slice(&(command.len() as u32).to_le_bytes());
+    evil.extend_from_slice(command.as_bytes());
+    evil.extend_from_slice(b"q\x04\x85q\x05Rq\x06s.");
+    let reg = tmp.path().join("registry");
+    std::fs::create_dir(&reg).unwrap();
+    let ctx = Context::new().unwrap();
+    one_field_array(
+        &ctx,
+        s(&reg.join("evil")),
+        "PYTORCH",
+        &evil,
+        MetaValue::i64(evil.len() as i64),
+    );
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let meta: Json = serde_json::from_slice(&std::fs::read(mnt.dir.join("evil/metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta[TILEDB_ML_FRAMEWORK_KEY], "PYTORCH");
+    let err = std::fs::read(mnt.dir.join("evil/model.safetensors")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let log = mnt.log_text();
+    assert!(
+        log.contains("forbidden global os.system"),
+        "no log line names the global:\n{log}"
+    );
+    assert!(!marker.exists(), "the pickle ran");
+}

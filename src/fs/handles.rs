@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use super::attr::{DirItem, Fh, Ino};
 use super::read::{ChunkSource, Prefetcher};
 use super::write::Writer;
+use crate::registry::tiledb_ml::ViewFile;
 
 pub struct FileHandle {
     pub ino: Ino,
@@ -35,6 +36,8 @@ pub enum Handle {
     },
     /// A generated file's contents, fixed at open.
     Generated(Vec<u8>),
+    /// A file of a TileDB-ML model's view.
+    View(ViewFile),
 }
 
 #[derive(Default)]

@@ -16,13 +16,56 @@ use std::time::Instant;
 use super::attr::Ino;
 use super::read::FileVersion;
 use super::write::Writer;
+use crate::registry::tiledb_ml::TileDbMlModel;
 use crate::registry::{Entry, FileMeta};
 
 /// What an inode was found to be.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum NodeState {
     Dir,
     File(FileMeta),
+    /// A TileDB-ML model array (`prefix` empty) or a folder inside its view
+    /// (`prefix` ends with `/`): read-only, generated.
+    MlDir {
+        model: Arc<TileDbMlModel>,
+        prefix: String,
+    },
+    /// A file of a TileDB-ML model's view, at `path` in it.
+    MlFile {
+        model: Arc<TileDbMlModel>,
+        path: String,
+    },
+}
+
+impl NodeState {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, NodeState::Dir | NodeState::MlDir { .. })
+    }
+
+    /// Generated inside a TileDB-ML view: refreshed through its model.
+    pub fn is_ml_child(&self) -> bool {
+        match self {
+            NodeState::MlDir { prefix, .. } => !prefix.is_empty(),
+            NodeState::MlFile { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for NodeState {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (NodeState::Dir, NodeState::Dir) => true,
+            (NodeState::File(a), NodeState::File(b)) => a == b,
+            (NodeState::MlDir { model: a, prefix: p }, NodeState::MlDir { model: b, prefix: q }) => {
+                Arc::ptr_eq(a, b) && p == q
+            }
+            (NodeState::MlFile { model: a, path: p }, NodeState::MlFile { model: b, path: q }) => {
+                Arc::ptr_eq(a, b) && p == q
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Cached, refreshable state of an inode.

@@ -21,11 +21,15 @@ pub use attr::{Attr, DirItem, Fh, FsStats, Ino, Kind, Opened};
 pub use counters::{Counters, Snapshot};
 pub use error::{Error, Result};
 
+use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
 use crate::registry::{Entry, FileArray, Node, Registry};
 use handles::{FileHandle, Handle, HandleTable, WriteHandle};
 use inode::{Inode, InodeTable, NodeState};
 use read::{ChunkCache, ChunkSource, FileVersion, PrefetchPool, Prefetcher};
 use write::{StagingArea, Target, Writer};
+
+/// TileDB-ML models kept decoded at once (each holds its fields' bytes).
+const ML_MODELS_KEPT: usize = 4;
 
 /// The root's hidden file holding the counters as JSON.
 pub const STATS_NAME: &str = ".modelfs-stats";
@@ -82,6 +86,9 @@ pub struct ModelFs {
     staging: Arc<StagingArea>,
     next_version: std::sync::atomic::AtomicU64,
     started: SystemTime,
+    /// Decoded TileDB-ML models by array URI, with the array version they
+    /// were read at; at most [`ML_MODELS_KEPT`].
+    ml_models: Mutex<Vec<(String, u64, Arc<TileDbMlModel>)>>,
     /// URIs already warned about, so a bad entry logs once, not per listing.
     warned: Mutex<HashSet<String>>,
 }
@@ -128,6 +135,7 @@ impl ModelFs {
             next_version: std::sync::atomic::AtomicU64::new(1),
             started: SystemTime::now(),
             warned: Mutex::new(HashSet::new()),
+            ml_models: Mutex::new(Vec::new()),
         })
     }
 
@@ -169,13 +177,19 @@ impl ModelFs {
         match self.registry.node(entry) {
             Ok(Node::Dir) => Ok(Some(NodeState::Dir)),
             Ok(Node::File(meta)) => Ok(Some(NodeState::File(meta))),
-            Ok(Node::TileDbMl { framework }) => {
-                self.warn_once(
-                    &entry.uri,
-                    format_args!("{}: TileDB-ML {framework} model array; not shown yet", entry.uri),
-                );
-                Ok(None)
-            }
+            Ok(Node::TileDbMl { .. }) => match self.ml_model(&entry.uri) {
+                Ok(model) => Ok(Some(NodeState::MlDir {
+                    model,
+                    prefix: String::new(),
+                })),
+                Err(e) => {
+                    self.warn_once(
+                        &entry.uri,
+                        format_args!("{}: TileDB-ML model cannot be read: {e}", entry.uri),
+                    );
+                    Err(e.into())
+                }
+            },
             Ok(Node::Other { reason }) => {
                 self.warn_once(
                     &entry.uri,
@@ -190,6 +204,103 @@ impl ModelFs {
         }
     }
 
+    /// The decoded TileDB-ML model at `uri`, reusing the one kept while the
+    /// array has no newer write.
+    fn ml_model(&self, uri: &str) -> crate::registry::Result<Arc<TileDbMlModel>> {
+        let version = self.registry.array_version(uri)?;
+        {
+            let kept = lock(&self.ml_models);
+            if let Some((_, _, m)) = kept.iter().find(|(u, v, _)| u == uri && *v == version) {
+                return Ok(m.clone());
+            }
+        }
+        let model = Arc::new(TileDbMlModel::open(self.registry.context(), uri)?);
+        for failure in model.failures() {
+            self.warn_once(&format!("{uri}#{}", failure.field), format_args!("{failure}"));
+        }
+        let mut kept = lock(&self.ml_models);
+        kept.retain(|(u, _, _)| u != uri);
+        if kept.len() >= ML_MODELS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((uri.to_string(), version, model.clone()));
+        Ok(model)
+    }
+
+    /// The node for `name` inside the TileDB-ML view folder `prefix`.
+    fn ml_child(model: &Arc<TileDbMlModel>, prefix: &str, name: &str) -> Option<NodeState> {
+        let path = format!("{prefix}{name}");
+        if model.entry(&path).is_some() {
+            return Some(NodeState::MlFile {
+                model: model.clone(),
+                path,
+            });
+        }
+        let folder = format!("{path}/");
+        model
+            .entries()
+            .iter()
+            .any(|(p, _)| p.starts_with(&folder))
+            .then(|| NodeState::MlDir {
+                model: model.clone(),
+                prefix: folder,
+            })
+    }
+
+    /// The names directly inside TileDB-ML view folder `prefix`, each with
+    /// whether it is a folder.
+    fn ml_listing(model: &TileDbMlModel, prefix: &str) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = Vec::new();
+        for (path, _) in model.entries() {
+            let Some(rest) = path.strip_prefix(prefix) else {
+                continue;
+            };
+            let (name, is_dir) = match rest.split_once('/') {
+                Some((dir, _)) => (dir, true),
+                None => (rest, false),
+            };
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.to_string(), is_dir));
+            }
+        }
+        out
+    }
+
+    /// The synthetic entry of `name` inside a TileDB-ML view folder `dir`
+    /// (never looked up in the registry).
+    fn ml_entry(dir: &Inode, name: &str) -> Entry {
+        let parent = dir.entry();
+        Entry {
+            name: name.to_string(),
+            uri: format!("{}/{name}", parent.uri),
+            storage: crate::registry::Storage::Array,
+        }
+    }
+
+    /// Directory `ino`, for a change (`what`) in it: EROFS inside a
+    /// TileDB-ML model's view.
+    fn changeable_dir(&self, ino: Ino, what: &str) -> Result<Arc<Inode>> {
+        let dir = self.dir_inode(ino)?;
+        self.refuse_ml_change(&dir, what)?;
+        Ok(dir)
+    }
+
+    /// EROFS for changes inside a TileDB-ML model's view, with a log line.
+    fn refuse_ml_change(&self, dir: &Inode, what: &str) -> Result<()> {
+        let node = dir.lock().node.clone();
+        if matches!(node, NodeState::MlDir { .. } | NodeState::MlFile { .. }) {
+            return Err(Error::new(
+                libc::EROFS,
+                log::Level::Info,
+                format!(
+                    "{what} in {}: TileDB-ML model arrays are shown read-only",
+                    dir.entry().uri
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn attr_of(&self, ino: Ino, node: &NodeState) -> Attr {
         let w = if self.config.read_only { 0 } else { 0o200 };
         match node {
@@ -200,6 +311,29 @@ impl ModelFs {
                 mtime: self.started,
                 perm: 0o555 | w,
                 nlink: 2,
+                uid: self.config.uid,
+                gid: self.config.gid,
+            },
+            NodeState::MlDir { model, .. } => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: UNIX_EPOCH + Duration::from_millis(model.version()),
+                perm: 0o555,
+                nlink: 2,
+                uid: self.config.uid,
+                gid: self.config.gid,
+            },
+            NodeState::MlFile { model, path } => Attr {
+                ino,
+                kind: Kind::File,
+                size: match model.entry(path) {
+                    Some(ViewEntry::Ready(f)) => f.len(),
+                    _ => 0,
+                },
+                mtime: UNIX_EPOCH + Duration::from_millis(model.version()),
+                perm: 0o444,
+                nlink: 1,
                 uid: self.config.uid,
                 gid: self.config.gid,
             },
@@ -236,7 +370,10 @@ impl ModelFs {
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
         let (writer, node, fresh) = {
             let c = inode.lock();
-            let fresh = inode.ino == Ino::ROOT || c.unlinked || c.read_at.elapsed() < self.config.metadata_ttl;
+            let fresh = inode.ino == Ino::ROOT
+                || c.unlinked
+                || c.node.is_ml_child()
+                || c.read_at.elapsed() < self.config.metadata_ttl;
             (c.active_writer(), c.node.clone(), fresh)
         };
         if let Some(w) = writer {
@@ -268,7 +405,7 @@ impl ModelFs {
 
     fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {
         let dir = self.inode(ino)?;
-        if self.fresh_node(&dir)? != NodeState::Dir {
+        if !self.fresh_node(&dir)?.is_dir() {
             return Err(Error::new(
                 libc::ENOTDIR,
                 log::Level::Debug,
@@ -281,6 +418,9 @@ impl ModelFs {
     /// The entry named `name` in directory inode `dir`: a file being
     /// created here first, then the registry.
     fn child(&self, dir: &Inode, name: &str) -> Result<Option<(Entry, Option<Arc<Inode>>)>> {
+        if let NodeState::MlDir { .. } = dir.lock().node {
+            return Ok(None);
+        }
         if let Some(inode) = self.inodes.find(dir.ino, name)
             && inode.lock().active_writer().is_some()
         {
@@ -296,6 +436,14 @@ impl ModelFs {
             return Ok(self.stats_attr());
         }
         let dir = self.dir_inode(parent)?;
+        let dir_node = dir.lock().node.clone();
+        if let NodeState::MlDir { model, prefix } = dir_node {
+            let node = Self::ml_child(&model, &prefix, name)
+                .ok_or_else(|| Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri)))?;
+            let entry = Self::ml_entry(&dir, name);
+            let inode = self.inodes.upsert(parent, entry, node.clone());
+            return Ok(self.attr_of(inode.ino, &node));
+        }
         let (entry, known) = self
             .child(&dir, name)?
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
@@ -334,6 +482,24 @@ impl ModelFs {
                 next_offset: 2,
             },
         ];
+        let dir_node = dir.lock().node.clone();
+        if let NodeState::MlDir { model, prefix } = dir_node {
+            for (name, _) in Self::ml_listing(&model, &prefix) {
+                let Some(node) = Self::ml_child(&model, &prefix, &name) else {
+                    continue;
+                };
+                let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
+                let child = self.inodes.upsert(ino, Self::ml_entry(&dir, &name), node);
+                let next_offset = items.len() as u64 + 1;
+                items.push(DirItem {
+                    ino: child.ino,
+                    kind,
+                    name,
+                    next_offset,
+                });
+            }
+            return Ok(self.handles.insert(Handle::Dir { items }));
+        }
         let mut names = HashSet::new();
         for entry in self.registry.list(&dir.entry())? {
             if ino == Ino::ROOT && entry.name == STATS_NAME {
@@ -341,10 +507,7 @@ impl ModelFs {
             }
             // A bad entry is left out (and logged once); the rest is listed.
             let Ok(Some(node)) = self.node_of(&entry) else { continue };
-            let kind = match node {
-                NodeState::Dir => Kind::Dir,
-                NodeState::File(_) => Kind::File,
-            };
+            let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
             let name = entry.name.clone();
             let child = self.inodes.upsert(ino, entry, node);
             names.insert(name.clone());
@@ -406,11 +569,29 @@ impl ModelFs {
             });
         }
         let inode = self.inode(ino)?;
+        let node = self.fresh_node(&inode)?;
+        if let NodeState::MlFile { model, path } = &node {
+            if write {
+                self.refuse_ml_change(&inode, "open for writing")?;
+            }
+            return match model.entry(path) {
+                Some(ViewEntry::Ready(file)) => {
+                    Counters::add(&self.counters.opens, 1);
+                    Ok(Opened {
+                        fh: self.handles.insert(Handle::View(file.clone())),
+                        keep_cache: true,
+                        direct_io: false,
+                    })
+                }
+                Some(ViewEntry::Failed(e)) => Err(Error::new(libc::EIO, log::Level::Warn, e.to_string())),
+                None => Err(Error::not_found(path)),
+            };
+        }
         if write {
             self.check_writable(&inode.entry().uri)?;
             return self.open_writer(&inode, truncate, opener);
         }
-        let NodeState::File(meta) = self.fresh_node(&inode)? else {
+        let NodeState::File(meta) = node else {
             return Err(Error::new(
                 libc::EISDIR,
                 log::Level::Debug,
@@ -516,7 +697,7 @@ impl ModelFs {
     /// `parent` for writing. It is listed at once and committed at close.
     pub fn create(&self, parent: Ino, name: &str, exclusive: bool, opener: Option<u32>) -> Result<(Attr, Opened)> {
         self.check_writable(name)?;
-        let dir = self.dir_inode(parent)?;
+        let dir = self.changeable_dir(parent, "create")?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
             let errno = if name.len() > crate::registry::names::NAME_MAX_BYTES {
                 libc::ENAMETOOLONG
@@ -669,7 +850,7 @@ impl ModelFs {
                 }
                 w.ino
             }
-            Handle::Generated(_) | Handle::Dir { .. } => return,
+            Handle::View(_) | Handle::Generated(_) | Handle::Dir { .. } => return,
         };
         debug!("release ino={} fh={}", ino.0, fh.0);
         if let Some(inode) = self.inodes.get(ino) {
@@ -712,6 +893,12 @@ impl ModelFs {
                 buf
             }
             Handle::Write(w) => lock(&w.writer).read(&self.registry, offset, size)?,
+            Handle::View(file) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = file.read_at(offset, &mut buf);
+                buf.truncate(n);
+                buf
+            }
             Handle::Generated(bytes) => {
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
@@ -765,7 +952,7 @@ impl ModelFs {
     /// Creates directory `name` in `parent` (a group, linked into its parent).
     pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr> {
         self.check_writable(name)?;
-        let dir = self.dir_inode(parent)?;
+        let dir = self.changeable_dir(parent, "mkdir")?;
         if self.child(&dir, name)?.is_some() {
             return Err(Error::new(libc::EEXIST, log::Level::Debug, format!("{name}: exists")));
         }
@@ -778,7 +965,7 @@ impl ModelFs {
     /// when the last open handle closes.
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
-        let dir = self.dir_inode(parent)?;
+        let dir = self.changeable_dir(parent, "unlink")?;
         let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
         if entry.is_dir() {
             return Err(Error::new(
@@ -811,12 +998,19 @@ impl ModelFs {
     /// Removes the empty directory `name` from `parent`.
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
-        let dir = self.dir_inode(parent)?;
+        let dir = self.changeable_dir(parent, "rmdir")?;
         let entry = self
             .registry
             .lookup(&dir.entry(), name)?
             .ok_or_else(|| Error::not_found(name))?;
         if !entry.is_dir() {
+            if let Ok(Some(NodeState::MlDir { .. })) = self.node_of(&entry) {
+                return Err(Error::new(
+                    libc::EROFS,
+                    log::Level::Info,
+                    format!("rmdir of {}: TileDB-ML model arrays are shown read-only", entry.uri),
+                ));
+            }
             return Err(Error::new(
                 libc::ENOTDIR,
                 log::Level::Debug,
@@ -845,8 +1039,8 @@ impl ModelFs {
     /// (EBUSY); a directory replaces only an empty directory.
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str) -> Result<()> {
         self.check_writable(name)?;
-        let dir = self.dir_inode(parent)?;
-        let new_dir = self.dir_inode(new_parent)?;
+        let dir = self.changeable_dir(parent, "rename")?;
+        let new_dir = self.changeable_dir(new_parent, "rename")?;
         let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
         if let Some(inode) = known {
             return self.rename_written(&inode, &new_dir, new_name);

@@ -412,6 +412,11 @@ fn write_file(
     let tmp_path = tmp.path().to_path_buf();
     fill(tmp.as_file_mut(), &tmp_path, progress)?;
     tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+    // Plain files get the usual mode, not the temporary file's 0600.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
     progress.finish();
     Ok(())

@@ -422,6 +422,16 @@ impl Registry {
         }
     }
 
+    /// The newest write to the array at `uri` (its latest fragment's
+    /// timestamp, ms; 0 when empty): changes whenever a new version lands.
+    pub fn array_version(&self, uri: &str) -> Result<u64> {
+        Ok(tiledb::fragments(&self.ctx, uri)?
+            .iter()
+            .map(|f| f.timestamp_range.1)
+            .max()
+            .unwrap_or(0))
+    }
+
     /// Every metadata key and value of the array at `uri`, latest version.
     pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
         Ok(Array::open(&self.ctx, uri, Mode::Read)?.metadata()?)
