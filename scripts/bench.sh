@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Benchmark of modelfs, whole-process measurements on this machine.
+#
+# Makes a safetensors file of SIZE_MIB MiB (default 1 GiB: 285 BF16/F32
+# tensors from 4 bytes to tens of MiB, random weights), imports it into a
+# fresh registry under bench-out/, and measures, each figure the median of
+# RUNS runs (default 5), "cold" meaning the page cache dropped just before:
+#   - sequential read (1 MiB reads) of the file through the mount, cold and
+#     warm (re-read with the page cache kept), and of the local file;
+#   - the same bytes read by the library straight from TileDB, no FUSE
+#     (`modelfs export REG/file /dev/null`), cold;
+#   - safetensors.numpy.load_file from the mount and from local disk, cold;
+#   - safe_open(...).keys() (header only) on a mount that is up: its first
+#     open (fresh mount, page cache dropped) in ms, and a second open;
+#   - 1,000 random 64 KiB preads (fixed seed), cold: p50 and p99;
+#   - cp of the file into a read-write mount, `modelfs import` of it into a
+#     fresh path, and cp to local disk (source in the page cache; the `sync`
+#     right after each is timed apart);
+#   - the mount daemon's peak RSS (VmHWM) during the reads and during the cp,
+#     each phase with its own mounts, at the default --cache-size, and its
+#     CPU time during the cold read and the cp.
+# Every mount is fresh (empty chunk cache). Prints a table, the targets with
+# PASS/FAIL, and writes everything to bench-out/bench.json.
+#
+# Run as root (it drops the page cache), from anywhere:
+#   scripts/bench.sh                     # 1 GiB, 5 runs: several minutes
+#   SIZE_MIB=64 RUNS=3 scripts/bench.sh  # quick check
+#   KEEP=1 scripts/bench.sh              # keep bench-out/model-*.safetensors
+#                                        # (reused next time) and the registry
+# Other load on the machine (compiles) makes the figures noisy.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+SIZE_MIB="${SIZE_MIB:-1024}"
+RUNS="${RUNS:-5}"
+KEEP="${KEEP:-0}"
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+say() { echo "bench: $*" >&2; }
+
+[[ "$SIZE_MIB" =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a positive integer (MiB), not '$SIZE_MIB'"
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$RUNS'"
+[ "$RUNS" -ge 3 ] || say "warning: RUNS=$RUNS; medians of fewer than 3 runs say little"
+[ "$(id -u)" -eq 0 ] || die "run as root: cold figures need 'echo 3 > /proc/sys/vm/drop_caches'"
+[ -e /dev/fuse ] || die "/dev/fuse is missing: no FUSE on this machine"
+
+out="$root/bench-out"
+bin="$root/target/release/modelfs"
+python="$root/.venv/bin/python"
+file="$out/model-${SIZE_MIB}MiB.safetensors"
+registry="$out/registry"
+mkdir -p "$out"
+
+# Unmount whatever a run (this one, or one killed earlier) left mounted under
+# bench-out/, then remove the big work files unless KEEP=1.
+unmount_all() {
+    local m
+    for m in "$out"/mnt-*; do
+        [ -d "$m" ] || continue
+        if grep -qF " $m " /proc/self/mountinfo; then
+            say "unmounting $m"
+            "$bin" unmount --lazy "$m" 2>/dev/null || umount -l "$m" || true
+        fi
+    done
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    unmount_all
+    rmdir "$out"/mnt-* 2>/dev/null || true  # never rm -r: one could still be mounted
+    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part"
+    if [ "$KEEP" = 1 ]; then
+        say "KEEP=1: keeping $file and $registry"
+    else
+        rm -rf "$file" "$registry"
+    fi
+    [ "$rc" -eq 0 ] || say "failed (exit $rc); the mount daemons' log is $out/mount.log"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+unmount_all
+
+say "set-up and release build"
+scripts/setup.sh
+# safetensors.numpy loads BF16 tensors only when ml_dtypes gives numpy a bfloat16.
+if ! "$python" -c 'import ml_dtypes' 2>/dev/null; then
+    say "installing ml_dtypes into .venv (for BF16 in safetensors.numpy.load_file)"
+    "$python" -m pip install -q --disable-pip-version-check ml_dtypes
+fi
+cargo build --release --quiet
+[ -x "$bin" ] || die "$bin was not built"
+# What the binary was built from (others may be editing src/ meanwhile).
+built_from="$(git describe --always --dirty 2>/dev/null || echo unknown)"
+changed="$(git status --short --untracked-files=no 2>/dev/null | tr -s ' \n' ' ' || true)"
+[ -z "$changed" ] || built_from="$built_from (changed:${changed% })"
+
+start=$SECONDS
+if [ -f "$file" ]; then
+    say "reusing $file"
+else
+    say "writing $file"
+    "$python" scripts/bench/bench.py make "$file" "$SIZE_MIB"
+fi
+
+say "importing it into $registry"
+rm -rf "$registry"
+"$bin" import --quiet "$file" "$registry/model.safetensors"
+: >"$out/mount.log"
+
+"$python" scripts/bench/bench.py run --bin "$bin" --out "$out" --file "$file" \
+    --registry "$registry" --runs "$RUNS" --built-from "$built_from"
+say "done in $((SECONDS - start)) s (after the build)"
