@@ -451,6 +451,33 @@ impl Filesystem for FuseAdapter {
     }
 }
 
+/// Lets the kernel read ahead [`MAX_READAHEAD_BYTES`] per request: it caps
+/// FUSE readahead at the mount's `read_ahead_kb` (128 by default), and
+/// 128 KiB requests cost the daemon a quarter more CPU per byte than 1 MiB
+/// ones (measured on a 1 GiB cold read). Needs root; otherwise the kernel's
+/// default stays.
+fn raise_readahead(mountpoint: &Path) {
+    // The device number comes from the mount table: a stat of the mount
+    // would wait for this daemon, which is not serving yet.
+    let Ok(target) = mountpoint.canonicalize() else { return };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Some(dev) = table.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.get(4).copied() == target.to_str())
+            .then(|| fields.get(2).copied())
+            .flatten()
+    }) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, (MAX_READAHEAD_BYTES / 1024).to_string()) {
+        Ok(()) => debug!("{path} set to {}", MAX_READAHEAD_BYTES / 1024),
+        Err(e) => debug!("{path}: {e}; the kernel's readahead stays"),
+    }
+}
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -491,6 +518,7 @@ impl Mounted {
         config.n_threads = Some(options.threads.max(1));
         config.clone_fd = true;
         let session = Session::new(FuseAdapter::new(core), mountpoint, &config)?;
+        raise_readahead(mountpoint);
         info!("mounted {} at {}", options.fs_name, mountpoint.display());
         Ok(Mounted { session })
     }

@@ -28,6 +28,11 @@ const PROGRESS_MIN_BYTES: u64 = 16 << 20;
                   more detail on stderr."
 )]
 struct Cli {
+    /// Set a TileDB configuration parameter (repeatable), e.g.
+    /// `--tiledb-config vfs.s3.region=eu-west-1` or
+    /// `--tiledb-config sm.memory_budget=1073741824`.
+    #[arg(long = "tiledb-config", value_name = "KEY=VALUE", global = true)]
+    tiledb_config: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -184,12 +189,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn registry() -> Result<Registry> {
-    let ctx = Context::new().context("creating a TileDB context")?;
-    Ok(Registry::new(ctx)?)
+/// A TileDB context with modelfs's settings and the user's `--tiledb-config`.
+pub fn tiledb_context(overrides: &[String]) -> Result<Context> {
+    let mut config = tiledb::Config::tuned().context("creating a TileDB configuration")?;
+    for kv in overrides {
+        let (key, value) = kv
+            .split_once('=')
+            .with_context(|| format!("--tiledb-config {kv:?}: expected KEY=VALUE"))?;
+        config
+            .set(key.trim(), value.trim())
+            .with_context(|| format!("--tiledb-config {}", key.trim()))?;
+    }
+    Context::with_config(&config).context("creating a TileDB context")
+}
+
+fn registry(overrides: &[String]) -> Result<Registry> {
+    Ok(Registry::new(tiledb_context(overrides)?)?)
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let config = cli.tiledb_config;
     match cli.command {
         Command::Import {
             src,
@@ -197,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             force,
             quiet,
         } => {
-            let reg = registry()?;
+            let reg = registry(&config)?;
             let dest = registry::uri::normalize(&dest);
             let mut progress = Bar::new(quiet);
             let totals = transfer::import(&reg, &src, &dest, force, &mut progress)
@@ -213,7 +232,7 @@ fn run(cli: Cli) -> Result<()> {
             force,
             quiet,
         } => {
-            let reg = registry()?;
+            let reg = registry(&config)?;
             let src = registry::uri::normalize(&src);
             let mut progress = Bar::new(quiet);
             let totals = transfer::export(&reg, &src, &dest, force, &mut progress)
@@ -228,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ls { uri, long } => ls(&registry::uri::normalize(&uri), long),
+        Command::Ls { uri, long } => ls(&config, &registry::uri::normalize(&uri), long),
         Command::Mount {
             registry,
             mountpoint,
@@ -241,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             staging_limit,
             log_file,
         } => mount::run(mount::Args {
+            tiledb_config: config,
             registry: registry::uri::normalize(&registry),
             mountpoint,
             read_only,
@@ -253,7 +273,7 @@ fn run(cli: Cli) -> Result<()> {
             log_file,
         }),
         Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),
-        Command::Info { uri } => info(&registry::uri::normalize(&uri)),
+        Command::Info { uri } => info(&config, &registry::uri::normalize(&uri)),
     }
 }
 
@@ -264,8 +284,8 @@ fn resolve(reg: &Registry, uri: &str) -> Result<Entry> {
     }
 }
 
-fn ls(uri: &str, long: bool) -> Result<()> {
-    let reg = registry()?;
+fn ls(config: &[String], uri: &str, long: bool) -> Result<()> {
+    let reg = registry(&config)?;
     let entry = resolve(&reg, uri)?;
     let entries = if entry.is_dir() { reg.list(&entry)? } else { vec![entry] };
     for e in entries {
@@ -297,8 +317,8 @@ fn ls(uri: &str, long: bool) -> Result<()> {
     Ok(())
 }
 
-fn info(uri: &str) -> Result<()> {
-    let reg = registry()?;
+fn info(config: &[String], uri: &str) -> Result<()> {
+    let reg = registry(&config)?;
     let entry = resolve(&reg, uri)?;
     out!("uri:        {}", entry.uri);
     match reg.node(&entry)? {

@@ -17,13 +17,13 @@ use log::{info, warn};
 use modelfs::fs::{Config, ModelFs};
 use modelfs::fuse::{MountOptions, Mounted};
 use modelfs::registry::Registry;
-use modelfs::tiledb::Context;
 
 /// Set in the child's environment: report readiness on stdout.
 const READY_ENV: &str = "MODELFS_REPORT_READY";
 const READY_LINE: &str = "modelfs-mounted";
 
 pub struct Args {
+    pub tiledb_config: Vec<String>,
     pub registry: String,
     pub mountpoint: PathBuf,
     pub read_only: bool,
@@ -56,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.log_file {
         redirect_stderr(path)?;
     }
-    let ctx = Context::new().context("creating a TileDB context")?;
+    let ctx = crate::tiledb_context(&args.tiledb_config)?;
     let registry = Registry::new(ctx)?;
     let config = Config {
         read_only: args.read_only,

@@ -56,6 +56,18 @@ impl Config {
         Ok(Config { raw })
     }
 
+    /// TileDB's defaults with the settings modelfs relies on:
+    ///
+    /// - `sm.mem.malloc_trim = false`: by default TileDB hands freed memory
+    ///   back to the OS after every query, and the next query faults it all
+    ///   in again. Measured on a 1 GiB file array read in 8 MiB queries: 4.1 s
+    ///   and 4.9 s of CPU with trimming, 1.2 s and 1.4 s without.
+    pub fn tuned() -> Result<Self> {
+        let mut c = Config::new()?;
+        c.set("sm.mem.malloc_trim", "false")?;
+        Ok(c)
+    }
+
     /// Sets `key` to `value`; TileDB rejects unknown-format values here.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let k = cstring("tiledb_config_set", key)?;

@@ -7,7 +7,8 @@
 //! streak; from the second read of a streak on, the window of bytes to keep
 //! loaded ahead of the reader doubles, from one chunk up to the maximum. A
 //! read elsewhere ends the streak and the window. Each plan names only bytes
-//! not planned before, rounded to whole chunks.
+//! not planned before, rounded to whole chunks, and is made only once less
+//! than half the window is left ahead, so plans are large.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -69,6 +70,12 @@ impl Prefetcher {
             return None;
         }
         let round_up = |x: u64| x.div_ceil(self.chunk).saturating_mul(self.chunk).min(self.size);
+        // Top up only when less than half the window is left ahead, so each
+        // plan (and the queries it becomes) covers half a window or more
+        // instead of one chunk per read.
+        if self.planned_until > end && self.planned_until - end >= self.window / 2 {
+            return None;
+        }
         let start = round_up(end).max(self.planned_until);
         let stop = round_up(end.saturating_add(self.window));
         if stop > start {
@@ -206,7 +213,12 @@ mod tests {
         let reader_end = 200 * step;
         let ahead = planned.last().unwrap().end - reader_end;
         assert!(ahead <= 8 * MIB + MIB, "{ahead}");
-        assert!(ahead >= 7 * MIB, "{ahead}");
+        assert!(ahead >= 4 * MIB - step, "{ahead}");
+        // Once the window is full, plans come in half-window pieces.
+        assert!(
+            planned.iter().rev().take(3).all(|r| r.end - r.start >= 4 * MIB),
+            "{planned:?}"
+        );
     }
 
     #[test]
