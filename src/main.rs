@@ -285,7 +285,7 @@ fn resolve(reg: &Registry, uri: &str) -> Result<Entry> {
 }
 
 fn ls(config: &[String], uri: &str, long: bool) -> Result<()> {
-    let reg = registry(&config)?;
+    let reg = registry(config)?;
     let entry = resolve(&reg, uri)?;
     let entries = if entry.is_dir() { reg.list(&entry)? } else { vec![entry] };
     for e in entries {
