@@ -318,7 +318,7 @@ fn ls(config: &[String], uri: &str, long: bool) -> Result<()> {
 }
 
 fn info(config: &[String], uri: &str) -> Result<()> {
-    let reg = registry(&config)?;
+    let reg = registry(config)?;
     let entry = resolve(&reg, uri)?;
     out!("uri:        {}", entry.uri);
     match reg.node(&entry)? {
