@@ -3,14 +3,15 @@
 #   - Debian's fuse3 (fusermount3), for mounts as a non-root user;
 #   - a project-local virtual environment .venv with TileDB-Py 0.36.1, which
 #     ships libtiledb 2.30 (the library the Rust binding links), plus
-#     safetensors, numpy and pytest for the interoperability tests.
+#     safetensors, numpy, ml_dtypes (bfloat16 for numpy) and pytest for the
+#     interoperability tests and the benchmark.
 # Quiet when everything is already there.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 python="${PYTHON:-python3}"
-pip_pkgs=(tiledb==0.36.1 safetensors numpy pytest)
+pip_pkgs=(tiledb==0.36.1 safetensors numpy pytest ml_dtypes)
 
 say() { echo "setup: $*" >&2; }
 
@@ -32,7 +33,7 @@ fi
 if ! "$venv/bin/python" - <<'PY' >/dev/null 2>&1
 import importlib.metadata as m, sys
 want = {"tiledb": "0.36.1"}
-for name in ("tiledb", "safetensors", "numpy", "pytest"):
+for name in ("tiledb", "safetensors", "numpy", "pytest", "ml_dtypes"):
     v = m.version(name)
     if name in want and v != want[name]:
         sys.exit(1)

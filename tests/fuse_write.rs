@@ -347,3 +347,29 @@ fn one_gib_safetensors_cp_streams_with_bounded_memory() {
     assert!(info.contains("tensors:    300"), "{info}");
     assert!(info.contains(&format!("size:       {} bytes", std::fs::metadata(&src).unwrap().len())));
 }
+
+#[test]
+fn shell_redirection_into_a_safetensors_file_commits_the_whole_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let src = tmp.path().join("src.safetensors");
+    std::fs::write(&src, safetensors_bytes(12, 3 << 20)).unwrap();
+    // The shell opens the file, moves it onto stdout and closes the first
+    // descriptor before `cat` writes a byte.
+    let dest = mnt.dir.join("r.safetensors");
+    let cmd = format!("cat {} > {}", s(&src), s(&dest));
+    assert!(Command::new("sh").args(["-c", &cmd]).status().unwrap().success());
+    let dd = format!(
+        "dd if={} of={} bs=1M status=none",
+        s(&src),
+        s(&mnt.dir.join("d.safetensors"))
+    );
+    assert!(Command::new("sh").args(["-c", &dd]).status().unwrap().success());
+    drop(mnt);
+    let out = tmp.path().join("out");
+    modelfs_ok(&["export", &format!("{}/r.safetensors", s(&reg)), s(&out)]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
+    let out = tmp.path().join("out-dd");
+    modelfs_ok(&["export", &format!("{}/d.safetensors", s(&reg)), s(&out)]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
+}

@@ -401,7 +401,13 @@ impl Writer {
         if !self.dirty {
             return Ok(None);
         }
-        let r = self.commit_inner(reg);
+        // A refused file keeps its bytes and may still be completed: shells
+        // close the descriptor they opened before writing through its copy
+        // (`cmd > x.safetensors`), and the close that counts comes last.
+        let kind = self.validate().inspect_err(|e| {
+            warn!("commit of {} refused: {e}", self.target.entry.name);
+        })?;
+        let r = self.commit_inner(reg, kind);
         match r {
             Ok(ts) => {
                 self.dirty = false;
@@ -417,28 +423,36 @@ impl Writer {
         }
     }
 
-    fn commit_inner(&mut self, reg: &Registry) -> Result<u64> {
+    /// What the bytes written so far would commit as: EINVAL for a
+    /// `.safetensors` file that is not (yet) valid. Changes nothing.
+    fn validate(&self) -> Result<FileKind> {
+        match &self.state {
+            State::Streaming(s) if s.writer.written() != s.size => {
+                Err(self.invalid(registry::SafetensorsProblem::SizeMismatch {
+                    data_end: s.size,
+                    size: s.writer.written(),
+                }))
+            }
+            State::Streaming(s) => Ok(s.kind.clone()),
+            State::Buffering(buf) => self.kind_of_bytes(&buf.bytes),
+            State::Staging(f) if is_safetensors_name(self.name()) => {
+                let size = f.size();
+                let first8 = f.read_at(0, 8)?;
+                let n = header_len(&first8, size).map_err(|p| self.invalid(p))?;
+                let header = f.read_at(8, n as u32)?;
+                let index = safetensors_index::validate(&header, size).map_err(|p| self.invalid(p))?;
+                Ok(FileKind::Safetensors(index))
+            }
+            _ => Ok(FileKind::Plain),
+        }
+    }
+
+    fn commit_inner(&mut self, reg: &Registry, kind: FileKind) -> Result<u64> {
         let was_new = !self.target.exists;
         let state = std::mem::replace(&mut self.state, State::Clean { size: 0 });
         let (ts, size) = match state {
-            State::Streaming(s) => {
-                if s.writer.written() != s.size {
-                    return Err(failed(
-                        libc::EINVAL,
-                        registry::Error::InvalidSafetensors {
-                            name: self.target.entry.name.clone(),
-                            problem: registry::SafetensorsProblem::SizeMismatch {
-                                data_end: s.size,
-                                size: s.writer.written(),
-                            },
-                        }
-                        .to_string(),
-                    ));
-                }
-                (s.writer.commit(&s.kind)?, s.size)
-            }
+            State::Streaming(s) => (s.writer.commit(&s.kind)?, s.size),
             State::Buffering(buf) => {
-                let kind = self.kind_of_bytes(&buf.bytes)?;
                 let entry = self.ensure_array(reg)?;
                 let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, buf.bytes.len() as u64)?;
                 w.write(&buf.bytes)?;
@@ -446,16 +460,6 @@ impl Writer {
             }
             State::Staging(f) => {
                 let size = f.size();
-                let kind = if is_safetensors_name(self.name()) {
-                    let mut first8 = [0u8; 8];
-                    let got = f.read_at(0, 8)?;
-                    first8[..got.len()].copy_from_slice(&got);
-                    let n = header_len(&first8[..got.len()], size).map_err(|p| self.invalid(p))?;
-                    let header = f.read_at(8, n as u32)?;
-                    FileKind::Safetensors(safetensors_index::validate(&header, size).map_err(|p| self.invalid(p))?)
-                } else {
-                    FileKind::Plain
-                };
                 let entry = self.ensure_array(reg)?;
                 let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
                 let mut offset = 0;
