@@ -112,7 +112,7 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
         /// Size limit of the chunk cache shared by all open files (e.g. 512M, 2G).
-        #[arg(long, default_value = "128M", value_parser = parse_size)]
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
         cache_size: u64,
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
