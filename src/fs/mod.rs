@@ -62,13 +62,13 @@ impl Default for Config {
         Config {
             read_only: true,
             // Measured on a 1 GiB cold sequential read (scripts/bench.sh): a
-            // 64 MiB cache and a 16 MiB window read as fast as 128 MiB and
-            // 32 MiB (1.2 s), with the daemon's peak RSS at ~190 MiB
-            // instead of ~265 MiB.
+            // 64 MiB cache reads as fast as 128 MiB (1.2-1.3 s) with the
+            // daemon's peak RSS at ~190 MiB instead of ~265 MiB; a 16 MiB
+            // window was slower than 32 MiB (1.6 s against 1.2-1.3 s).
             cache_bytes: 64 << 20,
             metadata_ttl: Duration::from_secs(1),
             prefetch_threads: 4,
-            prefetch_window_bytes: 16 << 20,
+            prefetch_window_bytes: 32 << 20,
             prefetch_fetch_bytes: 4 << 20,
             staging_dir: std::env::temp_dir().join("modelfs-staging"),
             staging_limit_bytes: 64 << 30,
