@@ -292,18 +292,23 @@ fn one_field_array(ctx: &Context, uri: &str, framework: &str, pickle: &[u8], siz
     array.close().unwrap();
 }
 
-#[test]
-fn a_pickle_calling_os_system_is_refused_and_never_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let marker = tmp.path().join("pwned");
-    // What Python's pickle.loads would run: os.system("touch <marker>"),
-    // inside the OrderedDict of a state_dict.
+/// A state_dict pickle that, if Python's `pickle.loads` ran it, would call
+/// `os.system("touch <marker>")` inside its OrderedDict.
+fn os_system_pickle(marker: &Path) -> Vec<u8> {
     let command = format!("touch {}", marker.display());
     let mut evil =
         b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x06\x00\x00\x00weightq\x02cos\nsystem\nq\x03X".to_vec();
     evil.extend_from_slice(&(command.len() as u32).to_le_bytes());
     evil.extend_from_slice(command.as_bytes());
     evil.extend_from_slice(b"q\x04\x85q\x05Rq\x06s.");
+    evil
+}
+
+#[test]
+fn a_pickle_calling_os_system_is_refused_and_never_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("pwned");
+    let evil = os_system_pickle(&marker);
     let reg = tmp.path().join("registry");
     std::fs::create_dir(&reg).unwrap();
     let uri = reg.join("evil");
@@ -441,12 +446,7 @@ fn mounted_models_show_the_expected_files_read_only() {
 fn a_mounted_pickle_naming_os_system_shows_metadata_and_eio() {
     let tmp = tempfile::tempdir().unwrap();
     let marker = tmp.path().join("pwned");
-    let command = format!("touch {}", marker.display());
-    let mut evil =
-        b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x06\x00\x00\x00weightq\x02cos\nsystem\nq\x03X".to_vec();
-    evil.extend_from_slice(&(command.len() as u32).to_le_bytes());
-    evil.extend_from_slice(command.as_bytes());
-    evil.extend_from_slice(b"q\x04\x85q\x05Rq\x06s.");
+    let evil = os_system_pickle(&marker);
     let reg = tmp.path().join("registry");
     std::fs::create_dir(&reg).unwrap();
     let ctx = Context::new().unwrap();
