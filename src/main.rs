@@ -33,6 +33,10 @@ struct Cli {
     /// `--tiledb-config sm.memory_budget=1073741824`.
     #[arg(long = "tiledb-config", value_name = "KEY=VALUE", global = true)]
     tiledb_config: Vec<String>,
+    /// Read TileDB configuration parameters from a file: one `KEY VALUE` or
+    /// `KEY=VALUE` per line, `#` starts a comment. `--tiledb-config` wins.
+    #[arg(long = "tiledb-config-file", value_name = "PATH", global = true)]
+    tiledb_config_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +118,11 @@ enum Command {
         /// Size limit of the chunk cache shared by all open files (e.g. 512M, 2G).
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         cache_size: u64,
+        /// How long attributes and listings are trusted before the registry
+        /// is asked again, in seconds (also the kernel's attribute and entry
+        /// cache time). Changes made by other writers show after this.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
+        metadata_ttl: f64,
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
@@ -208,7 +217,7 @@ fn registry(overrides: &[String]) -> Result<Registry> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let config = cli.tiledb_config;
+    let config = tiledb_settings(cli.tiledb_config_file.as_deref(), cli.tiledb_config)?;
     match cli.command {
         Command::Import {
             src,
@@ -255,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             foreground,
             threads,
             cache_size,
+            metadata_ttl,
             allow_other,
             staging_dir,
             staging_limit,
@@ -267,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
             foreground,
             threads: threads as usize,
             cache_bytes: cache_size,
+            metadata_ttl: std::time::Duration::from_secs_f64(metadata_ttl),
             allow_other,
             staging_dir,
             staging_limit,
@@ -461,6 +472,36 @@ fn print_array(ctx: &Context, uri: &str, reg: &Registry) -> Result<()> {
         out!("  {k} ({}) = {text}", v.datatype);
     }
     Ok(())
+}
+
+/// The `KEY=VALUE` settings from `--tiledb-config-file` (first) and
+/// `--tiledb-config` (last, so they win).
+fn tiledb_settings(file: Option<&std::path::Path>, flags: Vec<String>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--tiledb-config-file {}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .or_else(|| line.split_once(char::is_whitespace))
+                .with_context(|| format!("{}:{}: expected KEY VALUE", path.display(), i + 1))?;
+            out.push(format!("{}={}", key.trim(), value.trim()));
+        }
+    }
+    out.extend(flags);
+    Ok(out)
+}
+
+/// Parses a non-negative number of seconds.
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
 }
 
 /// Parses a size like `4096`, `512K`, `128M`, `2G` or `1T` (powers of 1024).

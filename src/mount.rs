@@ -30,6 +30,7 @@ pub struct Args {
     pub foreground: bool,
     pub threads: usize,
     pub cache_bytes: u64,
+    pub metadata_ttl: std::time::Duration,
     pub allow_other: bool,
     pub staging_dir: Option<PathBuf>,
     pub staging_limit: u64,
@@ -61,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
     let config = Config {
         read_only: args.read_only,
         cache_bytes: args.cache_bytes,
+        metadata_ttl: args.metadata_ttl,
         staging_dir: args
             .staging_dir
             .clone()

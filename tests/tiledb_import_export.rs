@@ -218,3 +218,31 @@ fn names_needing_escapes_round_trip() {
     modelfs_ok(&["export", &reg, s(&out)]);
     assert_same_tree(&src, &out);
 }
+
+#[test]
+fn tiledb_config_flags_and_file_reach_tiledb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("registry");
+    std::fs::write(tmp.path().join("a.txt"), b"a").unwrap();
+    let cfg = tmp.path().join("tiledb.cfg");
+    std::fs::write(
+        &cfg,
+        "# settings\nsm.memory_budget 1073741824\nsm.io_concurrency_level=2\n",
+    )
+    .unwrap();
+    modelfs_ok(&[
+        "--tiledb-config-file",
+        s(&cfg),
+        "import",
+        s(&tmp.path().join("a.txt")),
+        &format!("{}/a.txt", s(&reg)),
+    ]);
+    // TileDB itself refuses a bad value, and the message names the key.
+    let out = modelfs(&["--tiledb-config", "sm.memory_budget=lots", "ls", s(&reg)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sm.memory_budget"));
+    std::fs::write(&cfg, "just-a-key\n").unwrap();
+    let out = modelfs(&["--tiledb-config-file", s(&cfg), "ls", s(&reg)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tiledb.cfg:1"));
+}
