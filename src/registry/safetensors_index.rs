@@ -41,6 +41,11 @@ impl TensorIndex {
     pub fn data_start(&self) -> u64 {
         8 + self.header_len
     }
+
+    /// The size of the file the header describes: where the last tensor ends.
+    pub fn file_size(&self) -> u64 {
+        self.tensors.last().map_or(self.data_start(), |t| t.range[1])
+    }
 }
 
 /// Reads the header length from the first 8 bytes of a file of `size` bytes
@@ -63,6 +68,18 @@ pub fn header_len(first8: &[u8], size: u64) -> Result<u64, SafetensorsProblem> {
 
 /// Validates the JSON `header` of a file of `size` bytes and builds its index.
 pub fn validate(header: &[u8], size: u64) -> Result<TensorIndex, SafetensorsProblem> {
+    let index = index_header(header)?;
+    let data_end = index.file_size();
+    if data_end != size {
+        return Err(SafetensorsProblem::SizeMismatch { data_end, size });
+    }
+    Ok(index)
+}
+
+/// Validates the JSON `header` on its own and builds its index; the file it
+/// describes is [`TensorIndex::file_size`] bytes (what a streaming writer
+/// learns from the header before the data arrives).
+pub fn index_header(header: &[u8]) -> Result<TensorIndex, SafetensorsProblem> {
     let header_len = header.len() as u64;
     let text = std::str::from_utf8(header).map_err(|e| SafetensorsProblem::BadJson(e.to_string()))?;
     let map: serde_json::Map<String, serde_json::Value> =
@@ -133,10 +150,10 @@ pub fn validate(header: &[u8], size: u64) -> Result<TensorIndex, SafetensorsProb
         data_end = t.range[1];
     }
     let data_start = 8 + header_len;
-    if data_start.checked_add(data_end) != Some(size) {
-        return Err(SafetensorsProblem::SizeMismatch {
-            data_end: data_start.saturating_add(data_end),
-            size,
+    if data_start.checked_add(data_end).is_none() {
+        return Err(SafetensorsProblem::BadTensor {
+            name: tensors.last().map(|t| t.name.clone()).unwrap_or_default(),
+            problem: format!("data offset {data_end} is past any file size"),
         });
     }
     for t in &mut tensors {

@@ -178,7 +178,6 @@ impl Writer {
         if let State::Clean { .. } = self.state {
             self.stage_committed(reg)?;
         }
-        let size = self.size();
         match &mut self.state {
             State::Buffering(buf) if (offset as usize).saturating_add(data.len()) <= MEMORY_LIMIT_BYTES => {
                 let (start, end) = (offset as usize, offset as usize + data.len());
@@ -189,7 +188,6 @@ impl Writer {
                 if start == buf.in_order {
                     buf.in_order = end;
                 }
-                let _ = size;
                 if is_safetensors_name(&self.target.entry.name) {
                     self.try_start_stream(reg)?;
                 }
@@ -304,11 +302,8 @@ impl Writer {
         if (buf.in_order as u64) < 8 + n {
             return Ok(None);
         }
-        let header = &buf.bytes[8..8 + n as usize];
-        let data_len = declared_data_len(header).map_err(|p| self.invalid(p))?;
-        let size = 8 + n + data_len;
-        let index = safetensors_index::validate(header, size).map_err(|p| self.invalid(p))?;
-        Ok(Some((size, index)))
+        let index = safetensors_index::index_header(&buf.bytes[8..8 + n as usize]).map_err(|p| self.invalid(p))?;
+        Ok(Some((index.file_size(), index)))
     }
 
     /// Makes the file's array if this is its first version.
@@ -517,20 +512,4 @@ impl Writer {
             Ok(FileKind::Plain)
         }
     }
-}
-
-/// The data length a safetensors header declares: the largest end offset.
-fn declared_data_len(header: &[u8]) -> std::result::Result<u64, registry::SafetensorsProblem> {
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| registry::SafetensorsProblem::BadJson(e.to_string()))?;
-    let mut end = 0u64;
-    for (name, v) in &map {
-        if name == "__metadata__" {
-            continue;
-        }
-        if let Some(e) = v.get("data_offsets").and_then(|o| o.get(1)).and_then(|e| e.as_u64()) {
-            end = end.max(e);
-        }
-    }
-    Ok(end)
 }
