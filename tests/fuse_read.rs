@@ -15,12 +15,12 @@ fn s(p: &Path) -> &str {
 }
 
 /// A registry holding one imported HF-style model; returns (source, registry).
-fn registry_with_model(tmp: &Path, mib: usize) -> (PathBuf, PathBuf) {
+fn registry_with_model(tmp: &Path, mib: usize) -> (PathBuf, String) {
     let model = make_hf_model(tmp, mib);
     std::fs::write(model.join("empty.bin"), b"").unwrap();
     std::fs::write(model.join("one-byte.bin"), b"z").unwrap();
-    let reg = tmp.join("registry");
-    modelfs_ok(&["import", "--quiet", s(&model), &format!("{}/tiny-model", s(&reg))]);
+    let reg = registry_uri(tmp);
+    modelfs_ok(&["import", "--quiet", s(&model), &format!("{reg}/tiny-model")]);
     (model, reg)
 }
 
@@ -28,7 +28,7 @@ fn registry_with_model(tmp: &Path, mib: usize) -> (PathBuf, PathBuf) {
 fn cp_r_stat_and_ls_match_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, reg) = registry_with_model(tmp.path(), 66);
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &["--read-only"]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--read-only"]);
 
     let out = tmp.path().join("copy");
     let st = Command::new("cp")
@@ -81,7 +81,7 @@ fn cp_r_stat_and_ls_match_the_source() {
 fn random_reads_and_end_of_file_follow_posix() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, reg) = registry_with_model(tmp.path(), 64);
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &["--cache-size", "16M"]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--cache-size", "16M"]);
     let src = std::fs::read(model.join("model.safetensors")).unwrap();
     let f = std::fs::File::open(mnt.dir.join("tiny-model/model.safetensors")).unwrap();
     let size = src.len() as u64;
@@ -127,13 +127,9 @@ fn eight_threads_read_several_files_at_once() {
     for (name, data) in &files {
         std::fs::write(src_dir.join(name), data).unwrap();
     }
-    let reg = tmp.path().join("registry");
-    modelfs_ok(&["import", "--quiet", s(&src_dir), &format!("{}/parts", s(&reg))]);
-    let mnt = MountGuard::new(
-        s(&reg),
-        &tmp.path().join("mnt"),
-        &["--cache-size", "8M", "--threads", "4"],
-    );
+    let reg = registry_uri(tmp.path());
+    modelfs_ok(&["import", "--quiet", s(&src_dir), &format!("{reg}/parts")]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--cache-size", "8M", "--threads", "4"]);
     let files = std::sync::Arc::new(files);
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
@@ -164,7 +160,7 @@ fn eight_threads_read_several_files_at_once() {
 fn second_read_is_served_by_the_page_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, reg) = registry_with_model(tmp.path(), 8);
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
     let path = mnt.dir.join("tiny-model/model.safetensors");
     let want = std::fs::read(model.join("model.safetensors")).unwrap();
     assert!(std::fs::read(&path).unwrap() == want);
@@ -182,7 +178,7 @@ fn second_read_is_served_by_the_page_cache() {
 fn sequential_reads_are_prefetched_and_header_reads_stay_small() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, reg) = registry_with_model(tmp.path(), 64);
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
     let path = mnt.dir.join("tiny-model/model.safetensors");
     let f = std::fs::File::open(&path).unwrap();
     let mut head = [0u8; 8];
@@ -202,17 +198,20 @@ fn sequential_reads_are_prefetched_and_header_reads_stay_small() {
 #[test]
 fn bad_entries_are_left_out_or_fail_with_eio_and_the_rest_serves() {
     let tmp = tempfile::tempdir().unwrap();
-    // A plain directory as the registry root, as many TileDB-ML users have.
-    let reg = tmp.path().join("registry");
-    std::fs::create_dir_all(&reg).unwrap();
+    // A plain directory as the registry root, as many TileDB-ML users have
+    // (on an object store: a prefix holding objects), with a stray plain
+    // file in it.
+    let reg = registry_uri(tmp.path());
+    let ctx = modelfs::tiledb::Context::new().unwrap();
+    let vfs = modelfs::tiledb::Vfs::new(&ctx).unwrap();
+    vfs.create_dir(&reg).unwrap();
+    vfs.touch(&format!("{reg}/stray.txt")).unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("good.txt"), b"good bytes").unwrap();
     std::fs::write(src.join("broken.bin"), pseudo_random(5, 600_000)).unwrap();
-    modelfs_ok(&["import", "--quiet", s(&src), &format!("{}/model", s(&reg))]);
-    // A stray plain file and an array that is not a file array beside it.
-    std::fs::write(reg.join("stray.txt"), b"not tiledb").unwrap();
-    let ctx = modelfs::tiledb::Context::new().unwrap();
+    modelfs_ok(&["import", "--quiet", s(&src), &format!("{reg}/model")]);
+    // An array that is not a file array beside it.
     let schema = modelfs::tiledb::Schema::dense(
         &ctx,
         &[modelfs::tiledb::DimensionSpec {
@@ -229,19 +228,19 @@ fn bad_entries_are_left_out_or_fail_with_eio_and_the_rest_serves() {
         }],
     )
     .unwrap();
-    schema.create_array(s(&reg.join("other-array"))).unwrap();
+    schema.create_array(&format!("{reg}/other-array")).unwrap();
     // The same kind of array as a member of the model's group.
-    schema.create_array(s(&reg.join("model/weird"))).unwrap();
-    let mut g = modelfs::tiledb::Group::open(&ctx, s(&reg.join("model")), modelfs::tiledb::GroupMode::Write).unwrap();
+    schema.create_array(&format!("{reg}/model/weird")).unwrap();
+    let mut g = modelfs::tiledb::Group::open(&ctx, &format!("{reg}/model"), modelfs::tiledb::GroupMode::Write).unwrap();
     g.add_member("weird", true, "weird", modelfs::tiledb::ObjectType::Array)
         .unwrap();
     g.close().unwrap();
     // Corrupt broken.bin: delete its data files.
-    let frags = reg.join("model/broken.bin/__fragments");
-    for f in std::fs::read_dir(&frags).unwrap() {
-        std::fs::remove_file(f.unwrap().path().join("a0.tdb")).unwrap();
+    for frag in vfs.ls(&format!("{reg}/model/broken.bin/__fragments")).unwrap() {
+        vfs.remove_file(&format!("{}/a0.tdb", frag.trim_end_matches('/')))
+            .unwrap();
     }
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
     let root: Vec<_> = std::fs::read_dir(&mnt.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -276,7 +275,7 @@ fn bad_entries_are_left_out_or_fail_with_eio_and_the_rest_serves() {
 fn unmount_with_an_open_file_is_busy_unless_lazy() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, reg) = registry_with_model(tmp.path(), 2);
-    let mut mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mut mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
     let f = std::fs::File::open(mnt.dir.join("tiny-model/config.json")).unwrap();
     let out = modelfs(&["unmount", s(&mnt.dir)]);
     assert!(!out.status.success());
@@ -300,7 +299,7 @@ fn unmount_with_an_open_file_is_busy_unless_lazy() {
 fn sigterm_unmounts_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, reg) = registry_with_model(tmp.path(), 1);
-    let mut mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let mut mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
     Command::new("kill")
         .args(["-TERM", &mnt.pid().to_string()])
         .status()
@@ -316,7 +315,7 @@ fn background_mount_detaches_and_failures_exit_non_zero() {
     let (_, reg) = registry_with_model(tmp.path(), 1);
     let dir = tmp.path().join("mnt");
     std::fs::create_dir_all(&dir).unwrap();
-    modelfs_ok(&["mount", s(&reg), s(&dir)]);
+    modelfs_ok(&["mount", &reg, s(&dir)]);
     let listing: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -325,18 +324,56 @@ fn background_mount_detaches_and_failures_exit_non_zero() {
     modelfs_ok(&["unmount", s(&dir)]);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 
-    let missing = format!("{}/no-registry", s(tmp.path()));
+    let missing = format!("{reg}-missing/no-registry");
     let out = modelfs(&["mount", &missing, s(&dir)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-registry") && err.contains("no such registry"), "{err}");
 
     std::fs::write(dir.join("file"), b"x").unwrap();
-    let out = modelfs(&["mount", s(&reg), s(&dir)]);
+    let out = modelfs(&["mount", &reg, s(&dir)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 
-    let out = modelfs(&["mount", s(&reg), s(&tmp.path().join("nowhere"))]);
+    let out = modelfs(&["mount", &reg, s(&tmp.path().join("nowhere"))]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+}
+
+#[test]
+fn listings_and_sizes_are_cached_for_the_metadata_ttl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, reg) = registry_with_model(tmp.path(), 1);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--metadata-ttl", "3"]);
+    let dir = mnt.dir.join("tiny-model");
+    let ls_l = || {
+        let out = Command::new("ls").args(["-l", s(&dir)]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = ls_l();
+    let after_first = mnt.stats();
+    assert!(
+        after_first["registry_node_reads"].as_u64().unwrap() >= 5,
+        "{after_first}"
+    );
+    // Within the TTL, listing and stat'ing again asks the registry nothing.
+    assert_eq!(ls_l(), first);
+    let after_second = mnt.stats();
+    for key in ["registry_listings", "registry_node_reads"] {
+        assert_eq!(
+            after_second[key], after_first[key],
+            "{key}: {after_first} -> {after_second}"
+        );
+    }
+    // A file added by someone else shows once the TTL has passed.
+    std::fs::write(tmp.path().join("late.txt"), b"late").unwrap();
+    modelfs_ok(&[
+        "import",
+        s(&tmp.path().join("late.txt")),
+        &format!("{reg}/tiny-model/late.txt"),
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    assert!(ls_l().contains("late.txt"));
+    assert_eq!(std::fs::read(dir.join("late.txt")).unwrap(), b"late");
 }

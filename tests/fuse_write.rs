@@ -19,11 +19,11 @@ fn s(p: &Path) -> &str {
 }
 
 /// An empty registry (a group) and a read-write mount of it.
-fn mounted(tmp: &Path, extra: &[&str]) -> (PathBuf, MountGuard) {
-    let reg = tmp.join("registry");
+fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
+    let reg = registry_uri(tmp);
     std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
-    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{}/seed.txt", s(&reg))]);
-    let mnt = MountGuard::new(s(&reg), &tmp.join("mnt"), extra);
+    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
+    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
     (reg, mnt)
 }
 
@@ -61,11 +61,11 @@ fn cp_r_in_then_export_and_remount_are_identical() {
         assert_same_tree(&model, &mnt.dir.join("tiny"));
     }
     let out = tmp.path().join("exported");
-    modelfs_ok(&["export", &format!("{}/tiny", s(&reg)), s(&out)]);
+    modelfs_ok(&["export", &format!("{reg}/tiny"), s(&out)]);
     assert_same_tree(&model, &out);
-    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt2"), &["--read-only"]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt2"), &["--read-only"]);
     assert_same_tree(&model, &mnt.dir.join("tiny"));
-    let info = modelfs_ok(&["info", &format!("{}/tiny/model.safetensors", s(&reg))]);
+    let info = modelfs_ok(&["info", &format!("{reg}/tiny/model.safetensors")]);
     assert!(info.contains("tensors:    320"), "{info}");
 }
 
@@ -77,7 +77,7 @@ fn overwrite_makes_a_new_version_and_keeps_the_old_one() {
     let v1 = pseudo_random(1, 3 << 20);
     let v2 = pseudo_random(2, 1 << 20);
     std::fs::write(&path, &v1).unwrap();
-    let uri = format!("{}/weights.bin", s(&reg));
+    let uri = format!("{reg}/weights.bin");
     let t1 = version_of(&uri).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     std::fs::write(&path, &v2).unwrap();
@@ -104,7 +104,7 @@ fn invalid_safetensors_fail_at_close_with_einval_and_change_nothing() {
     let good = safetensors_bytes(10, 100_000);
     let path = mnt.dir.join("model.safetensors");
     std::fs::write(&path, &good).unwrap();
-    let uri = format!("{}/model.safetensors", s(&reg));
+    let uri = format!("{reg}/model.safetensors");
     let before = version_of(&uri).unwrap();
 
     let mut truncated = good.clone();
@@ -127,7 +127,7 @@ fn invalid_safetensors_fail_at_close_with_einval_and_change_nothing() {
     assert!(!new_path.exists());
     assert!(mnt.log_text().contains("new.safetensors"), "no log line names the file");
     drop(mnt);
-    assert_eq!(modelfs_ok(&["ls", s(&reg)]), "model.safetensors\nseed.txt\n");
+    assert_eq!(modelfs_ok(&["ls", &reg]), "model.safetensors\nseed.txt\n");
 }
 
 #[test]
@@ -199,7 +199,7 @@ fn directories_rename_unlink_truncate() {
     drop(a);
     assert_eq!(std::fs::read(d.join("old.txt")).unwrap(), b"{\"a\": 1} and more");
     drop(mnt);
-    let listing = modelfs_ok(&["ls", &format!("{}/run-2", s(&reg))]);
+    let listing = modelfs_ok(&["ls", &format!("{reg}/run-2")]);
     assert_eq!(listing, "old.txt\n");
 }
 
@@ -254,7 +254,7 @@ fn unsupported_operations_return_the_documented_errno() {
     );
     // Times are accepted and ignored.
     Command::new("touch").arg(&file).status().unwrap();
-    let ro = MountGuard::new(s(&_reg), &tmp.path().join("ro"), &["--read-only"]);
+    let ro = MountGuard::new(&_reg, &tmp.path().join("ro"), &["--read-only"]);
     assert_eq!(errno(std::fs::write(ro.dir.join("x"), b"x")), Some(libc::EROFS));
     assert_eq!(errno(std::fs::create_dir(ro.dir.join("d"))), Some(libc::EROFS));
     assert_eq!(errno(std::fs::remove_file(ro.dir.join("seed.txt"))), Some(libc::EROFS));
@@ -283,18 +283,14 @@ fn start_writer(path: PathBuf, data: std::sync::Arc<Vec<u8>>) -> std::sync::mpsc
 #[test]
 fn sigkill_mid_write_leaves_the_old_version_or_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = tmp.path().join("registry");
+    let reg = registry_uri(tmp.path());
     let old = pseudo_random(3, 5 << 20);
     std::fs::write(tmp.path().join("old.bin"), &old).unwrap();
-    modelfs_ok(&[
-        "import",
-        s(&tmp.path().join("old.bin")),
-        &format!("{}/big.bin", s(&reg)),
-    ]);
+    modelfs_ok(&["import", s(&tmp.path().join("old.bin")), &format!("{reg}/big.bin")]);
     let big = std::sync::Arc::new(safetensors_bytes(64, 256 << 20));
     let plain = std::sync::Arc::new(pseudo_random(4, 256 << 20));
     for (name, data) in [("new.safetensors", big), ("big.bin", plain)] {
-        let mut mnt = MountGuard::new(s(&reg), &tmp.path().join(format!("mnt-{name}")), &[]);
+        let mut mnt = MountGuard::new(&reg, &tmp.path().join(format!("mnt-{name}")), &[]);
         let progress = start_writer(mnt.dir.join(name), data);
         while progress.recv().is_ok_and(|n| n < 100 << 20) {}
         Command::new("kill")
@@ -303,7 +299,7 @@ fn sigkill_mid_write_leaves_the_old_version_or_nothing() {
             .unwrap();
         assert!(mnt.wait_exit(10));
         drop(mnt);
-        let again = MountGuard::new(s(&reg), &tmp.path().join(format!("again-{name}")), &[]);
+        let again = MountGuard::new(&reg, &tmp.path().join(format!("again-{name}")), &[]);
         match name {
             "new.safetensors" => assert!(!again.dir.join(name).exists(), "a partial new file is visible"),
             _ => {
@@ -343,7 +339,7 @@ fn one_gib_safetensors_cp_streams_with_bounded_memory() {
     assert!(hwm_kib < 256 * 1024, "daemon peak RSS {hwm_kib} KiB");
     eprintln!("1 GiB cp into the mount: daemon peak RSS {} MiB", hwm_kib / 1024);
     drop(mnt);
-    let info = modelfs_ok(&["info", &format!("{}/model.safetensors", s(&reg))]);
+    let info = modelfs_ok(&["info", &format!("{reg}/model.safetensors")]);
     assert!(info.contains("tensors:    300"), "{info}");
     assert!(info.contains(&format!("size:       {} bytes", std::fs::metadata(&src).unwrap().len())));
 }
@@ -367,9 +363,9 @@ fn shell_redirection_into_a_safetensors_file_commits_the_whole_file() {
     assert!(Command::new("sh").args(["-c", &dd]).status().unwrap().success());
     drop(mnt);
     let out = tmp.path().join("out");
-    modelfs_ok(&["export", &format!("{}/r.safetensors", s(&reg)), s(&out)]);
+    modelfs_ok(&["export", &format!("{reg}/r.safetensors"), s(&out)]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
     let out = tmp.path().join("out-dd");
-    modelfs_ok(&["export", &format!("{}/d.safetensors", s(&reg)), s(&out)]);
+    modelfs_ok(&["export", &format!("{reg}/d.safetensors"), s(&out)]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
 }

@@ -23,13 +23,13 @@ fn hf_model_and_edge_sizes_round_trip_byte_identical() {
     let st_size = std::fs::metadata(model.join("model.safetensors")).unwrap().len();
     assert!(st_size >= 64 << 20, "model.safetensors is {st_size} bytes");
 
-    let reg = tmp.path().join("registry");
-    modelfs_ok(&["import", "--quiet", s(&model), &format!("{}/tiny", s(&reg))]);
+    let reg = registry_uri(tmp.path());
+    modelfs_ok(&["import", "--quiet", s(&model), &format!("{reg}/tiny")]);
     let out = tmp.path().join("out");
-    modelfs_ok(&["export", "--quiet", &format!("{}/tiny", s(&reg)), s(&out)]);
+    modelfs_ok(&["export", "--quiet", &format!("{reg}/tiny"), s(&out)]);
     assert_same_tree(&model, &out);
 
-    let listing = modelfs_ok(&["ls", &format!("{}/tiny", s(&reg))]);
+    let listing = modelfs_ok(&["ls", &format!("{reg}/tiny")]);
     let names: Vec<&str> = listing.lines().collect();
     assert_eq!(
         names,
@@ -44,7 +44,7 @@ fn hf_model_and_edge_sizes_round_trip_byte_identical() {
             "tokenizer.json"
         ]
     );
-    let long = modelfs_ok(&["ls", "-l", &format!("{}/tiny", s(&reg))]);
+    let long = modelfs_ok(&["ls", "-l", &format!("{reg}/tiny")]);
     let line = long
         .lines()
         .find(|l| l.ends_with(" model.safetensors"))
@@ -52,7 +52,7 @@ fn hf_model_and_edge_sizes_round_trip_byte_identical() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[..2], &["safetensors", &st_size.to_string()], "{long}");
 
-    let info = modelfs_ok(&["info", &format!("{}/tiny/model.safetensors", s(&reg))]);
+    let info = modelfs_ok(&["info", &format!("{reg}/tiny/model.safetensors")]);
     assert!(info.contains("kind:       safetensors"), "{info}");
     assert!(info.contains("tensors:    320"), "{info}");
     assert!(info.contains("model.layers.0.weight_0"), "{info}");
@@ -93,19 +93,15 @@ fn corrupt_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 #[test]
 fn corrupt_safetensors_are_refused_and_leave_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = tmp.path().join("registry");
+    let reg = registry_uri(tmp.path());
     // The registry exists and holds one good file.
     std::fs::write(tmp.path().join("ok.json"), b"{}").unwrap();
-    modelfs_ok(&[
-        "import",
-        s(&tmp.path().join("ok.json")),
-        &format!("{}/ok.json", s(&reg)),
-    ]);
+    modelfs_ok(&["import", s(&tmp.path().join("ok.json")), &format!("{reg}/ok.json")]);
     let ctx = Context::new().unwrap();
     for (name, bytes, problem) in corrupt_cases() {
         let file = tmp.path().join(format!("{name}.safetensors"));
         std::fs::write(&file, &bytes).unwrap();
-        let dest = format!("{}/{name}.safetensors", s(&reg));
+        let dest = format!("{reg}/{name}.safetensors");
         let out = modelfs(&["import", s(&file), &dest]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: import succeeded");
@@ -123,15 +119,15 @@ fn corrupt_safetensors_are_refused_and_leave_nothing() {
             "{name}: array left behind"
         );
     }
-    let listing = modelfs_ok(&["ls", s(&reg)]);
+    let listing = modelfs_ok(&["ls", &reg]);
     assert_eq!(listing.trim(), "ok.json");
 }
 
 #[test]
 fn import_over_existing_needs_force_and_keeps_old_versions() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = tmp.path().join("registry");
-    let dest = format!("{}/notes.txt", s(&reg));
+    let reg = registry_uri(tmp.path());
+    let dest = format!("{reg}/notes.txt");
     let v1 = tmp.path().join("v1.txt");
     let v2 = tmp.path().join("v2.txt");
     std::fs::write(&v1, pseudo_random(1, 300_000)).unwrap();
@@ -167,7 +163,7 @@ fn import_over_existing_needs_force_and_keeps_old_versions() {
 #[test]
 fn missing_paths_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let missing = format!("{}/registry/nothing", s(tmp.path()));
+    let missing = format!("{}/nothing", registry_uri(tmp.path()));
     for args in [
         vec!["export", missing.as_str(), "/tmp/never-written"],
         vec!["ls", missing.as_str()],
@@ -179,7 +175,7 @@ fn missing_paths_fail_clearly() {
         assert!(stderr.starts_with("modelfs: "), "{stderr}");
         assert!(stderr.contains("nothing: no such file or directory"), "{stderr}");
     }
-    let out = modelfs(&["import", "/no/such/source", &format!("{}/registry/x", s(tmp.path()))]);
+    let out = modelfs(&["import", "/no/such/source", &format!("{}/x", registry_uri(tmp.path()))]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/source"));
 }
@@ -191,7 +187,7 @@ fn several_sources_go_into_one_directory() {
     let b = tmp.path().join("b.bin");
     std::fs::write(&a, b"{}").unwrap();
     std::fs::write(&b, pseudo_random(3, 1000)).unwrap();
-    let dir = format!("{}/registry/run-1", s(tmp.path()));
+    let dir = format!("{}/run-1", registry_uri(tmp.path()));
     modelfs_ok(&["import", s(&a), s(&b), &dir]);
     assert_eq!(modelfs_ok(&["ls", &dir]), "a.json\nb.bin\n");
 }
@@ -212,7 +208,7 @@ fn names_needing_escapes_round_trip() {
         std::fs::write(src.join(name), name.as_bytes()).unwrap();
     }
     std::fs::write(src.join("__pycache__/x.pyc"), b"pyc").unwrap();
-    let reg = format!("{}/registry/m", s(tmp.path()));
+    let reg = format!("{}/m", registry_uri(tmp.path()));
     modelfs_ok(&["import", s(&src), &reg]);
     let out = tmp.path().join("out");
     modelfs_ok(&["export", &reg, s(&out)]);
@@ -222,7 +218,7 @@ fn names_needing_escapes_round_trip() {
 #[test]
 fn tiledb_config_flags_and_file_reach_tiledb() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = tmp.path().join("registry");
+    let reg = registry_uri(tmp.path());
     std::fs::write(tmp.path().join("a.txt"), b"a").unwrap();
     let cfg = tmp.path().join("tiledb.cfg");
     std::fs::write(
@@ -235,14 +231,14 @@ fn tiledb_config_flags_and_file_reach_tiledb() {
         s(&cfg),
         "import",
         s(&tmp.path().join("a.txt")),
-        &format!("{}/a.txt", s(&reg)),
+        &format!("{reg}/a.txt"),
     ]);
     // TileDB itself refuses a bad value, and the message names the key.
-    let out = modelfs(&["--tiledb-config", "sm.memory_budget=lots", "ls", s(&reg)]);
+    let out = modelfs(&["--tiledb-config", "sm.memory_budget=lots", "ls", &reg]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sm.memory_budget"));
     std::fs::write(&cfg, "just-a-key\n").unwrap();
-    let out = modelfs(&["--tiledb-config-file", s(&cfg), "ls", s(&reg)]);
+    let out = modelfs(&["--tiledb-config-file", s(&cfg), "ls", &reg]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tiledb.cfg:1"));
 }

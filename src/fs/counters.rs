@@ -49,6 +49,11 @@ counters! {
     prefetch_dropped,
     /// Lookups of names.
     lookups,
+    /// Directory listings read from the registry (not from the TTL cache).
+    registry_listings,
+    /// Entries whose kind and size were read from the registry (an array
+    /// open each), not taken from the TTL cache.
+    registry_node_reads,
     /// Files opened.
     opens,
     /// Bytes taken by writes.

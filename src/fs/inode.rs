@@ -68,6 +68,14 @@ impl PartialEq for NodeState {
     }
 }
 
+/// Whether a node handed to [`InodeTable::upsert`] was just read from the
+/// registry (it is fresh from now) or taken from the cache (its age stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Read,
+    Cached,
+}
+
 /// Cached, refreshable state of an inode.
 pub struct Cached {
     pub node: NodeState,
@@ -83,6 +91,10 @@ pub struct Cached {
     /// Removed from its directory while open: its storage is deleted when
     /// the last handle closes.
     pub unlinked: bool,
+    /// A directory's entries and when they were listed: lookups and
+    /// listings within the metadata TTL use them instead of asking the
+    /// registry (one group read on object stores is several requests).
+    pub listing: Option<(Instant, Arc<Vec<Entry>>)>,
 }
 
 impl Cached {
@@ -95,6 +107,7 @@ impl Cached {
             writer: Weak::new(),
             open_handles: 0,
             unlinked: false,
+            listing: None,
         }
     }
 
@@ -168,7 +181,7 @@ impl InodeTable {
 
     /// The inode for `entry` in `parent`: the existing one when it still
     /// stands for the same storage, a new one otherwise.
-    pub fn upsert(&self, parent: Ino, entry: Entry, node: NodeState) -> Arc<Inode> {
+    pub fn upsert(&self, parent: Ino, entry: Entry, node: NodeState, seen: Seen) -> Arc<Inode> {
         let key = (parent, entry.name.clone());
         let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
@@ -183,7 +196,9 @@ impl InodeTable {
                 c.version = None;
             }
             c.node = node;
-            c.read_at = Instant::now();
+            if seen == Seen::Read {
+                c.read_at = Instant::now();
+            }
             drop(c);
             return inode;
         }

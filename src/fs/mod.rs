@@ -22,14 +22,28 @@ pub use counters::{Counters, Snapshot};
 pub use error::{Error, Result};
 
 use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
-use crate::registry::{Entry, FileArray, Node, Registry};
+use crate::registry::{Entry, FileArray, Node, Registry, Storage};
 use handles::{FileHandle, Handle, HandleTable, WriteHandle};
-use inode::{Inode, InodeTable, NodeState};
+use inode::{Inode, InodeTable, NodeState, Seen};
 use read::{ChunkCache, ChunkSource, FileVersion, PrefetchPool, Prefetcher};
 use write::{StagingArea, Target, Writer};
 
 /// TileDB-ML models kept decoded at once (each holds its fields' bytes).
 const ML_MODELS_KEPT: usize = 4;
+
+/// Entries of one listing whose arrays are opened at once: on an object
+/// store each open is a few round trips, so a model directory's files are
+/// stat'ed in parallel rather than one after another.
+const NODE_READS_IN_FLIGHT: usize = 8;
+
+/// Whether a name may be answered from a directory's cached listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    /// Within the metadata TTL, the cached listing answers (lookups).
+    Cached,
+    /// Ask the registry (before changing it).
+    Fresh,
+}
 
 /// The root's hidden file holding the counters as JSON.
 pub const STATS_NAME: &str = ".modelfs-stats";
@@ -178,6 +192,9 @@ impl ModelFs {
     /// What `entry` shows as, or `None` when it is not shown (arrays that
     /// are not files). Failures name the entry.
     fn node_of(&self, entry: &Entry) -> Result<Option<NodeState>> {
+        if !entry.is_dir() {
+            Counters::add(&self.counters.registry_node_reads, 1);
+        }
         match self.registry.node(entry) {
             Ok(Node::Dir) => Ok(Some(NodeState::Dir)),
             Ok(Node::File(meta)) => Ok(Some(NodeState::File(meta))),
@@ -420,8 +437,10 @@ impl ModelFs {
     }
 
     /// The entry named `name` in directory inode `dir`: a file being
-    /// created here first, then the registry.
-    fn child(&self, dir: &Inode, name: &str) -> Result<Option<(Entry, Option<Arc<Inode>>)>> {
+    /// created here first, then the registry. `Listed::Cached` answers from
+    /// the directory's listing while it is within the metadata TTL (for
+    /// lookups); changes ask the registry itself.
+    fn child(&self, dir: &Inode, name: &str, how: Listed) -> Result<Option<(Entry, Option<Arc<Inode>>)>> {
         if let NodeState::MlDir { .. } = dir.lock().node {
             return Ok(None);
         }
@@ -430,7 +449,93 @@ impl ModelFs {
         {
             return Ok(Some((inode.entry(), Some(inode))));
         }
-        Ok(self.registry.lookup(&dir.entry(), name)?.map(|e| (e, None)))
+        let dir_entry = dir.entry();
+        let listed =
+            how == Listed::Cached && (dir_entry.storage == Storage::Group || self.fresh_listing(dir).is_some());
+        if listed {
+            return Ok(self
+                .entries(dir)?
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| (e.clone(), None)));
+        }
+        Ok(self.registry.lookup(&dir_entry, name)?.map(|e| (e, None)))
+    }
+
+    fn fresh_listing(&self, dir: &Inode) -> Option<Arc<Vec<Entry>>> {
+        match &dir.lock().listing {
+            Some((at, list)) if at.elapsed() < self.config.metadata_ttl => Some(list.clone()),
+            _ => None,
+        }
+    }
+
+    /// The entries of directory inode `dir`: its listing from within the
+    /// metadata TTL, or a new one from the registry.
+    fn entries(&self, dir: &Inode) -> Result<Arc<Vec<Entry>>> {
+        if let Some(list) = self.fresh_listing(dir) {
+            return Ok(list);
+        }
+        Counters::add(&self.counters.registry_listings, 1);
+        let list = Arc::new(self.registry.list(&dir.entry())?);
+        dir.lock().listing = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// Drops directory `ino`'s listing: this mount just changed it.
+    fn forget_listing(&self, ino: Ino) {
+        if let Some(dir) = self.inodes.get(ino) {
+            dir.lock().listing = None;
+        }
+    }
+
+    /// What the inode known for `entry` in `parent` held when read within
+    /// the metadata TTL, if there is one.
+    fn known_node(&self, parent: Ino, entry: &Entry) -> Option<NodeState> {
+        let inode = self.inodes.find(parent, &entry.name)?;
+        if inode.entry().uri != entry.uri {
+            return None;
+        }
+        let c = inode.lock();
+        (c.read_at.elapsed() < self.config.metadata_ttl && !c.unlinked).then(|| c.node.clone())
+    }
+
+    /// The nodes of `entries` (in `parent`), `None` for those not shown or
+    /// unreadable, each with whether it was just read. Nodes not known
+    /// within the TTL are read several at a time, since on object stores
+    /// each is a few round trips.
+    fn nodes_of(&self, parent: Ino, entries: &[Entry]) -> Vec<Option<(NodeState, Seen)>> {
+        let mut out: Vec<Option<Option<(NodeState, Seen)>>> = entries
+            .iter()
+            .map(|e| {
+                if e.is_dir() {
+                    Some(Some((NodeState::Dir, Seen::Read)))
+                } else {
+                    self.known_node(parent, e).map(|n| Some((n, Seen::Cached)))
+                }
+            })
+            .collect();
+        let missing: Vec<usize> = (0..entries.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let per_thread = missing.len().div_ceil(NODE_READS_IN_FLIGHT);
+            let read: Vec<(usize, Option<(NodeState, Seen)>)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = missing
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|&i| (i, self.node_of(&entries[i]).ok().flatten().map(|n| (n, Seen::Read))))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+            });
+            for (i, node) in read {
+                out[i] = Some(node);
+            }
+        }
+        out.into_iter().map(Option::flatten).collect()
     }
 
     /// Looks up `name` in directory `parent`.
@@ -445,18 +550,22 @@ impl ModelFs {
             let node = Self::ml_child(&model, &prefix, name)
                 .ok_or_else(|| Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri)))?;
             let entry = Self::ml_entry(&dir, name);
-            let inode = self.inodes.upsert(parent, entry, node.clone());
+            let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
             return Ok(self.attr_of(inode.ino, &node));
         }
         let (entry, known) = self
-            .child(&dir, name)?
+            .child(&dir, name, Listed::Cached)?
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
         if let Some(inode) = known {
             let node = self.fresh_node(&inode)?;
             return Ok(self.attr_of(inode.ino, &node));
         }
+        if let Some(node) = self.known_node(parent, &entry) {
+            let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
+            return Ok(self.attr_of(inode.ino, &node));
+        }
         let node = self.node_of(&entry)?.ok_or_else(|| Error::not_found(&entry.uri))?;
-        let inode = self.inodes.upsert(parent, entry, node.clone());
+        let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
         Ok(self.attr_of(inode.ino, &node))
     }
 
@@ -493,7 +602,7 @@ impl ModelFs {
                     continue;
                 };
                 let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
-                let child = self.inodes.upsert(ino, Self::ml_entry(&dir, &name), node);
+                let child = self.inodes.upsert(ino, Self::ml_entry(&dir, &name), node, Seen::Read);
                 let next_offset = items.len() as u64 + 1;
                 items.push(DirItem {
                     ino: child.ino,
@@ -505,15 +614,17 @@ impl ModelFs {
             return Ok(self.handles.insert(Handle::Dir { items }));
         }
         let mut names = HashSet::new();
-        for entry in self.registry.list(&dir.entry())? {
+        let entries = self.entries(&dir)?;
+        let nodes = self.nodes_of(ino, &entries);
+        for (entry, node) in entries.iter().zip(nodes) {
             if ino == Ino::ROOT && entry.name == STATS_NAME {
                 continue;
             }
             // A bad entry is left out (and logged once); the rest is listed.
-            let Ok(Some(node)) = self.node_of(&entry) else { continue };
+            let Some((node, seen)) = node else { continue };
             let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
             let name = entry.name.clone();
-            let child = self.inodes.upsert(ino, entry, node);
+            let child = self.inodes.upsert(ino, entry.clone(), node, seen);
             names.insert(name.clone());
             let next_offset = items.len() as u64 + 1;
             items.push(DirItem {
@@ -710,7 +821,7 @@ impl ModelFs {
             };
             return Err(Error::new(errno, log::Level::Debug, format!("{name:?}: {reason}")));
         }
-        if let Some((entry, known)) = self.child(&dir, name)? {
+        if let Some((entry, known)) = self.child(&dir, name, Listed::Fresh)? {
             if exclusive {
                 return Err(Error::new(
                     libc::EEXIST,
@@ -728,7 +839,7 @@ impl ModelFs {
                             format!("{}: exists and is not a file", entry.uri),
                         )
                     })?;
-                    self.inodes.upsert(parent, entry, node)
+                    self.inodes.upsert(parent, entry, node, Seen::Read)
                 }
             };
             let opened = self.open_writer(&inode, true, opener)?;
@@ -749,7 +860,7 @@ impl ModelFs {
         };
         let inode = self
             .inodes
-            .upsert(parent, entry.clone(), NodeState::File(blank.clone()));
+            .upsert(parent, entry.clone(), NodeState::File(blank.clone()), Seen::Read);
         let target = Target {
             dir: dir_entry,
             entry,
@@ -818,6 +929,7 @@ impl ModelFs {
         if committed.is_some()
             && let Some(inode) = self.inodes.get(w.ino)
         {
+            self.forget_listing(inode.parent());
             let entry = lock(&w.writer).target().entry.clone();
             // The new version becomes what lookups and opens see.
             if let Ok(Node::File(meta)) = self.registry.node(&entry) {
@@ -957,11 +1069,12 @@ impl ModelFs {
     pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
-        if self.child(&dir, name)?.is_some() {
+        if self.child(&dir, name, Listed::Fresh)?.is_some() {
             return Err(Error::new(libc::EEXIST, log::Level::Debug, format!("{name}: exists")));
         }
         let entry = self.registry.mkdir(&dir.entry(), name)?;
-        let inode = self.inodes.upsert(parent, entry, NodeState::Dir);
+        self.forget_listing(parent);
+        let inode = self.inodes.upsert(parent, entry, NodeState::Dir, Seen::Read);
         Ok(self.attr_of(inode.ino, &NodeState::Dir))
     }
 
@@ -970,7 +1083,9 @@ impl ModelFs {
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "unlink")?;
-        let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
+        let (entry, known) = self
+            .child(&dir, name, Listed::Fresh)?
+            .ok_or_else(|| Error::not_found(name))?;
         if entry.is_dir() {
             return Err(Error::new(
                 libc::EISDIR,
@@ -985,6 +1100,7 @@ impl ModelFs {
         });
         if exists {
             self.registry.unlink(&dir.entry(), &entry)?;
+            self.forget_listing(parent);
         }
         self.inodes.remove_name(parent, name);
         let open = inode.as_ref().is_some_and(|i| {
@@ -1033,6 +1149,7 @@ impl ModelFs {
             ));
         }
         self.registry.remove(&dir.entry(), &entry)?;
+        self.forget_listing(parent);
         self.inodes.remove_name(parent, name);
         info!("removed directory {}", entry.uri);
         Ok(())
@@ -1045,7 +1162,9 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rename")?;
         let new_dir = self.changeable_dir(new_parent, "rename")?;
-        let (entry, known) = self.child(&dir, name)?.ok_or_else(|| Error::not_found(name))?;
+        let (entry, known) = self
+            .child(&dir, name, Listed::Fresh)?
+            .ok_or_else(|| Error::not_found(name))?;
         if let Some(inode) = known {
             return self.rename_written(&inode, &new_dir, new_name);
         }
@@ -1059,7 +1178,7 @@ impl ModelFs {
                 "cannot move a directory into itself",
             ));
         }
-        if let Some((target, target_known)) = self.child(&new_dir, new_name)? {
+        if let Some((target, target_known)) = self.child(&new_dir, new_name, Listed::Fresh)? {
             if target_known.is_some() {
                 return Err(Error::new(
                     libc::EBUSY,
@@ -1081,11 +1200,13 @@ impl ModelFs {
             }
         }
         let moved = self.registry.rename(&dir.entry(), &entry, &new_dir.entry(), new_name)?;
+        self.forget_listing(parent);
+        self.forget_listing(new_parent);
         match self.inodes.find(parent, name) {
             Some(inode) => self.inodes.rename(&inode, new_parent, moved.clone()),
             None => {
                 let node = self.node_of(&moved)?.unwrap_or(NodeState::Dir);
-                self.inodes.upsert(new_parent, moved.clone(), node);
+                self.inodes.upsert(new_parent, moved.clone(), node, Seen::Read);
             }
         }
         info!("renamed {} to {}", entry.uri, moved.uri);
@@ -1106,7 +1227,7 @@ impl ModelFs {
         };
         // Looked up before the writer is locked: lock order is an inode's
         // cached state, then a writer.
-        let existing = self.child(new_dir, new_name)?;
+        let existing = self.child(new_dir, new_name, Listed::Fresh)?;
         let mut w = lock(&writer);
         if w.target().exists {
             return Err(Error::new(
@@ -1163,6 +1284,8 @@ impl ModelFs {
         let old_name = w.target().entry.name.clone();
         w.retarget(dir_entry, entry.clone(), exists, replaces);
         drop(w);
+        self.forget_listing(inode.parent());
+        self.forget_listing(new_dir.ino);
         self.inodes.rename(inode, new_dir.ino, entry);
         debug!("renamed {old_name} (open for writing) to {new_name}");
         Ok(())

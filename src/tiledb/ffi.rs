@@ -519,6 +519,7 @@ unsafe extern "C" {
     pub fn tiledb_vfs_create_dir(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
     pub fn tiledb_vfs_remove_dir(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
     pub fn tiledb_vfs_remove_file(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
+    pub fn tiledb_vfs_touch(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
     pub fn tiledb_vfs_ls(
         ctx: *mut tiledb_ctx_t,
         vfs: *mut tiledb_vfs_t,

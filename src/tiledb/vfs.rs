@@ -98,6 +98,17 @@ impl Vfs {
             .map_err(|e| in_uri(e, uri))
     }
 
+    /// Creates an empty file (an empty object on object stores).
+    pub fn touch(&self, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_vfs_touch", uri)?;
+        // SAFETY: live handles, valid URI.
+        self.ctx
+            .call("tiledb_vfs_touch", |c| unsafe {
+                ffi::tiledb_vfs_touch(c, self.raw, c_uri.as_ptr())
+            })
+            .map_err(|e| in_uri(e, uri))
+    }
+
     /// The URIs of the immediate children of `uri` (files and directories),
     /// as TileDB spells them (`file:///...` for local paths).
     pub fn ls(&self, uri: &str) -> Result<Vec<String>> {

@@ -34,6 +34,29 @@ pub fn modelfs_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Where a test's registry lives: `tmp/registry`, or, when
+/// `MODELFS_TEST_S3` names an S3 bucket URI (`scripts/test_s3.sh` sets it and
+/// TileDB's S3 settings), a fresh prefix in that bucket, so the same tests
+/// run on both.
+pub fn registry_uri(tmp: &Path) -> String {
+    match std::env::var("MODELFS_TEST_S3") {
+        Ok(base) if !base.is_empty() => {
+            let unique = tmp.file_name().unwrap().to_string_lossy();
+            format!(
+                "{}/{}/registry",
+                base.trim_end_matches('/'),
+                unique.trim_start_matches('.')
+            )
+        }
+        _ => tmp.join("registry").to_str().unwrap().to_string(),
+    }
+}
+
+/// True when the tests run against object storage.
+pub fn on_s3() -> bool {
+    std::env::var("MODELFS_TEST_S3").is_ok_and(|v| !v.is_empty())
+}
+
 /// A deterministic byte stream (xorshift), so files are not all zeros.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -1,8 +1,10 @@
 """Shared fixtures for the Python interoperability tests: the modelfs binary
-(MODELFS_BIN, set by scripts/test.sh) and a helper to run it."""
+(MODELFS_BIN, set by scripts/test.sh), a helper to run it, where a test's
+registry lives, and real mounts."""
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,17 @@ def run(modelfs_bin):
         return p
 
     return run
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """The URI of a fresh registry: under tmp_path, or under the bucket in
+    MODELFS_TEST_S3 (set by scripts/test_s3.sh with TileDB's S3 settings), so
+    the same tests run on both."""
+    base = os.environ.get("MODELFS_TEST_S3")
+    if base:
+        return f"{base.rstrip('/')}/{uuid.uuid4().hex}/registry"
+    return str(tmp_path / "registry")
 
 
 def is_mounted(path):

@@ -8,13 +8,13 @@ from safetensors import safe_open
 from models import write_mixed_safetensors
 
 
-def test_tiledb_py_reads_a_modelfs_file_array(tmp_path, run):
+def test_tiledb_py_reads_a_modelfs_file_array(tmp_path, run, registry):
     src = tmp_path / "weights.bin"
     payload = np.random.default_rng(1).integers(0, 256, 700_001, dtype=np.uint8).tobytes()
     src.write_bytes(payload)
-    uri = tmp_path / "registry" / "weights.bin"
+    uri = f"{registry}/weights.bin"
     run("import", src, uri)
-    with tiledb.open(str(uri)) as A:
+    with tiledb.open(uri) as A:
         assert A.meta["file_size"] == len(payload)
         assert A.meta["original_file_name"] == "weights"
         assert A.meta["file_extension"] == "bin"
@@ -22,31 +22,31 @@ def test_tiledb_py_reads_a_modelfs_file_array(tmp_path, run):
         data = A[0 : len(payload)]["contents"]
         assert data.tobytes() == payload
     # TileDB's own filestore reader takes the same array.
-    assert tiledb.Filestore(str(uri)).read() == payload
+    assert tiledb.Filestore(uri).read() == payload
 
 
-def test_modelfs_exports_a_tiledb_py_filestore_array(tmp_path, run):
+def test_modelfs_exports_a_tiledb_py_filestore_array(tmp_path, run, registry):
     src = tmp_path / "tokenizer.json"
     src.write_text(json.dumps({"vocab": {f"tok{i}": i for i in range(5000)}}))
-    reg = tmp_path / "registry"
-    reg.mkdir()
-    uri = reg / "tokenizer.json"
-    tiledb.Array.create(str(uri), tiledb.ArraySchema.from_file(str(src)))
-    tiledb.Filestore.copy_from(str(uri), str(src))
+    # A plain registry directory (on an object store, a prefix).
+    tiledb.VFS().create_dir(registry)
+    uri = f"{registry}/tokenizer.json"
+    tiledb.Array.create(uri, tiledb.ArraySchema.from_file(str(src)))
+    tiledb.Filestore.copy_from(uri, str(src))
     out = tmp_path / "out.json"
     run("export", uri, out)
     assert out.read_bytes() == src.read_bytes()
     # Listed from the plain registry directory, with its size.
-    listing = run("ls", "-l", reg).stdout
+    listing = run("ls", "-l", registry).stdout
     assert "tokenizer.json" in listing and str(src.stat().st_size) in listing
 
 
-def test_tensor_index_agrees_with_safe_open(tmp_path, run):
+def test_tensor_index_agrees_with_safe_open(tmp_path, run, registry):
     src = tmp_path / "model.safetensors"
     write_mixed_safetensors(src)
-    uri = tmp_path / "registry" / "model.safetensors"
+    uri = f"{registry}/model.safetensors"
     run("import", src, uri)
-    with tiledb.open(str(uri)) as A:
+    with tiledb.open(uri) as A:
         index = json.loads(A.meta["modelfs.tensors"])
         assert A.meta["modelfs.kind"] == "safetensors"
         assert A.meta["modelfs.header_size"] == index["header_len"]
@@ -70,12 +70,12 @@ def test_tensor_index_agrees_with_safe_open(tmp_path, run):
     assert row[:3] == ["layer.0.bf16.weight", "BF16", "[10,"]
 
 
-def test_exported_safetensors_load_in_python(tmp_path, run):
+def test_exported_safetensors_load_in_python(tmp_path, run, registry):
     src = tmp_path / "model.safetensors"
     tensors = write_mixed_safetensors(src, seed=5)
-    run("import", src, tmp_path / "registry" / "m" / "model.safetensors")
+    run("import", src, f"{registry}/m/model.safetensors")
     out = tmp_path / "out"
-    run("export", tmp_path / "registry" / "m", out)
+    run("export", f"{registry}/m", out)
     with safe_open(str(out / "model.safetensors"), "np") as f:
         for name, value in tensors.items():
             np.testing.assert_array_equal(f.get_tensor(name), value)

@@ -15,14 +15,14 @@ def stats(mnt):
     return json.loads((Path(mnt) / ".modelfs-stats").read_text())
 
 
-def test_safetensors_loaders_read_the_same_tensors(tmp_path, run, mount):
+def test_safetensors_loaders_read_the_same_tensors(tmp_path, run, mount, registry):
     src = tmp_path / "model.safetensors"
     write_mixed_safetensors(src, seed=3)
     big = {f"layer.{i}.weight": np.random.default_rng(i).standard_normal((256, 256)).astype(np.float32) for i in range(40)}
     save_file(big, str(tmp_path / "big.safetensors"))
-    run("import", src, tmp_path / "registry" / "m" / "model.safetensors")
-    run("import", tmp_path / "big.safetensors", tmp_path / "registry" / "m" / "big.safetensors")
-    mnt = mount(tmp_path / "registry")
+    run("import", src, f"{registry}/m/model.safetensors")
+    run("import", tmp_path / "big.safetensors", f"{registry}/m/big.safetensors")
+    mnt = mount(registry)
 
     got = load_file(str(mnt / "m" / "big.safetensors"))
     assert sorted(got) == sorted(big)
@@ -42,12 +42,12 @@ def test_safetensors_loaders_read_the_same_tensors(tmp_path, run, mount):
             np.testing.assert_array_equal(f.get_tensor(name), want.get_tensor(name))
 
 
-def test_numpy_memmap_reads_the_right_bytes(tmp_path, run, mount):
+def test_numpy_memmap_reads_the_right_bytes(tmp_path, run, mount, registry):
     data = np.random.default_rng(9).integers(0, 2**31, 3_000_001, dtype=np.int64)
     raw = tmp_path / "data.bin"
     data.tofile(raw)
-    run("import", raw, tmp_path / "registry" / "data.bin")
-    mnt = mount(tmp_path / "registry")
+    run("import", raw, f"{registry}/data.bin")
+    mnt = mount(registry)
     mm = np.memmap(mnt / "data.bin", dtype=np.int64, mode="r")
     assert mm.shape == data.shape
     idx = np.random.default_rng(1).integers(0, data.size, 5000)
@@ -56,16 +56,16 @@ def test_numpy_memmap_reads_the_right_bytes(tmp_path, run, mount):
     np.testing.assert_array_equal(np.asarray(mm), data)
 
 
-def test_header_only_open_of_256_mib_asks_few_tiles(tmp_path, run, mount):
+def test_header_only_open_of_256_mib_asks_few_tiles(tmp_path, run, mount, registry):
     rng = np.random.default_rng(0)
     tensors = {f"model.layers.{i}.mlp.weight": rng.integers(0, 255, (1024, 1024), dtype=np.uint8).view(np.float32)
                .reshape(512, 512) for i in range(256)}
     src = tmp_path / "big.safetensors"
     save_file(tensors, str(src))
     assert src.stat().st_size >= 256 << 20
-    run("import", src, tmp_path / "registry" / "big.safetensors")
+    run("import", src, f"{registry}/big.safetensors")
     src.unlink()
-    mnt = mount(tmp_path / "registry")
+    mnt = mount(registry)
     before = stats(mnt)
     with safe_open(str(mnt / "big.safetensors"), "np") as f:
         keys = list(f.keys())

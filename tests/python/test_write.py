@@ -7,10 +7,9 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 
-def test_savers_write_into_the_mount_and_read_back_after_remount(tmp_path, run, mount):
-    registry = tmp_path / "registry"
+def test_savers_write_into_the_mount_and_read_back_after_remount(tmp_path, run, mount, registry):
     (tmp_path / "seed.json").write_text("{}")
-    run("import", tmp_path / "seed.json", registry / "seed.json")
+    run("import", tmp_path / "seed.json", f"{registry}/seed.json")
     mnt = mount(registry)
     rng = np.random.default_rng(7)
     tensors = {f"layer.{i}.weight": rng.standard_normal((128, 64)).astype(np.float32) for i in range(20)}
@@ -38,5 +37,5 @@ def test_savers_write_into_the_mount_and_read_back_after_remount(tmp_path, run, 
     assert raw[:8] == b"MAGIC!!!" and struct.unpack("<Q", raw[8:16])[0] == len(payload)
     assert raw[16:] == payload
     np.testing.assert_array_equal(np.load(mnt2 / "ckpt" / "arr.npy"), arr)
-    info = run("info", registry / "ckpt" / "model.safetensors").stdout
+    info = run("info", f"{registry}/ckpt/model.safetensors").stdout
     assert "kind:       safetensors" in info and "layer.19.weight" in info
