@@ -201,6 +201,9 @@ fn main() -> ExitCode {
 /// A TileDB context with modelfs's settings and the user's `--tiledb-config`.
 pub fn tiledb_context(overrides: &[String]) -> Result<Context> {
     let mut config = tiledb::Config::tuned().context("creating a TileDB configuration")?;
+    config
+        .apply_aws_environment()
+        .context("applying the AWS environment variables")?;
     for kv in overrides {
         let (key, value) = kv
             .split_once('=')
@@ -289,7 +292,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn resolve(reg: &Registry, uri: &str) -> Result<Entry> {
-    match reg.resolve(uri)? {
+    match reg.resolve(uri).with_context(|| uri.to_string())? {
         Some(e) => Ok(e),
         None => bail!("{uri}: no such file or directory"),
     }

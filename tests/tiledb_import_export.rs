@@ -242,3 +242,38 @@ fn tiledb_config_flags_and_file_reach_tiledb() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tiledb.cfg:1"));
 }
+
+#[test]
+fn secrets_from_the_environment_are_never_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = "do-not-print-this-secret-0123456789";
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    for args in [
+        vec!["ls", "s3://bucket/registry"],
+        vec!["mount", "--foreground", "s3://bucket/registry", s(&mnt)],
+    ] {
+        // Nothing listens on port 1: every command fails, at debug level.
+        let out = std::process::Command::new(bin())
+            .args(["--tiledb-config", "vfs.s3.connect_max_tries=1"])
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .env("AWS_ACCESS_KEY_ID", "GK0000000000000000000000")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+            .env_remove("TILEDB_VFS_S3_ENDPOINT_OVERRIDE")
+            .env_remove("TILEDB_VFS_S3_SCHEME")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        // The endpoint came from AWS_ENDPOINT_URL, and the error says so.
+        assert!(text.contains("127.0.0.1 port 1"), "{args:?}: {text}");
+        assert!(text.contains("s3://bucket/registry"), "{args:?}: {text}");
+        assert!(!text.contains(secret), "{args:?} printed the secret: {text}");
+    }
+}

@@ -68,6 +68,19 @@ impl Config {
         Ok(c)
     }
 
+    /// Applies the usual AWS environment variables TileDB's S3 client does
+    /// not read itself: `AWS_REGION` (or `AWS_DEFAULT_REGION`) and
+    /// `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`). Credentials
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_PROFILE`) TileDB's S3 client reads on its own. A `TILEDB_VFS_S3_*`
+    /// variable for the same setting wins, and so does anything set later.
+    pub fn apply_aws_environment(&mut self) -> Result<()> {
+        for (key, value) in aws_settings(|k| std::env::var(k).ok().filter(|v| !v.is_empty())) {
+            self.set(key, &value)?;
+        }
+        Ok(())
+    }
+
     /// Sets `key` to `value`; TileDB rejects unknown-format values here.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let k = cstring("tiledb_config_set", key)?;
@@ -99,6 +112,85 @@ impl Config {
             }
             Ok(Some(CStr::from_ptr(value).to_string_lossy().into_owned()))
         }
+    }
+}
+
+/// The TileDB settings the AWS variables in `env` stand for (see
+/// [`Config::apply_aws_environment`]).
+fn aws_settings(env: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+    // TileDB itself reads `TILEDB_` + the key in capitals, dots as `_`.
+    let set_for_tiledb = |key: &str| env(&format!("TILEDB_{}", key.replace('.', "_").to_uppercase())).is_some();
+    let mut out = Vec::new();
+    if let Some(region) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"))
+        && !set_for_tiledb("vfs.s3.region")
+    {
+        out.push(("vfs.s3.region", region));
+    }
+    if let Some(url) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
+        let (scheme, host) = match url.split_once("://") {
+            Some((scheme, host)) => (Some(scheme.to_string()), host),
+            None => (None, url.as_str()),
+        };
+        if !set_for_tiledb("vfs.s3.endpoint_override") {
+            out.push(("vfs.s3.endpoint_override", host.trim_end_matches('/').to_string()));
+        }
+        if let Some(scheme) = scheme
+            && !set_for_tiledb("vfs.s3.scheme")
+        {
+            out.push(("vfs.s3.scheme", scheme));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod aws_tests {
+    use super::aws_settings;
+
+    fn settings(vars: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+        aws_settings(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn region_and_endpoint_come_from_aws_variables() {
+        assert_eq!(settings(&[]), vec![]);
+        assert_eq!(
+            settings(&[
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:3900/")
+            ]),
+            vec![
+                ("vfs.s3.region", "eu-west-1".to_string()),
+                ("vfs.s3.endpoint_override", "127.0.0.1:3900".to_string()),
+                ("vfs.s3.scheme", "http".to_string()),
+            ]
+        );
+        // The S3-specific variables win over the general ones.
+        assert_eq!(
+            settings(&[
+                ("AWS_REGION", "a"),
+                ("AWS_DEFAULT_REGION", "b"),
+                ("AWS_ENDPOINT_URL", "https://general"),
+                ("AWS_ENDPOINT_URL_S3", "s3.example.com"),
+            ]),
+            vec![
+                ("vfs.s3.region", "a".to_string()),
+                ("vfs.s3.endpoint_override", "s3.example.com".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tiledb_variables_win_over_aws_ones() {
+        assert_eq!(
+            settings(&[
+                ("AWS_REGION", "a"),
+                ("TILEDB_VFS_S3_REGION", "b"),
+                ("AWS_ENDPOINT_URL", "http://x:1"),
+                ("TILEDB_VFS_S3_SCHEME", "https"),
+            ]),
+            vec![("vfs.s3.endpoint_override", "x:1".to_string())]
+        );
     }
 }
 
