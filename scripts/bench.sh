@@ -22,6 +22,13 @@
 # Every mount is fresh (empty chunk cache). Prints a table, the targets with
 # PASS/FAIL, and writes everything to bench-out/bench.json.
 #
+# Then the S3 column (unless S3=0), on a Garage node on loopback started by
+# scripts/garage.sh (built first if missing: about 12 minutes): the cold
+# sequential read through the mount against the library's direct read, the
+# S3 requests of a mount start, of `ls -l` of a 10-file model directory and
+# of a full read, and `ls` and mount start-up on registries of 10 and 1,000
+# model directories (scripts/bench/bench_s3.py; bench-out/bench-s3.json).
+#
 # Run as root (it drops the page cache), from anywhere:
 #   scripts/bench.sh                     # 1 GiB, 5 runs: several minutes
 #   SIZE_MIB=64 RUNS=3 scripts/bench.sh  # quick check
@@ -35,6 +42,7 @@ cd "$root"
 SIZE_MIB="${SIZE_MIB:-1024}"
 RUNS="${RUNS:-5}"
 KEEP="${KEEP:-0}"
+S3="${S3:-1}"
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 say() { echo "bench: $*" >&2; }
@@ -50,6 +58,7 @@ bin="$root/target/release/modelfs"
 python="$root/.venv/bin/python"
 file="$out/model-${SIZE_MIB}MiB.safetensors"
 registry="$out/registry"
+garage_state="$out/garage"
 mkdir -p "$out"
 
 # Unmount whatever a run (this one, or one killed earlier) left mounted under
@@ -69,7 +78,9 @@ cleanup() {
     trap - EXIT INT TERM
     unmount_all
     rmdir "$out"/mnt-* 2>/dev/null || true  # never rm -r: one could still be mounted
-    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part"
+    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part" "$out/s3-model"
+    scripts/garage.sh stop "$garage_state" 2>/dev/null || true
+    rm -rf "$garage_state"
     if [ "$KEEP" = 1 ]; then
         say "KEEP=1: keeping $file and $registry"
     else
@@ -113,4 +124,21 @@ rm -rf "$registry"
 
 "$python" scripts/bench/bench.py run --bin "$bin" --out "$out" --file "$file" \
     --registry "$registry" --runs "$RUNS" --built-from "$built_from"
+
+if [ "$S3" = 1 ]; then
+    scripts/garage.sh install
+    rm -rf "$garage_state"
+    scripts/garage.sh start "$garage_state" 1
+    (
+        # shellcheck disable=SC1091
+        source "$garage_state/env"
+        s3_registry="$MODELFS_TEST_S3/bench-$(date +%s)/registry"
+        say "importing the file into $s3_registry"
+        "$bin" import --quiet "$file" "$s3_registry/model.safetensors"
+        "$python" scripts/bench/bench_s3.py --bin "$bin" --out "$out" --file "$file" \
+            --registry "$s3_registry" --runs "$RUNS" --built-from "$built_from" \
+            --admin-port "${GARAGE_ADMIN_PORTS%%,*}"
+    )
+    scripts/garage.sh stop "$garage_state"
+fi
 say "done in $((SECONDS - start)) s (after the build)"

@@ -19,7 +19,7 @@ BUCKET=modelfs-test
 # Test-only credentials for a server that lives as long as one test run.
 ACCESS_KEY=GK0123456789abcdef01234567
 SECRET_KEY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-RPC_SECRET=4d6f64656c66732074657374207270632073656372657420666f7220676172
+RPC_SECRET=6d6f64656c667300000000000000000000000000000000000000000000000000
 
 garage_bin() {
     if command -v garage >/dev/null 2>&1; then
@@ -99,7 +99,13 @@ start() {
         fi
         echo $! >>"$dir/pids"
     done
-    for p in "${s3_ports[@]}"; do wait_port "$p"; done
+    for p in "${s3_ports[@]}"; do
+        if ! wait_port "$p"; then
+            tail -n 5 "$dir"/node*/log >&2
+            stop "$dir"
+            return 1
+        fi
+    done
     if [ "$nodes" != 1 ]; then
         local c1="$dir/node1/garage.toml"
         for i in $(seq 2 "$nodes"); do

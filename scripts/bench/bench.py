@@ -188,13 +188,14 @@ class Mount:
 
 
 @contextmanager
-def mount(bin_, registry, path, log, read_only):
+def mount(bin_, registry, path, log, read_only, flags=()):
     path.mkdir(parents=True, exist_ok=True)
     if str(path) in mounted_paths():
         raise SystemExit(f"bench: {path} is already mounted (a previous run?); unmount it first")
     argv = [bin_, "mount", str(registry), str(path), "--foreground", "--log-file", str(log)]
     if read_only:
         argv.append("--read-only")
+    argv.extend(flags)
     # Its own session: a Ctrl-C reaches this script (which unmounts), not the daemon.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
     m = Mount(path, proc)
