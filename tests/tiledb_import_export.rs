@@ -277,3 +277,18 @@ fn secrets_from_the_environment_are_never_printed() {
         assert!(!text.contains(secret), "{args:?} printed the secret: {text}");
     }
 }
+
+#[test]
+fn a_group_that_is_not_a_member_can_still_be_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    std::fs::write(tmp.path().join("a.txt"), b"a").unwrap();
+    modelfs_ok(&["import", s(&tmp.path().join("a.txt")), &format!("{reg}/a.txt")]);
+    // Another tool makes a group inside the registry group without linking it.
+    let ctx = Context::new().unwrap();
+    let other = format!("{reg}/made-elsewhere");
+    tiledb::Group::create(&ctx, &other).unwrap();
+    assert_eq!(modelfs_ok(&["ls", &reg]), "a.txt\n");
+    modelfs_ok(&["import", s(&tmp.path().join("a.txt")), &format!("{other}/b.txt")]);
+    assert_eq!(modelfs_ok(&["ls", &other]), "b.txt\n");
+}

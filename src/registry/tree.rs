@@ -78,13 +78,18 @@ impl Registry {
     }
 
     /// The entry at `uri`, found by walking group member names from the
-    /// nearest plain ancestor, or `None` when nothing is there.
+    /// nearest plain ancestor, or `None` when nothing is there. A group or
+    /// array stored right at `uri` but not a member of its parent group
+    /// (made by another tool) is found too: the URI names it.
     pub fn resolve(&self, uri: &str) -> Result<Option<Entry>> {
         if let Some((parent_uri, name)) = split_parent(uri)
             && let Some(parent) = self.resolve(&parent_uri)?
         {
             if parent.storage == Storage::Group {
-                return self.lookup(&parent, &name);
+                if let Some(entry) = self.lookup(&parent, &name)? {
+                    return Ok(Some(entry));
+                }
+                return Ok(self.probe(uri, &name)?.filter(|e| e.storage != Storage::PlainDir));
             }
             if parent.storage == Storage::Array {
                 return Ok(None);
