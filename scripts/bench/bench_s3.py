@@ -120,7 +120,7 @@ def run(a):
 
     # The requests of listing a model directory.
     say("S3: importing a 10-file model directory")
-    run_cmd([bin_, "import", "--quiet", str(make_model_dir(out / "s3-model")), f"{reg}/bench-model"])
+    run_cmd([bin_, "import", "--quiet", "--force", str(make_model_dir(out / "s3-model")), f"{reg}/bench-model"])
     for i in range(runs):
         say(f"S3: mount start and ls -l of a 10-file model directory ({i + 1}/{runs})")
         with Requests(a.admin_port) as start_rq:
@@ -141,7 +141,7 @@ def run(a):
 
     # A registry of 1,000 model directories, and one of 10.
     for count in (10, 1000):
-        many = f"{reg}-dirs-{count}"
+        many = f"{reg}-dirs-{count}-{int(time.time())}"
         say(f"S3: making a registry of {count} model directories, one mkdir at a time")
         t = time.perf_counter()
         make_dirs(many, count)
