@@ -386,3 +386,27 @@ fn shell_redirection_into_a_safetensors_file_commits_the_whole_file() {
     modelfs_ok(&["export", &format!("{reg}/d.safetensors"), s(&out)]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
 }
+
+#[test]
+fn a_new_file_never_touches_an_unlinked_array_at_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    // Another mount's write in progress (or a crashed one): an array where
+    // the new name would be stored, not yet a member.
+    let ctx = Context::new().unwrap();
+    let registry = Registry::new(ctx.clone()).unwrap();
+    let other = registry.create_file_at("x.bin", &format!("{reg}/x.bin")).unwrap();
+    let mut w = file_array::FileWriter::begin(&ctx, &other.uri, "x.bin", 5).unwrap();
+    w.write(b"other").unwrap();
+    std::fs::write(mnt.dir.join("x.bin"), b"mine").unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join("x.bin")).unwrap(), b"mine");
+    // The other writer's array is still there and still commits.
+    w.commit(&file_array::FileKind::Plain).unwrap();
+    let meta = file_array::read_meta(&ctx, &other.uri).unwrap();
+    let mut buf = vec![0u8; 5];
+    FileArray::open_version(&ctx, &other.uri, meta)
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
+    assert_eq!(buf, b"other");
+}

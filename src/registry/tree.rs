@@ -210,11 +210,13 @@ impl Registry {
         }
     }
 
-    /// A storage URI for a new entry `name` in `dir` that no current entry
-    /// uses: the escaped name, or the escaped name with `~N` appended when a
-    /// renamed entry already sits there. Whatever else is found at the
-    /// chosen URI is what a crashed earlier write left (an array or group
-    /// that never became a member), and is removed.
+    /// A storage URI for a new entry `name` in `dir` where nothing is
+    /// stored yet: the escaped name, or the escaped name with `~N` appended
+    /// when that is taken, by a current entry (a renamed one) or by
+    /// anything else: an entry another mount of the same registry is
+    /// writing right now (it becomes a member only at its first commit), or
+    /// one a crashed write left. Such arrays are never removed here, since
+    /// from one mount the two cannot be told apart.
     pub fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         let base = match dir.storage {
             Storage::Group => storage_name(name),
@@ -225,16 +227,17 @@ impl Registry {
             .into_iter()
             .map(|e| e.uri.trim_end_matches('/').to_string())
             .collect();
-        let taken = |uri: &str| used.contains(uri) || used.contains(&uri.replace("file://", ""));
+        let taken = |uri: &str| -> Result<bool> {
+            Ok(used.contains(uri)
+                || used.contains(&uri.replace("file://", ""))
+                || used.contains(&format!("file://{uri}"))
+                || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
+        };
         let mut uri = join(&dir.uri, &base);
         let mut n = 1u32;
-        while taken(&uri) || taken(&format!("file://{uri}")) {
+        while taken(&uri)? {
             uri = join(&dir.uri, &format!("{base}~{n}"));
             n += 1;
-        }
-        if tiledb::object_type(&self.ctx, &uri)? != ObjectType::Invalid {
-            warn!("{uri}: removing an unfinished entry left by an earlier write");
-            tiledb::object_remove(&self.ctx, &uri)?;
         }
         Ok(uri)
     }
