@@ -36,7 +36,7 @@ install() {
         return
     fi
     echo "== building garage $GARAGE_VERSION (about 12 minutes on 2 cores)" >&2
-    cargo install garage --version "$GARAGE_VERSION" --locked --quiet
+    cargo install garage --version "$GARAGE_VERSION" --locked
 }
 
 free_port() {
