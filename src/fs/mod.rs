@@ -391,10 +391,7 @@ impl ModelFs {
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
         let (writer, node, fresh) = {
             let c = inode.lock();
-            let fresh = inode.ino == Ino::ROOT
-                || c.unlinked
-                || c.node.is_ml_child()
-                || c.read_at.elapsed() < self.config.metadata_ttl;
+            let fresh = inode.ino == Ino::ROOT || c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
             (c.active_writer(), c.node.clone(), fresh)
         };
         if let Some(w) = writer {
@@ -462,9 +459,14 @@ impl ModelFs {
         Ok(self.registry.lookup(&dir_entry, name)?.map(|e| (e, None)))
     }
 
+    /// Whether something read from the registry at `at` is still trusted.
+    fn within_ttl(&self, at: Instant) -> bool {
+        at.elapsed() < self.config.metadata_ttl
+    }
+
     fn fresh_listing(&self, dir: &Inode) -> Option<Arc<Vec<Entry>>> {
         match &dir.lock().listing {
-            Some((at, list)) if at.elapsed() < self.config.metadata_ttl => Some(list.clone()),
+            Some((at, list)) if self.within_ttl(*at) => Some(list.clone()),
             _ => None,
         }
     }
@@ -496,7 +498,7 @@ impl ModelFs {
             return None;
         }
         let c = inode.lock();
-        (c.read_at.elapsed() < self.config.metadata_ttl && !c.unlinked).then(|| c.node.clone())
+        (self.within_ttl(c.read_at) && !c.unlinked).then(|| c.node.clone())
     }
 
     /// The nodes of `entries` (in `parent`), `None` for those not shown or

@@ -222,16 +222,12 @@ impl Registry {
             Storage::Group => storage_name(name),
             _ => return Ok(join(&dir.uri, name)),
         };
-        let used: std::collections::HashSet<String> = self
-            .list_group(dir)?
-            .into_iter()
-            .map(|e| e.uri.trim_end_matches('/').to_string())
-            .collect();
+        // Members come back as `file:///...` where `dir.uri` may be a plain
+        // path: compare both without the local scheme.
+        let local = |uri: &str| uri.trim_start_matches("file://").trim_end_matches('/').to_string();
+        let used: std::collections::HashSet<String> = self.list_group(dir)?.iter().map(|e| local(&e.uri)).collect();
         let taken = |uri: &str| -> Result<bool> {
-            Ok(used.contains(uri)
-                || used.contains(&uri.replace("file://", ""))
-                || used.contains(&format!("file://{uri}"))
-                || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
+            Ok(used.contains(&local(uri)) || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
         };
         let mut uri = join(&dir.uri, &base);
         let mut n = 1u32;
