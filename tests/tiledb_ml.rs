@@ -21,9 +21,10 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `../shared/fixtures/tiledb-ml` beside the project root (read-only).
+/// `tests/data/tiledb_ml/fixtures`: real TileDB-ML arrays and the files a
+/// mount shows for them (copied before a mount opens them).
 fn fixtures_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiledb-ml");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiledb_ml/fixtures");
     assert!(dir.is_dir(), "{} missing", dir.display());
     dir
 }

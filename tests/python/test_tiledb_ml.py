@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "tiledb-ml"
+FIXTURES = ROOT / "tests" / "data" / "tiledb_ml" / "fixtures"
 EXPECTED = FIXTURES / "expected"
 NAMES = ["keras_mlp", "pytorch_mixed", "pytorch_mlp", "sklearn_linreg"]
 

@@ -1,6 +1,6 @@
 //! TileDB-ML model arrays (written by `tiledb-ml` 0.9 to 0.10) shown as
 //! read-only directories of pickle-free files. The array layout and the
-//! convention for the files are in `shared/fixtures/tiledb-ml/README.md`;
+//! convention for the files are in `tests/data/tiledb_ml/fixtures/README.md`;
 //! in short:
 //!
 //! | framework | field | files |

@@ -1,7 +1,7 @@
 """Extract the raw pickle bytes of every field of every tiledb-ml fixture.
 
 Usage: .venv/bin/python tests/data/tiledb_ml/extract.py [fixtures-dir]
-(fixtures-dir defaults to ../shared/fixtures/tiledb-ml beside the project root)
+(fixtures-dir defaults to fixtures/ beside this script)
 Writes tests/data/tiledb_ml/<fixture>/<field>.pkl. The fixture folder is read-only, so
 each array is copied to a temporary folder before TileDB opens it.
 """
@@ -14,9 +14,7 @@ import tiledb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-    os.path.dirname(ROOT), "shared", "fixtures", "tiledb-ml"
-)
+FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "fixtures")
 
 for name in sorted(os.listdir(FIXTURES)):
     src = os.path.join(FIXTURES, name)
