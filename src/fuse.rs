@@ -19,7 +19,7 @@ use fuser::{
 };
 use log::{debug, info, log};
 
-use crate::fs::{Attr, Error, Fh, Ino, Kind, ModelFs, Opened, SetAttr};
+use crate::fs::{Attr, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
 
 /// Largest readahead the kernel may ask for in one request, in bytes. The
 /// kernel's default (128 KiB) splits a page-cache read of a large file into
@@ -84,9 +84,9 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
         kind: match a.kind {
             Kind::Dir => FileType::Directory,
@@ -99,6 +99,13 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
     }
 }
 
@@ -200,7 +207,7 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -209,7 +216,11 @@ impl Filesystem for FuseAdapter {
         }
         let exclusive = flags & libc::O_EXCL != 0;
         let opener = process_of(req.pid());
-        let result = name_str(name, "create").and_then(|n| self.core.create(Ino(parent.0), n, exclusive, opener));
+        let who = owner(req);
+        let result = name_str(name, "create").and_then(|n| {
+            self.core
+                .create(Ino(parent.0), n, exclusive, opener, mode & !umask, who)
+        });
         match result {
             // Not cached by the kernel: the file exists only if its first
             // commit succeeds.
@@ -257,8 +268,8 @@ impl Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -267,11 +278,19 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let time = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        };
+        // A truncation comes with "mtime = now": its commit sets the mtime.
+        let mtime = mtime.filter(|t| size.is_none() || !matches!(t, TimeOrNow::Now));
         let change = SetAttr {
             size,
             mode,
             uid,
             gid,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
             fh: fh.map(|f| Fh(f.0)),
         };
         match self.core.setattr(Ino(ino.0), change) {
@@ -280,8 +299,9 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        match name_str(name, "mkdir").and_then(|n| self.core.mkdir(Ino(parent.0), n)) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let who = owner(req);
+        match name_str(name, "mkdir").and_then(|n| self.core.mkdir(Ino(parent.0), n, mode & !umask, who)) {
             Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
             Err(e) => fail(reply, "mkdir", e),
         }

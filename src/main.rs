@@ -308,7 +308,7 @@ fn ls(config: &[String], uri: &str, long: bool) -> Result<()> {
             continue;
         }
         let (kind, size, version) = match reg.node(&e) {
-            Ok(Node::Dir) => ("dir".to_string(), String::from("-"), String::from("-")),
+            Ok(Node::Dir(_)) => ("dir".to_string(), String::from("-"), String::from("-")),
             Ok(Node::File(m)) => (
                 m.kind.clone().unwrap_or_else(|| "file".into()),
                 m.size.to_string(),
@@ -336,7 +336,7 @@ fn info(config: &[String], uri: &str) -> Result<()> {
     let entry = resolve(&reg, uri)?;
     out!("uri:        {}", entry.uri);
     match reg.node(&entry)? {
-        Node::Dir => {
+        Node::Dir(attrs) => {
             let kind = if entry.storage == registry::Storage::Group {
                 "directory (TileDB group)"
             } else {
@@ -344,6 +344,7 @@ fn info(config: &[String], uri: &str) -> Result<()> {
             };
             out!("kind:       {kind}");
             out!("entries:    {}", reg.list(&entry)?.len());
+            print_attrs(&attrs)?;
             return Ok(());
         }
         Node::File(meta) => {
@@ -355,6 +356,7 @@ fn info(config: &[String], uri: &str) -> Result<()> {
             if let Some(ts) = meta.timestamp {
                 out!("version:    {ts} ({})", format_utc_ms(ts));
             }
+            print_attrs(&meta.attrs)?;
             if let Some(index) = &meta.tensors {
                 print_tensors(index)?;
             }
@@ -369,6 +371,22 @@ fn info(config: &[String], uri: &str) -> Result<()> {
         Node::Other { reason } => out!("kind:       TileDB array, not a modelfs file ({reason})"),
     }
     print_array(reg.context(), &entry.uri, &reg)
+}
+
+/// The modes, owners and times tools stored (a version's own time is its
+/// `version` line).
+fn print_attrs(attrs: &registry::Attrs) -> Result<()> {
+    if let Some(m) = attrs.mode {
+        out!("mode:       {m:04o}");
+    }
+    if attrs.uid.is_some() || attrs.gid.is_some() {
+        let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        out!("owner:      {}:{}", show(attrs.uid), show(attrs.gid));
+    }
+    if let Some(ns) = attrs.mtime_ns {
+        out!("mtime:      {} (set by a tool)", format_utc_ms(ns / 1_000_000));
+    }
+    Ok(())
 }
 
 fn print_tensors(index: &registry::TensorIndex) -> Result<()> {

@@ -31,6 +31,9 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
+    /// The last change of the bytes or of an attribute.
+    pub ctime: SystemTime,
     /// Permission bits (no file type).
     pub perm: u16,
     pub nlink: u32,

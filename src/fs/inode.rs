@@ -17,12 +17,13 @@ use super::attr::Ino;
 use super::read::FileVersion;
 use super::write::Writer;
 use crate::registry::tiledb_ml::TileDbMlModel;
-use crate::registry::{Entry, FileMeta};
+use crate::registry::{Attrs, Entry, FileMeta};
 
 /// What an inode was found to be.
 #[derive(Debug, Clone)]
 pub enum NodeState {
-    Dir,
+    /// A directory, with its stored attributes.
+    Dir(Attrs),
     File(FileMeta),
     /// A TileDB-ML model array (`prefix` empty) or a folder inside its view
     /// (`prefix` ends with `/`): read-only, generated.
@@ -39,7 +40,7 @@ pub enum NodeState {
 
 impl NodeState {
     pub fn is_dir(&self) -> bool {
-        matches!(self, NodeState::Dir | NodeState::MlDir { .. })
+        matches!(self, NodeState::Dir(_) | NodeState::MlDir { .. })
     }
 
     /// Generated inside a TileDB-ML view: refreshed through its model.
@@ -52,11 +53,13 @@ impl NodeState {
     }
 }
 
+/// Equal when they stand for the same bytes: attributes aside, so a
+/// `chmod` keeps the open version and the page cache.
 impl PartialEq for NodeState {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (NodeState::Dir, NodeState::Dir) => true,
-            (NodeState::File(a), NodeState::File(b)) => a == b,
+            (NodeState::Dir(_), NodeState::Dir(_)) => true,
+            (NodeState::File(a), NodeState::File(b)) => a.same_data(b),
             (NodeState::MlDir { model: a, prefix: p }, NodeState::MlDir { model: b, prefix: q }) => {
                 Arc::ptr_eq(a, b) && p == q
             }
@@ -69,17 +72,21 @@ impl PartialEq for NodeState {
 }
 
 /// Whether a node handed to [`InodeTable::upsert`] was just read from the
-/// registry (it is fresh from now) or taken from the cache (its age stays).
+/// registry (it is fresh from now), taken from the cache (its age stays),
+/// or only partly known (a directory from a listing: read it before use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     Read,
     Cached,
+    Partial,
 }
 
 /// Cached, refreshable state of an inode.
 pub struct Cached {
     pub node: NodeState,
-    pub read_at: Instant,
+    /// When `node` was read from the registry; `None` when it was never
+    /// read whole (a directory known from its parent's listing).
+    pub read_at: Option<Instant>,
     /// The open array for `node`'s version, made at the first open.
     pub version: Option<Arc<FileVersion>>,
     /// The version whose bytes the kernel may hold in its page cache.
@@ -101,7 +108,7 @@ impl Cached {
     fn new(node: NodeState) -> Self {
         Cached {
             node,
-            read_at: Instant::now(),
+            read_at: Some(Instant::now()),
             version: None,
             page_cache_version: None,
             writer: Weak::new(),
@@ -152,7 +159,7 @@ impl InodeTable {
         let root = Arc::new(Inode {
             ino: Ino::ROOT,
             place: RwLock::new((Ino::ROOT, root)),
-            cached: Mutex::new(Cached::new(NodeState::Dir)),
+            cached: Mutex::new(Cached::new(NodeState::Dir(Attrs::default()))),
         });
         t.by_ino
             .write()
@@ -192,21 +199,29 @@ impl InodeTable {
             let inode = inode.clone();
             drop((by_name, by_ino));
             let mut c = inode.lock();
+            if seen == Seen::Partial && c.node.is_dir() {
+                // What the listing knows adds nothing to a directory's node.
+                return inode.clone();
+            }
             if c.node != node {
                 c.version = None;
             }
             c.node = node;
             if seen == Seen::Read {
-                c.read_at = Instant::now();
+                c.read_at = Some(Instant::now());
             }
             drop(c);
             return inode;
         }
         let ino = Ino(self.next.fetch_add(1, Ordering::Relaxed));
+        let mut cached = Cached::new(node);
+        if seen == Seen::Partial {
+            cached.read_at = None;
+        }
         let inode = Arc::new(Inode {
             ino,
             place: RwLock::new((parent, entry)),
-            cached: Mutex::new(Cached::new(node)),
+            cached: Mutex::new(cached),
         });
         by_name.insert(key, ino);
         by_ino.insert(ino, inode.clone());

@@ -21,8 +21,9 @@ pub use attr::{Attr, DirItem, Fh, FsStats, Ino, Kind, Opened};
 pub use counters::{Counters, Snapshot};
 pub use error::{Error, Result};
 
+use crate::registry::file_array::now_ns;
 use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
-use crate::registry::{Entry, FileArray, Node, Registry, Storage};
+use crate::registry::{Attrs, Entry, FileArray, Node, Registry, Storage};
 use handles::{FileHandle, Handle, HandleTable, WriteHandle};
 use inode::{Inode, InodeTable, NodeState, Seen};
 use read::{ChunkCache, ChunkSource, FileVersion, PrefetchPool, Prefetcher};
@@ -196,7 +197,7 @@ impl ModelFs {
             Counters::add(&self.counters.registry_node_reads, 1);
         }
         match self.registry.node(entry) {
-            Ok(Node::Dir) => Ok(Some(NodeState::Dir)),
+            Ok(Node::Dir(attrs)) => Ok(Some(NodeState::Dir(attrs))),
             Ok(Node::File(meta)) => Ok(Some(NodeState::File(meta))),
             Ok(Node::TileDbMl { .. }) => match self.ml_model(&entry.uri) {
                 Ok(model) => Ok(Some(NodeState::MlDir {
@@ -322,63 +323,81 @@ impl ModelFs {
         Ok(())
     }
 
+    /// What `stat` shows for `node`: stored modes, owners and times over
+    /// the mount's defaults (0644 files, 0755 directories, owned by the
+    /// mounting user; a version's commit time as its mtime).
     fn attr_of(&self, ino: Ino, node: &NodeState) -> Attr {
         let w = if self.config.read_only { 0 } else { 0o200 };
+        let base = Attr {
+            ino,
+            kind: Kind::File,
+            size: 0,
+            mtime: self.started,
+            atime: self.started,
+            ctime: self.started,
+            perm: 0o444 | w,
+            nlink: 1,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        };
+        let at_ms = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
         match node {
-            NodeState::Dir => Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime: self.started,
-                perm: 0o555 | w,
-                nlink: 2,
-                uid: self.config.uid,
-                gid: self.config.gid,
-            },
-            NodeState::MlDir { model, .. } => Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime: UNIX_EPOCH + Duration::from_millis(model.version()),
-                perm: 0o555,
-                nlink: 2,
-                uid: self.config.uid,
-                gid: self.config.gid,
-            },
-            NodeState::MlFile { model, path } => Attr {
-                ino,
-                kind: Kind::File,
-                size: match model.entry(path) {
-                    Some(ViewEntry::Ready(f)) => f.len(),
-                    _ => 0,
+            NodeState::Dir(attrs) => with_attrs(
+                Attr {
+                    kind: Kind::Dir,
+                    perm: 0o555 | w,
+                    nlink: 2,
+                    ..base
                 },
-                mtime: UNIX_EPOCH + Duration::from_millis(model.version()),
-                perm: 0o444,
-                nlink: 1,
-                uid: self.config.uid,
-                gid: self.config.gid,
-            },
-            NodeState::File(meta) => Attr {
-                ino,
-                kind: Kind::File,
-                size: meta.size,
-                mtime: meta
-                    .timestamp
-                    .map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms)),
-                perm: 0o444 | w,
-                nlink: 1,
-                uid: self.config.uid,
-                gid: self.config.gid,
-            },
+                attrs,
+                None,
+            ),
+            NodeState::MlDir { model, .. } => {
+                let t = at_ms(model.version());
+                Attr {
+                    kind: Kind::Dir,
+                    perm: 0o555,
+                    nlink: 2,
+                    mtime: t,
+                    atime: t,
+                    ctime: t,
+                    ..base
+                }
+            }
+            NodeState::MlFile { model, path } => {
+                let t = at_ms(model.version());
+                Attr {
+                    size: match model.entry(path) {
+                        Some(ViewEntry::Ready(f)) => f.len(),
+                        _ => 0,
+                    },
+                    perm: 0o444,
+                    mtime: t,
+                    atime: t,
+                    ctime: t,
+                    ..base
+                }
+            }
+            NodeState::File(meta) => with_attrs(
+                Attr {
+                    size: meta.size,
+                    ..base
+                },
+                &meta.attrs,
+                meta.timestamp.map(at_ms),
+            ),
         }
     }
 
     fn stats_attr(&self) -> Attr {
+        let now = SystemTime::now();
         Attr {
             ino: Ino::STATS,
             kind: Kind::File,
             size: 0,
-            mtime: SystemTime::now(),
+            mtime: now,
+            atime: now,
+            ctime: now,
             perm: 0o444,
             nlink: 1,
             uid: self.config.uid,
@@ -391,12 +410,12 @@ impl ModelFs {
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
         let (writer, node, fresh) = {
             let c = inode.lock();
-            let fresh = inode.ino == Ino::ROOT || c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
+            let fresh = c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
             (c.active_writer(), c.node.clone(), fresh)
         };
         if let Some(w) = writer {
             let NodeState::File(mut meta) = node else {
-                return Ok(NodeState::Dir);
+                return Ok(node);
             };
             meta.size = lock(&w).size();
             return Ok(NodeState::File(meta));
@@ -417,7 +436,7 @@ impl ModelFs {
             c.version = None;
         }
         c.node = node.clone();
-        c.read_at = Instant::now();
+        c.read_at = Some(Instant::now());
         Ok(node)
     }
 
@@ -460,13 +479,13 @@ impl ModelFs {
     }
 
     /// Whether something read from the registry at `at` is still trusted.
-    fn within_ttl(&self, at: Instant) -> bool {
-        at.elapsed() < self.config.metadata_ttl
+    fn within_ttl(&self, at: Option<Instant>) -> bool {
+        at.is_some_and(|at| at.elapsed() < self.config.metadata_ttl)
     }
 
     fn fresh_listing(&self, dir: &Inode) -> Option<Arc<Vec<Entry>>> {
         match &dir.lock().listing {
-            Some((at, list)) if self.within_ttl(*at) => Some(list.clone()),
+            Some((at, list)) if self.within_ttl(Some(*at)) => Some(list.clone()),
             _ => None,
         }
     }
@@ -509,10 +528,12 @@ impl ModelFs {
         let mut out: Vec<Option<Option<(NodeState, Seen)>>> = entries
             .iter()
             .map(|e| {
-                if e.is_dir() {
-                    Some(Some((NodeState::Dir, Seen::Read)))
-                } else {
-                    self.known_node(parent, e).map(|n| Some((n, Seen::Cached)))
+                match self.known_node(parent, e) {
+                    Some(n) => Some(Some((n, Seen::Cached))),
+                    // A directory's kind is known from the listing; its
+                    // attributes are read when it is looked up.
+                    None if e.is_dir() => Some(Some((NodeState::Dir(Attrs::default()), Seen::Partial))),
+                    None => None,
                 }
             })
             .collect();
@@ -577,7 +598,12 @@ impl ModelFs {
         }
         let inode = self.inode(ino)?;
         let node = self.fresh_node(&inode)?;
-        Ok(self.attr_of(ino, &node))
+        let mut attr = self.attr_of(ino, &node);
+        if inode.lock().unlinked {
+            // Open but removed from its directory (`fstat`).
+            attr.nlink = 0;
+        }
+        Ok(attr)
     }
 
     /// Opens a directory: its listing is taken now and read by offset.
@@ -721,7 +747,7 @@ impl ModelFs {
         }
         let existing = inode.lock().version.clone();
         let version = match existing {
-            Some(v) if v.file().meta() == &meta => v,
+            Some(v) if v.file().meta().same_data(&meta) => v,
             _ => {
                 let file = FileArray::open_version(self.registry.context(), &inode.entry().uri, meta)?;
                 let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -812,7 +838,16 @@ impl ModelFs {
 
     /// Creates (or, without `exclusive`, opens and truncates) file `name` in
     /// `parent` for writing. It is listed at once and committed at close.
-    pub fn create(&self, parent: Ino, name: &str, exclusive: bool, opener: Option<u32>) -> Result<(Attr, Opened)> {
+    /// `mode` has the umask applied; `who` makes it.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        exclusive: bool,
+        opener: Option<u32>,
+        mode: u32,
+        who: Owner,
+    ) -> Result<(Attr, Opened)> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "create")?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
@@ -854,11 +889,13 @@ impl ModelFs {
             uri,
             storage: crate::registry::Storage::Array,
         };
+        let attrs = self.new_attrs(mode, who);
         let blank = crate::registry::FileMeta {
             size: 0,
             timestamp: None,
             kind: None,
             tensors: None,
+            attrs,
         };
         let inode = self
             .inodes
@@ -868,7 +905,10 @@ impl ModelFs {
             entry,
             exists: false,
         };
-        let opened = self.attach_writer(&inode, Writer::new(target, true, self.staging.clone(), 0), opener)?;
+        let mut writer = Writer::new(target, true, self.staging.clone(), 0);
+        writer.set_attrs(attrs);
+        let opened = self.attach_writer(&inode, writer, opener)?;
+        self.touch_dir(parent);
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
     }
 
@@ -922,7 +962,12 @@ impl ModelFs {
     }
 
     fn commit(&self, w: &WriteHandle) -> Result<()> {
-        let committed = lock(&w.writer).commit(&self.registry).inspect_err(|_| {
+        let (committed, was_new) = {
+            let mut writer = lock(&w.writer);
+            let was_new = !writer.target().exists;
+            (writer.commit(&self.registry), was_new)
+        };
+        let committed = committed.inspect_err(|_| {
             Counters::add(&self.counters.commit_failures, 1);
         })?;
         if committed.is_some() {
@@ -931,13 +976,17 @@ impl ModelFs {
         if committed.is_some()
             && let Some(inode) = self.inodes.get(w.ino)
         {
-            self.forget_listing(inode.parent());
+            if was_new {
+                self.touch_dir(inode.parent());
+            } else {
+                self.forget_listing(inode.parent());
+            }
             let entry = lock(&w.writer).target().entry.clone();
             // The new version becomes what lookups and opens see.
             if let Ok(Node::File(meta)) = self.registry.node(&entry) {
                 let mut c = inode.lock();
                 c.node = NodeState::File(meta);
-                c.read_at = Instant::now();
+                c.read_at = Some(Instant::now());
                 c.version = None;
                 c.page_cache_version = None;
             }
@@ -1029,55 +1078,134 @@ impl ModelFs {
         Ok(out)
     }
 
-    /// Changes attributes. Only the size can change (truncate / extend, as a
-    /// new version or through the open writer `fh`); times are accepted and
-    /// ignored (a version's time is its commit); mode and owner are EPERM.
+    /// Changes attributes: the size (truncate / extend, as a new version or
+    /// through the open writer `fh`), and the mode, owner and times, stored
+    /// without a new version (see [`crate::registry::attrs`]).
     pub fn setattr(&self, ino: Ino, change: SetAttr) -> Result<Attr> {
-        let inode = self.inode(ino)?;
-        if change.mode.is_some() || change.uid.is_some() || change.gid.is_some() {
-            return Err(Error::new(
-                libc::EPERM,
-                log::Level::Debug,
-                format!("{}: modes and owners are fixed", inode.entry().uri),
-            ));
+        if ino == Ino::STATS {
+            return Err(Error::read_only(STATS_NAME));
         }
+        let inode = self.inode(ino)?;
         if let Some(size) = change.size {
-            self.check_writable(&inode.entry().uri)?;
-            // Through the handle it came with, or the file's open writer (the
-            // kernel truncates for `O_TRUNC` without naming the handle).
-            let writer = match change.fh.and_then(|fh| self.handles.get(fh)).as_deref() {
-                Some(Handle::Write(w)) => Some(w.writer.clone()),
-                _ => inode.lock().active_writer(),
-            };
-            match writer {
-                Some(w) => lock(&w).truncate(&self.registry, size)?,
-                None => {
-                    let opened = self.open_writer(&inode, size == 0, None)?;
-                    let result = match self.handles.get(opened.fh).as_deref() {
-                        Some(Handle::Write(w)) => lock(&w.writer)
-                            .truncate(&self.registry, size)
-                            .and_then(|()| self.commit(w)),
-                        _ => Ok(()),
-                    };
-                    self.release(opened.fh);
-                    result?;
-                }
-            }
+            self.truncate(&inode, size, change.fh)?;
+        }
+        let attrs = change.stored()?;
+        if !attrs.is_empty() {
+            self.set_attrs(&inode, attrs)?;
         }
         self.getattr(ino)
     }
 
+    fn truncate(&self, inode: &Arc<Inode>, size: u64, fh: Option<Fh>) -> Result<()> {
+        self.check_writable(&inode.entry().uri)?;
+        // Through the handle it came with, or the file's open writer (the
+        // kernel truncates for `O_TRUNC` without naming the handle).
+        let writer = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
+            Some(Handle::Write(w)) => Some(w.writer.clone()),
+            _ => inode.lock().active_writer(),
+        };
+        if let Some(w) = writer {
+            return lock(&w).truncate(&self.registry, size);
+        }
+        // Nobody writes it: a new version of `size` bytes, committed now.
+        let opened = self.open_writer(inode, size == 0, None)?;
+        let result = match self.handles.get(opened.fh).as_deref() {
+            Some(Handle::Write(w)) => {
+                let truncated = lock(&w.writer).truncate(&self.registry, size);
+                truncated.and_then(|()| self.commit(w))
+            }
+            _ => Ok(()),
+        };
+        self.release(opened.fh);
+        result
+    }
+
+    /// Stores `change` for `inode`: at once, and with its writer's next
+    /// commit when one is open (a commit resets the times it does not
+    /// carry). A new file not committed yet gets them at its first commit.
+    fn set_attrs(&self, inode: &Arc<Inode>, change: Attrs) -> Result<()> {
+        let node = self.fresh_node(inode)?;
+        let current = self.attr_of(inode.ino, &node);
+        let unchanged = change.mtime_ns.is_none()
+            && change.atime_ns.is_none()
+            && change.mode.is_none_or(|m| m == u32::from(current.perm))
+            && change.uid.is_none_or(|u| u == current.uid)
+            && change.gid.is_none_or(|g| g == current.gid);
+        if unchanged {
+            return Ok(());
+        }
+        if matches!(node, NodeState::MlDir { .. } | NodeState::MlFile { .. }) {
+            self.refuse_ml_change(inode, "changing attributes")?;
+        }
+        self.check_writable(&inode.entry().uri)?;
+        let writer = inode.lock().active_writer();
+        let committed = match writer {
+            Some(w) => {
+                let mut w = lock(&w);
+                w.set_attrs(change);
+                w.target().exists
+            }
+            None => true,
+        };
+        if committed {
+            self.registry.set_attrs(&inode.entry(), &change)?;
+        }
+        let change = Attrs {
+            ctime_ns: Some(now_ns()),
+            ..change
+        };
+        let mut c = inode.lock();
+        match &mut c.node {
+            NodeState::Dir(a) => *a = a.with(&change),
+            NodeState::File(meta) => meta.attrs = meta.attrs.with(&change),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Records in directory `ino`'s cached node that its entries changed
+    /// now (the registry stamps the group as it changes it), and drops its
+    /// listing.
+    fn touch_dir(&self, ino: Ino) {
+        let Some(dir) = self.inodes.get(ino) else { return };
+        let now = Some(now_ns());
+        let mut c = dir.lock();
+        c.listing = None;
+        if let NodeState::Dir(a) = &mut c.node {
+            a.mtime_ns = now;
+            a.ctime_ns = now;
+        }
+    }
+
+    /// The attributes a new entry made by `who` with `mode` stores: its
+    /// mode, and its owner where that is not the mounting user.
+    fn new_attrs(&self, mode: u32, who: Owner) -> Attrs {
+        Attrs {
+            mode: Some(mode & crate::registry::attrs::MODE_BITS),
+            uid: (who.uid != self.config.uid).then_some(who.uid),
+            gid: (who.gid != self.config.gid).then_some(who.gid),
+            ..Attrs::default()
+        }
+    }
+
     /// Creates directory `name` in `parent` (a group, linked into its parent).
-    pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr> {
+    /// `mode` has the umask applied; `who` makes it.
+    pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, who: Owner) -> Result<Attr> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
         if self.child(&dir, name, Listed::Fresh)?.is_some() {
             return Err(Error::new(libc::EEXIST, log::Level::Debug, format!("{name}: exists")));
         }
-        let entry = self.registry.mkdir(&dir.entry(), name)?;
-        self.forget_listing(parent);
-        let inode = self.inodes.upsert(parent, entry, NodeState::Dir, Seen::Read);
-        Ok(self.attr_of(inode.ino, &NodeState::Dir))
+        let mut attrs = self.new_attrs(mode, who);
+        if attrs.mode == Some(0o755) {
+            // The default: no metadata write needed.
+            attrs.mode = None;
+        }
+        let entry = self.registry.mkdir(&dir.entry(), name, &attrs)?;
+        self.touch_dir(parent);
+        let node = NodeState::Dir(attrs);
+        let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
+        Ok(self.attr_of(inode.ino, &node))
     }
 
     /// Removes file `name` from `parent`. Its storage is deleted now, or
@@ -1102,7 +1230,7 @@ impl ModelFs {
         });
         if exists {
             self.registry.unlink(&dir.entry(), &entry)?;
-            self.forget_listing(parent);
+            self.touch_dir(parent);
         }
         self.inodes.remove_name(parent, name);
         let open = inode.as_ref().is_some_and(|i| {
@@ -1151,7 +1279,7 @@ impl ModelFs {
             ));
         }
         self.registry.remove(&dir.entry(), &entry)?;
-        self.forget_listing(parent);
+        self.touch_dir(parent);
         self.inodes.remove_name(parent, name);
         info!("removed directory {}", entry.uri);
         Ok(())
@@ -1202,12 +1330,12 @@ impl ModelFs {
             }
         }
         let moved = self.registry.rename(&dir.entry(), &entry, &new_dir.entry(), new_name)?;
-        self.forget_listing(parent);
-        self.forget_listing(new_parent);
+        self.touch_dir(parent);
+        self.touch_dir(new_parent);
         match self.inodes.find(parent, name) {
             Some(inode) => self.inodes.rename(&inode, new_parent, moved.clone()),
             None => {
-                let node = self.node_of(&moved)?.unwrap_or(NodeState::Dir);
+                let node = self.node_of(&moved)?.unwrap_or(NodeState::Dir(Attrs::default()));
                 self.inodes.upsert(new_parent, moved.clone(), node, Seen::Read);
             }
         }
@@ -1286,8 +1414,8 @@ impl ModelFs {
         let old_name = w.target().entry.name.clone();
         w.retarget(dir_entry, entry.clone(), exists, replaces);
         drop(w);
-        self.forget_listing(inode.parent());
-        self.forget_listing(new_dir.ino);
+        self.touch_dir(inode.parent());
+        self.touch_dir(new_dir.ino);
         self.inodes.rename(inode, new_dir.ino, entry);
         debug!("renamed {old_name} (open for writing) to {new_name}");
         Ok(())
@@ -1333,8 +1461,61 @@ pub struct SetAttr {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Times to set (`utimensat`; "now" already resolved by the adapter).
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
     /// The handle the change came through, if any (`ftruncate`).
     pub fh: Option<Fh>,
+}
+
+impl SetAttr {
+    /// The attributes this change stores; EINVAL for times before 1970,
+    /// which are not stored.
+    fn stored(&self) -> Result<Attrs> {
+        let ns = |t: Option<SystemTime>| -> Result<Option<u64>> {
+            t.map(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| u64::try_from(d.as_nanos()).ok())
+                    .ok_or_else(|| Error::new(libc::EINVAL, log::Level::Debug, format!("time {t:?} cannot be stored")))
+            })
+            .transpose()
+        };
+        Ok(Attrs {
+            mode: self.mode.map(|m| m & crate::registry::attrs::MODE_BITS),
+            uid: self.uid,
+            gid: self.gid,
+            mtime_ns: ns(self.mtime)?,
+            atime_ns: ns(self.atime)?,
+            ctime_ns: None,
+        })
+    }
+}
+
+/// Who asks for a new entry: it is theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `attr` with what `attrs` stores; `committed` is the version's commit
+/// time (a file's mtime unless a tool set one).
+fn with_attrs(attr: Attr, attrs: &Attrs, committed: Option<SystemTime>) -> Attr {
+    let at_ns = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+    let mtime = attrs.mtime_ns.map(at_ns).or(committed).unwrap_or(attr.mtime);
+    let ctime = committed.max(attrs.ctime_ns.map(at_ns)).unwrap_or(attr.ctime);
+    Attr {
+        mtime,
+        atime: attrs.atime_ns.map_or(mtime, at_ns),
+        ctime,
+        perm: attrs
+            .mode
+            .map_or(attr.perm, |m| (m & crate::registry::attrs::MODE_BITS) as u16),
+        uid: attrs.uid.unwrap_or(attr.uid),
+        gid: attrs.gid.unwrap_or(attr.gid),
+        ..attr
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -59,6 +59,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{uri}: {what} cannot be stored")]
+    Unsupported { uri: String, what: &'static str },
     #[error("{uri}: not a TileDB-ML model array: {reason}")]
     NotATileDbMlModel { uri: String, reason: String },
     /// A field of a TileDB-ML model array that shows no files (boxed: it

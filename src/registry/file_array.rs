@@ -17,6 +17,7 @@ use crate::tiledb::{
     self, Array, AttributeSpec, Context, Datatype, DimensionSpec, GlobalWrite, MetaValue, Mode, Schema,
 };
 
+use super::attrs::{self, Attrs};
 use super::error::{Error, Result};
 use super::names::split_extension;
 use super::safetensors_index::TensorIndex;
@@ -85,6 +86,15 @@ pub struct FileMeta {
     /// `safetensors`, `file`, or `None` for arrays written by other tools.
     pub kind: Option<String>,
     pub tensors: Option<TensorIndex>,
+    /// Modes, owners and times set by tools (not part of the version).
+    pub attrs: Attrs,
+}
+
+impl FileMeta {
+    /// Whether `other` describes the same bytes (attributes aside).
+    pub fn same_data(&self, other: &FileMeta) -> bool {
+        self.size == other.size && self.timestamp == other.timestamp && self.kind == other.kind
+    }
 }
 
 /// Whether a schema has the shape of a file array; `Err` says why not.
@@ -135,6 +145,7 @@ pub fn parse_meta(uri: &str, meta: &[(String, MetaValue)]) -> Result<FileMeta> {
         timestamp: get(KEY_TIMESTAMP).and_then(|v| v.as_u64()),
         kind,
         tensors,
+        attrs: Attrs::parse(meta),
     })
 }
 
@@ -242,11 +253,35 @@ fn next_timestamp(ctx: &Context, uri: &str) -> Result<u64> {
     let latest_meta = match Array::open(ctx, uri, Mode::Read) {
         Ok(mut a) => parse_meta(uri, &a.metadata()?)
             .ok()
-            .and_then(|m| m.timestamp)
-            .unwrap_or(0),
+            .map_or(0, |m| m.timestamp.unwrap_or(0).max(m.attrs.written_ms())),
         Err(_) => 0,
     };
     Ok(tiledb::now_ms().max(latest_fragment + 1).max(latest_meta + 1))
+}
+
+/// Stores `change` in the metadata of the file array at `uri` without a new
+/// data version, stamped after every version and attribute write there so
+/// it is the latest; `ctime_ns` is set to that moment.
+pub fn set_attrs(ctx: &Context, uri: &str, change: &Attrs) -> Result<()> {
+    let at = next_timestamp(ctx, uri)?;
+    let now_ns = now_ns();
+    let change = Attrs {
+        ctime_ns: Some(now_ns.max(at.saturating_mul(1_000_000))),
+        ..*change
+    };
+    let mut array = Array::open_at(ctx, uri, Mode::Write, Some(at))?;
+    for (key, value) in change.entries() {
+        array.put_metadata(key, &value)?;
+    }
+    array.close()?;
+    Ok(())
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Where whole tiles go: a global-order write when there is at least one.
@@ -271,6 +306,8 @@ pub struct FileWriter {
     /// Whole-tile bytes gathered for the next submit.
     pending: Vec<u8>,
     written: u64,
+    /// Attributes committed with the version (times unset: the commit's).
+    attrs: Attrs,
 }
 
 impl FileWriter {
@@ -309,6 +346,7 @@ impl FileWriter {
             tail: Vec::new(),
             pending: Vec::new(),
             written: 0,
+            attrs: Attrs::default(),
         })
     }
 
@@ -319,6 +357,12 @@ impl FileWriter {
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Attributes to commit with this version: the mode and owner stay for
+    /// later versions; times not set here become the commit's.
+    pub fn set_attrs(&mut self, attrs: Attrs) {
+        self.attrs = attrs;
     }
 
     /// Appends the next bytes of the file.
@@ -377,6 +421,15 @@ impl FileWriter {
         array.put_metadata(KEY_FORMAT, &MetaValue::u64(FORMAT_VERSION))?;
         array.put_metadata(KEY_KIND, &MetaValue::text(kind.name()))?;
         array.put_metadata(KEY_TIMESTAMP, &MetaValue::u64(self.timestamp))?;
+        let set = self.attrs.entries();
+        for key in [attrs::KEY_MTIME_NS, attrs::KEY_ATIME_NS] {
+            if !set.iter().any(|(k, _)| *k == key) {
+                array.delete_metadata(key)?;
+            }
+        }
+        for (key, value) in &set {
+            array.put_metadata(key, value)?;
+        }
         match kind {
             FileKind::Safetensors(index) => {
                 let json = serde_json::to_string(index).map_err(|e| Error::Corrupt {

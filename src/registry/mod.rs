@@ -5,6 +5,7 @@
 //! of pickle-free files ([`tiledb_ml`]). See the README's "Registry format"
 //! section.
 
+pub mod attrs;
 mod error;
 pub mod file_array;
 pub mod names;
@@ -14,6 +15,7 @@ pub mod transfer;
 mod tree;
 pub mod uri;
 
+pub use attrs::Attrs;
 pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
 pub use safetensors_index::{TensorEntry, TensorIndex};

@@ -160,7 +160,7 @@ fn import_dir(
         Some(e) if !force => return Err(Error::AlreadyExists { uri: e.uri }),
         Some(e) if e.is_dir() => e,
         Some(e) => return Err(Error::NotADirectory { uri: e.uri }),
-        None => reg.mkdir(parent, name)?,
+        None => reg.mkdir(parent, name, &crate::registry::Attrs::default())?,
     };
     totals.dirs += 1;
     let mut children: Vec<PathBuf> = std::fs::read_dir(source)
@@ -293,7 +293,7 @@ fn export_entry(
     failures: &mut Vec<FieldError>,
 ) -> Result<()> {
     match reg.node(entry)? {
-        Node::Dir => {
+        Node::Dir(_) => {
             prepare_dir(dest, force)?;
             totals.dirs += 1;
             for child in reg.list(entry)? {

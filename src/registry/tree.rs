@@ -7,8 +7,9 @@ use log::{debug, warn};
 
 use crate::tiledb::{self, Array, Context, Group, GroupMode, MetaValue, Mode, ObjectType, Vfs};
 
+use super::attrs::Attrs;
 use super::error::{Error, Result};
-use super::file_array::{self, FileMeta};
+use super::file_array::{self, FileMeta, now_ns};
 use super::names::{invalid_name_reason, last_component, storage_name};
 use super::uri::{join, split_parent};
 
@@ -44,17 +45,15 @@ impl Entry {
 /// What an entry holds, as far as modelfs is concerned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
-    Dir,
+    /// A directory, with what tools stored of its attributes (nothing for
+    /// plain directories).
+    Dir(Attrs),
     /// A file array, at its latest committed version.
     File(FileMeta),
     /// A TileDB-ML model array, with its framework.
-    TileDbMl {
-        framework: String,
-    },
+    TileDbMl { framework: String },
     /// An array modelfs does not show, and why.
-    Other {
-        reason: String,
-    },
+    Other { reason: String },
 }
 
 /// A registry reached through one TileDB context.
@@ -193,8 +192,13 @@ impl Registry {
 
     /// Tells what `entry` holds, reading the array's schema and metadata.
     pub fn node(&self, entry: &Entry) -> Result<Node> {
-        if entry.is_dir() {
-            return Ok(Node::Dir);
+        match entry.storage {
+            Storage::Group => {
+                let group = Group::open(&self.ctx, &entry.uri, GroupMode::Read)?;
+                return Ok(Node::Dir(Attrs::parse(&group.metadata()?)));
+            }
+            Storage::PlainDir => return Ok(Node::Dir(Attrs::default())),
+            Storage::Array => {}
         }
         let mut array = Array::open(&self.ctx, &entry.uri, Mode::Read)?;
         let schema = array.schema()?;
@@ -248,8 +252,8 @@ impl Registry {
         }
     }
 
-    /// Creates directory `name` in `dir` as a group and links it.
-    pub fn mkdir(&self, dir: &Entry, name: &str) -> Result<Entry> {
+    /// Creates directory `name` in `dir` as a group with `attrs` and links it.
+    pub fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry> {
         Self::check_new_name(name)?;
         if self.lookup(dir, name)?.is_some() {
             return Err(Error::AlreadyExists {
@@ -263,6 +267,9 @@ impl Registry {
             uri,
             storage: Storage::Group,
         };
+        if !attrs.is_empty() {
+            self.set_attrs(&entry, attrs)?;
+        }
         self.link(dir, &entry)?;
         Ok(entry)
     }
@@ -295,8 +302,7 @@ impl Registry {
         }
         let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
         self.add_member(&mut group, dir, entry)?;
-        group.close()?;
-        Ok(())
+        close_changed(group)
     }
 
     fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
@@ -323,8 +329,7 @@ impl Registry {
         let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
         group.remove_member(&old.name)?;
         self.add_member(&mut group, dir, new)?;
-        group.close()?;
-        Ok(())
+        close_changed(group)
     }
 
     /// Takes `entry` out of `dir` without deleting its storage (a group
@@ -334,7 +339,7 @@ impl Registry {
         if dir.storage == Storage::Group {
             let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
             group.remove_member(&entry.name)?;
-            group.close()?;
+            close_changed(group)?;
         }
         Ok(())
     }
@@ -390,7 +395,7 @@ impl Registry {
             group.close()?;
             let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
             group.remove_member(&entry.name)?;
-            group.close()?;
+            close_changed(group)?;
         } else {
             self.link(new_dir, &moved)?;
             self.unlink(dir, entry)?;
@@ -411,7 +416,7 @@ impl Registry {
         match split_parent(uri) {
             Some((parent_uri, name)) => {
                 let parent = self.ensure_dir(&parent_uri)?;
-                self.mkdir(&parent, &name)
+                self.mkdir(&parent, &name, &Attrs::default())
             }
             None => {
                 // A bucket or filesystem root that does not list as a
@@ -423,6 +428,31 @@ impl Registry {
                     storage: Storage::Group,
                 })
             }
+        }
+    }
+
+    /// Stores `change` (modes, owners, times) for `entry` without touching
+    /// its data: array or group metadata. Plain directories cannot hold
+    /// any (`Unsupported`).
+    pub fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<()> {
+        match entry.storage {
+            Storage::Array => file_array::set_attrs(&self.ctx, &entry.uri, change),
+            Storage::Group => {
+                let mut group = Group::open(&self.ctx, &entry.uri, GroupMode::Write)?;
+                let change = Attrs {
+                    ctime_ns: Some(now_ns()),
+                    ..*change
+                };
+                for (key, value) in change.entries() {
+                    group.put_metadata(key, &value)?;
+                }
+                group.close()?;
+                Ok(())
+            }
+            Storage::PlainDir => Err(Error::Unsupported {
+                uri: entry.uri.clone(),
+                what: "attributes of a plain directory (not a TileDB group)",
+            }),
         }
     }
 
@@ -440,4 +470,20 @@ impl Registry {
     pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
         Ok(Array::open(&self.ctx, uri, Mode::Read)?.metadata()?)
     }
+}
+
+/// Closes a group whose members just changed, stamping its mtime and ctime
+/// (a directory's times change when entries are added or removed).
+fn close_changed(mut group: Group) -> Result<()> {
+    let now = Some(now_ns());
+    let stamp = Attrs {
+        mtime_ns: now,
+        ctime_ns: now,
+        ..Attrs::default()
+    };
+    for (key, value) in stamp.entries() {
+        group.put_metadata(key, &value)?;
+    }
+    group.close()?;
+    Ok(())
 }

@@ -26,13 +26,8 @@ impl Mode {
     }
 }
 
-/// One metadata value: its type, element count and raw little-endian bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetaValue {
-    pub datatype: Datatype,
-    pub num: u32,
-    pub bytes: Vec<u8>,
-}
+use super::metadata;
+pub use super::metadata::MetaValue;
 
 impl MetaValue {
     pub fn u64(v: u64) -> Self {
@@ -198,84 +193,18 @@ impl Array {
 
     /// Every metadata key and value (array opened for reading), sorted by key.
     pub fn metadata(&mut self) -> Result<Vec<(String, MetaValue)>> {
-        let mut n = 0u64;
-        // SAFETY: open array, valid out-pointer.
-        self.ctx.call("tiledb_array_get_metadata_num", |c| unsafe {
-            ffi::tiledb_array_get_metadata_num(c, self.raw, &mut n)
-        })?;
-        let mut out = Vec::new();
-        for i in 0..n {
-            let mut key: *const std::ffi::c_char = ptr::null();
-            let mut key_len = 0u32;
-            let mut datatype = 0u32;
-            let mut num = 0u32;
-            let mut value: *const c_void = ptr::null();
-            // SAFETY: i < n; key and value are owned by the open array and
-            // copied at once, with lengths from TileDB.
-            unsafe {
-                self.ctx.call("tiledb_array_get_metadata_from_index", |c| {
-                    ffi::tiledb_array_get_metadata_from_index(
-                        c,
-                        self.raw,
-                        i,
-                        &mut key,
-                        &mut key_len,
-                        &mut datatype,
-                        &mut num,
-                        &mut value,
-                    )
-                })?;
-                let key = String::from_utf8_lossy(std::slice::from_raw_parts(key as *const u8, key_len as usize))
-                    .into_owned();
-                let datatype = Datatype(datatype);
-                let bytes = if value.is_null() {
-                    Vec::new()
-                } else {
-                    let len = (num as u64).saturating_mul(datatype.size()) as usize;
-                    std::slice::from_raw_parts(value as *const u8, len).to_vec()
-                };
-                let num = if bytes.is_empty() { 0 } else { num };
-                out.push((key, MetaValue { datatype, num, bytes }));
-            }
-        }
-        Ok(out)
+        metadata::ARRAY.read_all(&self.ctx, self.raw)
     }
 
     /// Stages `key = value` (array opened for writing); written at close.
     pub fn put_metadata(&mut self, key: &str, value: &MetaValue) -> Result<()> {
-        let c_key = cstring("tiledb_array_put_metadata", key)?;
-        let size = value.datatype.size();
-        if size == 0 || value.bytes.len() as u64 != (value.num as u64) * size {
-            return Err(Error::new(
-                "tiledb_array_put_metadata",
-                format!(
-                    "{key}: {} bytes do not hold {} values of {}",
-                    value.bytes.len(),
-                    value.num,
-                    value.datatype
-                ),
-            ));
-        }
-        let ptr = if value.bytes.is_empty() {
-            ptr::null()
-        } else {
-            value.bytes.as_ptr() as *const c_void
-        };
-        // SAFETY: `ptr` holds `num` values of `datatype` (checked above);
-        // TileDB copies them.
-        self.ctx.call("tiledb_array_put_metadata", |c| unsafe {
-            ffi::tiledb_array_put_metadata(c, self.raw, c_key.as_ptr(), value.datatype.0, value.num, ptr)
-        })
+        metadata::ARRAY.put(&self.ctx, self.raw, key, value)
     }
 
     /// Stages the removal of `key` (array opened for writing); a missing key
     /// is not an error.
     pub fn delete_metadata(&mut self, key: &str) -> Result<()> {
-        let c_key = cstring("tiledb_array_delete_metadata", key)?;
-        // SAFETY: open array; the key outlives the call.
-        self.ctx.call("tiledb_array_delete_metadata", |c| unsafe {
-            ffi::tiledb_array_delete_metadata(c, self.raw, c_key.as_ptr())
-        })
+        metadata::ARRAY.delete(&self.ctx, self.raw, key)
     }
 
     /// Closes the array, reporting errors (a write-open array persists its

@@ -474,6 +474,34 @@ unsafe extern "C" {
         group: *mut tiledb_group_t,
         name_or_uri: *const c_char,
     ) -> capi_return_t;
+    pub fn tiledb_group_put_metadata(
+        ctx: *mut tiledb_ctx_t,
+        group: *mut tiledb_group_t,
+        key: *const c_char,
+        ty: tiledb_datatype_t,
+        num: u32,
+        value: *const c_void,
+    ) -> capi_return_t;
+    pub fn tiledb_group_delete_metadata(
+        ctx: *mut tiledb_ctx_t,
+        group: *mut tiledb_group_t,
+        key: *const c_char,
+    ) -> capi_return_t;
+    pub fn tiledb_group_get_metadata_num(
+        ctx: *mut tiledb_ctx_t,
+        group: *mut tiledb_group_t,
+        num: *mut u64,
+    ) -> capi_return_t;
+    pub fn tiledb_group_get_metadata_from_index(
+        ctx: *mut tiledb_ctx_t,
+        group: *mut tiledb_group_t,
+        index: u64,
+        key: *mut *const c_char,
+        key_len: *mut u32,
+        ty: *mut tiledb_datatype_t,
+        num: *mut u32,
+        value: *mut *const c_void,
+    ) -> capi_return_t;
     pub fn tiledb_group_get_member_count(
         ctx: *mut tiledb_ctx_t,
         group: *mut tiledb_group_t,

@@ -5,6 +5,7 @@ use std::ptr;
 use super::context::{Context, cstring};
 use super::error::{Error, Result};
 use super::ffi;
+use super::metadata::{self, MetaValue};
 use super::object::ObjectType;
 
 /// One member of a group.
@@ -76,6 +77,27 @@ impl Group {
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Every metadata key and value (group opened for reading), sorted by key.
+    pub fn metadata(&self) -> Result<Vec<(String, MetaValue)>> {
+        metadata::GROUP
+            .read_all(&self.ctx, self.raw)
+            .map_err(|e| self.in_uri(e))
+    }
+
+    /// Stages `key = value` (group opened for writing); written at close.
+    pub fn put_metadata(&mut self, key: &str, value: &MetaValue) -> Result<()> {
+        metadata::GROUP
+            .put(&self.ctx, self.raw, key, value)
+            .map_err(|e| self.in_uri(e))
+    }
+
+    /// Stages the removal of `key` (group opened for writing).
+    pub fn delete_metadata(&mut self, key: &str) -> Result<()> {
+        metadata::GROUP
+            .delete(&self.ctx, self.raw, key)
+            .map_err(|e| self.in_uri(e))
     }
 
     fn in_uri(&self, e: Error) -> Error {

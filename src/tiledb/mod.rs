@@ -11,6 +11,7 @@ mod ffi;
 mod filter;
 mod fragment_info;
 mod group;
+mod metadata;
 mod object;
 mod schema;
 mod vfs;

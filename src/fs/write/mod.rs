@@ -30,7 +30,7 @@ use log::{info, warn};
 
 use crate::registry::safetensors_index::{self, header_len};
 use crate::registry::transfer::is_safetensors_name;
-use crate::registry::{self, Entry, FileArray, FileKind, FileWriter, Registry};
+use crate::registry::{self, Attrs, Entry, FileArray, FileKind, FileWriter, Registry};
 
 use super::error::{Error, Result};
 pub use staging::{StagingArea, StagingFile};
@@ -91,6 +91,9 @@ pub struct Writer {
     staging: Arc<StagingArea>,
     /// Bytes changed since the last commit.
     dirty: bool,
+    /// Attributes set while open (the mode of a new file, `fchmod`,
+    /// `futimens`), stored with the next commit.
+    attrs: Attrs,
 }
 
 fn failed(errno: i32, message: String) -> Error {
@@ -115,7 +118,13 @@ impl Writer {
             target,
             replaces: None,
             staging,
+            attrs: Attrs::default(),
         }
+    }
+
+    /// Adds `change` to the attributes the next commit stores.
+    pub fn set_attrs(&mut self, change: Attrs) {
+        self.attrs = self.attrs.with(&change);
     }
 
     pub fn target(&self) -> &Target {
@@ -445,11 +454,16 @@ impl Writer {
     fn commit_inner(&mut self, reg: &Registry, kind: FileKind) -> Result<u64> {
         let was_new = !self.target.exists;
         let state = std::mem::replace(&mut self.state, State::Clean { size: 0 });
+        let attrs = self.attrs;
         let (ts, size) = match state {
-            State::Streaming(s) => (s.writer.commit(&s.kind)?, s.size),
+            State::Streaming(mut s) => {
+                s.writer.set_attrs(attrs);
+                (s.writer.commit(&s.kind)?, s.size)
+            }
             State::Buffering(buf) => {
                 let entry = self.ensure_array(reg)?;
                 let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, buf.bytes.len() as u64)?;
+                w.set_attrs(attrs);
                 w.write(&buf.bytes)?;
                 (w.commit(&kind)?, buf.bytes.len() as u64)
             }
@@ -457,6 +471,7 @@ impl Writer {
                 let size = f.size();
                 let entry = self.ensure_array(reg)?;
                 let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
+                w.set_attrs(attrs);
                 let mut offset = 0;
                 while offset < size {
                     let chunk = f.read_at(offset, registry::transfer::COPY_CHUNK_BYTES as u32)?;
@@ -489,6 +504,8 @@ impl Writer {
         if let State::Clean { size: s } = &mut self.state {
             *s = size;
         }
+        // Stored now; times set later apply to later versions only.
+        self.attrs = Attrs::default();
         info!("committed {} ({size} bytes, version {ts})", self.target.entry.uri);
         Ok(ts)
     }

@@ -1,0 +1,207 @@
+//! Modes, owners and times through real mounts (issue #12): what `chmod`,
+//! `chown` and `utimensat` store, that storing them writes no new data
+//! version, and that they survive a remount and reach other mounts.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use modelfs::registry::{Registry, file_array};
+use modelfs::tiledb::Context;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
+    let reg = registry_uri(tmp);
+    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
+    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
+    (reg, mnt)
+}
+
+fn version_of(reg_uri: &str) -> Option<u64> {
+    let ctx = Context::new().unwrap();
+    let reg = Registry::new(ctx.clone()).unwrap();
+    let entry = reg.resolve(reg_uri).unwrap()?;
+    file_array::read_meta(&ctx, &entry.uri).unwrap().timestamp
+}
+
+/// Sets atime and mtime of `path` (ns precision) through `utimensat`.
+fn set_times(path: &Path, atime: SystemTime, mtime: SystemTime) {
+    let ts = |t: SystemTime| {
+        let d = t.duration_since(UNIX_EPOCH).unwrap();
+        libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        }
+    };
+    let times = [ts(atime), ts(mtime)];
+    let c = std::ffi::CString::new(s(path)).unwrap();
+    // SAFETY: valid path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(
+        rc,
+        0,
+        "utimensat {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+const OLD: Duration = Duration::from_nanos(1_600_000_000_123_456_789);
+
+#[test]
+fn chmod_chown_utimens_are_stored_without_a_new_version_and_survive_remount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let file = mnt.dir.join("seed.txt");
+    let before = version_of(&format!("{reg}/seed.txt"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
+    set_times(&file, UNIX_EPOCH + OLD, UNIX_EPOCH + OLD);
+    let dir = mnt.dir.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    set_times(&dir, UNIX_EPOCH + OLD, UNIX_EPOCH + OLD);
+    // chown to the current owner and chmod to the current mode succeed.
+    std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert_eq!(
+        version_of(&format!("{reg}/seed.txt")),
+        before,
+        "attributes wrote a data version"
+    );
+    drop(mnt);
+
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
+    let m = std::fs::metadata(mnt.dir.join("seed.txt")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o750);
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    assert_eq!(m.modified().unwrap(), UNIX_EPOCH + OLD, "mtime kept to the ns");
+    assert_eq!(std::fs::read(mnt.dir.join("seed.txt")).unwrap(), b"seed");
+    let d = std::fs::metadata(mnt.dir.join("d")).unwrap();
+    assert_eq!(d.mode() & 0o7777, 0o700);
+    assert_eq!(d.modified().unwrap(), UNIX_EPOCH + OLD);
+}
+
+#[test]
+fn a_new_version_takes_its_commit_time_and_keeps_the_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let file = mnt.dir.join("seed.txt");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    set_times(&file, UNIX_EPOCH + OLD, UNIX_EPOCH + OLD);
+    let start = SystemTime::now() - Duration::from_secs(1);
+    std::fs::write(&file, b"second version").unwrap();
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert!(
+        m.modified().unwrap() >= start,
+        "mtime {:?} is not the commit's",
+        m.modified()
+    );
+    assert!(m.len() == 14);
+}
+
+#[test]
+fn create_and_mkdir_store_the_mode_with_the_umask_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let script = mnt.dir.join("run.sh");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o775)
+            .open(&script)
+            .unwrap();
+        f.write_all(b"#!/bin/sh\necho hi\n").unwrap();
+    }
+    std::fs::create_dir(mnt.dir.join("private")).unwrap();
+    std::fs::set_permissions(mnt.dir.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The test process's umask (usually 022) applies to create.
+    let umask = {
+        // SAFETY: umask only swaps the process's mask; restored at once.
+        let old = unsafe { libc::umask(0o022) };
+        unsafe { libc::umask(old) };
+        old as u32
+    };
+    assert_eq!(mode(&script), 0o775 & !umask);
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
+    assert_eq!(mode(&mnt.dir.join("run.sh")), 0o775 & !umask);
+    assert_eq!(mode(&mnt.dir.join("private")), 0o700);
+    let out = std::process::Command::new(mnt.dir.join("run.sh")).output().unwrap();
+    assert_eq!(out.stdout, b"hi\n");
+}
+
+#[test]
+fn fchmod_and_futimens_on_a_file_being_written_are_committed_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let path = mnt.dir.join("new.bin");
+    let f = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    (&f).write_all(&pseudo_random(3, 100_000)).unwrap();
+    f.set_permissions(std::fs::Permissions::from_mode(0o640)).unwrap();
+    f.set_modified(UNIX_EPOCH + OLD).unwrap();
+    drop(f);
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.modified().unwrap()), (0o640, UNIX_EPOCH + OLD));
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
+    let m = std::fs::metadata(mnt.dir.join("new.bin")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.modified().unwrap()), (0o640, UNIX_EPOCH + OLD));
+}
+
+#[test]
+fn directory_mtime_changes_when_entries_come_and_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let dir = mnt.dir.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    set_times(&dir, UNIX_EPOCH + OLD, UNIX_EPOCH + OLD);
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert_eq!(mtime(&dir), UNIX_EPOCH + OLD);
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    let after_create = mtime(&dir);
+    assert!(after_create > UNIX_EPOCH + OLD, "create left the directory's mtime");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_times(&dir, UNIX_EPOCH + OLD, UNIX_EPOCH + OLD);
+    std::fs::remove_file(dir.join("f")).unwrap();
+    assert!(mtime(&dir) > UNIX_EPOCH + OLD, "unlink left the directory's mtime");
+}
+
+#[test]
+fn another_mount_sees_a_chmod_within_the_ttl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, a) = mounted(tmp.path(), &[]);
+    let b = MountGuard::new(&reg, &tmp.path().join("b"), &[]);
+    assert_eq!(mode(&b.dir.join("seed.txt")), 0o644);
+    std::fs::set_permissions(a.dir.join("seed.txt"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(mode(&b.dir.join("seed.txt")), 0o604);
+}
+
+#[test]
+fn info_shows_the_commit_time_and_the_stored_attributes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    std::fs::set_permissions(mnt.dir.join("seed.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    set_times(&mnt.dir.join("seed.txt"), UNIX_EPOCH + OLD, UNIX_EPOCH + OLD);
+    let info = modelfs_ok(&["info", &format!("{reg}/seed.txt")]);
+    assert!(info.contains("version:"), "{info}");
+    assert!(info.contains("mode:       0600"), "{info}");
+    assert!(info.contains("mtime:      2020-09-13 12:26:40.123 UTC"), "{info}");
+}
