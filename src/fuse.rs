@@ -79,6 +79,15 @@ fn fail(reply: impl ErrorReply, op: &str, err: Error) {
     reply.error(Errno::from_i32(err.errno));
 }
 
+impl FuseAdapter {
+    /// How long the kernel may keep `attr`: not at all while the file is
+    /// being written (a `stat` after `close()` must see the commit's size
+    /// and mtime), the metadata TTL otherwise.
+    fn attr_ttl(&self, attr: &Attr) -> Duration {
+        if attr.changing { Duration::ZERO } else { self.ttl }
+    }
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
@@ -176,17 +185,21 @@ impl Filesystem for FuseAdapter {
         self.core.log_summary();
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(Ino(ino.0), nlookup);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = name_str(name, "lookup").and_then(|n| self.core.lookup(Ino(parent.0), n));
         match result {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.attr_ttl(&attr), &file_attr(&attr), Generation(0)),
             Err(e) => fail(reply, "lookup", e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(Ino(ino.0)) {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.attr_ttl(&attr), &file_attr(&attr)),
             Err(e) => fail(reply, "getattr", e),
         }
     }
@@ -294,7 +307,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| Fh(f.0)),
         };
         match self.core.setattr(Ino(ino.0), change) {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.attr_ttl(&attr), &file_attr(&attr)),
             Err(e) => fail(reply, "setattr", e),
         }
     }
@@ -302,7 +315,7 @@ impl Filesystem for FuseAdapter {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let who = owner(req);
         match name_str(name, "mkdir").and_then(|n| self.core.mkdir(Ino(parent.0), n, mode & !umask, who)) {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.attr_ttl(&attr), &file_attr(&attr), Generation(0)),
             Err(e) => fail(reply, "mkdir", e),
         }
     }

@@ -39,6 +39,9 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Open for writing: size and times change until the commit, so the
+    /// kernel must not keep these.
+    pub changing: bool,
 }
 
 /// One entry of a directory listing.

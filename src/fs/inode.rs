@@ -95,9 +95,14 @@ pub struct Cached {
     pub writer: Weak<Mutex<Writer>>,
     /// Open handles on this inode.
     pub open_handles: u32,
-    /// Removed from its directory while open: its storage is deleted when
-    /// the last handle closes.
+    /// Removed from its directory.
     pub unlinked: bool,
+    /// References the kernel holds (entries it was given, not yet
+    /// forgotten).
+    pub lookups: u64,
+    /// Removed while open: its storage is deleted when the last handle
+    /// closes.
+    pub delete_on_close: bool,
     /// A directory's entries and when they were listed: lookups and
     /// listings within the metadata TTL use them instead of asking the
     /// registry (one group read on object stores is several requests).
@@ -114,6 +119,8 @@ impl Cached {
             writer: Weak::new(),
             open_handles: 0,
             unlinked: false,
+            lookups: 0,
+            delete_on_close: false,
             listing: None,
         }
     }
@@ -194,7 +201,7 @@ impl InodeTable {
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(ino) = by_name.get(&key)
             && let Some(inode) = by_ino.get(ino)
-            && inode.entry().uri == entry.uri
+            && crate::registry::uri::same(&inode.entry().uri, &entry.uri)
         {
             let inode = inode.clone();
             drop((by_name, by_ino));
@@ -265,6 +272,46 @@ impl InodeTable {
                 writer.is_some_and(|w| !w.lock().unwrap_or_else(PoisonError::into_inner).target().exists)
             })
             .collect()
+    }
+
+    /// The kernel was given `inode` in an entry reply. A `forget` of its
+    /// earlier references may have dropped it since it was found: it is
+    /// put back (and under its name, unless that now names another).
+    pub fn remember(&self, inode: &Arc<Inode>) {
+        let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+        let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
+        by_ino.entry(inode.ino).or_insert_with(|| inode.clone());
+        let (parent, entry) = inode.place.read().unwrap_or_else(PoisonError::into_inner).clone();
+        by_name.entry((parent, entry.name)).or_insert(inode.ino);
+        inode.lock().lookups += 1;
+    }
+
+    /// The kernel dropped `n` references to `ino`; with none left and no
+    /// open handle, the inode is dropped (the root never is).
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == Ino::ROOT {
+            return;
+        }
+        let Some(inode) = self.get(ino) else { return };
+        {
+            let mut c = inode.lock();
+            c.lookups = c.lookups.saturating_sub(n);
+            if c.lookups > 0 || c.open_handles > 0 || c.active_writer().is_some() {
+                return;
+            }
+        }
+        let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+        let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
+        // Looked up again meanwhile: keep it.
+        if inode.lock().lookups > 0 {
+            return;
+        }
+        let (parent, entry) = inode.place.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let key = (parent, entry.name);
+        if by_name.get(&key) == Some(&ino) {
+            by_name.remove(&key);
+        }
+        by_ino.remove(&ino);
     }
 
     /// Number of inodes known.

@@ -339,6 +339,7 @@ impl ModelFs {
             nlink: 1,
             uid: self.config.uid,
             gid: self.config.gid,
+            changing: false,
         };
         let at_ms = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
         match node {
@@ -402,16 +403,17 @@ impl ModelFs {
             nlink: 1,
             uid: self.config.uid,
             gid: self.config.gid,
+            changing: true,
         }
     }
 
     /// Re-reads an inode's node when it is older than the TTL. A file being
     /// written shows its writer's size.
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
-        let (writer, node, fresh) = {
+        let (writer, node, fresh, read_at) = {
             let c = inode.lock();
             let fresh = c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
-            (c.active_writer(), c.node.clone(), fresh)
+            (c.active_writer(), c.node.clone(), fresh, c.read_at)
         };
         if let Some(w) = writer {
             let NodeState::File(mut meta) = node else {
@@ -432,6 +434,10 @@ impl ModelFs {
             )
         })?;
         let mut c = inode.lock();
+        if c.read_at != read_at {
+            // Refreshed while this read ran (a commit here): that is newer.
+            return Ok(c.node.clone());
+        }
         if c.node != node {
             c.version = None;
         }
@@ -513,7 +519,7 @@ impl ModelFs {
     /// the metadata TTL, if there is one.
     fn known_node(&self, parent: Ino, entry: &Entry) -> Option<NodeState> {
         let inode = self.inodes.find(parent, &entry.name)?;
-        if inode.entry().uri != entry.uri {
+        if !crate::registry::uri::same(&inode.entry().uri, &entry.uri) {
             return None;
         }
         let c = inode.lock();
@@ -562,10 +568,30 @@ impl ModelFs {
     }
 
     /// Looks up `name` in directory `parent`.
+    /// The kernel holds a reference to the inode returned until it forgets
+    /// it ([`ModelFs::forget`]).
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr> {
+        let (mut attr, inode) = self.lookup_inner(parent, name)?;
+        if let Some(inode) = inode {
+            self.inodes.remember(&inode);
+            attr.changing |= inode.lock().active_writer().is_some();
+        }
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` references to `ino`: an inode no longer
+    /// referenced nor open is dropped with what it caches.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    fn lookup_inner(&self, parent: Ino, name: &str) -> Result<(Attr, Option<Arc<Inode>>)> {
         Counters::add(&self.counters.lookups, 1);
+        if name.len() > crate::registry::names::NAME_MAX_BYTES {
+            return Err(invalid_name(name, "longer than 255 bytes"));
+        }
         if parent == Ino::ROOT && name == STATS_NAME {
-            return Ok(self.stats_attr());
+            return Ok((self.stats_attr(), None));
         }
         let dir = self.dir_inode(parent)?;
         let dir_node = dir.lock().node.clone();
@@ -574,22 +600,22 @@ impl ModelFs {
                 .ok_or_else(|| Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri)))?;
             let entry = Self::ml_entry(&dir, name);
             let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
-            return Ok(self.attr_of(inode.ino, &node));
+            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         let (entry, known) = self
             .child(&dir, name, Listed::Cached)?
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
         if let Some(inode) = known {
             let node = self.fresh_node(&inode)?;
-            return Ok(self.attr_of(inode.ino, &node));
+            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         if let Some(node) = self.known_node(parent, &entry) {
             let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
-            return Ok(self.attr_of(inode.ino, &node));
+            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         let node = self.node_of(&entry)?.ok_or_else(|| Error::not_found(&entry.uri))?;
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
-        Ok(self.attr_of(inode.ino, &node))
+        Ok((self.attr_of(inode.ino, &node), Some(inode)))
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -599,10 +625,12 @@ impl ModelFs {
         let inode = self.inode(ino)?;
         let node = self.fresh_node(&inode)?;
         let mut attr = self.attr_of(ino, &node);
-        if inode.lock().unlinked {
+        let c = inode.lock();
+        if c.unlinked {
             // Open but removed from its directory (`fstat`).
             attr.nlink = 0;
         }
+        attr.changing = c.active_writer().is_some();
         Ok(attr)
     }
 
@@ -851,12 +879,7 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "create")?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
-            let errno = if name.len() > crate::registry::names::NAME_MAX_BYTES {
-                libc::ENAMETOOLONG
-            } else {
-                libc::EINVAL
-            };
-            return Err(Error::new(errno, log::Level::Debug, format!("{name:?}: {reason}")));
+            return Err(invalid_name(name, reason));
         }
         if let Some((entry, known)) = self.child(&dir, name, Listed::Fresh)? {
             if exclusive {
@@ -880,6 +903,7 @@ impl ModelFs {
                 }
             };
             let opened = self.open_writer(&inode, true, opener)?;
+            self.inodes.remember(&inode);
             return Ok((self.getattr(inode.ino)?, opened));
         }
         let dir_entry = dir.entry();
@@ -909,6 +933,7 @@ impl ModelFs {
         writer.set_attrs(attrs);
         let opened = self.attach_writer(&inode, writer, opener)?;
         self.touch_dir(parent);
+        self.inodes.remember(&inode);
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
     }
 
@@ -1024,13 +1049,10 @@ impl ModelFs {
             let delete = {
                 let mut c = inode.lock();
                 c.open_handles = c.open_handles.saturating_sub(1);
-                c.open_handles == 0 && c.unlinked
+                c.open_handles == 0 && std::mem::take(&mut c.delete_on_close)
             };
-            if delete {
-                let entry = inode.entry();
-                if let Err(e) = self.registry.delete_storage(&entry) {
-                    warn!("{}: deleting the storage of an unlinked file failed: {e}", entry.uri);
-                }
+            if delete && let Some(dir) = self.inodes.get(inode.parent()) {
+                self.delete_unlinked(&dir, &inode.entry());
             }
         }
     }
@@ -1205,11 +1227,13 @@ impl ModelFs {
         self.touch_dir(parent);
         let node = NodeState::Dir(attrs);
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
+        self.inodes.remember(&inode);
         Ok(self.attr_of(inode.ino, &node))
     }
 
     /// Removes file `name` from `parent`. Its storage is deleted now, or
-    /// when the last open handle closes.
+    /// when the last open handle closes. A new file not committed yet has
+    /// none: its handles keep their bytes and commit nothing.
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "unlink")?;
@@ -1224,28 +1248,83 @@ impl ModelFs {
             ));
         }
         let inode = known.or_else(|| self.inodes.find(parent, name));
-        let exists = inode.as_ref().is_none_or(|i| {
-            let writer = i.lock().active_writer();
-            writer.is_none_or(|w| lock(&w).target().exists)
-        });
-        if exists {
+        let writer = inode.as_ref().and_then(|i| i.lock().active_writer());
+        // Linked: a member of the directory; stored: it has storage.
+        let (linked, stored) = match &writer {
+            Some(w) => {
+                let mut w = lock(w);
+                if !w.target().exists {
+                    w.discard();
+                }
+                (w.target().exists, w.target().exists || w.has_own_array())
+            }
+            None => (true, true),
+        };
+        if linked {
             self.registry.unlink(&dir.entry(), &entry)?;
-            self.touch_dir(parent);
         }
+        self.touch_dir(parent);
         self.inodes.remove_name(parent, name);
-        let open = inode.as_ref().is_some_and(|i| {
-            let mut c = i.lock();
-            c.unlinked = true;
-            c.open_handles > 0
-        });
-        if exists && !open {
-            self.registry.delete_storage(&entry)?;
+        let open = self.mark_unlinked(inode.as_deref());
+        if let Some(i) = &inode {
+            i.lock().delete_on_close &= stored;
+        }
+        if stored && !open {
+            self.delete_unlinked(&dir, &entry);
         }
         info!("removed {}", entry.uri);
         Ok(())
     }
 
-    /// Removes the empty directory `name` from `parent`.
+    /// Marks `inode` (if known) removed from its directory; true when it is
+    /// still open, so its storage goes when the last handle closes.
+    fn mark_unlinked(&self, inode: Option<&Inode>) -> bool {
+        inode.is_some_and(|i| {
+            let mut c = i.lock();
+            c.unlinked = true;
+            c.delete_on_close = c.open_handles > 0;
+            c.delete_on_close
+        })
+    }
+
+    /// Deletes the storage of `entry`, just taken out of directory `dir`,
+    /// unless it lies outside the registry or another entry of `dir` still
+    /// names it (written so by another tool). Failures are logged: the
+    /// entry is gone either way.
+    fn delete_unlinked(&self, dir: &Inode, entry: &Entry) {
+        let root = self.inodes.get(Ino::ROOT).map(|r| r.entry().uri).unwrap_or_default();
+        if !crate::registry::uri::is_inside(&entry.uri, &root) {
+            warn!(
+                "{}: storage outside the registry {root}; removed from the directory, not deleted",
+                entry.uri
+            );
+            return;
+        }
+        let dir_entry = dir.entry();
+        // A plain directory lists what is stored in it: no other names.
+        let names = match dir_entry.storage {
+            Storage::Group => self.registry.list(&dir_entry),
+            _ => Ok(Vec::new()),
+        };
+        match names {
+            Ok(list) if list.iter().any(|e| crate::registry::uri::same(&e.uri, &entry.uri)) => {
+                info!("{}: still named by another entry; not deleted", entry.uri);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("{}: not deleted, its directory cannot be listed: {e}", entry.uri);
+                return;
+            }
+        }
+        if let Err(e) = self.registry.delete_storage(entry) {
+            warn!("{}: removed, but deleting its storage failed: {e}", entry.uri);
+        }
+    }
+
+    /// Removes the empty directory `name` from `parent`. ENOTEMPTY when it
+    /// holds anything, shown or not (arrays that are not files, entries
+    /// with names that cannot be shown, files being created).
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rmdir")?;
@@ -1253,8 +1332,21 @@ impl ModelFs {
             .registry
             .lookup(&dir.entry(), name)?
             .ok_or_else(|| Error::not_found(name))?;
+        self.check_removable_dir(parent, &entry)?;
+        self.registry.unlink(&dir.entry(), &entry)?;
+        self.touch_dir(parent);
+        let child = self.inodes.find(parent, name);
+        self.inodes.remove_name(parent, name);
+        self.mark_unlinked(child.as_deref());
+        self.delete_unlinked(&dir, &entry);
+        info!("removed directory {}", entry.uri);
+        Ok(())
+    }
+
+    /// Ok when `entry` (in `parent`) is a directory holding nothing.
+    fn check_removable_dir(&self, parent: Ino, entry: &Entry) -> Result<()> {
         if !entry.is_dir() {
-            if let Ok(Some(NodeState::MlDir { .. })) = self.node_of(&entry) {
+            if let Ok(Some(NodeState::MlDir { .. })) = self.node_of(entry) {
                 return Err(Error::new(
                     libc::EROFS,
                     log::Level::Info,
@@ -1267,31 +1359,31 @@ impl ModelFs {
                 format!("{}: not a directory", entry.uri),
             ));
         }
-        let child = self.inodes.find(parent, name);
+        let child = self.inodes.find(parent, &entry.name);
         let busy = child
             .as_ref()
             .is_some_and(|c| !self.inodes.uncommitted_children(c.ino).is_empty());
-        if busy || !self.registry.list(&entry)?.is_empty() {
+        if busy || !self.registry.is_empty_dir(entry)? {
             return Err(Error::new(
                 libc::ENOTEMPTY,
                 log::Level::Debug,
                 format!("{}: not empty", entry.uri),
             ));
         }
-        self.registry.remove(&dir.entry(), &entry)?;
-        self.touch_dir(parent);
-        self.inodes.remove_name(parent, name);
-        info!("removed directory {}", entry.uri);
         Ok(())
     }
 
     /// Renames `name` in `parent` to `new_name` in `new_parent`, replacing a
-    /// file already there (POSIX). Files being written cannot be renamed
-    /// (EBUSY); a directory replaces only an empty directory.
+    /// file or an empty directory already there (POSIX), at no instant
+    /// leaving the new name empty. Files being written cannot replace or be
+    /// replaced (EBUSY) except by the writer's own rename.
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rename")?;
         let new_dir = self.changeable_dir(new_parent, "rename")?;
+        if let Some(reason) = crate::registry::names::invalid_name_reason(new_name) {
+            return Err(invalid_name(new_name, reason));
+        }
         let (entry, known) = self
             .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
@@ -1308,13 +1400,19 @@ impl ModelFs {
                 "cannot move a directory into itself",
             ));
         }
-        if let Some((target, target_known)) = self.child(&new_dir, new_name, Listed::Fresh)? {
+        let target = self.child(&new_dir, new_name, Listed::Fresh)?;
+        if let Some((target, target_known)) = &target {
             if target_known.is_some() {
                 return Err(Error::new(
                     libc::EBUSY,
                     log::Level::Info,
                     format!("{}: being written", target.uri),
                 ));
+            }
+            if crate::registry::uri::same(&target.uri, &entry.uri) {
+                // Two names of one stored entry: POSIX renames of hard
+                // links to each other do nothing.
+                return Ok(());
             }
             match (entry.is_dir(), target.is_dir()) {
                 (false, true) => return Err(Error::new(libc::EISDIR, log::Level::Debug, "target is a directory")),
@@ -1325,13 +1423,25 @@ impl ModelFs {
                         "target is not a directory",
                     ));
                 }
-                (true, true) => self.rmdir(new_parent, new_name)?,
-                (false, false) => self.unlink(new_parent, new_name)?,
+                (true, true) => self.check_removable_dir(new_parent, target)?,
+                (false, false) => {}
             }
         }
-        let moved = self.registry.rename(&dir.entry(), &entry, &new_dir.entry(), new_name)?;
+        let replaced = target.map(|(t, _)| t);
+        let new_dir_entry = new_dir.entry();
+        let moved = self
+            .registry
+            .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
         self.touch_dir(parent);
         self.touch_dir(new_parent);
+        if let Some(old) = &replaced {
+            let old_inode = self.inodes.find(new_parent, new_name);
+            self.inodes.remove_name(new_parent, new_name);
+            // A plain directory's target was deleted by the move itself.
+            if !self.mark_unlinked(old_inode.as_deref()) && new_dir_entry.storage == Storage::Group {
+                self.delete_unlinked(&new_dir, old);
+            }
+        }
         match self.inodes.find(parent, name) {
             Some(inode) => self.inodes.rename(&inode, new_parent, moved.clone()),
             None => {
@@ -1339,7 +1449,7 @@ impl ModelFs {
                 self.inodes.upsert(new_parent, moved.clone(), node, Seen::Read);
             }
         }
-        info!("renamed {} to {}", entry.uri, moved.uri);
+        info!("renamed {}/{name} to {}/{new_name}", dir.entry().uri, new_dir_entry.uri);
         Ok(())
     }
 
@@ -1516,6 +1626,17 @@ fn with_attrs(attr: Attr, attrs: &Attrs, committed: Option<SystemTime>) -> Attr 
         gid: attrs.gid.unwrap_or(attr.gid),
         ..attr
     }
+}
+
+/// ENAMETOOLONG for names over 255 bytes, EINVAL for other names that
+/// cannot be stored.
+fn invalid_name(name: &str, reason: &str) -> Error {
+    let errno = if name.len() > crate::registry::names::NAME_MAX_BYTES {
+        libc::ENAMETOOLONG
+    } else {
+        libc::EINVAL
+    };
+    Error::new(errno, log::Level::Debug, format!("{name:?}: {reason}"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

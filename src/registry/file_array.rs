@@ -151,7 +151,7 @@ pub fn parse_meta(uri: &str, meta: &[(String, MetaValue)]) -> Result<FileMeta> {
 
 /// Reads the current metadata of the file array at `uri` (latest commit).
 pub fn read_meta(ctx: &Context, uri: &str) -> Result<FileMeta> {
-    let mut array = Array::open(ctx, uri, Mode::Read)?;
+    let mut array = Array::open_latest(ctx, uri)?;
     let schema = array.schema()?;
     check_schema(&schema).map_err(|reason| Error::NotAFileArray {
         uri: uri.to_string(),
@@ -250,7 +250,7 @@ fn next_timestamp(ctx: &Context, uri: &str) -> Result<u64> {
         .map(|f| f.timestamp_range.1)
         .max()
         .unwrap_or(0);
-    let latest_meta = match Array::open(ctx, uri, Mode::Read) {
+    let latest_meta = match Array::open_latest(ctx, uri) {
         Ok(mut a) => parse_meta(uri, &a.metadata()?)
             .ok()
             .map_or(0, |m| m.timestamp.unwrap_or(0).max(m.attrs.written_ms())),

@@ -26,6 +26,32 @@ pub fn invalid_name_reason(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Names TileDB gives its own files and folders inside an array or group
+/// folder (and, before format 12, fragment folders `__<time>_...`).
+const TILEDB_RESERVED: [&str; 12] = [
+    "__schema",
+    "__group",
+    "__meta",
+    "__fragments",
+    "__commits",
+    "__fragment_meta",
+    "__labels",
+    "__enumerations",
+    "__tiledb_group.tdb",
+    "__array_schema.tdb",
+    "__lock.tdb",
+    "__consolidated_fragment_meta",
+];
+
+/// Whether TileDB could take `name`, stored as is, for one of its own
+/// files: a folder holding it could then read as an array or a group.
+pub fn is_tiledb_reserved(name: &str) -> bool {
+    TILEDB_RESERVED.contains(&name)
+        || name
+            .strip_prefix("__")
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'=' | b',')
 }

@@ -5,12 +5,12 @@
 
 use log::{debug, warn};
 
-use crate::tiledb::{self, Array, Context, Group, GroupMode, MetaValue, Mode, ObjectType, Vfs};
+use crate::tiledb::{self, Array, Context, Group, GroupMode, MetaValue, ObjectType, Vfs};
 
 use super::attrs::Attrs;
 use super::error::{Error, Result};
 use super::file_array::{self, FileMeta, now_ns};
-use super::names::{invalid_name_reason, last_component, storage_name};
+use super::names::{invalid_name_reason, is_tiledb_reserved, last_component, storage_name};
 use super::uri::{join, split_parent};
 
 /// Array metadata key that marks a TileDB-ML model array.
@@ -200,7 +200,7 @@ impl Registry {
             Storage::PlainDir => return Ok(Node::Dir(Attrs::default())),
             Storage::Array => {}
         }
-        let mut array = Array::open(&self.ctx, &entry.uri, Mode::Read)?;
+        let mut array = Array::open_latest(&self.ctx, &entry.uri)?;
         let schema = array.schema()?;
         let meta = array.metadata()?;
         match file_array::check_schema(&schema) {
@@ -224,7 +224,7 @@ impl Registry {
     pub fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         let base = match dir.storage {
             Storage::Group => storage_name(name),
-            _ => return Ok(join(&dir.uri, name)),
+            _ => return plain_child_uri(dir, name),
         };
         // Members come back as `file:///...` where `dir.uri` may be a plain
         // path: compare both without the local scheme.
@@ -344,62 +344,118 @@ impl Registry {
         Ok(())
     }
 
-    /// Deletes what `entry` stores (an array, or a group with everything
-    /// under it).
+    /// Whether directory `dir` holds nothing: a group without members (shown
+    /// or not), or a plain directory with nothing in it at all.
+    pub fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
+        match dir.storage {
+            Storage::Group => Ok(Group::open(&self.ctx, &dir.uri, GroupMode::Read)?.members()?.is_empty()),
+            Storage::PlainDir => Ok(self.vfs.ls(&dir.uri)?.is_empty()),
+            Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),
+        }
+    }
+
+    /// Deletes what `entry` stores: an array; for a directory only its own
+    /// files (a group's member list and metadata, or an empty plain
+    /// directory), never what else is stored under it, which stays in
+    /// storage (files moved elsewhere keep their storage there, and another
+    /// mount may be writing a new file inside).
     pub fn delete_storage(&self, entry: &Entry) -> Result<()> {
         match entry.storage {
-            Storage::PlainDir => self.vfs.remove_dir(&entry.uri)?,
-            _ => tiledb::object_remove(&self.ctx, &entry.uri)?,
+            Storage::PlainDir => {
+                if self.vfs.ls(&entry.uri)?.is_empty() {
+                    self.vfs.remove_dir(&entry.uri)?;
+                }
+            }
+            Storage::Group => {
+                Group::remove_own_files(&self.ctx, &entry.uri)?;
+            }
+            Storage::Array => tiledb::object_remove(&self.ctx, &entry.uri)?,
         }
         Ok(())
     }
 
-    /// Removes `entry` from `dir` and deletes what it stored.
-    pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
-        self.unlink(dir, entry)?;
-        self.delete_storage(entry)
-    }
-
-    /// Renames `entry` of `dir` to `new_name` in `new_dir`; an entry already
-    /// named so there must have been removed first. Within one group only
-    /// the member changes (no data moves); across directories the storage
-    /// moves to a fresh URI under `new_dir`. The new name is added before
-    /// the old one is removed, so a crash in between shows both, never
-    /// neither.
-    pub fn rename(&self, dir: &Entry, entry: &Entry, new_dir: &Entry, new_name: &str) -> Result<Entry> {
+    /// Renames `entry` of `dir` to `new_name` in `new_dir`, in place of
+    /// `replaced` (the entry named so there, if any; its storage is left
+    /// for the caller to delete). No data moves: the new member names the
+    /// same storage. Within one group it is one group write, so readers
+    /// see the old or the new state, never a mix. Across directories the
+    /// new member (replacing `replaced` in the same write) comes before the
+    /// old one is removed: a crash in between shows the entry under both
+    /// names, never under neither.
+    pub fn rename(
+        &self,
+        dir: &Entry,
+        entry: &Entry,
+        new_dir: &Entry,
+        new_name: &str,
+        replaced: Option<&Entry>,
+    ) -> Result<Entry> {
         Self::check_new_name(new_name)?;
-        let same_group = dir.storage == Storage::Group && new_dir.storage == Storage::Group && dir.uri == new_dir.uri;
-        let uri = if same_group {
-            entry.uri.clone()
-        } else {
-            let to = self.new_child_uri(new_dir, new_name)?;
-            match entry.storage {
-                Storage::PlainDir => {
-                    return Err(Error::Corrupt {
-                        uri: entry.uri.clone(),
-                        reason: "plain directories cannot be moved".into(),
-                    });
-                }
-                _ => tiledb::object_move(&self.ctx, &entry.uri, &to)?,
-            }
-            to
-        };
+        if dir.storage != Storage::Group || new_dir.storage != Storage::Group {
+            return self.rename_moving(dir, entry, new_dir, new_name, replaced);
+        }
         let moved = Entry {
             name: new_name.to_string(),
-            uri,
+            uri: entry.uri.clone(),
             storage: entry.storage,
         };
-        if same_group {
-            let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
-            self.add_member(&mut group, dir, &moved)?;
-            group.close()?;
-            let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+        let mut group = Group::open(&self.ctx, &new_dir.uri, GroupMode::Write)?;
+        if let Some(old) = replaced {
+            group.remove_member(&old.name)?;
+        }
+        if dir.uri == new_dir.uri {
             group.remove_member(&entry.name)?;
+            self.add_member(&mut group, new_dir, &moved)?;
             close_changed(group)?;
         } else {
-            self.link(new_dir, &moved)?;
+            self.add_member(&mut group, new_dir, &moved)?;
+            close_changed(group)?;
             self.unlink(dir, entry)?;
         }
+        Ok(moved)
+    }
+
+    /// A rename out of or into a plain directory, where a name is where the
+    /// storage is: the storage moves. In a plain directory, `replaced` is
+    /// deleted first (there is no other way to take its name).
+    fn rename_moving(
+        &self,
+        dir: &Entry,
+        entry: &Entry,
+        new_dir: &Entry,
+        new_name: &str,
+        replaced: Option<&Entry>,
+    ) -> Result<Entry> {
+        if entry.storage == Storage::PlainDir {
+            return Err(Error::Unsupported {
+                uri: entry.uri.clone(),
+                what: "a move of a plain directory (not a TileDB group)",
+            });
+        }
+        let to = match (new_dir.storage, replaced) {
+            (Storage::PlainDir, Some(old)) => {
+                let to = plain_child_uri(new_dir, new_name)?;
+                self.delete_storage(old)?;
+                to
+            }
+            (Storage::PlainDir, None) => plain_child_uri(new_dir, new_name)?,
+            _ => self.new_child_uri(new_dir, new_name)?,
+        };
+        tiledb::object_move(&self.ctx, &entry.uri, &to)?;
+        let moved = Entry {
+            name: new_name.to_string(),
+            uri: to,
+            storage: entry.storage,
+        };
+        if new_dir.storage == Storage::Group {
+            let mut group = Group::open(&self.ctx, &new_dir.uri, GroupMode::Write)?;
+            if let Some(old) = replaced {
+                group.remove_member(&old.name)?;
+            }
+            self.add_member(&mut group, new_dir, &moved)?;
+            close_changed(group)?;
+        }
+        self.unlink(dir, entry)?;
         Ok(moved)
     }
 
@@ -468,8 +524,21 @@ impl Registry {
 
     /// Every metadata key and value of the array at `uri`, latest version.
     pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
-        Ok(Array::open(&self.ctx, uri, Mode::Read)?.metadata()?)
+        Ok(Array::open_latest(&self.ctx, uri)?.metadata()?)
     }
+}
+
+/// Where entry `name` of plain directory `dir` is stored: right at its name
+/// (that is how a plain directory lists), so names TileDB keeps for itself
+/// are refused.
+fn plain_child_uri(dir: &Entry, name: &str) -> Result<String> {
+    if is_tiledb_reserved(name) {
+        return Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: "reserved by TileDB inside a plain directory (not a TileDB group)",
+        });
+    }
+    Ok(join(&dir.uri, name))
 }
 
 /// Closes a group whose members just changed, stamping its mtime and ctime

@@ -75,9 +75,42 @@ pub fn is_local(uri: &str) -> bool {
     !has_scheme(uri) || uri.starts_with("file://")
 }
 
+/// `uri` in one spelling for comparisons: local paths without the
+/// `file://` scheme, no trailing `/`.
+fn canonical(uri: &str) -> &str {
+    uri.strip_prefix("file://").unwrap_or(uri).trim_end_matches('/')
+}
+
+/// Whether `a` and `b` name the same storage.
+pub fn same(a: &str, b: &str) -> bool {
+    canonical(a) == canonical(b)
+}
+
+/// Whether `uri` lies strictly inside `root` (no `.` or `..` component
+/// may lead it out).
+pub fn is_inside(uri: &str, root: &str) -> bool {
+    let (uri, root) = (canonical(uri), canonical(root));
+    let Some(rest) = uri.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else {
+        return false;
+    };
+    !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inside_and_same() {
+        assert!(is_inside("file:///r/reg/a/b", "/r/reg"));
+        assert!(is_inside("s3://b/reg/x", "s3://b/reg/"));
+        assert!(!is_inside("/r/reg", "/r/reg"));
+        assert!(!is_inside("/r/registry2/x", "/r/reg"));
+        assert!(!is_inside("/r/reg/../other", "/r/reg"));
+        assert!(!is_inside("/elsewhere/x", "/r/reg"));
+        assert!(same("file:///a/b/", "/a/b"));
+        assert!(!same("/a/b", "/a/c"));
+    }
 
     #[test]
     fn normalizes() {

@@ -108,6 +108,15 @@ impl Array {
         Self::open_at(ctx, uri, mode, None)
     }
 
+    /// Opens for reading with every write there is, including writes
+    /// stamped later than this machine's clock (a plain open stops at
+    /// "now", so a version from a writer whose clock runs ahead would stay
+    /// invisible, and so would every version stamped after it).
+    pub fn open_latest(ctx: &Context, uri: &str) -> Result<Self> {
+        // `UINT64_MAX` means "now" to TileDB; one less means "everything".
+        Self::open_at(ctx, uri, Mode::Read, Some(u64::MAX - 1))
+    }
+
     /// Opens the array at `uri`. For reads, `end_ms` (inclusive) hides every
     /// fragment and metadata write after it; for writes, every fragment and
     /// metadata write through this handle gets the timestamp `end_ms`.

@@ -7,6 +7,11 @@ use super::error::{Error, Result};
 use super::ffi;
 use super::metadata::{self, MetaValue};
 use super::object::ObjectType;
+use super::vfs::Vfs;
+
+/// The file that marks a folder as a group, and the group's own folders.
+const GROUP_MARKER: &str = "__tiledb_group.tdb";
+const GROUP_DIRS: [&str; 2] = ["__group", "__meta"];
 
 /// One member of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +53,39 @@ impl Group {
             ffi::tiledb_group_create(c, c_uri.as_ptr())
         })
         .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
+    }
+
+    /// Removes the group's own files at `uri` (its member list, metadata and
+    /// marker), leaving whatever else is stored in its folder, which is
+    /// removed only when nothing else is there. Afterwards `uri` is no
+    /// longer a group. Returns whether the folder itself went.
+    pub fn remove_own_files(ctx: &Context, uri: &str) -> Result<bool> {
+        let vfs = Vfs::new(ctx)?;
+        let base = uri.trim_end_matches('/');
+        // The marker first: from then on the folder is not a group, so a
+        // crash part-way leaves a plain folder, never a broken group.
+        let marker = format!("{base}/{GROUP_MARKER}");
+        if vfs.is_file(&marker)? {
+            vfs.remove_file(&marker)?;
+        }
+        for dir in GROUP_DIRS {
+            let d = format!("{base}/{dir}");
+            if vfs.is_dir(&d)? {
+                vfs.remove_dir(&d)?;
+            }
+        }
+        if vfs.ls(base)?.is_empty() {
+            vfs.remove_dir(base)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether `uri` is one of a group's own files (not something stored
+    /// in its folder).
+    pub fn is_own_file(uri: &str) -> bool {
+        let name = uri.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        name == GROUP_MARKER || GROUP_DIRS.contains(&name)
     }
 
     pub fn open(ctx: &Context, uri: &str, mode: GroupMode) -> Result<Self> {

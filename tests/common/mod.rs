@@ -191,7 +191,10 @@ impl MountGuard {
         let child = Command::new(bin())
             .args(["mount", "--foreground", registry, dir.to_str().unwrap()])
             .args(extra)
-            .env("RUST_LOG", "info,fuser=error")
+            .env(
+                "RUST_LOG",
+                std::env::var("MODELFS_TEST_RUST_LOG").unwrap_or_else(|_| "info,fuser=error".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
             .spawn()

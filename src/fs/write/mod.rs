@@ -94,6 +94,9 @@ pub struct Writer {
     /// Attributes set while open (the mode of a new file, `fchmod`,
     /// `futimens`), stored with the next commit.
     attrs: Attrs,
+    /// A new file unlinked before its first commit: nothing is committed,
+    /// the bytes stay readable through its handles.
+    discarded: bool,
 }
 
 fn failed(errno: i32, message: String) -> Error {
@@ -119,7 +122,13 @@ impl Writer {
             replaces: None,
             staging,
             attrs: Attrs::default(),
+            discarded: false,
         }
+    }
+
+    /// Never commit (the file was removed before it existed in storage).
+    pub fn discard(&mut self) {
+        self.discarded = true;
     }
 
     /// Adds `change` to the attributes the next commit stores.
@@ -394,7 +403,7 @@ impl Writer {
     /// Changed since the last commit, and not failed (a failed writer has
     /// already reported its error and commits nothing).
     pub fn needs_commit(&self) -> bool {
-        self.dirty && !matches!(self.state, State::Failed { .. })
+        self.dirty && !self.discarded && !matches!(self.state, State::Failed { .. })
     }
 
     /// Commits what was written as a new version (nothing when clean), and
@@ -402,7 +411,7 @@ impl Writer {
     /// when one was written.
     pub fn commit(&mut self, reg: &Registry) -> Result<Option<u64>> {
         self.check()?;
-        if !self.dirty {
+        if !self.dirty || self.discarded {
             return Ok(None);
         }
         // A refused file keeps its bytes and may still be completed: shells

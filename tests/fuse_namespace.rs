@@ -1,0 +1,360 @@
+//! The namespace through real mounts: POSIX sequences that used to lose data
+//! or leave broken names (issue #11), one test per defect, each named after
+//! what it guards.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use modelfs::registry::{Registry, file_array};
+use modelfs::tiledb::{self, Array, Context, Group, GroupMode, MetaValue, Mode, ObjectType};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
+    let reg = registry_uri(tmp);
+    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
+    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
+    (reg, mnt)
+}
+
+fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// Runs `f` on a thread; fails the test if it has not returned in `secs`.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} hung for {secs} s"))
+}
+
+#[test]
+fn issue11_truncate_by_path_of_a_closed_file_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let f = mnt.dir.join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let p = f.clone();
+    let c = std::ffi::CString::new(s(&p)).unwrap();
+    // SAFETY: valid path; truncate(2) by path, no descriptor involved.
+    let rc = within(20, "truncate(path)", move || unsafe { libc::truncate(c.as_ptr(), 123) });
+    assert_eq!(rc, 0);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 123);
+    let bytes = std::fs::read(&f).unwrap();
+    assert_eq!(&bytes[..1], b"x");
+    assert!(bytes[1..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn issue11_rmdir_never_deletes_what_the_mount_does_not_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    if on_s3() {
+        return; // A plain local directory holding a plain file is the case here.
+    }
+    std::fs::create_dir_all(tmp.path().join("registry/plain")).unwrap();
+    std::fs::write(tmp.path().join("registry/plain/notes.txt"), b"precious").unwrap();
+    std::fs::write(tmp.path().join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&[
+        "import",
+        s(&tmp.path().join("seed.txt")),
+        &format!("{reg}/plain/seed.txt"),
+    ]);
+    // A group whose only member is an array modelfs does not show.
+    modelfs_ok(&["import", s(&tmp.path().join("seed.txt")), &format!("{reg}/g/seed.txt")]);
+    let ctx = Context::new().unwrap();
+    let hidden = format!("{reg}/g/hidden");
+    let schema = tiledb::Schema::dense(
+        &ctx,
+        &[tiledb::DimensionSpec {
+            name: "d".into(),
+            lo: 0,
+            hi: 9,
+            extent: 10,
+            filters: vec![],
+        }],
+        &[tiledb::AttributeSpec {
+            name: "a".into(),
+            datatype: tiledb::Datatype::INT32,
+            filters: vec![],
+        }],
+    )
+    .unwrap();
+    schema.create_array(&hidden).unwrap();
+    let reg_api = Registry::new(ctx.clone()).unwrap();
+    let g = reg_api.resolve(&format!("{reg}/g")).unwrap().unwrap();
+    let mut group = Group::open(&ctx, &g.uri, GroupMode::Write).unwrap();
+    group.add_member("hidden", true, "hidden", ObjectType::Array).unwrap();
+    group.close().unwrap();
+
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    std::fs::remove_file(mnt.dir.join("plain/seed.txt")).unwrap();
+    assert_eq!(std::fs::read_dir(mnt.dir.join("plain")).unwrap().count(), 0);
+    assert_eq!(errno(std::fs::remove_dir(mnt.dir.join("plain"))), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        std::fs::read(tmp.path().join("registry/plain/notes.txt")).unwrap(),
+        b"precious"
+    );
+    std::fs::remove_file(mnt.dir.join("g/seed.txt")).unwrap();
+    assert_eq!(errno(std::fs::remove_dir(mnt.dir.join("g"))), Some(libc::ENOTEMPTY));
+    assert_eq!(tiledb::object_type(&ctx, &hidden).unwrap(), ObjectType::Array);
+}
+
+#[test]
+fn issue11_a_file_unlinked_before_its_first_close_leaves_no_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    std::fs::create_dir(mnt.dir.join("g")).unwrap();
+    let x = mnt.dir.join("g/x");
+    {
+        use std::io::{Read, Seek, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&x)
+            .unwrap();
+        std::fs::remove_file(&x).unwrap();
+        f.write_all(b"temporary bytes").unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "temporary bytes");
+    }
+    assert_eq!(errno(std::fs::metadata(&x)), Some(libc::ENOENT));
+    assert_eq!(std::fs::read_dir(mnt.dir.join("g")).unwrap().count(), 0);
+    if let Err(e) = std::fs::write(&x, b"a real file") {
+        panic!("{e}\n{}", mnt.log_text());
+    }
+    match std::fs::read(&x) {
+        Ok(bytes) => assert_eq!(bytes, b"a real file"),
+        Err(e) => panic!("{e}\n{}", mnt.log_text()),
+    }
+    std::fs::remove_file(&x).unwrap();
+    std::fs::remove_dir(mnt.dir.join("g")).unwrap();
+}
+
+#[test]
+fn issue11_a_directory_moved_across_directories_keeps_what_was_just_made_in_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let (a, b) = (mnt.dir.join("a"), mnt.dir.join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::fs::write(b.join("kept"), b"kept bytes").unwrap();
+    {
+        use std::io::Write;
+        let mut t = std::fs::File::create(b.join("tmp")).unwrap();
+        std::fs::remove_file(b.join("tmp")).unwrap();
+        t.write_all(b"gone").unwrap();
+    }
+    std::fs::rename(&b, a.join("c")).unwrap();
+    assert_eq!(std::fs::read(a.join("c/kept")).unwrap(), b"kept bytes");
+    std::fs::write(a.join("c/new"), b"new bytes").unwrap();
+    assert_eq!(std::fs::read(a.join("c/new")).unwrap(), b"new bytes");
+    // A file open for writing while its directory moves lands in the new place.
+    std::fs::create_dir(mnt.dir.join("d")).unwrap();
+    let mut w = std::fs::File::create(mnt.dir.join("d/open")).unwrap();
+    std::fs::rename(mnt.dir.join("d"), a.join("d2")).unwrap();
+    {
+        use std::io::Write;
+        w.write_all(b"written after the move").unwrap();
+    }
+    drop(w);
+    assert_eq!(std::fs::read(a.join("d2/open")).unwrap(), b"written after the move");
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &["--read-only"]);
+    let a = mnt.dir.join("a");
+    assert_eq!(std::fs::read(a.join("c/kept")).unwrap(), b"kept bytes");
+    assert_eq!(std::fs::read(a.join("c/new")).unwrap(), b"new bytes");
+    assert_eq!(std::fs::read(a.join("d2/open")).unwrap(), b"written after the move");
+    assert!(!mnt.dir.join("b").exists() && !mnt.dir.join("d").exists());
+}
+
+#[test]
+fn issue11_a_rename_over_a_file_never_leaves_the_name_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, a) = mounted(tmp.path(), &[]);
+    let b = MountGuard::new(&reg, &tmp.path().join("b"), &["--metadata-ttl", "0"]);
+    std::fs::write(a.dir.join("target"), b"v0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, watched) = (stop.clone(), b.dir.join("target"));
+    let watcher = std::thread::spawn(move || {
+        let mut misses = 0;
+        let mut reads = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            match std::fs::read(&watched) {
+                Ok(bytes) => {
+                    assert!(bytes.starts_with(b"v"), "read {bytes:?}");
+                    reads += 1;
+                }
+                // ENOENT would be the name missing; a reader that resolved
+                // the old version just before its storage went may get EIO.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => misses += 1,
+                Err(_) => {}
+            }
+        }
+        (reads, misses)
+    });
+    for i in 1..=20 {
+        let tmpf = a.dir.join(format!("tmp{i}"));
+        std::fs::write(&tmpf, format!("v{i}")).unwrap();
+        std::fs::rename(&tmpf, a.dir.join("target")).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, misses) = watcher.join().unwrap();
+    assert_eq!(misses, 0, "another mount saw the name missing ({reads} reads)");
+    assert_eq!(std::fs::read(a.dir.join("target")).unwrap(), b"v20");
+    // Every replaced version's storage went: only the live entries remain.
+    let names: Vec<_> = std::fs::read_dir(&a.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn issue11_names_tiledb_reserves_cannot_turn_a_plain_directory_into_an_object() {
+    if on_s3() {
+        return; // Plain directories are made with the local filesystem here.
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    std::fs::create_dir_all(tmp.path().join("registry/plain/sub")).unwrap();
+    std::fs::write(tmp.path().join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&[
+        "import",
+        s(&tmp.path().join("seed.txt")),
+        &format!("{reg}/plain/seed.txt"),
+    ]);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let plain = mnt.dir.join("plain");
+    assert_eq!(errno(std::fs::create_dir(plain.join("__group"))), Some(libc::EINVAL));
+    assert_eq!(errno(std::fs::write(plain.join("__schema"), b"x")), Some(libc::EINVAL));
+    assert_eq!(errno(std::fs::create_dir(plain.join("__meta"))), Some(libc::EINVAL));
+    // Ordinary names with underscores stay usable, in plain directories too.
+    std::fs::write(plain.join("__init__.py"), b"").unwrap();
+    std::fs::create_dir(mnt.dir.join("g")).unwrap();
+    std::fs::write(mnt.dir.join("g/__schema"), b"escaped in a group").unwrap();
+    assert_eq!(std::fs::read(plain.join("seed.txt")).unwrap(), b"seed");
+    assert_eq!(
+        std::fs::read(mnt.dir.join("g/__schema")).unwrap(),
+        b"escaped in a group"
+    );
+}
+
+#[test]
+fn issue11_members_outside_the_registry_or_shared_are_never_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    let outside = format!("{}-outside/file.txt", reg);
+    std::fs::write(tmp.path().join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&["import", s(&tmp.path().join("seed.txt")), &format!("{reg}/seed.txt")]);
+    modelfs_ok(&["import", s(&tmp.path().join("seed.txt")), &outside]);
+    let ctx = Context::new().unwrap();
+    let reg_api = Registry::new(ctx.clone()).unwrap();
+    let root = reg_api.resolve(&reg).unwrap().unwrap();
+    let seed = reg_api.resolve(&format!("{reg}/seed.txt")).unwrap().unwrap();
+    let outside_entry = reg_api.resolve(&outside).unwrap().unwrap();
+    let mut group = Group::open(&ctx, &root.uri, GroupMode::Write).unwrap();
+    group
+        .add_member(&outside_entry.uri, false, "elsewhere", ObjectType::Array)
+        .unwrap();
+    group.add_member(&seed.uri, false, "alias", ObjectType::Array).unwrap();
+    group.close().unwrap();
+
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    assert_eq!(std::fs::read(mnt.dir.join("elsewhere")).unwrap(), b"seed");
+    std::fs::remove_file(mnt.dir.join("elsewhere")).unwrap();
+    assert_eq!(
+        tiledb::object_type(&ctx, &outside_entry.uri).unwrap(),
+        ObjectType::Array
+    );
+    std::fs::remove_file(mnt.dir.join("seed.txt")).unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join("alias")).unwrap(), b"seed");
+}
+
+#[test]
+fn issue11_a_version_stamped_in_the_future_does_not_hide_later_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let uri = format!("{reg}/seed.txt");
+    let ctx = Context::new().unwrap();
+    let entry = Registry::new(ctx.clone()).unwrap().resolve(&uri).unwrap().unwrap();
+    // Another writer whose clock runs an hour ahead adds a version.
+    let future = tiledb::now_ms() + 3_600_000;
+    let array = Array::open_at(&ctx, &entry.uri, Mode::Write, Some(future)).unwrap();
+    array.write_cells("contents", 0, 5, b"future").unwrap();
+    let mut array = array;
+    array.put_metadata("file_size", &MetaValue::u64(6)).unwrap();
+    array
+        .put_metadata("modelfs.timestamp", &MetaValue::u64(future))
+        .unwrap();
+    array.close().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(std::fs::read(mnt.dir.join("seed.txt")).unwrap(), b"future");
+    std::fs::write(mnt.dir.join("seed.txt"), b"written here").unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join("seed.txt")).unwrap(), b"written here");
+    assert!(file_array::read_meta(&ctx, &entry.uri).unwrap().timestamp > Some(future));
+}
+
+#[test]
+fn issue11_the_kernel_forgetting_inodes_shrinks_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    for i in 0..60 {
+        std::fs::write(mnt.dir.join(format!("f{i}")), b"x").unwrap();
+    }
+    for i in 0..60 {
+        std::fs::metadata(mnt.dir.join(format!("f{i}"))).unwrap();
+    }
+    let files = || nix::sys::statvfs::statvfs(&mnt.dir).unwrap().files();
+    let before = files();
+    assert!(before >= 40, "{before}");
+    std::fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = files();
+    assert!(
+        after < before / 2,
+        "inodes known: {before} before, {after} after the kernel forgot them"
+    );
+    assert_eq!(std::fs::read(mnt.dir.join("f7")).unwrap(), b"x");
+}
+
+#[test]
+fn issue11_posix_answers_name_too_long_nlink_and_fresh_mtime_after_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &["--metadata-ttl", "30"]);
+    let long = "n".repeat(256);
+    assert_eq!(errno(std::fs::metadata(mnt.dir.join(&long))), Some(libc::ENAMETOOLONG));
+    assert_eq!(
+        errno(std::fs::write(mnt.dir.join(&long), b"x")),
+        Some(libc::ENAMETOOLONG)
+    );
+
+    let f = mnt.dir.join("f");
+    std::fs::write(&f, b"first").unwrap();
+    let m1 = std::fs::metadata(&f).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&f, b"second, longer").unwrap();
+    let m2 = std::fs::metadata(&f).unwrap();
+    assert_eq!(m2.len(), 14);
+    assert!(
+        m2.modified().unwrap() > m1.modified().unwrap(),
+        "old mtime after O_TRUNC + close"
+    );
+
+    let open = std::fs::File::open(&f).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    assert_eq!(open.metadata().unwrap().nlink(), 0);
+}
