@@ -932,7 +932,7 @@ impl ModelFs {
         let mut writer = Writer::new(target, true, self.staging.clone(), 0);
         writer.set_attrs(attrs);
         let opened = self.attach_writer(&inode, writer, opener)?;
-        self.touch_dir(parent);
+        self.touch_dir(parent, false);
         self.inodes.remember(&inode);
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
     }
@@ -1002,7 +1002,7 @@ impl ModelFs {
             && let Some(inode) = self.inodes.get(w.ino)
         {
             if was_new {
-                self.touch_dir(inode.parent());
+                self.touch_dir(inode.parent(), true);
             } else {
                 self.forget_listing(inode.parent());
             }
@@ -1169,12 +1169,15 @@ impl ModelFs {
             }
             None => true,
         };
-        if committed {
-            self.registry.set_attrs(&inode.entry(), &change)?;
-        }
-        let change = Attrs {
-            ctime_ns: Some(now_ns()),
-            ..change
+        // The ctime shown is the one stored, so it does not move when the
+        // node is read again (tar checks it).
+        let change = if committed {
+            self.registry.set_attrs(&inode.entry(), &change)?
+        } else {
+            Attrs {
+                ctime_ns: Some(now_ns()),
+                ..change
+            }
         };
         let mut c = inode.lock();
         match &mut c.node {
@@ -1185,15 +1188,18 @@ impl ModelFs {
         Ok(())
     }
 
-    /// Records in directory `ino`'s cached node that its entries changed
-    /// now (the registry stamps the group as it changes it), and drops its
-    /// listing.
-    fn touch_dir(&self, ino: Ino) {
+    /// Directory `ino`'s entries changed: its listing is dropped, and its
+    /// times are re-read from the registry (which stamped them as it
+    /// changed the group), or, for a change not stored yet (a file being
+    /// created), set to now until then.
+    fn touch_dir(&self, ino: Ino, stored: bool) {
         let Some(dir) = self.inodes.get(ino) else { return };
-        let now = Some(now_ns());
         let mut c = dir.lock();
         c.listing = None;
-        if let NodeState::Dir(a) = &mut c.node {
+        if stored {
+            c.read_at = None;
+        } else if let NodeState::Dir(a) = &mut c.node {
+            let now = Some(now_ns());
             a.mtime_ns = now;
             a.ctime_ns = now;
         }
@@ -1224,7 +1230,7 @@ impl ModelFs {
             attrs.mode = None;
         }
         let entry = self.registry.mkdir(&dir.entry(), name, &attrs)?;
-        self.touch_dir(parent);
+        self.touch_dir(parent, true);
         let node = NodeState::Dir(attrs);
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
         self.inodes.remember(&inode);
@@ -1263,7 +1269,7 @@ impl ModelFs {
         if linked {
             self.registry.unlink(&dir.entry(), &entry)?;
         }
-        self.touch_dir(parent);
+        self.touch_dir(parent, linked);
         self.inodes.remove_name(parent, name);
         let open = self.mark_unlinked(inode.as_deref());
         if let Some(i) = &inode {
@@ -1334,7 +1340,7 @@ impl ModelFs {
             .ok_or_else(|| Error::not_found(name))?;
         self.check_removable_dir(parent, &entry)?;
         self.registry.unlink(&dir.entry(), &entry)?;
-        self.touch_dir(parent);
+        self.touch_dir(parent, true);
         let child = self.inodes.find(parent, name);
         self.inodes.remove_name(parent, name);
         self.mark_unlinked(child.as_deref());
@@ -1432,8 +1438,8 @@ impl ModelFs {
         let moved = self
             .registry
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
-        self.touch_dir(parent);
-        self.touch_dir(new_parent);
+        self.touch_dir(parent, true);
+        self.touch_dir(new_parent, true);
         if let Some(old) = &replaced {
             let old_inode = self.inodes.find(new_parent, new_name);
             self.inodes.remove_name(new_parent, new_name);
@@ -1524,8 +1530,8 @@ impl ModelFs {
         let old_name = w.target().entry.name.clone();
         w.retarget(dir_entry, entry.clone(), exists, replaces);
         drop(w);
-        self.touch_dir(inode.parent());
-        self.touch_dir(new_dir.ino);
+        self.touch_dir(inode.parent(), false);
+        self.touch_dir(new_dir.ino, false);
         self.inodes.rename(inode, new_dir.ino, entry);
         debug!("renamed {old_name} (open for writing) to {new_name}");
         Ok(())

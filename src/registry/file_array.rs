@@ -261,8 +261,9 @@ fn next_timestamp(ctx: &Context, uri: &str) -> Result<u64> {
 
 /// Stores `change` in the metadata of the file array at `uri` without a new
 /// data version, stamped after every version and attribute write there so
-/// it is the latest; `ctime_ns` is set to that moment.
-pub fn set_attrs(ctx: &Context, uri: &str, change: &Attrs) -> Result<()> {
+/// it is the latest; `ctime_ns` is set to that moment. Returns what it
+/// stored.
+pub fn set_attrs(ctx: &Context, uri: &str, change: &Attrs) -> Result<Attrs> {
     let at = next_timestamp(ctx, uri)?;
     let now_ns = now_ns();
     let change = Attrs {
@@ -274,7 +275,7 @@ pub fn set_attrs(ctx: &Context, uri: &str, change: &Attrs) -> Result<()> {
         array.put_metadata(key, &value)?;
     }
     array.close()?;
-    Ok(())
+    Ok(change)
 }
 
 /// Nanoseconds since the epoch, now.

@@ -488,9 +488,9 @@ impl Registry {
     }
 
     /// Stores `change` (modes, owners, times) for `entry` without touching
-    /// its data: array or group metadata. Plain directories cannot hold
-    /// any (`Unsupported`).
-    pub fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<()> {
+    /// its data: array or group metadata, with its ctime. Plain directories
+    /// cannot hold any (`Unsupported`). Returns what was stored.
+    pub fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs> {
         match entry.storage {
             Storage::Array => file_array::set_attrs(&self.ctx, &entry.uri, change),
             Storage::Group => {
@@ -503,7 +503,7 @@ impl Registry {
                     group.put_metadata(key, &value)?;
                 }
                 group.close()?;
-                Ok(())
+                Ok(change)
             }
             Storage::PlainDir => Err(Error::Unsupported {
                 uri: entry.uri.clone(),
