@@ -27,6 +27,7 @@ use std::sync::Arc;
 use log::debug;
 
 use crate::registry::error::{Error, Result};
+use crate::registry::file_array::check_tile_bytes;
 use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
 use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
 
@@ -261,6 +262,8 @@ impl TileDbMlModel {
 }
 
 /// Whether `schema` and `meta` have the TileDB-ML layout; the framework.
+/// A tile extent over [`crate::registry::file_array::MAX_TILE_BYTES`] is
+/// [`Error::Corrupt`]: reading a field loads whole tiles.
 fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<Framework> {
     let not = |reason: String| Error::NotATileDbMlModel {
         uri: uri.to_string(),
@@ -279,7 +282,12 @@ fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Res
         return Err(not("sparse array".into()));
     }
     match schema.dimensions()?.as_slice() {
-        [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => Ok(framework),
+        [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => {
+            if let Some((_, _, extent)) = d.as_u64() {
+                check_tile_bytes(uri, extent)?;
+            }
+            Ok(framework)
+        }
         _ => Err(not(format!("dimensions are not one UINT64 `{OFFSET_DIMENSION}`"))),
     }
 }
