@@ -227,3 +227,49 @@ fn issue_13_a_model_field_size_past_its_cells_is_eio() {
     let info = modelfs_ok(&["info", s(&reg.join("huge_tile_model"))]);
     assert!(info.contains("tile extent 1099511627776 is over"), "{info}");
 }
+
+#[test]
+fn issue_13_a_version_timestamped_u64_max_is_served_and_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_with_good_file(tmp.path());
+    let src = tmp.path().join("late.txt");
+    std::fs::write(&src, b"from the end of time").unwrap();
+    let uri = reg.join("late.txt");
+    modelfs_ok(&["import", "--quiet", s(&src), s(&uri)]);
+    let ctx = Context::new().unwrap();
+    let mut array = Array::open(&ctx, s(&uri), Mode::Write).unwrap();
+    array
+        .put_metadata("modelfs.timestamp", &MetaValue::u64(u64::MAX))
+        .unwrap();
+    array.close().unwrap();
+
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let path = mnt.dir.join("late.txt");
+    let p = path.clone();
+    let read = answered("read late.txt", move || std::fs::read(p));
+    assert_eq!(read.unwrap(), b"from the end of time");
+    let p = path.clone();
+    let meta = answered("stat late.txt", move || std::fs::metadata(p)).unwrap();
+    assert_eq!(meta.len(), 20);
+    // A new version would need a later timestamp: refused, not wrapped.
+    let p = path.clone();
+    let written = answered("write late.txt", move || {
+        use std::io::Write;
+        // fsync reports the commit's error (close's is dropped by std).
+        let mut f = std::fs::File::create(p)?;
+        f.write_all(b"new")?;
+        f.sync_all()
+    });
+    assert_eq!(
+        written.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EIO),
+        "{}",
+        mnt.log_text()
+    );
+    assert!(
+        mnt.log_text().contains("timestamped 18446744073709551615 ms"),
+        "{}",
+        mnt.log_text()
+    );
+    assert_serving(&mnt);
+}
