@@ -273,3 +273,39 @@ fn issue_13_a_version_timestamped_u64_max_is_served_and_not_overwritten() {
     );
     assert_serving(&mnt);
 }
+
+#[test]
+fn issue_13_attribute_names_that_are_not_file_names_are_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_with_good_file(tmp.path());
+    let ctx = Context::new().unwrap();
+    let long = "n".repeat(300);
+    let attrs = ["..", ".", "a//b", "up/../x", long.as_str()];
+    let keys: Vec<String> = attrs.iter().map(|a| format!("{a}_size")).collect();
+    let mut meta: Vec<(&str, MetaValue)> = vec![(TILEDB_ML_FRAMEWORK_KEY, MetaValue::text("PYTORCH"))];
+    for k in &keys {
+        meta.push((k, MetaValue::i64(8)));
+    }
+    dense_array(&ctx, s(&reg.join("names")), "offset", 1024, &attrs, &[], &meta);
+
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let dir = mnt.dir.join("names");
+    let listed = answered("readdir", move || {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    });
+    assert_eq!(listed, ["metadata.json"]);
+    let log = mnt.log_text();
+    for a in attrs {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(&format!("field {a:?} not shown")))
+            .count();
+        assert_eq!(lines, 1, "{a:?}: one log line each:\n{log}");
+    }
+    assert_serving(&mnt);
+}

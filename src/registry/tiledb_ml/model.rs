@@ -24,10 +24,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use log::debug;
+use log::{debug, warn};
 
 use crate::registry::error::{Error, Result};
 use crate::registry::file_array::check_tile_bytes;
+use crate::registry::names::invalid_name_reason;
 use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
 use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
 
@@ -170,6 +171,11 @@ impl TileDbMlModel {
         let mut fields = Vec::new();
         for attr in schema.attributes()? {
             let key = format!("{}{SIZE_SUFFIX}", attr.name);
+            let path = views::field_path(framework, &attr.name);
+            if let Some(reason) = path_problem(&path) {
+                warn!("{uri}: field {:?} not shown (nothing read): {reason}", attr.name);
+                continue;
+            }
             let size_value = meta.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
             let is_bytes = attr.datatype == Datatype::UINT8 && attr.cell_val_num == 1 && !attr.nullable;
             if !is_bytes && size_value.is_none() {
@@ -346,6 +352,14 @@ fn read_field(
     Ok(FieldRead::Bytes(buf))
 }
 
+/// Why `path` (`/`-separated, relative) cannot be shown as a file in a
+/// view: a component that is empty, `.`, `..`, holds NUL or is over 255
+/// bytes. Attribute names come from storage and can be any of these.
+fn path_problem(path: &str) -> Option<String> {
+    path.split('/')
+        .find_map(|c| invalid_name_reason(c).map(|reason| format!("component {c:?} cannot be a file name ({reason})")))
+}
+
 /// Entries in the making: the first entry at a path wins, and a path that
 /// would be both a file and a folder is dropped.
 #[derive(Default)]
@@ -357,6 +371,10 @@ struct Entries {
 
 impl Entries {
     fn add(&mut self, uri: &str, path: String, entry: ViewEntry) {
+        if let Some(reason) = path_problem(&path) {
+            warn!("{uri}: view entry {path:?} left out: {reason}");
+            return;
+        }
         let parents: Vec<&str> = path.match_indices('/').filter_map(|(i, _)| path.get(..i)).collect();
         if self.files.contains(&path) || self.folders.contains(&path) || parents.iter().any(|p| self.files.contains(*p))
         {
@@ -393,6 +411,21 @@ mod tests {
         e.add("u", "tensorboard".into(), file(b"3"));
         e.add("u", "tensorboard/a/x/y".into(), file(b"4"));
         e.add("u", "tensorboard/b".into(), file(b"5"));
+        // Names no file system can show (attribute names are free text).
+        let long = "n".repeat(256);
+        for bad in [
+            "..",
+            ".",
+            "",
+            "a//b",
+            "/abs",
+            "a/",
+            "x\0y",
+            "tensorboard/../up",
+            long.as_str(),
+        ] {
+            e.add("u", bad.to_string(), file(b"6"));
+        }
         let paths: Vec<&str> = e.list.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["metadata.json", "tensorboard/a/x", "tensorboard/b"]);
         match &e.list[0].1 {
