@@ -309,3 +309,122 @@ fn issue_13_attribute_names_that_are_not_file_names_are_left_out() {
     }
     assert_serving(&mnt);
 }
+
+/// The amplified pickles of `tests/data/tiledb_ml/amplified/` (see
+/// `make_amplified.py`): (file, framework, field, what naive decoding
+/// materialises).
+fn amplified() -> Vec<(String, String, String, u64)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiledb_ml/amplified");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap().to_string();
+            let total = m["references"].as_u64().unwrap() * m["bytes_each"].as_u64().unwrap();
+            (text("file"), text("framework"), text("field"), total)
+        })
+        .collect()
+}
+
+/// A model array at `uri` whose `field` holds the amplified pickle `file`.
+fn amplified_array(ctx: &Context, uri: &str, file: &str, framework: &str, field: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiledb_ml/amplified");
+    let pickle = std::fs::read(dir.join(file)).unwrap();
+    let key = format!("{field}_size");
+    dense_array(
+        ctx,
+        uri,
+        "offset",
+        1024,
+        &[field],
+        &pickle,
+        &[
+            (TILEDB_ML_FRAMEWORK_KEY, MetaValue::text(framework)),
+            (&key, MetaValue::i64(pickle.len() as i64)),
+        ],
+    );
+}
+
+#[test]
+fn issue_13_budgets_count_every_reference_a_view_copies() {
+    use modelfs::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = Context::new().unwrap();
+    let limits = ViewLimits {
+        view_bytes: 32 << 20,
+        model_bytes: 48 << 20,
+    };
+    let pool = MemoryPool::new(64 << 20);
+    for (file, framework, field, naive) in amplified() {
+        assert!(
+            naive >= 1000 << 20,
+            "{file}: the fixture should amplify to 1,000 MiB or more"
+        );
+        let uri = tmp.path().join(&file);
+        amplified_array(&ctx, s(&uri), &file, &framework, &field);
+        let model = TileDbMlModel::open_with(&ctx, s(&uri), None, &pool, limits).unwrap();
+        let failure = model
+            .failures()
+            .next()
+            .unwrap_or_else(|| panic!("{file}: decoded whole"));
+        assert_eq!(failure.field, field);
+        let text = failure.to_string();
+        assert!(
+            text.contains(s(&uri)) && text.contains("more than the per-view limit of 33554432 bytes"),
+            "{file}: {text}"
+        );
+        // A failed view gives its bytes back.
+        assert!(model.materialized_bytes() < 1 << 20, "{file}");
+        assert!(pool.used() < 1 << 20, "{file}: {} bytes still charged", pool.used());
+    }
+}
+
+/// Peak resident memory of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn issue_13_a_mount_caps_what_views_materialise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_with_good_file(tmp.path());
+    let ctx = Context::new().unwrap();
+    let cases = amplified();
+    for (file, framework, field, _) in &cases {
+        amplified_array(
+            &ctx,
+            s(&reg.join(file.trim_end_matches(".pkl"))),
+            file,
+            framework,
+            field,
+        );
+    }
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &["--view-memory", "64M"]);
+    for (file, _, field, _) in &cases {
+        let name = file.trim_end_matches(".pkl");
+        let view = mnt.dir.join(name).join(format!("{field}.safetensors"));
+        assert_eq!(read_errno(view), Some(libc::EIO), "{name}:\n{}", mnt.log_text());
+        let log = mnt.log_text();
+        let uri = s(&reg.join(name)).to_string();
+        assert!(
+            log.lines().any(|l| l.contains(&uri)
+                && l.contains(&format!("field `{field}`"))
+                && l.contains("limit of 67108864 bytes")),
+            "{name}: no log line naming the array, the field and the limit:\n{log}"
+        );
+        assert!(std::fs::read(mnt.dir.join(name).join("metadata.json")).is_ok());
+        assert_serving(&mnt);
+    }
+    let peak = peak_rss(mnt.pid());
+    eprintln!("daemon peak RSS {} MiB", peak >> 20);
+    assert!(peak < 512 << 20, "daemon peak RSS {} MiB", peak >> 20);
+}

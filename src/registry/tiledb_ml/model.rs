@@ -32,6 +32,7 @@ use crate::registry::names::invalid_name_reason;
 use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
 use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
 
+use super::budget::{MemoryPool, ModelBudget, Reservation, ViewLimits};
 use super::metadata_json::metadata_json;
 use super::tensor::DecodeLimits;
 use super::view_file::ViewFile;
@@ -123,6 +124,7 @@ pub struct TileDbMlModel {
     framework: Framework,
     fields: Vec<FieldInfo>,
     entries: Vec<(String, ViewEntry)>,
+    reservation: Arc<Reservation>,
 }
 
 /// What reading one field gave.
@@ -152,6 +154,21 @@ impl TileDbMlModel {
     /// A field that cannot be shown is not an error here: it is a
     /// [`ViewEntry::Failed`] entry.
     pub fn open_at(ctx: &Context, uri: &str, end_ms: Option<u64>) -> Result<Self> {
+        let limits = ViewLimits::default();
+        Self::open_with(ctx, uri, end_ms, &MemoryPool::new(limits.model_bytes), limits)
+    }
+
+    /// [`TileDbMlModel::open_at`] with the views' materialised bytes capped
+    /// per view and per model by `view_limits` and charged to `pool`, where
+    /// they stay while the model or any of its files is alive. A field over
+    /// a cap is a [`ViewEntry::Failed`] naming the cap.
+    pub fn open_with(
+        ctx: &Context,
+        uri: &str,
+        end_ms: Option<u64>,
+        pool: &MemoryPool,
+        view_limits: ViewLimits,
+    ) -> Result<Self> {
         let mut array = Array::open_at(ctx, uri, Mode::Read, end_ms)?;
         let version = array.open_timestamp_end()?;
         let schema = array.schema()?;
@@ -161,6 +178,7 @@ impl TileDbMlModel {
         // key pointing there is broken.
         let written = array.non_empty_domain_u64(0)?.map_or(0, |(_, hi)| hi.saturating_add(1));
         let limits = DecodeLimits::default();
+        let budget = ModelBudget::new(pool.clone(), view_limits);
 
         let mut entries = Entries::default();
         entries.add(
@@ -200,8 +218,10 @@ impl TileDbMlModel {
                 FieldRead::Problem(p) => entries.add(uri, views::field_path(framework, &attr.name), fail(p)),
                 FieldRead::Bytes(buf) => {
                     let bytes = Arc::new(buf);
-                    match views::field_files(framework, &attr.name, &bytes, &limits) {
+                    let view_budget = budget.view();
+                    match views::field_files(framework, &attr.name, &bytes, &limits, &view_budget) {
                         Ok(files) => {
+                            view_budget.keep();
                             for f in files {
                                 entries.add(uri, f.path, ViewEntry::Ready(ViewFile::from_content(f.content, &bytes)));
                             }
@@ -211,15 +231,28 @@ impl TileDbMlModel {
                 }
             }
         }
+        let reservation = Arc::new(budget.finish());
         let mut entries = entries.list;
         entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        for (_, entry) in &mut entries {
+            if let ViewEntry::Ready(file) = entry {
+                file.hold(reservation.clone());
+            }
+        }
         Ok(TileDbMlModel {
             uri: uri.to_string(),
             version,
             framework,
             fields,
             entries,
+            reservation,
         })
+    }
+
+    /// Bytes its views materialised (owned, not borrowed from the fields),
+    /// charged to the pool it was opened with.
+    pub fn materialized_bytes(&self) -> u64 {
+        self.reservation.bytes()
     }
 
     /// The array's URI, as given to [`TileDbMlModel::open`].
