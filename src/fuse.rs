@@ -1,7 +1,9 @@
 //! The FUSE adapter: fuser's `Filesystem` over the core in `crate::fs`.
 //! Each handler converts arguments, calls the core, and replies; failures go
 //! through [`fail`], which logs once at the error's level and replies with
-//! its errno. fuser's types stay in this file.
+//! its errno. Every call into the core runs under [`guard::guarded`], so a
+//! panic there is that request's `EIO`, not a request left unanswered.
+//! fuser's types stay in this file.
 
 use std::ffi::OsStr;
 use std::io;
@@ -20,6 +22,9 @@ use fuser::{
 use log::{debug, info, log};
 
 use crate::fs::{Attr, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
+
+mod guard;
+use guard::guarded;
 
 /// Largest readahead the kernel may ask for in one request, in bytes. The
 /// kernel's default (128 KiB) splits a page-cache read of a large file into
@@ -69,6 +74,7 @@ error_reply!(
     ReplyEmpty,
     ReplyEntry,
     ReplyOpen,
+    ReplyStatfs,
     ReplyWrite,
     ReplyXattr
 );
@@ -182,15 +188,26 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
-        self.core.log_summary();
+        let _ = guarded("destroy", || {
+            self.core.log_summary();
+            Ok(())
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.core.forget(Ino(ino.0), nlookup);
+        let forgot = guarded("forget", || {
+            self.core.forget(Ino(ino.0), nlookup);
+            Ok(())
+        });
+        if let Err(e) = forgot {
+            log!(e.level, "forget: {e}");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = name_str(name, "lookup").and_then(|n| self.core.lookup(Ino(parent.0), n));
+        let result = guarded("lookup", || {
+            name_str(name, "lookup").and_then(|n| self.core.lookup(Ino(parent.0), n))
+        });
         match result {
             Ok(attr) => reply.entry(&self.attr_ttl(&attr), &file_attr(&attr), Generation(0)),
             Err(e) => fail(reply, "lookup", e),
@@ -198,7 +215,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(Ino(ino.0)) {
+        match guarded("getattr", || self.core.getattr(Ino(ino.0))) {
             Ok(attr) => reply.attr(&self.attr_ttl(&attr), &file_attr(&attr)),
             Err(e) => fail(reply, "getattr", e),
         }
@@ -208,7 +225,7 @@ impl Filesystem for FuseAdapter {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let opener = if write { process_of(req.pid()) } else { None };
-        match self.core.open(Ino(ino.0), write, truncate, opener) {
+        match guarded("open", || self.core.open(Ino(ino.0), write, truncate, opener)) {
             Ok(o) => reply.opened(FileHandle(o.fh.0), fopen_flags(&o)),
             Err(e) => fail(reply, "open", e),
         }
@@ -230,9 +247,11 @@ impl Filesystem for FuseAdapter {
         let exclusive = flags & libc::O_EXCL != 0;
         let opener = process_of(req.pid());
         let who = owner(req);
-        let result = name_str(name, "create").and_then(|n| {
-            self.core
-                .create(Ino(parent.0), n, exclusive, opener, mode & !umask, who)
+        let result = guarded("create", || {
+            name_str(name, "create").and_then(|n| {
+                self.core
+                    .create(Ino(parent.0), n, exclusive, opener, mode & !umask, who)
+            })
         });
         match result {
             // Not cached by the kernel: the file exists only if its first
@@ -260,14 +279,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write(Fh(fh.0), offset, data) {
+        match guarded("write", || self.core.write(Fh(fh.0), offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => fail(reply, "write", e),
         }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.core.fsync(Fh(fh.0)) {
+        match guarded("fsync", || self.core.fsync(Fh(fh.0))) {
             Ok(()) => reply.ok(),
             Err(e) => fail(reply, "fsync", e),
         }
@@ -306,7 +325,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
             fh: fh.map(|f| Fh(f.0)),
         };
-        match self.core.setattr(Ino(ino.0), change) {
+        match guarded("setattr", || self.core.setattr(Ino(ino.0), change)) {
             Ok(attr) => reply.attr(&self.attr_ttl(&attr), &file_attr(&attr)),
             Err(e) => fail(reply, "setattr", e),
         }
@@ -314,21 +333,27 @@ impl Filesystem for FuseAdapter {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let who = owner(req);
-        match name_str(name, "mkdir").and_then(|n| self.core.mkdir(Ino(parent.0), n, mode & !umask, who)) {
+        match guarded("mkdir", || {
+            name_str(name, "mkdir").and_then(|n| self.core.mkdir(Ino(parent.0), n, mode & !umask, who))
+        }) {
             Ok(attr) => reply.entry(&self.attr_ttl(&attr), &file_attr(&attr), Generation(0)),
             Err(e) => fail(reply, "mkdir", e),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name, "unlink").and_then(|n| self.core.unlink(Ino(parent.0), n)) {
+        match guarded("unlink", || {
+            name_str(name, "unlink").and_then(|n| self.core.unlink(Ino(parent.0), n))
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => fail(reply, "unlink", e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name, "rmdir").and_then(|n| self.core.rmdir(Ino(parent.0), n)) {
+        match guarded("rmdir", || {
+            name_str(name, "rmdir").and_then(|n| self.core.rmdir(Ino(parent.0), n))
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => fail(reply, "rmdir", e),
         }
@@ -352,7 +377,8 @@ impl Filesystem for FuseAdapter {
             );
             return fail(reply, "rename", e);
         }
-        let result = name_str(name, "rename").and_then(|from| {
+        let result = guarded("rename", || {
+            let from = name_str(name, "rename")?;
             let to = name_str(newname, "rename")?;
             self.core.rename(Ino(parent.0), from, Ino(newparent.0), to)
         });
@@ -411,7 +437,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(Fh(fh.0), offset, size) {
+        match guarded("read", || self.core.read(Fh(fh.0), offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => fail(reply, "read", e),
         }
@@ -427,13 +453,19 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(Fh(fh.0));
-        reply.ok();
+        let released = guarded("release", || {
+            self.core.release(Fh(fh.0));
+            Ok(())
+        });
+        match released {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "release", e),
+        }
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // A writing handle commits here, so `close()` returns its errors.
-        match self.core.flush(Fh(fh.0), process_of(req.pid())) {
+        match guarded("flush", || self.core.flush(Fh(fh.0), process_of(req.pid()))) {
             Ok(()) => reply.ok(),
             Err(e) => fail(reply, "flush", e),
         }
@@ -449,14 +481,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(Ino(ino.0)) {
+        match guarded("opendir", || self.core.opendir(Ino(ino.0))) {
             Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
             Err(e) => fail(reply, "opendir", e),
         }
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.core.readdir(Fh(fh.0), offset) {
+        match guarded("readdir", || self.core.readdir(Fh(fh.0), offset)) {
             Ok(items) => {
                 for item in items {
                     let kind = match item.kind {
@@ -474,12 +506,21 @@ impl Filesystem for FuseAdapter {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.core.releasedir(Fh(fh.0));
-        reply.ok();
+        let released = guarded("releasedir", || {
+            self.core.releasedir(Fh(fh.0));
+            Ok(())
+        });
+        match released {
+            Ok(()) => reply.ok(),
+            Err(e) => fail(reply, "releasedir", e),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.core.statfs();
+        let s = match guarded("statfs", || Ok(self.core.statfs())) {
+            Ok(s) => s,
+            Err(e) => return fail(reply, "statfs", e),
+        };
         reply.statfs(s.blocks, 0, 0, s.files, 0, s.block_size, s.name_max, s.block_size);
     }
 }

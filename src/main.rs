@@ -134,6 +134,12 @@ enum Command {
         /// writes fail with ENOSPC.
         #[arg(long, default_value = "64G", value_parser = parse_size)]
         staging_limit: u64,
+        /// Most bytes the TileDB-ML views of all decoded models may
+        /// materialise (strided or byte-swapped tensors, JSON, headers; each
+        /// reference to a shared object counted). Past it the view reads as
+        /// EIO with a log line naming the array, the field and the limit.
+        #[arg(long, default_value = "2G", value_parser = parse_size)]
+        view_memory: u64,
         /// Append the log to this file. Without it a background mount logs to
         /// stderr only until the mount is up.
         #[arg(long)]
@@ -271,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
             allow_other,
             staging_dir,
             staging_limit,
+            view_memory,
             log_file,
         } => mount::run(mount::Args {
             tiledb_config: config,
@@ -284,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
             allow_other,
             staging_dir,
             staging_limit,
+            view_memory,
             log_file,
         }),
         Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),

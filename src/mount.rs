@@ -34,6 +34,7 @@ pub struct Args {
     pub allow_other: bool,
     pub staging_dir: Option<PathBuf>,
     pub staging_limit: u64,
+    pub view_memory: u64,
     pub log_file: Option<PathBuf>,
 }
 
@@ -68,6 +69,7 @@ pub fn run(args: Args) -> Result<()> {
             .clone()
             .unwrap_or_else(|| Config::default().staging_dir),
         staging_limit_bytes: args.staging_limit,
+        view_memory_bytes: args.view_memory,
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
         ..Config::default()

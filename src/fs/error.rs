@@ -44,6 +44,16 @@ impl Error {
         Error::new(libc::EBADF, Level::Warn, format!("no open handle {fh}"))
     }
 
+    /// EIO for a request whose handler panicked (a bug): logged at error,
+    /// naming the operation and the panic's message.
+    pub fn panicked(op: &str, message: &str) -> Self {
+        Error::new(
+            libc::EIO,
+            Level::Error,
+            format!("{op}: internal error, request failed (panic: {message}); the mount keeps serving"),
+        )
+    }
+
     pub fn read_only(what: impl fmt::Display) -> Self {
         Error::new(libc::EROFS, Level::Info, format!("{what}: the mount is read-only"))
     }

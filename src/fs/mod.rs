@@ -22,7 +22,7 @@ pub use counters::{Counters, Snapshot};
 pub use error::{Error, Result};
 
 use crate::registry::file_array::now_ns;
-use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
+use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewEntry, ViewLimits};
 use crate::registry::{Attrs, Entry, FileArray, Node, Registry, Storage};
 use handles::{FileHandle, Handle, HandleTable, WriteHandle};
 use inode::{Inode, InodeTable, NodeState, Seen};
@@ -68,6 +68,9 @@ pub struct Config {
     pub staging_dir: PathBuf,
     /// Most bytes staged at once, over all files being written.
     pub staging_limit_bytes: u64,
+    /// Most bytes the TileDB-ML views of all decoded models may
+    /// materialise (own rather than borrow from their fields), in bytes.
+    pub view_memory_bytes: u64,
     pub uid: u32,
     pub gid: u32,
 }
@@ -87,6 +90,7 @@ impl Default for Config {
             prefetch_fetch_bytes: 4 << 20,
             staging_dir: std::env::temp_dir().join("modelfs-staging"),
             staging_limit_bytes: 64 << 30,
+            view_memory_bytes: 2 << 30,
             uid: 0,
             gid: 0,
         }
@@ -110,6 +114,8 @@ pub struct ModelFs {
     ml_models: Mutex<Vec<(String, u64, Arc<TileDbMlModel>)>>,
     /// URIs already warned about, so a bad entry logs once, not per listing.
     warned: Mutex<HashSet<String>>,
+    /// What the TileDB-ML views of every decoded model materialise.
+    view_memory: MemoryPool,
 }
 
 impl ModelFs {
@@ -135,6 +141,7 @@ impl ModelFs {
                 )
             })?;
         let cache = Arc::new(ChunkCache::new(config.cache_bytes, counters.clone()));
+        let view_memory = MemoryPool::new(config.view_memory_bytes);
         let prefetch = PrefetchPool::new(
             cache.clone(),
             counters.clone(),
@@ -155,6 +162,7 @@ impl ModelFs {
             started: SystemTime::now(),
             warned: Mutex::new(HashSet::new()),
             ml_models: Mutex::new(Vec::new()),
+            view_memory,
         })
     }
 
@@ -236,7 +244,13 @@ impl ModelFs {
                 return Ok(m.clone());
             }
         }
-        let model = Arc::new(TileDbMlModel::open(self.registry.context(), uri)?);
+        let model = Arc::new(TileDbMlModel::open_with(
+            self.registry.context(),
+            uri,
+            None,
+            &self.view_memory,
+            ViewLimits::default(),
+        )?);
         for failure in model.failures() {
             self.warn_once(&format!("{uri}#{}", failure.field), format_args!("{failure}"));
         }

@@ -32,6 +32,14 @@ use super::safetensors_index::TensorIndex;
 /// GiB of fragment metadata) and object-store requests large.
 pub const TILE_BYTES: u64 = 256 * 1024;
 
+/// Largest tile extent read, in bytes (64 MiB): a read loads whole tiles,
+/// so an array with larger tiles (any UINT64 extent up to 2^64 is valid
+/// TileDB) could make one 1-byte read allocate that much. Arrays over it
+/// are refused before anything is allocated for them. No tool writes
+/// model files with tiles this large (modelfs writes 256 KiB, TileDB's
+/// filestore 1 KiB, TileDB-ML 1 KiB).
+pub const MAX_TILE_BYTES: u64 = 64 << 20;
+
 /// Bytes gathered before one submit of a streaming write: each submit costs
 /// TileDB a fixed amount of work, so FUSE's 128 KiB-1 MiB writes are
 /// batched (measured: `cp` into the mount went at a third of `import`'s
@@ -41,6 +49,9 @@ pub const SUBMIT_BYTES: usize = 8 << 20;
 /// Upper bound of the `position` domain: far beyond any file, and leaving
 /// room for TileDB to round the domain up to whole tiles.
 pub const DOMAIN_MAX: u64 = (1 << 62) - 1;
+
+/// Largest `file_size` accepted: what `off_t` (and so `stat`) can state.
+pub const MAX_FILE_BYTES: u64 = i64::MAX as u64;
 
 /// Value of `modelfs.format` this code writes and understands.
 pub const FORMAT_VERSION: u64 = 1;
@@ -125,6 +136,11 @@ pub fn parse_meta(uri: &str, meta: &[(String, MetaValue)]) -> Result<FileMeta> {
         .ok_or_else(|| corrupt(format!("no `{KEY_FILE_SIZE}` metadata (an unfinished write?)")))?
         .as_u64()
         .ok_or_else(|| corrupt(format!("`{KEY_FILE_SIZE}` is not a non-negative integer")))?;
+    if size > MAX_FILE_BYTES {
+        return Err(corrupt(format!(
+            "`{KEY_FILE_SIZE}` is {size} bytes, over the largest file size ({MAX_FILE_BYTES})"
+        )));
+    }
     if let Some(v) = get(KEY_FORMAT).and_then(|v| v.as_u64())
         && v > FORMAT_VERSION
     {
@@ -176,6 +192,11 @@ impl FileArray {
     }
 
     /// Opens the version `meta` describes (as read by [`read_meta`]).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the tile extent is over [`MAX_TILE_BYTES`] or
+    /// `file_size` runs past the cells the version holds (its non-empty
+    /// domain), both checked before anything is read.
     pub fn open_version(ctx: &Context, uri: &str, meta: FileMeta) -> Result<Self> {
         let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp)?;
         let tile_bytes = array
@@ -184,6 +205,8 @@ impl FileArray {
             .first()
             .and_then(|d| d.as_u64())
             .map_or(TILE_BYTES, |(_, _, extent)| extent);
+        check_tile_bytes(uri, tile_bytes)?;
+        check_size_written(uri, meta.size, array.non_empty_domain_u64(0)?)?;
         Ok(FileArray {
             array,
             meta,
@@ -221,6 +244,36 @@ impl FileArray {
     }
 }
 
+/// Refuses a tile extent over [`MAX_TILE_BYTES`].
+pub fn check_tile_bytes(uri: &str, tile_bytes: u64) -> Result<()> {
+    if tile_bytes > MAX_TILE_BYTES {
+        return Err(Error::Corrupt {
+            uri: uri.to_string(),
+            reason: format!("tile extent {tile_bytes} is over the {MAX_TILE_BYTES}-byte limit"),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a `file_size` the array's cells do not hold: `[0, size)` must
+/// lie inside the non-empty domain `written` (`None` when no cell is
+/// written), or the bytes past it would read as fill.
+fn check_size_written(uri: &str, size: u64, written: Option<(u64, u64)>) -> Result<()> {
+    let holds = match written {
+        _ if size == 0 => true,
+        None => false,
+        Some((lo, hi)) => lo == 0 && size - 1 <= hi,
+    };
+    if holds {
+        return Ok(());
+    }
+    let cells = written.map_or_else(|| "no cells".to_string(), |(lo, hi)| format!("cells [{lo}, {hi}]"));
+    Err(Error::Corrupt {
+        uri: uri.to_string(),
+        reason: format!("`{KEY_FILE_SIZE}` is {size} bytes but the array holds {cells}"),
+    })
+}
+
 /// Creates an empty file array at `uri` with the layout above.
 pub fn create(ctx: &Context, uri: &str) -> Result<()> {
     let schema = Schema::dense(
@@ -256,7 +309,13 @@ fn next_timestamp(ctx: &Context, uri: &str) -> Result<u64> {
             .map_or(0, |m| m.timestamp.unwrap_or(0).max(m.attrs.written_ms())),
         Err(_) => 0,
     };
-    Ok(tiledb::now_ms().max(latest_fragment + 1).max(latest_meta + 1))
+    let after = |t: u64| {
+        t.checked_add(1).ok_or_else(|| Error::Corrupt {
+            uri: uri.to_string(),
+            reason: format!("a version is timestamped {t} ms, the last one TileDB can name"),
+        })
+    };
+    Ok(tiledb::now_ms().max(after(latest_fragment)?).max(after(latest_meta)?))
 }
 
 /// Stores `change` in the metadata of the file array at `uri` without a new
@@ -329,6 +388,7 @@ impl FileWriter {
                     uri: uri.to_string(),
                     reason: "no UINT64 dimension".into(),
                 })?;
+        check_tile_bytes(uri, extent)?;
         let timestamp = next_timestamp(ctx, uri)?;
         let array = Array::open_at(ctx, uri, Mode::Write, Some(timestamp))?;
         let aligned = size / extent * extent;

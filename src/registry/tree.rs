@@ -164,7 +164,8 @@ impl Registry {
         let mut out = Vec::new();
         for child in self.vfs.ls(&dir.uri)? {
             let name = last_component(&child).to_string();
-            if invalid_name_reason(&name).is_some() {
+            if let Some(reason) = invalid_name_reason(&name) {
+                warn!("{}: {child} left out: name {reason}", dir.uri);
                 continue;
             }
             let uri = join(&dir.uri, &name);

@@ -97,7 +97,7 @@ impl ChunkCache {
         let chunks = self.load(src, first, last + 1, Want::Demand)?;
         let mut copied = 0usize;
         for (i, chunk) in chunks.iter().enumerate() {
-            let chunk_start = (first + i as u64) * cb;
+            let chunk_start = first.saturating_add(i as u64).saturating_mul(cb);
             let from = offset.max(chunk_start) - chunk_start;
             let bytes = chunk.as_ref().map(Chunk::bytes).unwrap_or_default();
             let want = (len as usize - copied).min(bytes.len().saturating_sub(from as usize));
@@ -232,8 +232,9 @@ impl ChunkCache {
     /// Reads chunks `[first, end)` in one query and makes them ready.
     fn fetch_run(&self, src: &dyn ChunkSource, first: u64, end: u64) -> Result<Vec<Chunk>> {
         let cb = src.chunk_bytes();
-        let start = first * cb;
-        let stop = (end * cb).min(src.size());
+        // Saturating: a file may end within one chunk of u64::MAX.
+        let start = first.saturating_mul(cb);
+        let stop = end.saturating_mul(cb).min(src.size());
         let mut buf = vec![0u8; stop.saturating_sub(start) as usize];
         Counters::add(&self.counters.tiledb_reads, 1);
         Counters::add(&self.counters.tiledb_bytes, buf.len() as u64);
@@ -242,7 +243,7 @@ impl ChunkCache {
         let buf = Arc::new(buf);
         let chunks: Vec<Chunk> = (first..end)
             .map(|c| {
-                let s = ((c - first) * cb) as usize;
+                let s = usize::try_from((c - first).saturating_mul(cb)).unwrap_or(usize::MAX);
                 Chunk {
                     buf: buf.clone(),
                     start: s.min(total),
@@ -394,6 +395,40 @@ mod tests {
             t.join().unwrap();
         }
         assert!(src.reads.load(Ordering::Relaxed) <= 64 * 2);
+    }
+
+    /// A file of zeros ending at `u64::MAX`, as a hostile array's size key
+    /// can claim.
+    struct EndOfRange;
+
+    impl ChunkSource for EndOfRange {
+        fn id(&self) -> u64 {
+            1
+        }
+        fn size(&self) -> u64 {
+            u64::MAX
+        }
+        fn chunk_bytes(&self) -> u64 {
+            1 << 20
+        }
+        fn read_exact_at(&self, _offset: u64, buf: &mut [u8]) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn describe(&self) -> &str {
+            "end of range"
+        }
+    }
+
+    #[test]
+    fn issue_13_reads_near_u64_max_do_not_overflow() {
+        let (c, _) = cache(4 << 20);
+        for offset in [u64::MAX - 1, u64::MAX - (1 << 20), u64::MAX - (3 << 19)] {
+            let mut buf = [1u8; 4096];
+            let n = c.read(&EndOfRange, offset, &mut buf).unwrap();
+            assert_eq!(n as u64, (u64::MAX - offset).min(4096));
+            assert!(buf[..n].iter().all(|&b| b == 0));
+        }
     }
 
     proptest! {

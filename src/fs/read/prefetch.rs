@@ -140,7 +140,7 @@ impl PrefetchPool {
         let Some(tx) = guard.as_ref() else { return };
         let mut c = first;
         while c < end {
-            let stop = (c + per_job).min(end);
+            let stop = c.saturating_add(per_job).min(end);
             let job = Job {
                 src: src.clone(),
                 chunks: c..stop,

@@ -21,7 +21,9 @@
 //! any other global is refused and named in the error. Every size is
 //! checked before it is used, and bounds (`tensor::DecodeLimits`) cap the
 //! input, the opcodes run, the memo, the stack, the nesting and the bytes
-//! allocated, so a hostile pickle costs bounded time and memory.
+//! allocated, so a hostile pickle costs bounded time and memory; and
+//! `budget` counts every byte a view materialises, per view, per model and
+//! per mount.
 //!
 //! Layers, bottom up: `pickle` (bytes to values), `torch_legacy` and
 //! `numpy` (values to `tensor::Tensor`s), `views` (a field to its files,
@@ -29,6 +31,7 @@
 //! owned, served by byte range), `metadata_json`, and `model`, the one
 //! entry point: [`TileDbMlModel::open`].
 
+mod budget;
 mod metadata_json;
 mod model;
 mod numpy;
@@ -43,6 +46,7 @@ mod views;
 #[cfg(test)]
 mod tests;
 
+pub use budget::{Budget, MemoryPool, ModelBudget, OverBudget, Reservation, Scope as BudgetScope, ViewLimits};
 pub use model::{
     FieldError, FieldInfo, FieldProblem, MAX_FIELD_BYTES, METADATA_JSON, OFFSET_DIMENSION, TileDbMlModel, ViewEntry,
 };

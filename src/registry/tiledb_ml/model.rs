@@ -24,12 +24,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use log::debug;
+use log::{debug, warn};
 
 use crate::registry::error::{Error, Result};
+use crate::registry::file_array::check_tile_bytes;
+use crate::registry::names::invalid_name_reason;
 use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
 use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
 
+use super::budget::{MemoryPool, ModelBudget, Reservation, ViewLimits};
 use super::metadata_json::metadata_json;
 use super::tensor::DecodeLimits;
 use super::view_file::ViewFile;
@@ -121,6 +124,7 @@ pub struct TileDbMlModel {
     framework: Framework,
     fields: Vec<FieldInfo>,
     entries: Vec<(String, ViewEntry)>,
+    reservation: Arc<Reservation>,
 }
 
 /// What reading one field gave.
@@ -150,6 +154,21 @@ impl TileDbMlModel {
     /// A field that cannot be shown is not an error here: it is a
     /// [`ViewEntry::Failed`] entry.
     pub fn open_at(ctx: &Context, uri: &str, end_ms: Option<u64>) -> Result<Self> {
+        let limits = ViewLimits::default();
+        Self::open_with(ctx, uri, end_ms, &MemoryPool::new(limits.model_bytes), limits)
+    }
+
+    /// [`TileDbMlModel::open_at`] with the views' materialised bytes capped
+    /// per view and per model by `view_limits` and charged to `pool`, where
+    /// they stay while the model or any of its files is alive. A field over
+    /// a cap is a [`ViewEntry::Failed`] naming the cap.
+    pub fn open_with(
+        ctx: &Context,
+        uri: &str,
+        end_ms: Option<u64>,
+        pool: &MemoryPool,
+        view_limits: ViewLimits,
+    ) -> Result<Self> {
         let mut array = Array::open_at(ctx, uri, Mode::Read, end_ms)?;
         let version = array.open_timestamp_end()?;
         let schema = array.schema()?;
@@ -159,6 +178,7 @@ impl TileDbMlModel {
         // key pointing there is broken.
         let written = array.non_empty_domain_u64(0)?.map_or(0, |(_, hi)| hi.saturating_add(1));
         let limits = DecodeLimits::default();
+        let budget = ModelBudget::new(pool.clone(), view_limits);
 
         let mut entries = Entries::default();
         entries.add(
@@ -169,6 +189,11 @@ impl TileDbMlModel {
         let mut fields = Vec::new();
         for attr in schema.attributes()? {
             let key = format!("{}{SIZE_SUFFIX}", attr.name);
+            let path = views::field_path(framework, &attr.name);
+            if let Some(reason) = path_problem(&path) {
+                warn!("{uri}: field {:?} not shown (nothing read): {reason}", attr.name);
+                continue;
+            }
             let size_value = meta.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
             let is_bytes = attr.datatype == Datatype::UINT8 && attr.cell_val_num == 1 && !attr.nullable;
             if !is_bytes && size_value.is_none() {
@@ -193,8 +218,10 @@ impl TileDbMlModel {
                 FieldRead::Problem(p) => entries.add(uri, views::field_path(framework, &attr.name), fail(p)),
                 FieldRead::Bytes(buf) => {
                     let bytes = Arc::new(buf);
-                    match views::field_files(framework, &attr.name, &bytes, &limits) {
+                    let view_budget = budget.view();
+                    match views::field_files(framework, &attr.name, &bytes, &limits, &view_budget) {
                         Ok(files) => {
+                            view_budget.keep();
                             for f in files {
                                 entries.add(uri, f.path, ViewEntry::Ready(ViewFile::from_content(f.content, &bytes)));
                             }
@@ -204,15 +231,28 @@ impl TileDbMlModel {
                 }
             }
         }
+        let reservation = Arc::new(budget.finish());
         let mut entries = entries.list;
         entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        for (_, entry) in &mut entries {
+            if let ViewEntry::Ready(file) = entry {
+                file.hold(reservation.clone());
+            }
+        }
         Ok(TileDbMlModel {
             uri: uri.to_string(),
             version,
             framework,
             fields,
             entries,
+            reservation,
         })
+    }
+
+    /// Bytes its views materialised (owned, not borrowed from the fields),
+    /// charged to the pool it was opened with.
+    pub fn materialized_bytes(&self) -> u64 {
+        self.reservation.bytes()
     }
 
     /// The array's URI, as given to [`TileDbMlModel::open`].
@@ -261,6 +301,8 @@ impl TileDbMlModel {
 }
 
 /// Whether `schema` and `meta` have the TileDB-ML layout; the framework.
+/// A tile extent over [`crate::registry::file_array::MAX_TILE_BYTES`] is
+/// [`Error::Corrupt`]: reading a field loads whole tiles.
 fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<Framework> {
     let not = |reason: String| Error::NotATileDbMlModel {
         uri: uri.to_string(),
@@ -279,7 +321,12 @@ fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Res
         return Err(not("sparse array".into()));
     }
     match schema.dimensions()?.as_slice() {
-        [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => Ok(framework),
+        [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => {
+            if let Some((_, _, extent)) = d.as_u64() {
+                check_tile_bytes(uri, extent)?;
+            }
+            Ok(framework)
+        }
         _ => Err(not(format!("dimensions are not one UINT64 `{OFFSET_DIMENSION}`"))),
     }
 }
@@ -338,6 +385,14 @@ fn read_field(
     Ok(FieldRead::Bytes(buf))
 }
 
+/// Why `path` (`/`-separated, relative) cannot be shown as a file in a
+/// view: a component that is empty, `.`, `..`, holds NUL or is over 255
+/// bytes. Attribute names come from storage and can be any of these.
+fn path_problem(path: &str) -> Option<String> {
+    path.split('/')
+        .find_map(|c| invalid_name_reason(c).map(|reason| format!("component {c:?} cannot be a file name ({reason})")))
+}
+
 /// Entries in the making: the first entry at a path wins, and a path that
 /// would be both a file and a folder is dropped.
 #[derive(Default)]
@@ -349,6 +404,10 @@ struct Entries {
 
 impl Entries {
     fn add(&mut self, uri: &str, path: String, entry: ViewEntry) {
+        if let Some(reason) = path_problem(&path) {
+            warn!("{uri}: view entry {path:?} left out: {reason}");
+            return;
+        }
         let parents: Vec<&str> = path.match_indices('/').filter_map(|(i, _)| path.get(..i)).collect();
         if self.files.contains(&path) || self.folders.contains(&path) || parents.iter().any(|p| self.files.contains(*p))
         {
@@ -385,6 +444,21 @@ mod tests {
         e.add("u", "tensorboard".into(), file(b"3"));
         e.add("u", "tensorboard/a/x/y".into(), file(b"4"));
         e.add("u", "tensorboard/b".into(), file(b"5"));
+        // Names no file system can show (attribute names are free text).
+        let long = "n".repeat(256);
+        for bad in [
+            "..",
+            ".",
+            "",
+            "a//b",
+            "/abs",
+            "a/",
+            "x\0y",
+            "tensorboard/../up",
+            long.as_str(),
+        ] {
+            e.add("u", bad.to_string(), file(b"6"));
+        }
         let paths: Vec<&str> = e.list.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["metadata.json", "tensorboard/a/x", "tensorboard/b"]);
         match &e.list[0].1 {

@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 
+use super::budget::Budget;
 use super::pickle::{Object, Value};
 use super::tensor::{DType, DecodeError, Tensor, byteswap, materialize, numel};
 
@@ -139,6 +140,7 @@ fn from_raw<'a>(
     order: Order,
     shape: Vec<usize>,
     fortran: bool,
+    budget: &Budget<'_>,
 ) -> Result<Tensor<'a>, DecodeError> {
     let len = numel(&shape)?
         .checked_mul(dtype.size())
@@ -152,11 +154,23 @@ fn from_raw<'a>(
     }
     let mut bytes: Cow<'a, [u8]> = if fortran && shape.len() > 1 {
         let strides = fortran_strides(&shape)?;
-        Cow::Owned(materialize(data, dtype.size(), 0, &shape, &strides, len)?.into_owned())
+        let view = materialize(data, dtype.size(), 0, &shape, &strides, len, budget)?;
+        if matches!(view, Cow::Borrowed(_)) {
+            budget.charge(len)?;
+        }
+        Cow::Owned(view.into_owned())
     } else {
+        // An owned buffer (bytes the pickle reader had to copy) is copied
+        // again for every reference to it.
+        if matches!(data, Cow::Owned(_)) {
+            budget.charge(len)?;
+        }
         data.clone()
     };
     if order == Order::Big {
+        if matches!(bytes, Cow::Borrowed(_)) {
+            budget.charge(len)?;
+        }
         byteswap(bytes.to_mut(), dtype.size());
     }
     Ok(Tensor {
@@ -167,7 +181,7 @@ fn from_raw<'a>(
 }
 
 /// Decodes a pickled ndarray.
-pub fn decode_array<'a>(v: &Value<'a>) -> Result<Tensor<'a>, DecodeError> {
+pub fn decode_array<'a>(v: &Value<'a>, budget: &Budget<'_>) -> Result<Tensor<'a>, DecodeError> {
     let o = v
         .as_object()
         .ok_or_else(|| DecodeError::shape("numpy array", "an ndarray", v.type_name()))?;
@@ -197,7 +211,7 @@ pub fn decode_array<'a>(v: &Value<'a>) -> Result<Tensor<'a>, DecodeError> {
                 ));
             }
         };
-        return from_raw(data, dtype, byte_order, shape_of(shape)?, fortran);
+        return from_raw(data, dtype, byte_order, shape_of(shape)?, fortran, budget);
     }
     if !is_call(o, &MODULES, "_reconstruct") {
         return Err(DecodeError::shape("numpy array", "_reconstruct", o.class.to_string()));
@@ -243,11 +257,11 @@ pub fn decode_array<'a>(v: &Value<'a>) -> Result<Tensor<'a>, DecodeError> {
             });
         }
     };
-    from_raw(data, dtype, order, shape_of(shape)?, fortran)
+    from_raw(data, dtype, order, shape_of(shape)?, fortran, budget)
 }
 
 /// Decodes a pickled numpy scalar as a 0-d tensor.
-pub fn decode_scalar<'a>(v: &Value<'a>) -> Result<Tensor<'a>, DecodeError> {
+pub fn decode_scalar<'a>(v: &Value<'a>, budget: &Budget<'_>) -> Result<Tensor<'a>, DecodeError> {
     let o = v
         .as_object()
         .filter(|o| is_call(o, &MODULES, "scalar"))
@@ -266,15 +280,17 @@ pub fn decode_scalar<'a>(v: &Value<'a>) -> Result<Tensor<'a>, DecodeError> {
             return Err(DecodeError::shape("numpy scalar", "bytes", other.type_name()));
         }
     };
-    from_raw(data, dtype, order, Vec::new(), false)
+    from_raw(data, dtype, order, Vec::new(), false, budget)
 }
 
 /// Decodes an ndarray or a numpy scalar.
-pub fn decode_any<'a>(v: &Value<'a>) -> Result<Tensor<'a>, DecodeError> {
+/// Bytes it has to own (Fortran order, big-endian, a copy of an owned
+/// buffer) are charged to `budget` first.
+pub fn decode_any<'a>(v: &Value<'a>, budget: &Budget<'_>) -> Result<Tensor<'a>, DecodeError> {
     if is_scalar(v) {
-        decode_scalar(v)
+        decode_scalar(v, budget)
     } else {
-        decode_array(v)
+        decode_array(v, budget)
     }
 }
 
@@ -290,7 +306,7 @@ mod tests {
         let p = include_bytes!("../../../tests/data/tiledb_ml/handmade/np_f4_2d_p2.pkl");
         let v = pickle::load(p).unwrap();
         assert!(is_ndarray(&v));
-        let t = decode_array(&v).unwrap();
+        let t = decode_array(&v, &Budget::standalone(u64::MAX)).unwrap();
         assert_eq!(t.dtype, DType::F32);
         assert_eq!(t.shape, vec![4, 6]);
         let want: Vec<u8> = (0..24).flat_map(|i| (i as f32 / 7.0).to_le_bytes()).collect();
@@ -302,7 +318,7 @@ mod tests {
         // np.int64(-7) at protocol 4, and the same with one data byte cut.
         let good = b"\x80\x04\x95j\x00\x00\x00\x00\x00\x00\x00\x8c\x16numpy._core.multiarray\x94\x8c\x06scalar\x94\x93\x94\x8c\x05numpy\x94\x8c\x05dtype\x94\x93\x94\x8c\x02i8\x94\x89\x88\x87\x94R\x94(K\x03\x8c\x01<\x94NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t\x94bC\x08\xf9\xff\xff\xff\xff\xff\xff\xff\x94\x86\x94R\x94.";
         let v = pickle::load(good).unwrap();
-        let t = decode_any(&v).unwrap();
+        let t = decode_any(&v, &Budget::standalone(u64::MAX)).unwrap();
         assert_eq!((t.dtype, t.shape.len()), (DType::I64, 0));
         assert_eq!(t.data.as_ref(), (-7i64).to_le_bytes().as_slice());
         let mut short = good.to_vec();
@@ -311,6 +327,6 @@ mod tests {
         short.remove(at + 2);
         short[3] -= 1; // the FRAME length
         let v = pickle::load(&short).unwrap();
-        assert!(decode_any(&v).is_err());
+        assert!(decode_any(&v, &Budget::standalone(u64::MAX)).is_err());
     }
 }

@@ -1730,6 +1730,9 @@ impl<'n, 'a> Builder<'n, 'a> {
                     }
                     let children = self.children(id)?;
                     self.charge(children.len().saturating_mul(ID_COST))?;
+                    if let Node::Object(o) = self.node(id)? {
+                        self.charge(o.class.module.len().saturating_add(o.class.name.len()))?;
+                    }
                     work.push(Work::Exit(id));
                     work.extend(children.into_iter().rev().map(|c| Work::Enter(c, depth + 1)));
                 }
@@ -1781,7 +1784,12 @@ impl<'n, 'a> Builder<'n, 'a> {
                 }
                 Value::ByteArray(b.clone())
             }
-            Node::Global(g) => Value::Global(g.clone()),
+            Node::Global(g) => {
+                // Each reference is a copy of the names: a long name fetched
+                // from the memo many times costs its length every time.
+                self.charge(g.module.len().saturating_add(g.name.len()))?;
+                Value::Global(g.clone())
+            }
             _ => return Ok(None),
         }))
     }
@@ -1870,6 +1878,35 @@ mod tests {
                 (s("b"), Value::Tuple(vec![Value::None, Value::Bool(true)])),
             ])
         );
+    }
+
+    #[test]
+    fn issue_13_every_memo_reference_to_a_global_is_charged() {
+        // [g, g, ... g]: one 64 KiB global name, memoised, fetched 1,000
+        // times; each reference copies the name into the tree.
+        let mut p = b"\x80\x04]\x94(cm\n".to_vec();
+        p.extend(std::iter::repeat_n(b'n', 64 << 10));
+        p.extend_from_slice(b"\n\x94");
+        for _ in 0..999 {
+            p.extend_from_slice(b"h\x01");
+        }
+        p.extend_from_slice(b"e.");
+        let limits = Limits {
+            max_alloc_bytes: 16 << 20,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            load_with(&p, &limits),
+            Err(Error::LimitExceeded {
+                limit: Limit::AllocBytes,
+                ..
+            })
+        ));
+        let few = Limits {
+            max_alloc_bytes: 128 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(load_with(&p, &few).unwrap().as_seq().map(<[_]>::len), Some(1000));
     }
 
     #[test]

@@ -20,12 +20,23 @@ pub enum JsonError {
     BadKey(&'static str),
     #[error("integer too large to write as decimal text")]
     IntTooLarge,
+    #[error("text longer than {0} bytes")]
+    TooLong(usize),
 }
 
-/// `json.dumps(v)`.
+/// `json.dumps(v)`, unbounded (tests).
+#[cfg(test)]
 pub fn dumps(v: &Value<'_>) -> Result<String, JsonError> {
+    dumps_within(v, usize::MAX)
+}
+
+/// `json.dumps(v)`, or [`JsonError::TooLong`] as soon as the text passes
+/// `max_len` bytes (a value referenced many times is written each time, so
+/// the text can be far larger than the pickle; it grows past `max_len` by
+/// at most one string or number before it stops).
+pub fn dumps_within(v: &Value<'_>, max_len: usize) -> Result<String, JsonError> {
     let mut out = String::new();
-    write_value(&mut out, v)?;
+    write_value(&mut out, v, max_len)?;
     Ok(out)
 }
 
@@ -118,7 +129,10 @@ fn write_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn write_value(out: &mut String, v: &Value<'_>) -> Result<(), JsonError> {
+fn write_value(out: &mut String, v: &Value<'_>, max: usize) -> Result<(), JsonError> {
+    if out.len() > max {
+        return Err(JsonError::TooLong(max));
+    }
     if let Some(text) = int_text(v)? {
         out.push_str(&text);
         return Ok(());
@@ -135,7 +149,7 @@ fn write_value(out: &mut String, v: &Value<'_>) -> Result<(), JsonError> {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_value(out, item)?;
+                write_value(out, item, max)?;
             }
             out.push(']');
         }
@@ -159,10 +173,13 @@ fn write_value(out: &mut String, v: &Value<'_>) -> Result<(), JsonError> {
                 };
                 write_str(out, &key);
                 out.push_str(": ");
-                write_value(out, val)?;
+                write_value(out, val, max)?;
             }
             out.push('}');
         }
+    }
+    if out.len() > max {
+        return Err(JsonError::TooLong(max));
     }
     Ok(())
 }

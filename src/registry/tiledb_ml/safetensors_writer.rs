@@ -122,6 +122,11 @@ impl<'a> SafetensorsFile<'a> {
         Ok(SafetensorsFile { header, tensors })
     }
 
+    /// Bytes of the length prefix, JSON and padding.
+    pub fn header_len(&self) -> usize {
+        self.header.len()
+    }
+
     /// Tensors in file order.
     #[cfg(test)]
     pub fn tensors(&self) -> &[(String, Tensor<'a>)] {

@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 
+use super::budget::Budget;
+
 /// Element types, named as safetensors names them.
 ///
 /// The declaration order follows safetensors' own `Dtype` enum, whose order
@@ -93,6 +95,8 @@ pub enum DecodeError {
     TooLarge { bytes: usize, limit: usize },
     #[error("malformed torch storage stream: {0}")]
     Storage(String),
+    #[error(transparent)]
+    OverBudget(#[from] super::budget::OverBudget),
 }
 
 impl DecodeError {
@@ -156,7 +160,7 @@ pub fn contiguous_strides(shape: &[usize]) -> Result<Vec<usize>, DecodeError> {
 /// Materialises the view `(offset, shape, stride)` (all in elements) of
 /// `storage` (raw little-endian elements of `elem_size` bytes) as row-major
 /// bytes. The result may not exceed `max_bytes`; a contiguous view is
-/// returned borrowed.
+/// returned borrowed, any other is charged to `budget` before it is made.
 pub fn materialize<'a>(
     storage: &'a [u8],
     elem_size: usize,
@@ -164,6 +168,7 @@ pub fn materialize<'a>(
     shape: &[usize],
     stride: &[usize],
     max_bytes: usize,
+    budget: &Budget<'_>,
 ) -> Result<Cow<'a, [u8]>, DecodeError> {
     if shape.len() != stride.len() {
         return Err(DecodeError::shape(
@@ -243,6 +248,7 @@ pub fn materialize<'a>(
         (Some(&d), Some(&s)) => (d, s),
         _ => (1, 1),
     };
+    budget.charge(out_len)?;
     let outer = shape.len().saturating_sub(1);
     let outer_shape = shape.get(..outer).unwrap_or(&[]);
     let outer_stride = stride.get(..outer).unwrap_or(&[]);
@@ -300,6 +306,10 @@ pub fn byteswap(data: &mut [u8], elem_size: usize) {
 mod tests {
     use super::*;
 
+    fn unlimited() -> Budget<'static> {
+        Budget::standalone(u64::MAX)
+    }
+
     fn f32s(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
@@ -307,7 +317,7 @@ mod tests {
     #[test]
     fn contiguous_is_borrowed() {
         let storage = f32s(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-        let out = materialize(&storage, 4, 2, &[2, 2], &[2, 1], 1 << 20).unwrap();
+        let out = materialize(&storage, 4, 2, &[2, 2], &[2, 1], 1 << 20, &unlimited()).unwrap();
         assert!(matches!(out, Cow::Borrowed(_)));
         assert_eq!(out.as_ref(), f32s(&[2.0, 3.0, 4.0, 5.0]).as_slice());
     }
@@ -316,13 +326,13 @@ mod tests {
     fn transpose_and_expand() {
         let storage = f32s(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
         // 2x3 transposed into 3x2.
-        let t = materialize(&storage, 4, 0, &[3, 2], &[1, 3], 1 << 20).unwrap();
+        let t = materialize(&storage, 4, 0, &[3, 2], &[1, 3], 1 << 20, &unlimited()).unwrap();
         assert_eq!(t.as_ref(), f32s(&[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]).as_slice());
         // Broadcast a row.
-        let e = materialize(&storage, 4, 1, &[2, 3], &[0, 1], 1 << 20).unwrap();
+        let e = materialize(&storage, 4, 1, &[2, 3], &[0, 1], 1 << 20, &unlimited()).unwrap();
         assert_eq!(e.as_ref(), f32s(&[1.0, 2.0, 3.0, 1.0, 2.0, 3.0]).as_slice());
         // 0-d.
-        let z = materialize(&storage, 4, 5, &[], &[], 1 << 20).unwrap();
+        let z = materialize(&storage, 4, 5, &[], &[], 1 << 20, &unlimited()).unwrap();
         assert_eq!(z.as_ref(), f32s(&[5.0]).as_slice());
     }
 
@@ -330,23 +340,25 @@ mod tests {
     fn bounds_are_checked() {
         let storage = f32s(&[0.0, 1.0]);
         assert!(matches!(
-            materialize(&storage, 4, 1, &[2], &[1], 1 << 20),
+            materialize(&storage, 4, 1, &[2], &[1], 1 << 20, &unlimited()),
             Err(DecodeError::OutOfBounds { .. })
         ));
         assert!(matches!(
-            materialize(&storage, 4, 0, &[usize::MAX, 2], &[0, 0], usize::MAX),
+            materialize(&storage, 4, 0, &[usize::MAX, 2], &[0, 0], usize::MAX, &unlimited()),
             Err(DecodeError::Overflow(_))
         ));
         assert!(matches!(
-            materialize(&storage, 4, 0, &[1 << 20], &[0], 1 << 10),
+            materialize(&storage, 4, 0, &[1 << 20], &[0], 1 << 10, &unlimited()),
             Err(DecodeError::TooLarge { .. })
         ));
         assert!(matches!(
-            materialize(&storage, 4, usize::MAX, &[1], &[1], 1 << 10),
+            materialize(&storage, 4, usize::MAX, &[1], &[1], 1 << 10, &unlimited()),
             Err(DecodeError::OutOfBounds { .. }) | Err(DecodeError::Overflow(_))
         ));
         assert_eq!(
-            materialize(&storage, 4, 99, &[0, 3], &[3, 1], 1 << 10).unwrap().len(),
+            materialize(&storage, 4, 99, &[0, 3], &[3, 1], 1 << 10, &unlimited())
+                .unwrap()
+                .len(),
             0
         );
     }

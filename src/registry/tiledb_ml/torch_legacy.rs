@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 
+use super::budget::Budget;
 use super::pickle::{self, Global, Value};
 use super::tensor::{DType, DecodeError, DecodeLimits, Tensor, materialize};
 
@@ -165,7 +166,9 @@ fn int_list(v: &Value<'_>, what: &'static str) -> Result<Vec<usize>, DecodeError
 }
 
 /// Decodes a pickled tensor into dtype, shape and row-major bytes.
-pub fn decode_tensor<'a>(v: &Value<'a>, limits: &DecodeLimits) -> Result<Tensor<'a>, DecodeError> {
+/// Bytes it has to own (a strided view, a copy out of an owned stream) are
+/// charged to `budget` first.
+pub fn decode_tensor<'a>(v: &Value<'a>, limits: &DecodeLimits, budget: &Budget<'_>) -> Result<Tensor<'a>, DecodeError> {
     let obj = v
         .as_object()
         .ok_or_else(|| DecodeError::shape("tensor", "a torch tensor", v.type_name()))?;
@@ -181,7 +184,7 @@ pub fn decode_tensor<'a>(v: &Value<'a>, limits: &DecodeLimits) -> Result<Tensor<
         {
             return Err(DecodeError::shape("parameter", "a tensor", "a parameter"));
         }
-        return decode_tensor(data, limits);
+        return decode_tensor(data, limits, budget);
     }
     if !obj.class.is("torch._utils", "_rebuild_tensor_v2") {
         return Err(DecodeError::shape(
@@ -223,9 +226,12 @@ pub fn decode_tensor<'a>(v: &Value<'a>, limits: &DecodeLimits) -> Result<Tensor<
     };
     // Keep the result borrowed from the field pickle when the stream is.
     match stream {
-        Cow::Borrowed(b) => view(b, offset, &shape, &stride, limits),
+        Cow::Borrowed(b) => view(b, offset, &shape, &stride, limits, budget),
         Cow::Owned(o) => {
-            let t = view(o, offset, &shape, &stride, limits)?;
+            let t = view(o, offset, &shape, &stride, limits, budget)?;
+            if let Cow::Borrowed(b) = &t.data {
+                budget.charge(b.len())?;
+            }
             Ok(Tensor {
                 dtype: t.dtype,
                 shape: t.shape,
@@ -241,6 +247,7 @@ fn view<'s>(
     shape: &[usize],
     stride: &[usize],
     limits: &DecodeLimits,
+    budget: &Budget<'_>,
 ) -> Result<Tensor<'s>, DecodeError> {
     let storage = parse_storage_stream(stream, &limits.pickle)?;
     let data = materialize(
@@ -250,6 +257,7 @@ fn view<'s>(
         shape,
         stride,
         limits.max_view_bytes(storage.data.len()),
+        budget,
     )?;
     Ok(Tensor {
         dtype: storage.dtype,

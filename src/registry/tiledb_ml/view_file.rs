@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::budget::Reservation;
 use super::safetensors_writer::SafetensorsFile;
 use super::views::Content;
 
@@ -50,6 +51,9 @@ pub struct ViewFile {
     starts: Vec<u64>,
     len: u64,
     tensors: Option<Vec<TensorInfo>>,
+    /// The budget the owned buffers are charged to, given back when the
+    /// model and every clone of its files are gone.
+    reservation: Option<Arc<Reservation>>,
 }
 
 /// Where `part` lies inside `base`, when it is a sub-slice of it.
@@ -124,6 +128,12 @@ impl ViewFile {
         self.starts.push(self.len);
         self.segments.push(Segment { buf, range });
         self.len = self.len.saturating_add(n);
+    }
+
+    /// Keeps `reservation` (the model's materialised bytes) charged while
+    /// this file or a clone of it is alive.
+    pub(crate) fn hold(&mut self, reservation: Arc<Reservation>) {
+        self.reservation = Some(reservation);
     }
 
     /// The file's size in bytes.

@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use super::budget::{Budget, OverBudget};
 use super::numpy;
 use super::pickle::{self, Value};
 use super::pyjson::{self, JsonError};
@@ -88,6 +89,8 @@ pub enum ViewError {
     BadPath(String),
     #[error("no view for field {field:?} of a {framework:?} model")]
     UnknownField { framework: Framework, field: String },
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 impl ViewError {
@@ -114,15 +117,35 @@ fn decode_err(context: impl Into<String>) -> impl FnOnce(DecodeError) -> ViewErr
     move |source| ViewError::Decode { context, source }
 }
 
-fn json_text(v: &Value<'_>, context: impl Into<String>) -> Result<String, ViewError> {
-    pyjson::dumps(v).map_err(|source| ViewError::Json {
-        context: context.into(),
-        source,
-    })
+/// `json.dumps(v)`, charged to `budget` (and stopped once it would pass it).
+fn json_text(v: &Value<'_>, context: impl Into<String>, budget: &Budget<'_>) -> Result<String, ViewError> {
+    let room = usize::try_from(budget.remaining()).unwrap_or(usize::MAX);
+    match pyjson::dumps_within(v, room) {
+        Ok(text) => {
+            budget.charge(text.len())?;
+            Ok(text)
+        }
+        // The cap that the text passed, named as the budget names it.
+        Err(JsonError::TooLong(_)) => Err(budget.charge(room.saturating_add(1)).err().map_or_else(
+            || ViewError::Json {
+                context: context.into(),
+                source: JsonError::TooLong(room),
+            },
+            ViewError::OverBudget,
+        )),
+        Err(source) => Err(ViewError::Json {
+            context: context.into(),
+            source,
+        }),
+    }
 }
 
 /// A PyTorch `state_dict` (`OrderedDict` name → tensor) as safetensors.
-pub fn pytorch_model_value<'a>(root: &Value<'a>, limits: &DecodeLimits) -> Result<SafetensorsFile<'a>, ViewError> {
+pub fn pytorch_model_value<'a>(
+    root: &Value<'a>,
+    limits: &DecodeLimits,
+    budget: &Budget<'_>,
+) -> Result<SafetensorsFile<'a>, ViewError> {
     let items = root
         .dict_items()
         .ok_or_else(|| ViewError::Layout(format!("state_dict is a {}", root.type_name())))?;
@@ -131,7 +154,7 @@ pub fn pytorch_model_value<'a>(root: &Value<'a>, limits: &DecodeLimits) -> Resul
         let name = k
             .as_str()
             .ok_or_else(|| ViewError::Layout(format!("state_dict key is a {}", k.type_name())))?;
-        let t = torch_legacy::decode_tensor(v, limits).map_err(decode_err(format!("tensor {name:?}")))?;
+        let t = torch_legacy::decode_tensor(v, limits, budget).map_err(decode_err(format!("tensor {name:?}")))?;
         tensors.push((name.to_string(), t));
     }
     Ok(SafetensorsFile::new(tensors, vec![("format".into(), "pt".into())])?)
@@ -152,7 +175,11 @@ fn state_id(k: &Value<'_>) -> Result<String, ViewError> {
 }
 
 /// A PyTorch optimizer `state_dict` as safetensors plus JSON metadata.
-pub fn pytorch_optimizer_value<'a>(root: &Value<'a>, limits: &DecodeLimits) -> Result<SafetensorsFile<'a>, ViewError> {
+pub fn pytorch_optimizer_value<'a>(
+    root: &Value<'a>,
+    limits: &DecodeLimits,
+    budget: &Budget<'_>,
+) -> Result<SafetensorsFile<'a>, ViewError> {
     if root.dict_items().is_none() {
         return Err(ViewError::Layout(format!(
             "optimizer state_dict is a {}",
@@ -161,7 +188,7 @@ pub fn pytorch_optimizer_value<'a>(root: &Value<'a>, limits: &DecodeLimits) -> R
     }
     let mut metadata = vec![("format".to_string(), "pt".to_string())];
     if let Some(groups) = root.get("param_groups") {
-        metadata.push(("param_groups".into(), json_text(groups, "param_groups")?));
+        metadata.push(("param_groups".into(), json_text(groups, "param_groups", budget)?));
     }
     let mut tensors = Vec::new();
     if let Some(state) = root.get("state") {
@@ -179,11 +206,11 @@ pub fn pytorch_optimizer_value<'a>(root: &Value<'a>, limits: &DecodeLimits) -> R
                     .ok_or_else(|| ViewError::Layout(format!("optimizer state {id} key is a {}", key.type_name())))?;
                 let name = format!("state.{id}.{key}");
                 if torch_legacy::is_tensor(value) {
-                    let t =
-                        torch_legacy::decode_tensor(value, limits).map_err(decode_err(format!("tensor {name:?}")))?;
+                    let t = torch_legacy::decode_tensor(value, limits, budget)
+                        .map_err(decode_err(format!("tensor {name:?}")))?;
                     tensors.push((name, t));
                 } else {
-                    let text = json_text(value, name.clone())?;
+                    let text = json_text(value, name.clone(), budget)?;
                     metadata.push((name, text));
                 }
             }
@@ -193,14 +220,14 @@ pub fn pytorch_optimizer_value<'a>(root: &Value<'a>, limits: &DecodeLimits) -> R
 }
 
 /// A Keras weight list (numpy arrays and scalars) as safetensors.
-pub fn keras_weights_value<'a>(root: &Value<'a>) -> Result<SafetensorsFile<'a>, ViewError> {
+pub fn keras_weights_value<'a>(root: &Value<'a>, budget: &Budget<'_>) -> Result<SafetensorsFile<'a>, ViewError> {
     let items = root
         .as_seq()
         .ok_or_else(|| ViewError::Layout(format!("weights are a {}", root.type_name())))?;
     let mut tensors = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let name = format!("{i:04}");
-        let mut t: Tensor<'a> = numpy::decode_any(item).map_err(decode_err(format!("weight {name}")))?;
+        let mut t: Tensor<'a> = numpy::decode_any(item, budget).map_err(decode_err(format!("weight {name}")))?;
         if numpy::is_scalar(item) {
             t.shape = vec![1];
         }
@@ -233,7 +260,7 @@ fn path_components(path: &str) -> Result<Vec<&str>, ViewError> {
 
 /// The `{path: bytes}` dict of the `tensorboard` field, as files relative to
 /// the deepest folder that holds them all.
-pub fn tensorboard_value<'a>(root: &Value<'a>) -> Result<Vec<TensorboardFile<'a>>, ViewError> {
+pub fn tensorboard_value<'a>(root: &Value<'a>, budget: &Budget<'_>) -> Result<Vec<TensorboardFile<'a>>, ViewError> {
     let items = root
         .dict_items()
         .ok_or_else(|| ViewError::Layout(format!("tensorboard field is a {}", root.type_name())))?;
@@ -243,7 +270,12 @@ pub fn tensorboard_value<'a>(root: &Value<'a>) -> Result<Vec<TensorboardFile<'a>
             .as_str()
             .ok_or_else(|| ViewError::Layout(format!("tensorboard path is a {}", k.type_name())))?;
         let data = match v {
-            Value::Bytes(b) | Value::ByteArray(b) => b.clone(),
+            Value::Bytes(b) | Value::ByteArray(b) => {
+                if let Cow::Owned(o) = b {
+                    budget.charge(o.len())?;
+                }
+                b.clone()
+            }
             other => {
                 return Err(ViewError::Layout(format!(
                     "tensorboard file {path:?} is a {}",
@@ -291,30 +323,43 @@ pub fn tensorboard_value<'a>(root: &Value<'a>) -> Result<Vec<TensorboardFile<'a>
 }
 
 /// `model.safetensors` for a PyTorch `model` field pickle.
-pub fn pytorch_model<'a>(pickle_bytes: &'a [u8], limits: &DecodeLimits) -> Result<SafetensorsFile<'a>, ViewError> {
+pub fn pytorch_model<'a>(
+    pickle_bytes: &'a [u8],
+    limits: &DecodeLimits,
+    budget: &Budget<'_>,
+) -> Result<SafetensorsFile<'a>, ViewError> {
     let root = pickle::load_with(pickle_bytes, &limits.pickle)?;
-    pytorch_model_value(&root, limits)
+    pytorch_model_value(&root, limits, budget)
 }
 
 /// `optimizer.safetensors` for a PyTorch `optimizer` field pickle.
-pub fn pytorch_optimizer<'a>(pickle_bytes: &'a [u8], limits: &DecodeLimits) -> Result<SafetensorsFile<'a>, ViewError> {
+pub fn pytorch_optimizer<'a>(
+    pickle_bytes: &'a [u8],
+    limits: &DecodeLimits,
+    budget: &Budget<'_>,
+) -> Result<SafetensorsFile<'a>, ViewError> {
     let root = pickle::load_with(pickle_bytes, &limits.pickle)?;
-    pytorch_optimizer_value(&root, limits)
+    pytorch_optimizer_value(&root, limits, budget)
 }
 
 /// `model.safetensors` / `optimizer.safetensors` for a Keras field pickle.
-pub fn keras_weights<'a>(pickle_bytes: &'a [u8], limits: &DecodeLimits) -> Result<SafetensorsFile<'a>, ViewError> {
+pub fn keras_weights<'a>(
+    pickle_bytes: &'a [u8],
+    limits: &DecodeLimits,
+    budget: &Budget<'_>,
+) -> Result<SafetensorsFile<'a>, ViewError> {
     let root = pickle::load_with(pickle_bytes, &limits.pickle)?;
-    keras_weights_value(&root)
+    keras_weights_value(&root, budget)
 }
 
 /// The event files of a `tensorboard` field pickle.
 pub fn tensorboard_files<'a>(
     pickle_bytes: &'a [u8],
     limits: &DecodeLimits,
+    budget: &Budget<'_>,
 ) -> Result<Vec<TensorboardFile<'a>>, ViewError> {
     let root = pickle::load_with(pickle_bytes, &limits.pickle)?;
-    tensorboard_value(&root)
+    tensorboard_value(&root, budget)
 }
 
 /// What a view file holds.
@@ -350,25 +395,30 @@ pub fn field_files<'a>(
     field: &str,
     pickle_bytes: &'a [u8],
     limits: &DecodeLimits,
+    budget: &Budget<'_>,
 ) -> Result<Vec<FieldFile<'a>>, ViewError> {
-    let st = |path: &str, f: SafetensorsFile<'a>| {
-        vec![FieldFile {
+    let st = |path: &str, f: SafetensorsFile<'a>| -> Result<Vec<FieldFile<'a>>, ViewError> {
+        budget.charge(f.header_len())?;
+        Ok(vec![FieldFile {
             path: path.into(),
             content: Content::Safetensors(f),
-        }]
+        }])
     };
     match (framework, field) {
         (Framework::SkLearn, "model") => Ok(vec![FieldFile {
             path: "model.pkl".into(),
             content: Content::Bytes(Cow::Borrowed(pickle_bytes)),
         }]),
-        (Framework::PyTorch, "model") => Ok(st("model.safetensors", pytorch_model(pickle_bytes, limits)?)),
-        (Framework::PyTorch, "optimizer") => Ok(st("optimizer.safetensors", pytorch_optimizer(pickle_bytes, limits)?)),
-        (Framework::Keras, "model" | "optimizer") => Ok(st(
+        (Framework::PyTorch, "model") => st("model.safetensors", pytorch_model(pickle_bytes, limits, budget)?),
+        (Framework::PyTorch, "optimizer") => st(
+            "optimizer.safetensors",
+            pytorch_optimizer(pickle_bytes, limits, budget)?,
+        ),
+        (Framework::Keras, "model" | "optimizer") => st(
             &format!("{field}.safetensors"),
-            keras_weights(pickle_bytes, limits)?,
-        )),
-        (Framework::PyTorch | Framework::Keras, "tensorboard") => Ok(tensorboard_files(pickle_bytes, limits)?
+            keras_weights(pickle_bytes, limits, budget)?,
+        ),
+        (Framework::PyTorch | Framework::Keras, "tensorboard") => Ok(tensorboard_files(pickle_bytes, limits, budget)?
             .into_iter()
             .map(|f| FieldFile {
                 path: format!("tensorboard/{}", f.path),
@@ -386,6 +436,10 @@ pub fn field_files<'a>(
 mod tests {
     use super::*;
 
+    fn tb_files<'a>(v: &Value<'a>) -> Result<Vec<TensorboardFile<'a>>, ViewError> {
+        tensorboard_value(v, &Budget::standalone(0))
+    }
+
     fn tb(pairs: &[(&'static str, &'static [u8])]) -> Value<'static> {
         Value::Dict(
             pairs
@@ -397,38 +451,32 @@ mod tests {
 
     #[test]
     fn tensorboard_paths() {
-        let files = tensorboard_value(&tb(&[
+        let files = tb_files(&tb(&[
             ("/logs/run/train/events.1", b"a"),
             ("/logs/run/validation/events.2", b"bc"),
         ]))
         .unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["train/events.1", "validation/events.2"]);
-        let one = tensorboard_value(&tb(&[("C:\\logs\\events.3", b"")])).unwrap();
+        let one = tb_files(&tb(&[("C:\\logs\\events.3", b"")])).unwrap();
         assert_eq!(one[0].path, "events.3");
         for bad in ["/logs/../etc/passwd", "", "/", "a/\0b"] {
-            assert!(matches!(
-                tensorboard_value(&tb(&[(bad, b"x")])),
-                Err(ViewError::BadPath(_))
-            ));
+            assert!(matches!(tb_files(&tb(&[(bad, b"x")])), Err(ViewError::BadPath(_))));
         }
         assert!(matches!(
-            tensorboard_value(&tb(&[("/a/b/e", b"x"), ("/a//b/./e", b"y")])),
+            tb_files(&tb(&[("/a/b/e", b"x"), ("/a//b/./e", b"y")])),
             Err(ViewError::BadPath(_))
         ));
         // A file that is also the folder of another file.
         assert!(matches!(
-            tensorboard_value(&tb(&[("/r/a/x", b"1"), ("/r/a", b"2"), ("/r/b", b"3")])),
+            tb_files(&tb(&[("/r/a/x", b"1"), ("/r/a", b"2"), ("/r/b", b"3")])),
             Err(ViewError::BadPath(p)) if p == "a"
         ));
         // A component no file system can name.
         let long = format!("/logs/{}", "n".repeat(300));
         let long: &'static str = Box::leak(long.into_boxed_str());
-        assert!(matches!(
-            tensorboard_value(&tb(&[(long, b"x")])),
-            Err(ViewError::BadPath(_))
-        ));
-        assert!(tensorboard_value(&Value::List(vec![])).is_err());
+        assert!(matches!(tb_files(&tb(&[(long, b"x")])), Err(ViewError::BadPath(_))));
+        assert!(tb_files(&Value::List(vec![])).is_err());
     }
 
     #[test]
@@ -442,11 +490,24 @@ mod tests {
     #[test]
     fn sklearn_is_raw_and_unknown_fields_fail() {
         let raw = b"not even a pickle";
-        let files = field_files(Framework::SkLearn, "model", raw, &DecodeLimits::default()).unwrap();
+        let files = field_files(
+            Framework::SkLearn,
+            "model",
+            raw,
+            &DecodeLimits::default(),
+            &Budget::standalone(0),
+        )
+        .unwrap();
         assert_eq!(files[0].path, "model.pkl");
         assert!(matches!(&files[0].content, Content::Bytes(Cow::Borrowed(b)) if *b == raw));
         assert!(matches!(
-            field_files(Framework::SkLearn, "optimizer", raw, &DecodeLimits::default()),
+            field_files(
+                Framework::SkLearn,
+                "optimizer",
+                raw,
+                &DecodeLimits::default(),
+                &Budget::standalone(0)
+            ),
             Err(ViewError::UnknownField { .. })
         ));
     }

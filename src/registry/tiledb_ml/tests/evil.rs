@@ -3,6 +3,7 @@
 use serde_json::Value as Json;
 
 use super::{FIXTURE_FIELDS, data_dir, read};
+use crate::registry::tiledb_ml::budget::Budget;
 use crate::registry::tiledb_ml::pickle;
 use crate::registry::tiledb_ml::tensor::DecodeLimits;
 use crate::registry::tiledb_ml::torch_legacy;
@@ -32,7 +33,7 @@ fn evil_pickles_name_their_global() {
             _ => {
                 // The outer pickle is harmless; the storage stream is not.
                 let v = pickle::load(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-                let err = torch_legacy::decode_tensor(&v, &limits).expect_err(file);
+                let err = torch_legacy::decode_tensor(&v, &limits, &Budget::standalone(u64::MAX)).expect_err(file);
                 let err = ViewError::Decode {
                     context: file.into(),
                     source: err,
@@ -47,7 +48,10 @@ fn evil_pickles_name_their_global() {
             (Framework::Keras, "model"),
             (Framework::PyTorch, "tensorboard"),
         ] {
-            assert!(views::field_files(fw, field, &bytes, &limits).is_err(), "{file}");
+            assert!(
+                views::field_files(fw, field, &bytes, &limits, &Budget::standalone(u64::MAX)).is_err(),
+                "{file}"
+            );
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::data_dir;
+use crate::registry::tiledb_ml::budget::Budget;
 use crate::registry::tiledb_ml::pickle::{self, Limits};
 use crate::registry::tiledb_ml::pyjson;
 use crate::registry::tiledb_ml::tensor::DecodeLimits;
@@ -72,15 +73,21 @@ fn seeds() -> &'static Vec<Vec<u8>> {
     })
 }
 
+/// The materialisation budget of each fuzzed view: small, so a mutated
+/// pickle that copies one object many times stops early.
+fn budget() -> Budget<'static> {
+    Budget::standalone(64 << 20)
+}
+
 /// Runs every consumer over `data`; panics are the only failure.
 fn exercise(data: &[u8]) {
     let limits = limits();
     let start = Instant::now();
     if let Ok(v) = pickle::load_with(data, &limits.pickle) {
-        let _ = views::pytorch_model_value(&v, &limits).map(|f| f.to_vec());
-        let _ = views::pytorch_optimizer_value(&v, &limits).map(|f| f.to_vec());
-        let _ = views::keras_weights_value(&v).map(|f| f.to_vec());
-        let _ = views::tensorboard_value(&v);
+        let _ = views::pytorch_model_value(&v, &limits, &budget()).map(|f| f.to_vec());
+        let _ = views::pytorch_optimizer_value(&v, &limits, &budget()).map(|f| f.to_vec());
+        let _ = views::keras_weights_value(&v, &budget()).map(|f| f.to_vec());
+        let _ = views::tensorboard_value(&v, &budget());
         let _ = pyjson::dumps(&v);
     }
     let _ = pickle::load_prefix(data, &limits.pickle);
@@ -91,7 +98,7 @@ fn exercise(data: &[u8]) {
         (Framework::Keras, "model"),
         (Framework::Keras, "tensorboard"),
     ] {
-        if let Ok(files) = views::field_files(framework, name, &field, &limits) {
+        if let Ok(files) = views::field_files(framework, name, &field, &limits, &budget()) {
             for f in files {
                 let view = ViewFile::from_content(f.content, &field);
                 let mut buf = [0u8; 64];

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Value as Json, json};
 
 use super::{data_dir, read};
+use crate::registry::tiledb_ml::budget::Budget;
 use crate::registry::tiledb_ml::numpy;
 use crate::registry::tiledb_ml::pickle::{self, Value};
 use crate::registry::tiledb_ml::tensor::{DType, DecodeLimits};
@@ -112,14 +113,15 @@ fn handmade_pickles() {
             "numpy" => {
                 let v = pickle::load(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert_eq!(numpy::is_scalar(&v), expect["scalar"].as_bool().expect("bool"));
-                let t = numpy::decode_any(&v).unwrap_or_else(|e| panic!("{file}: {e}"));
+                let t = numpy::decode_any(&v, &Budget::standalone(u64::MAX)).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert_eq!(t.dtype, numpy_dtype(expect["dtype"].as_str().expect("dtype")), "{file}");
                 let shape: Vec<usize> = serde_json::from_value(expect["shape"].clone()).expect("shape");
                 assert_eq!(t.shape, shape, "{file}");
                 assert_eq!(hex_of(&t.data), expect["hex"].as_str().expect("hex"), "{file}");
             }
             "torch" => {
-                let file_view = views::pytorch_model(&bytes, &limits).unwrap_or_else(|e| panic!("{file}: {e}"));
+                let file_view = views::pytorch_model(&bytes, &limits, &Budget::standalone(u64::MAX))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
                 let by_name: HashMap<&str, _> = file_view.tensors().iter().map(|(n, t)| (n.as_str(), t)).collect();
                 let want = expect.as_array().expect("list");
                 assert_eq!(by_name.len(), want.len());
@@ -134,14 +136,15 @@ fn handmade_pickles() {
                 parse_safetensors(&file_view.to_vec());
             }
             "torch_error" => {
-                let err = views::pytorch_model(&bytes, &limits).expect_err(file);
+                let err = views::pytorch_model(&bytes, &limits, &Budget::standalone(u64::MAX)).expect_err(file);
                 assert!(
                     format!("{err:?}").contains(expect.as_str().expect("str")),
                     "{file}: {err:?}"
                 );
             }
             "torch_optimizer" => {
-                let f = views::pytorch_optimizer(&bytes, &limits).unwrap_or_else(|e| panic!("{file}: {e}"));
+                let f = views::pytorch_optimizer(&bytes, &limits, &Budget::standalone(u64::MAX))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
                 let (tensors, meta) = parse_safetensors(&f.to_vec());
                 assert_eq!(meta["format"], "pt");
                 for (key, value) in expect.as_object().expect("object") {
@@ -161,15 +164,22 @@ fn handmade_pickles() {
                 assert_eq!(meta.len(), expect.as_object().expect("object").len());
             }
             "tensorboard" => {
-                let files = views::tensorboard_files(&bytes, &limits).unwrap_or_else(|e| panic!("{file}: {e}"));
+                let files = views::tensorboard_files(&bytes, &limits, &Budget::standalone(u64::MAX))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
                 let got: Vec<Json> = files.iter().map(|f| json!([f.path, hex_of(&f.data)])).collect();
                 assert_eq!(&Json::Array(got), expect, "{file}");
-                let via_fields =
-                    views::field_files(Framework::PyTorch, "tensorboard", &bytes, &limits).expect("field files");
+                let via_fields = views::field_files(
+                    Framework::PyTorch,
+                    "tensorboard",
+                    &bytes,
+                    &limits,
+                    &Budget::standalone(u64::MAX),
+                )
+                .expect("field files");
                 assert!(via_fields.iter().all(|f| f.path.starts_with("tensorboard/")));
             }
             "tensorboard_error" => {
-                let err = views::tensorboard_files(&bytes, &limits).expect_err(file);
+                let err = views::tensorboard_files(&bytes, &limits, &Budget::standalone(u64::MAX)).expect_err(file);
                 assert!(matches!(err, ViewError::BadPath(_)), "{file}: {err:?}");
             }
             other => panic!("unknown kind {other}"),
