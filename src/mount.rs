@@ -75,7 +75,8 @@ pub fn run(args: Args) -> Result<()> {
         ..Config::default()
     };
     let core = Arc::new(
-        ModelFs::new(registry, &args.registry, config).with_context(|| format!("mount of {}", args.registry))?,
+        ModelFs::new(std::sync::Arc::new(registry), &args.registry, config)
+            .with_context(|| format!("mount of {}", args.registry))?,
     );
     let options = MountOptions {
         fs_name: args.registry.clone(),

@@ -8,6 +8,7 @@ pub mod error;
 mod handles;
 mod inode;
 pub mod read;
+pub mod store;
 pub mod write;
 
 use std::collections::HashSet;
@@ -23,10 +24,11 @@ pub use error::{Error, Result};
 
 use crate::registry::file_array::now_ns;
 use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewEntry, ViewLimits};
-use crate::registry::{Attrs, Entry, FileArray, Node, Registry, Storage};
+use crate::registry::{Attrs, Entry, Node, Storage};
 use handles::{FileHandle, Handle, HandleTable, WriteHandle};
 use inode::{Inode, InodeTable, NodeState, Seen};
 use read::{ChunkCache, ChunkSource, FileVersion, PrefetchPool, Prefetcher};
+pub use store::{FailingStore, MemStore, Store};
 use write::{StagingArea, Target, Writer};
 
 /// TileDB-ML models kept decoded at once (each holds its fields' bytes).
@@ -99,7 +101,7 @@ impl Default for Config {
 
 /// A mounted registry.
 pub struct ModelFs {
-    registry: Registry,
+    store: Arc<dyn Store>,
     config: Config,
     inodes: InodeTable,
     handles: HandleTable,
@@ -120,8 +122,8 @@ pub struct ModelFs {
 
 impl ModelFs {
     /// Serves the directory at `root_uri`, which must exist.
-    pub fn new(registry: Registry, root_uri: &str, config: Config) -> Result<Self> {
-        let root = registry
+    pub fn new(store: Arc<dyn Store>, root_uri: &str, config: Config) -> Result<Self> {
+        let root = store
             .resolve(root_uri)?
             .ok_or_else(|| Error::new(libc::ENOENT, log::Level::Error, format!("{root_uri}: no such registry")))?;
         if !root.is_dir() {
@@ -150,7 +152,7 @@ impl ModelFs {
             256,
         );
         Ok(ModelFs {
-            registry,
+            store,
             inodes: InodeTable::new(root),
             handles: HandleTable::default(),
             cache,
@@ -204,7 +206,7 @@ impl ModelFs {
         if !entry.is_dir() {
             Counters::add(&self.counters.registry_node_reads, 1);
         }
-        match self.registry.node(entry) {
+        match self.store.node(entry) {
             Ok(Node::Dir(attrs)) => Ok(Some(NodeState::Dir(attrs))),
             Ok(Node::File(meta)) => Ok(Some(NodeState::File(meta))),
             Ok(Node::TileDbMl { .. }) => match self.ml_model(&entry.uri) {
@@ -237,20 +239,17 @@ impl ModelFs {
     /// The decoded TileDB-ML model at `uri`, reusing the one kept while the
     /// array has no newer write.
     fn ml_model(&self, uri: &str) -> crate::registry::Result<Arc<TileDbMlModel>> {
-        let version = self.registry.array_version(uri)?;
+        let version = self.store.array_version(uri)?;
         {
             let kept = lock(&self.ml_models);
             if let Some((_, _, m)) = kept.iter().find(|(u, v, _)| u == uri && *v == version) {
                 return Ok(m.clone());
             }
         }
-        let model = Arc::new(TileDbMlModel::open_with(
-            self.registry.context(),
-            uri,
-            None,
-            &self.view_memory,
-            ViewLimits::default(),
-        )?);
+        let model = Arc::new(
+            self.store
+                .tiledb_ml_model(uri, &self.view_memory, ViewLimits::default())?,
+        );
         for failure in model.failures() {
             self.warn_once(&format!("{uri}#{}", failure.field), format_args!("{failure}"));
         }
@@ -495,7 +494,7 @@ impl ModelFs {
                 .find(|e| e.name == name)
                 .map(|e| (e.clone(), None)));
         }
-        Ok(self.registry.lookup(&dir_entry, name)?.map(|e| (e, None)))
+        Ok(self.store.lookup(&dir_entry, name)?.map(|e| (e, None)))
     }
 
     /// Whether something read from the registry at `at` is still trusted.
@@ -517,7 +516,7 @@ impl ModelFs {
             return Ok(list);
         }
         Counters::add(&self.counters.registry_listings, 1);
-        let list = Arc::new(self.registry.list(&dir.entry())?);
+        let list = Arc::new(self.store.list(&dir.entry())?);
         dir.lock().listing = Some((Instant::now(), list.clone()));
         Ok(list)
     }
@@ -791,7 +790,7 @@ impl ModelFs {
         let version = match existing {
             Some(v) if v.file().meta().same_data(&meta) => v,
             _ => {
-                let file = FileArray::open_version(self.registry.context(), &inode.entry().uri, meta)?;
+                let file = self.store.open_version(&inode.entry().uri, meta)?;
                 let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let tile = file.tile_bytes();
                 let v = FileVersion::new(id, file, tile);
@@ -921,7 +920,7 @@ impl ModelFs {
             return Ok((self.getattr(inode.ino)?, opened));
         }
         let dir_entry = dir.entry();
-        let uri = self.registry.new_child_uri(&dir_entry, name)?;
+        let uri = self.store.new_child_uri(&dir_entry, name)?;
         let entry = Entry {
             name: name.to_string(),
             uri,
@@ -961,7 +960,7 @@ impl ModelFs {
                 "write to a handle not open for writing",
             ));
         };
-        let n = lock(&w.writer).write(&self.registry, offset, data)?;
+        let n = lock(&w.writer).write(self.store.as_ref(), offset, data)?;
         Counters::add(&self.counters.bytes_written, n as u64);
         Ok(n as u32)
     }
@@ -1004,7 +1003,7 @@ impl ModelFs {
         let (committed, was_new) = {
             let mut writer = lock(&w.writer);
             let was_new = !writer.target().exists;
-            (writer.commit(&self.registry), was_new)
+            (writer.commit(self.store.as_ref()), was_new)
         };
         let committed = committed.inspect_err(|_| {
             Counters::add(&self.counters.commit_failures, 1);
@@ -1022,7 +1021,7 @@ impl ModelFs {
             }
             let entry = lock(&w.writer).target().entry.clone();
             // The new version becomes what lookups and opens see.
-            if let Ok(Node::File(meta)) = self.registry.node(&entry) {
+            if let Ok(Node::File(meta)) = self.store.node(&entry) {
                 let mut c = inode.lock();
                 c.node = NodeState::File(meta);
                 c.read_at = Some(Instant::now());
@@ -1095,7 +1094,7 @@ impl ModelFs {
                 buf.truncate(n);
                 buf
             }
-            Handle::Write(w) => lock(&w.writer).read(&self.registry, offset, size)?,
+            Handle::Write(w) => lock(&w.writer).read(self.store.as_ref(), offset, size)?,
             Handle::View(file) => {
                 let mut buf = vec![0u8; size as usize];
                 let n = file.read_at(offset, &mut buf);
@@ -1141,13 +1140,13 @@ impl ModelFs {
             _ => inode.lock().active_writer(),
         };
         if let Some(w) = writer {
-            return lock(&w).truncate(&self.registry, size);
+            return lock(&w).truncate(self.store.as_ref(), size);
         }
         // Nobody writes it: a new version of `size` bytes, committed now.
         let opened = self.open_writer(inode, size == 0, None)?;
         let result = match self.handles.get(opened.fh).as_deref() {
             Some(Handle::Write(w)) => {
-                let truncated = lock(&w.writer).truncate(&self.registry, size);
+                let truncated = lock(&w.writer).truncate(self.store.as_ref(), size);
                 truncated.and_then(|()| self.commit(w))
             }
             _ => Ok(()),
@@ -1186,7 +1185,7 @@ impl ModelFs {
         // The ctime shown is the one stored, so it does not move when the
         // node is read again (tar checks it).
         let change = if committed {
-            self.registry.set_attrs(&inode.entry(), &change)?
+            self.store.set_attrs(&inode.entry(), &change)?
         } else {
             Attrs {
                 ctime_ns: Some(now_ns()),
@@ -1243,7 +1242,7 @@ impl ModelFs {
             // The default: no metadata write needed.
             attrs.mode = None;
         }
-        let entry = self.registry.mkdir(&dir.entry(), name, &attrs)?;
+        let entry = self.store.mkdir(&dir.entry(), name, &attrs)?;
         self.touch_dir(parent, true);
         let node = NodeState::Dir(attrs);
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
@@ -1281,7 +1280,7 @@ impl ModelFs {
             None => (true, true),
         };
         if linked {
-            self.registry.unlink(&dir.entry(), &entry)?;
+            self.store.unlink(&dir.entry(), &entry)?;
         }
         self.touch_dir(parent, linked);
         self.inodes.remove_name(parent, name);
@@ -1323,7 +1322,7 @@ impl ModelFs {
         let dir_entry = dir.entry();
         // A plain directory lists what is stored in it: no other names.
         let names = match dir_entry.storage {
-            Storage::Group => self.registry.list(&dir_entry),
+            Storage::Group => self.store.list(&dir_entry),
             _ => Ok(Vec::new()),
         };
         match names {
@@ -1337,7 +1336,7 @@ impl ModelFs {
                 return;
             }
         }
-        if let Err(e) = self.registry.delete_storage(entry) {
+        if let Err(e) = self.store.delete_storage(entry) {
             warn!("{}: removed, but deleting its storage failed: {e}", entry.uri);
         }
     }
@@ -1349,11 +1348,11 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rmdir")?;
         let entry = self
-            .registry
+            .store
             .lookup(&dir.entry(), name)?
             .ok_or_else(|| Error::not_found(name))?;
         self.check_removable_dir(parent, &entry)?;
-        self.registry.unlink(&dir.entry(), &entry)?;
+        self.store.unlink(&dir.entry(), &entry)?;
         self.touch_dir(parent, true);
         let child = self.inodes.find(parent, name);
         self.inodes.remove_name(parent, name);
@@ -1383,7 +1382,7 @@ impl ModelFs {
         let busy = child
             .as_ref()
             .is_some_and(|c| !self.inodes.uncommitted_children(c.ino).is_empty());
-        if busy || !self.registry.is_empty_dir(entry)? {
+        if busy || !self.store.is_empty_dir(entry)? {
             return Err(Error::new(
                 libc::ENOTEMPTY,
                 log::Level::Debug,
@@ -1450,7 +1449,7 @@ impl ModelFs {
         let replaced = target.map(|(t, _)| t);
         let new_dir_entry = new_dir.entry();
         let moved = self
-            .registry
+            .store
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
         self.touch_dir(parent, true);
         self.touch_dir(new_parent, true);
@@ -1534,7 +1533,7 @@ impl ModelFs {
             None => (
                 Entry {
                     name: new_name.to_string(),
-                    uri: self.registry.new_child_uri(&dir_entry, new_name)?,
+                    uri: self.store.new_child_uri(&dir_entry, new_name)?,
                     storage: crate::registry::Storage::Array,
                 },
                 false,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::fs::error::Result;
-use crate::registry::FileArray;
+use crate::fs::store::StoredVersion;
 
 /// One immutable version of a file, readable by byte range from any thread.
 pub trait ChunkSource: Send + Sync {
@@ -35,13 +35,13 @@ pub fn chunk_bytes_for_tile(tile_bytes: u64) -> u64 {
 /// A file array version as a chunk source.
 pub struct FileVersion {
     id: u64,
-    file: FileArray,
+    file: Box<dyn StoredVersion>,
     chunk_bytes: u64,
     uri: String,
 }
 
 impl FileVersion {
-    pub fn new(id: u64, file: FileArray, tile_bytes: u64) -> Arc<Self> {
+    pub fn new(id: u64, file: Box<dyn StoredVersion>, tile_bytes: u64) -> Arc<Self> {
         let uri = file.uri().to_string();
         Arc::new(FileVersion {
             id,
@@ -51,8 +51,8 @@ impl FileVersion {
         })
     }
 
-    pub fn file(&self) -> &FileArray {
-        &self.file
+    pub fn file(&self) -> &dyn StoredVersion {
+        self.file.as_ref()
     }
 }
 
@@ -62,7 +62,7 @@ impl ChunkSource for FileVersion {
     }
 
     fn size(&self) -> u64 {
-        self.file.size()
+        self.file.meta().size
     }
 
     fn chunk_bytes(&self) -> u64 {

@@ -28,9 +28,10 @@ use std::sync::Arc;
 
 use log::{info, warn};
 
+use super::store::{Store, StoredVersion, VersionWriter};
 use crate::registry::safetensors_index::{self, header_len};
 use crate::registry::transfer::is_safetensors_name;
-use crate::registry::{self, Attrs, Entry, FileArray, FileKind, FileWriter, Registry};
+use crate::registry::{self, Attrs, Entry, FileKind, Node};
 
 use super::error::{Error, Result};
 pub use staging::{StagingArea, StagingFile};
@@ -76,7 +77,7 @@ enum State {
 }
 
 struct Stream {
-    writer: FileWriter,
+    writer: Box<dyn VersionWriter>,
     kind: FileKind,
     size: u64,
 }
@@ -97,6 +98,14 @@ pub struct Writer {
     /// A new file unlinked before its first commit: nothing is committed,
     /// the bytes stay readable through its handles.
     discarded: bool,
+}
+
+/// The latest committed version of the file `entry`.
+fn open_committed(store: &dyn Store, entry: &Entry) -> Result<Box<dyn StoredVersion>> {
+    match store.node(entry)? {
+        Node::File(meta) => Ok(store.open_version(&entry.uri, meta)?),
+        _ => Err(failed(libc::EIO, format!("{}: not a file any more", entry.uri))),
+    }
 }
 
 fn failed(errno: i32, message: String) -> Error {
@@ -185,16 +194,16 @@ impl Writer {
     }
 
     /// Writes `data` at `offset`; returns the bytes taken.
-    pub fn write(&mut self, reg: &Registry, offset: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&mut self, store: &dyn Store, offset: u64, data: &[u8]) -> Result<usize> {
         self.check()?;
-        let r = self.write_inner(reg, offset, data);
+        let r = self.write_inner(store, offset, data);
         r.map_err(|e| self.fail(e))
     }
 
-    fn write_inner(&mut self, reg: &Registry, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write_inner(&mut self, store: &dyn Store, offset: u64, data: &[u8]) -> Result<usize> {
         self.dirty = true;
         if let State::Clean { .. } = self.state {
-            self.stage_committed(reg)?;
+            self.stage_committed(store)?;
         }
         match &mut self.state {
             State::Buffering(buf) if (offset as usize).saturating_add(data.len()) <= MEMORY_LIMIT_BYTES => {
@@ -207,7 +216,7 @@ impl Writer {
                     buf.in_order = end;
                 }
                 if is_safetensors_name(&self.target.entry.name) {
-                    self.try_start_stream(reg)?;
+                    self.try_start_stream(store)?;
                 }
                 return Ok(data.len());
             }
@@ -253,9 +262,9 @@ impl Writer {
 
     /// Copies the committed version into a staging file, for changes to an
     /// existing file opened without `O_TRUNC`.
-    fn stage_committed(&mut self, reg: &Registry) -> Result<()> {
+    fn stage_committed(&mut self, store: &dyn Store) -> Result<()> {
         let mut f = self.staging.create(&self.target.entry.name)?;
-        let file = FileArray::open(reg.context(), &self.target.entry.uri)?;
+        let file = open_committed(store, &self.target.entry)?;
         let mut buf = vec![0u8; registry::transfer::COPY_CHUNK_BYTES.min(file.size().max(1) as usize)];
         let mut offset = 0;
         while offset < file.size() {
@@ -278,7 +287,7 @@ impl Writer {
 
     /// Once a buffered `.safetensors` header is complete, validates it and
     /// starts streaming the file into TileDB.
-    fn try_start_stream(&mut self, reg: &Registry) -> Result<()> {
+    fn try_start_stream(&mut self, store: &dyn Store) -> Result<()> {
         let (size, index) = match self.complete_header() {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(()),
@@ -292,8 +301,8 @@ impl Writer {
                 return Ok(());
             }
         };
-        let entry = self.ensure_array(reg)?;
-        let mut writer = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
+        let entry = self.ensure_array(store)?;
+        let mut writer = store.begin_version(&entry.uri, &entry.name, size)?;
         if let State::Buffering(buf) = &self.state {
             writer.write(&buf.bytes)?;
         }
@@ -325,16 +334,16 @@ impl Writer {
     }
 
     /// Makes the file's array if this is its first version.
-    fn ensure_array(&mut self, reg: &Registry) -> Result<Entry> {
+    fn ensure_array(&mut self, store: &dyn Store) -> Result<Entry> {
         if !self.target.exists {
-            let e = reg.create_file_at(&self.target.entry.name, &self.target.entry.uri)?;
+            let e = store.create_file(&self.target.entry.name, &self.target.entry.uri)?;
             self.target.entry = e;
         }
         Ok(self.target.entry.clone())
     }
 
     /// Sets the size to `size`, cutting or zero-extending.
-    pub fn truncate(&mut self, reg: &Registry, size: u64) -> Result<()> {
+    pub fn truncate(&mut self, store: &dyn Store, size: u64) -> Result<()> {
         self.check()?;
         if size == self.size() && !matches!(self.state, State::Clean { .. }) {
             return Ok(());
@@ -351,7 +360,7 @@ impl Writer {
                     self.state = State::Buffering(Buffer::default());
                     return Ok(());
                 }
-                State::Clean { .. } => self.stage_committed(reg)?,
+                State::Clean { .. } => self.stage_committed(store)?,
                 State::Buffering(_) => self.spill_to_staging()?,
                 State::Streaming(_) => {
                     return Err(failed(
@@ -373,7 +382,7 @@ impl Writer {
     }
 
     /// Reads back what this handle wrote (for files open read-write).
-    pub fn read(&self, reg: &Registry, offset: u64, len: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, store: &dyn Store, offset: u64, len: u32) -> Result<Vec<u8>> {
         self.check()?;
         match &self.state {
             State::Buffering(buf) => {
@@ -383,7 +392,7 @@ impl Writer {
             }
             State::Staging(f) => f.read_at(offset, len),
             State::Clean { .. } => {
-                let file = FileArray::open(reg.context(), &self.target.entry.uri)?;
+                let file = open_committed(store, &self.target.entry)?;
                 let mut buf = vec![0u8; len as usize];
                 let n = file.read_at(offset, &mut buf)?;
                 buf.truncate(n);
@@ -409,7 +418,7 @@ impl Writer {
     /// Commits what was written as a new version (nothing when clean), and
     /// links a new file into its directory. Returns the version's timestamp
     /// when one was written.
-    pub fn commit(&mut self, reg: &Registry) -> Result<Option<u64>> {
+    pub fn commit(&mut self, store: &dyn Store) -> Result<Option<u64>> {
         self.check()?;
         if !self.dirty || self.discarded {
             return Ok(None);
@@ -420,7 +429,7 @@ impl Writer {
         let kind = self.validate().inspect_err(|e| {
             warn!("commit of {} refused: {e}", self.target.entry.name);
         })?;
-        let r = self.commit_inner(reg, kind);
+        let r = self.commit_inner(store, kind);
         match r {
             Ok(ts) => {
                 self.dirty = false;
@@ -460,7 +469,7 @@ impl Writer {
         }
     }
 
-    fn commit_inner(&mut self, reg: &Registry, kind: FileKind) -> Result<u64> {
+    fn commit_inner(&mut self, store: &dyn Store, kind: FileKind) -> Result<u64> {
         let was_new = !self.target.exists;
         let state = std::mem::replace(&mut self.state, State::Clean { size: 0 });
         let attrs = self.attrs;
@@ -470,16 +479,16 @@ impl Writer {
                 (s.writer.commit(&s.kind)?, s.size)
             }
             State::Buffering(buf) => {
-                let entry = self.ensure_array(reg)?;
-                let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, buf.bytes.len() as u64)?;
+                let entry = self.ensure_array(store)?;
+                let mut w = store.begin_version(&entry.uri, &entry.name, buf.bytes.len() as u64)?;
                 w.set_attrs(attrs);
                 w.write(&buf.bytes)?;
                 (w.commit(&kind)?, buf.bytes.len() as u64)
             }
             State::Staging(f) => {
                 let size = f.size();
-                let entry = self.ensure_array(reg)?;
-                let mut w = FileWriter::begin(reg.context(), &entry.uri, &entry.name, size)?;
+                let entry = self.ensure_array(store)?;
+                let mut w = store.begin_version(&entry.uri, &entry.name, size)?;
                 w.set_attrs(attrs);
                 let mut offset = 0;
                 while offset < size {
@@ -501,12 +510,12 @@ impl Writer {
         if was_new {
             match self.replaces.take() {
                 Some(old) => {
-                    reg.replace_member(&self.target.dir, &old, &self.target.entry)?;
-                    if let Err(e) = reg.delete_storage(&old) {
+                    store.replace_member(&self.target.dir, &old, &self.target.entry)?;
+                    if let Err(e) = store.delete_storage(&old) {
                         warn!("{}: deleting the replaced file's storage failed: {e}", old.uri);
                     }
                 }
-                None => reg.link(&self.target.dir, &self.target.entry)?,
+                None => store.link(&self.target.dir, &self.target.entry)?,
             }
             self.target.exists = true;
         }

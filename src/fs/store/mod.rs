@@ -1,0 +1,100 @@
+//! What the filesystem core needs from the registry, as one trait: resolve
+//! and list entries, tell what an entry holds, read a version, write and
+//! commit a new one, and change the namespace (mkdir, link, unlink, rename,
+//! delete storage, attributes).
+//!
+//! [`crate::registry::Registry`] implements it over TileDB (`registry.rs`);
+//! [`MemStore`] implements it in memory, so the core is explored over
+//! thousands of random sequences against a reference model
+//! (`tests/reftest.rs`) without TileDB or FUSE; [`FailingStore`] wraps any
+//! store and fails its n-th change, to check that every multi-step
+//! operation leaves each name in its old or its new state.
+//!
+//! Only registry data types cross this seam (entries, nodes, metadata,
+//! attributes), never a TileDB handle.
+
+mod failing;
+mod memory;
+mod registry;
+
+use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+use crate::registry::{Attrs, Entry, FileKind, FileMeta, Node, Result};
+
+pub use failing::FailingStore;
+pub use memory::MemStore;
+
+/// One committed version of a file, open for reads of any byte range.
+pub trait StoredVersion: Send + Sync {
+    fn meta(&self) -> &FileMeta;
+    /// The file's size, in bytes.
+    fn size(&self) -> u64 {
+        self.meta().size
+    }
+    /// The storage's tile, in bytes: reads are cached in whole tiles.
+    fn tile_bytes(&self) -> u64;
+    fn uri(&self) -> &str;
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+}
+
+/// A new version being written, bytes in order; nothing is visible before
+/// [`VersionWriter::commit`] succeeds.
+pub trait VersionWriter: Send {
+    /// Appends the next bytes.
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Attributes committed with the version.
+    fn set_attrs(&mut self, attrs: Attrs);
+    /// Commits; returns the version's timestamp (ms).
+    fn commit(self: Box<Self>, kind: &FileKind) -> Result<u64>;
+}
+
+/// The registry as the core sees it. Every method names the entries it
+/// acts on; errors carry the URI and the cause.
+pub trait Store: Send + Sync {
+    /// The entry at `uri`, or `None` when nothing is there.
+    fn resolve(&self, uri: &str) -> Result<Option<Entry>>;
+    /// The entries of directory `dir`, sorted by name.
+    fn list(&self, dir: &Entry) -> Result<Vec<Entry>>;
+    /// The entry named `name` in `dir`.
+    fn lookup(&self, dir: &Entry, name: &str) -> Result<Option<Entry>>;
+    /// What `entry` holds now.
+    fn node(&self, entry: &Entry) -> Result<Node>;
+    /// The newest write to the array at `uri` (changes with each version).
+    fn array_version(&self, uri: &str) -> Result<u64>;
+    /// The TileDB-ML model array at `uri`, decoded within `pool`.
+    fn tiledb_ml_model(&self, uri: &str, pool: &MemoryPool, limits: ViewLimits) -> Result<TileDbMlModel>;
+    /// The version of the file at `uri` that `meta` describes.
+    fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
+    /// A storage URI for a new entry `name` in `dir`, where nothing is.
+    fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String>;
+    /// Makes an empty, unlinked file named `name` at `uri`.
+    fn create_file(&self, name: &str, uri: &str) -> Result<Entry>;
+    /// Starts a new version of `size` bytes of the file at `uri`.
+    fn begin_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>>;
+    /// Makes directory `name` in `dir` with `attrs`, linked.
+    fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry>;
+    /// Makes `entry` a member of `dir`.
+    fn link(&self, dir: &Entry, entry: &Entry) -> Result<()>;
+    /// Puts `new` in place of `old` in `dir`, in one change.
+    fn replace_member(&self, dir: &Entry, old: &Entry, new: &Entry) -> Result<()>;
+    /// Takes `entry` out of `dir`, leaving its storage.
+    fn unlink(&self, dir: &Entry, entry: &Entry) -> Result<()>;
+    /// Whether directory `dir` holds nothing at all.
+    fn is_empty_dir(&self, dir: &Entry) -> Result<bool>;
+    /// Deletes what `entry` stores (a directory's own files only).
+    fn delete_storage(&self, entry: &Entry) -> Result<()>;
+    /// Renames `entry` of `dir` to `new_name` in `new_dir`, in place of
+    /// `replaced`; see [`crate::registry::Registry::rename`].
+    fn rename(
+        &self,
+        dir: &Entry,
+        entry: &Entry,
+        new_dir: &Entry,
+        new_name: &str,
+        replaced: Option<&Entry>,
+    ) -> Result<Entry>;
+    /// Stores attributes without a new version; returns what was stored.
+    fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs>;
+}
