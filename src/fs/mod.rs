@@ -420,22 +420,30 @@ impl ModelFs {
         }
     }
 
-    /// Re-reads an inode's node when it is older than the TTL. A file being
-    /// written shows its writer's size.
+    /// What `stat` shows of `inode`: its node, with the size its writer has
+    /// reached while it is being written.
+    fn shown_node(&self, inode: &Inode) -> Result<NodeState> {
+        let node = self.fresh_node(inode)?;
+        let writer = inode.lock().active_writer();
+        match (node, writer) {
+            (NodeState::File(mut meta), Some(w)) => {
+                meta.size = lock(&w).size();
+                Ok(NodeState::File(meta))
+            }
+            (node, _) => Ok(node),
+        }
+    }
+
+    /// The committed node of `inode`, read again when older than the TTL.
     fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
         let (writer, node, fresh, read_at) = {
             let c = inode.lock();
             let fresh = c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
             (c.active_writer(), c.node.clone(), fresh, c.read_at)
         };
-        if let Some(w) = writer {
-            let NodeState::File(mut meta) = node else {
-                return Ok(node);
-            };
-            meta.size = lock(&w).size();
-            return Ok(NodeState::File(meta));
-        }
-        if fresh {
+        // A file being written keeps its node: a new one is not in the
+        // registry yet, and the writer's commit refreshes it.
+        if fresh || writer.is_some() {
             return Ok(node);
         }
         let entry = inode.entry();
@@ -619,7 +627,7 @@ impl ModelFs {
             .child(&dir, name, Listed::Cached)?
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
         if let Some(inode) = known {
-            let node = self.fresh_node(&inode)?;
+            let node = self.shown_node(&inode)?;
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         if let Some(node) = self.known_node(parent, &entry) {
@@ -636,7 +644,7 @@ impl ModelFs {
             return Ok(self.stats_attr());
         }
         let inode = self.inode(ino)?;
-        let node = self.fresh_node(&inode)?;
+        let node = self.shown_node(&inode)?;
         let mut attr = self.attr_of(ino, &node);
         let c = inode.lock();
         if c.unlinked {
@@ -1347,9 +1355,8 @@ impl ModelFs {
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rmdir")?;
-        let entry = self
-            .store
-            .lookup(&dir.entry(), name)?
+        let (entry, _) = self
+            .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
         self.check_removable_dir(parent, &entry)?;
         self.store.unlink(&dir.entry(), &entry)?;
@@ -1406,11 +1413,11 @@ impl ModelFs {
         let (entry, known) = self
             .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
-        if let Some(inode) = known {
-            return self.rename_written(&inode, &new_dir, new_name);
-        }
         if parent == new_parent && name == new_name {
             return Ok(());
+        }
+        if let Some(inode) = known {
+            return self.rename_written(&inode, &new_dir, new_name);
         }
         if entry.is_dir() && self.is_ancestor_or_self(parent, new_parent, &entry)? {
             return Err(Error::new(
@@ -1540,12 +1547,21 @@ impl ModelFs {
                 None,
             ),
         };
+        // Over a committed file: until the commit, readers see its bytes.
+        let replaced_node = if exists { self.node_of(&entry)? } else { None };
         let old_name = w.target().entry.name.clone();
         w.retarget(dir_entry, entry.clone(), exists, replaces);
         drop(w);
         self.touch_dir(inode.parent(), false);
         self.touch_dir(new_dir.ino, false);
+        self.inodes.remove_name(new_dir.ino, new_name);
         self.inodes.rename(inode, new_dir.ino, entry);
+        if let Some(node) = replaced_node {
+            let mut c = inode.lock();
+            c.node = node;
+            c.version = None;
+            c.read_at = Some(Instant::now());
+        }
         debug!("renamed {old_name} (open for writing) to {new_name}");
         Ok(())
     }

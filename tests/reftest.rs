@@ -1,0 +1,1062 @@
+//! The filesystem core against a reference model: random sequences of POSIX
+//! calls (create, open with and without `O_TRUNC`, writes in and out of
+//! order, flush by the opener and by another process, fsync, close,
+//! truncate by path and by handle, rename of files and directories over
+//! files and empty directories, unlink of closed and open files, mkdir,
+//! rmdir, readdir, read), outside events (another mount commits or deletes
+//! a file) and daemon crashes at any step of a multi-step operation, run on
+//! the core over the in-memory store and compared after every step with a
+//! plain model of what modelfs promises (names, kinds, sizes, bytes,
+//! errnos).
+//!
+//! `scripts/test.sh` runs the default number of cases; a long run:
+//! `MODELFS_REFTEST_CASES=100000 cargo test --release --test reftest`.
+//! Shrunk failures are kept below as `regression_*` tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use modelfs::fs::{Config, Fh, Ino, Kind, MemStore, ModelFs, Owner, SetAttr, Store};
+use modelfs::registry::{Entry, FileKind, Node, Storage};
+use proptest::prelude::*;
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+/// The opener of every handle; `CHILD` flushes without committing.
+const OPENER: u32 = 100;
+const CHILD: u32 = 101;
+
+/// A path of one or two names.
+#[derive(Debug, Clone, PartialEq)]
+struct P(Vec<&'static str>);
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(P),
+    Open {
+        path: P,
+        truncate: bool,
+    },
+    Write {
+        h: usize,
+        offset: u8,
+        len: u8,
+    },
+    Flush {
+        h: usize,
+        by_child: bool,
+    },
+    Fsync(usize),
+    Close(usize),
+    TruncateHandle {
+        h: usize,
+        size: u8,
+    },
+    TruncatePath {
+        path: P,
+        size: u8,
+    },
+    Read(P),
+    Stat(P),
+    List(P),
+    Unlink(P),
+    Mkdir(P),
+    Rmdir(P),
+    Rename(P, P),
+    /// Another mount commits `len` bytes to a closed file (or a new one).
+    OutsideWrite {
+        path: P,
+        len: u8,
+    },
+    /// Another mount removes a closed file.
+    OutsideDelete(P),
+    /// The daemon dies at the `k`-th storage change from now and restarts
+    /// after the operation that hit it.
+    Crash(u8),
+}
+
+fn path() -> impl Strategy<Value = P> {
+    prop_oneof![
+        prop::sample::select(&NAMES[..]).prop_map(|a| P(vec![a])),
+        (prop::sample::select(&NAMES[..]), prop::sample::select(&NAMES[..])).prop_map(|(a, b)| P(vec![a, b])),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let h = 0..4usize;
+    prop_oneof![
+        3 => path().prop_map(Op::Create),
+        2 => (path(), any::<bool>()).prop_map(|(path, truncate)| Op::Open { path, truncate }),
+        4 => (h.clone(), 0..64u8, 0..48u8).prop_map(|(h, offset, len)| Op::Write { h, offset, len }),
+        1 => (h.clone(), any::<bool>()).prop_map(|(h, by_child)| Op::Flush { h, by_child }),
+        1 => h.clone().prop_map(Op::Fsync),
+        3 => h.clone().prop_map(Op::Close),
+        1 => (h, 0..80u8).prop_map(|(h, size)| Op::TruncateHandle { h, size }),
+        1 => (path(), 0..80u8).prop_map(|(path, size)| Op::TruncatePath { path, size }),
+        2 => path().prop_map(Op::Read),
+        1 => path().prop_map(Op::Stat),
+        1 => prop_oneof![Just(P(vec![])), path()].prop_map(Op::List),
+        2 => path().prop_map(Op::Unlink),
+        2 => path().prop_map(Op::Mkdir),
+        1 => path().prop_map(Op::Rmdir),
+        3 => (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => (path(), 0..40u8).prop_map(|(path, len)| Op::OutsideWrite { path, len }),
+        1 => path().prop_map(Op::OutsideDelete),
+        1 => (0..4u8).prop_map(Op::Crash),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The model.
+
+type FileId = usize;
+
+#[derive(Debug, Clone, PartialEq)]
+enum MNode {
+    Dir(BTreeMap<String, MNode>),
+    File(FileId),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct MFile {
+    /// The last committed bytes (`None`: never committed).
+    committed: Option<Vec<u8>>,
+    /// The handle writing it.
+    writer: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct MHandle {
+    file: FileId,
+    pending: Vec<u8>,
+    dirty: bool,
+    /// Unlinked before it was ever committed: commits nothing.
+    discarded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Model {
+    root: BTreeMap<String, MNode>,
+    files: Vec<MFile>,
+    /// Open handles, by the slot the sequence names them with.
+    handles: Vec<Option<MHandle>>,
+}
+
+type R<T> = Result<T, i32>;
+
+impl Model {
+    fn dir(&self, path: &[&str]) -> R<&BTreeMap<String, MNode>> {
+        let mut cur = &self.root;
+        for name in path {
+            match cur.get(*name) {
+                Some(MNode::Dir(d)) => cur = d,
+                Some(MNode::File(_)) => return Err(libc::ENOTDIR),
+                None => return Err(libc::ENOENT),
+            }
+        }
+        Ok(cur)
+    }
+
+    fn dir_mut(&mut self, path: &[&str]) -> R<&mut BTreeMap<String, MNode>> {
+        let mut cur = &mut self.root;
+        for name in path {
+            match cur.get_mut(*name) {
+                Some(MNode::Dir(d)) => cur = d,
+                Some(MNode::File(_)) => return Err(libc::ENOTDIR),
+                None => return Err(libc::ENOENT),
+            }
+        }
+        Ok(cur)
+    }
+
+    fn get(&self, p: &P) -> R<&MNode> {
+        let (last, parent) = p.0.split_last().expect("non-empty");
+        self.dir(parent)?.get(*last).ok_or(libc::ENOENT)
+    }
+
+    fn free_slot(&mut self) -> usize {
+        match self.handles.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.handles.push(None);
+                self.handles.len() - 1
+            }
+        }
+    }
+
+    /// Whether a directory holds a file being written anywhere below it.
+    fn busy(d: &BTreeMap<String, MNode>, files: &[MFile]) -> bool {
+        d.values().any(|n| match n {
+            MNode::File(f) => files[*f].writer.is_some(),
+            MNode::Dir(sub) => Self::busy(sub, files),
+        })
+    }
+
+    fn commit(&mut self, slot: usize) {
+        let Some(h) = self.handles[slot].as_mut() else { return };
+        if h.dirty && !h.discarded {
+            self.files[h.file].committed = Some(h.pending.clone());
+            h.dirty = false;
+        }
+    }
+
+    /// What a new reader sees: the committed bytes (a file never committed
+    /// reads as empty).
+    fn visible(&self, f: FileId) -> Vec<u8> {
+        self.files[f].committed.clone().unwrap_or_default()
+    }
+
+    /// What `stat` shows: the writer's size while one is open.
+    fn size(&self, f: FileId) -> u64 {
+        match self.files[f].writer.and_then(|s| self.handles[s].as_ref()) {
+            Some(h) => h.pending.len() as u64,
+            None => self.visible(f).len() as u64,
+        }
+    }
+
+    /// The tree as a restarted daemon would find it: files never
+    /// committed are gone, and nobody writes anything.
+    fn after_restart(&self) -> Model {
+        fn strip(d: &BTreeMap<String, MNode>, files: &[MFile]) -> BTreeMap<String, MNode> {
+            d.iter()
+                .filter_map(|(n, node)| match node {
+                    MNode::Dir(sub) => Some((n.clone(), MNode::Dir(strip(sub, files)))),
+                    MNode::File(f) if files[*f].committed.is_some() => Some((n.clone(), MNode::File(*f))),
+                    MNode::File(_) => None,
+                })
+                .collect()
+        }
+        let files = self
+            .files
+            .iter()
+            .map(|f| MFile {
+                committed: f.committed.clone(),
+                writer: None,
+            })
+            .collect();
+        Model {
+            root: strip(&self.root, &self.files),
+            files,
+            handles: Vec::new(),
+        }
+    }
+
+    /// Every path with what it holds: `None` for a directory, bytes for a
+    /// file.
+    fn flatten(&self) -> BTreeMap<String, Option<Vec<u8>>> {
+        fn walk(m: &Model, d: &BTreeMap<String, MNode>, prefix: &str, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
+            for (n, node) in d {
+                let p = format!("{prefix}/{n}");
+                match node {
+                    MNode::Dir(sub) => {
+                        out.insert(p.clone(), None);
+                        walk(m, sub, &p, out);
+                    }
+                    MNode::File(f) => {
+                        out.insert(p, Some(m.visible(*f)));
+                    }
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self, &self.root, "", &mut out);
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The system under test: the core over the in-memory store.
+
+struct Sut {
+    store: Arc<MemStore>,
+    fs: ModelFs,
+    /// Core handles (with their inode) by model slot.
+    fhs: Vec<Option<(Fh, Ino)>>,
+    staging: tempfile::TempDir,
+}
+
+fn owner() -> Owner {
+    Owner { uid: 0, gid: 0 }
+}
+
+impl Sut {
+    fn new() -> Sut {
+        let store = Arc::new(MemStore::new());
+        let staging = tempfile::tempdir().unwrap();
+        let fs = Self::mount(&store, &staging);
+        Sut {
+            store,
+            fs,
+            fhs: Vec::new(),
+            staging,
+        }
+    }
+
+    fn mount(store: &Arc<MemStore>, staging: &tempfile::TempDir) -> ModelFs {
+        let config = Config {
+            read_only: false,
+            metadata_ttl: std::time::Duration::ZERO,
+            prefetch_threads: 1,
+            staging_dir: staging.path().to_path_buf(),
+            ..Config::default()
+        };
+        let root = store.root().to_string();
+        ModelFs::new(store.clone() as Arc<dyn Store>, &root, config).unwrap()
+    }
+
+    fn restart(&mut self) {
+        self.store.crash_at(None);
+        self.fs = Self::mount(&self.store, &self.staging);
+        self.fhs.clear();
+    }
+
+    /// Keeps a new handle in the first free slot, as the model does.
+    fn put_handle(&mut self, fh: Fh, ino: Ino) {
+        let slot = self.fhs.iter().position(Option::is_none).unwrap_or(self.fhs.len());
+        if slot == self.fhs.len() {
+            self.fhs.push(None);
+        }
+        self.fhs[slot] = Some((fh, ino));
+    }
+
+    /// Walks `path` as the kernel does: every component but the last must
+    /// be a directory (ENOTDIR otherwise).
+    fn resolve(&self, path: &[&str]) -> R<Ino> {
+        let mut ino = Ino::ROOT;
+        for (i, name) in path.iter().enumerate() {
+            let attr = self.fs.lookup(ino, name).map_err(|e| e.errno)?;
+            if i + 1 < path.len() && attr.kind != Kind::Dir {
+                return Err(libc::ENOTDIR);
+            }
+            ino = attr.ino;
+        }
+        Ok(ino)
+    }
+
+    fn parent_and_name<'a>(&self, p: &'a P) -> R<(Ino, &'a str)> {
+        let (last, parent) = p.0.split_last().expect("non-empty");
+        let ino = self.resolve(parent)?;
+        if !parent.is_empty() && self.fs.getattr(ino).map_err(|e| e.errno)?.kind != Kind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        Ok((ino, last))
+    }
+
+    fn read_all(&self, ino: Ino) -> R<Vec<u8>> {
+        let opened = self.fs.open(ino, false, false, Some(OPENER)).map_err(|e| e.errno)?;
+        let mut out = Vec::new();
+        let result = loop {
+            match self.fs.read(opened.fh, out.len() as u64, 4096) {
+                Ok(chunk) if chunk.is_empty() => break Ok(out),
+                Ok(chunk) => out.extend_from_slice(&chunk),
+                Err(e) => break Err(e.errno),
+            }
+        };
+        self.fs.release(opened.fh);
+        result
+    }
+
+    fn list(&self, ino: Ino) -> R<Vec<(String, Kind)>> {
+        let fh = self.fs.opendir(ino).map_err(|e| e.errno)?;
+        let items = self.fs.readdir(fh, 0).map_err(|e| e.errno);
+        self.fs.releasedir(fh);
+        // readdir's order is unspecified: compare sorted.
+        let mut names: Vec<(String, Kind)> = items?
+            .into_iter()
+            .filter(|i| i.name != "." && i.name != "..")
+            .map(|i| (i.name, i.kind))
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(names)
+    }
+
+    /// The whole tree as the core shows it to a new reader.
+    fn flatten(&self) -> BTreeMap<String, Option<Vec<u8>>> {
+        fn walk(s: &Sut, ino: Ino, prefix: &str, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
+            for (name, kind) in s.list(ino).expect("list") {
+                let p = format!("{prefix}/{name}");
+                let child =
+                    s.fs.lookup(ino, &name)
+                        .unwrap_or_else(|e| panic!("{p}: listed but lookup {e}"));
+                match kind {
+                    Kind::Dir => {
+                        out.insert(p.clone(), None);
+                        walk(s, child.ino, &p, out);
+                    }
+                    Kind::File => {
+                        let bytes = s
+                            .read_all(child.ino)
+                            .unwrap_or_else(|e| panic!("{p}: listed but read errno {e}"));
+                        out.insert(p, Some(bytes));
+                    }
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self, Ino::ROOT, "", &mut out);
+        out
+    }
+
+    /// Another mount writes `bytes` as a new version of `p` (closed).
+    fn outside_write(&self, p: &P, bytes: &[u8]) -> R<()> {
+        let store: &dyn Store = self.store.as_ref();
+        let mut dir = store.resolve(self.store.root()).unwrap().unwrap();
+        let (last, parent) = p.0.split_last().unwrap();
+        for name in parent {
+            dir = store.lookup(&dir, name).unwrap().ok_or(libc::ENOENT)?;
+        }
+        let entry = match store.lookup(&dir, last).unwrap() {
+            Some(e) if e.storage == Storage::Array => e,
+            Some(_) => return Err(libc::EISDIR),
+            None => {
+                let uri = store.new_child_uri(&dir, last).unwrap();
+                let e = store.create_file(last, &uri).map_err(|_| libc::EIO)?;
+                let mut w = store.begin_version(&e.uri, last, bytes.len() as u64).unwrap();
+                w.write(bytes).unwrap();
+                w.commit(&FileKind::Plain).map_err(|_| libc::EIO)?;
+                store.link(&dir, &e).map_err(|_| libc::EIO)?;
+                return Ok(());
+            }
+        };
+        let mut w = store.begin_version(&entry.uri, last, bytes.len() as u64).unwrap();
+        w.write(bytes).unwrap();
+        w.commit(&FileKind::Plain).map_err(|_| libc::EIO)?;
+        Ok(())
+    }
+
+    fn outside_delete(&self, p: &P) -> R<()> {
+        let store: &dyn Store = self.store.as_ref();
+        let mut dir = store.resolve(self.store.root()).unwrap().unwrap();
+        let (last, parent) = p.0.split_last().unwrap();
+        for name in parent {
+            dir = store.lookup(&dir, name).unwrap().ok_or(libc::ENOENT)?;
+        }
+        let entry: Entry = store.lookup(&dir, last).unwrap().ok_or(libc::ENOENT)?;
+        if !matches!(store.node(&entry), Ok(Node::File(_))) {
+            return Err(libc::EISDIR);
+        }
+        store.unlink(&dir, &entry).map_err(|_| libc::EIO)?;
+        store.delete_storage(&entry).map_err(|_| libc::EIO)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One step on both sides.
+
+/// What a step returned, compared between the model and the core.
+#[derive(Debug, PartialEq)]
+enum Out {
+    Unit,
+    Bytes(Vec<u8>),
+    Size(u64, Kind),
+    Names(Vec<(String, Kind)>),
+}
+
+fn bytes_for(step: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (step * 31 + i) as u8 | 1).collect()
+}
+
+fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
+    match op {
+        Op::Create(p) => {
+            let (last, parent) = p.0.split_last().unwrap();
+            let d = m.dir(parent)?;
+            if d.contains_key(*last) {
+                return Err(libc::EEXIST);
+            }
+            let f = m.files.len();
+            let slot = m.free_slot();
+            m.files.push(MFile {
+                committed: None,
+                writer: Some(slot),
+            });
+            m.dir_mut(parent)?.insert(last.to_string(), MNode::File(f));
+            m.handles[slot] = Some(MHandle {
+                file: f,
+                pending: Vec::new(),
+                dirty: true,
+                discarded: false,
+            });
+            Ok(Out::Unit)
+        }
+        Op::Open { path, truncate } => {
+            let f = match m.get(path)? {
+                MNode::Dir(_) => return Err(libc::EISDIR),
+                MNode::File(f) => *f,
+            };
+            if m.files[f].writer.is_some() {
+                return Err(libc::EBUSY);
+            }
+            let pending = if *truncate { Vec::new() } else { m.visible(f) };
+            let slot = m.free_slot();
+            m.files[f].writer = Some(slot);
+            m.handles[slot] = Some(MHandle {
+                file: f,
+                pending,
+                dirty: *truncate,
+                discarded: false,
+            });
+            Ok(Out::Unit)
+        }
+        Op::Write { h, offset, len } => {
+            let Some(Some(hd)) = m.handles.get_mut(*h) else {
+                return Ok(Out::Unit);
+            };
+            let data = bytes_for(step, *len as usize);
+            if data.is_empty() {
+                return Ok(Out::Unit);
+            }
+            let end = *offset as usize + data.len();
+            if hd.pending.len() < end {
+                hd.pending.resize(end, 0);
+            }
+            hd.pending[*offset as usize..end].copy_from_slice(&data);
+            hd.dirty |= !data.is_empty();
+            Ok(Out::Unit)
+        }
+        Op::Flush { h, by_child } => {
+            if !by_child && m.handles.get(*h).is_some_and(Option::is_some) {
+                // The opener's flush is its close(): the commit, and the
+                // file is free for the next writer at once.
+                m.commit(*h);
+                let f = m.handles[*h].as_ref().unwrap().file;
+                if m.files[f].writer == Some(*h) {
+                    m.files[f].writer = None;
+                }
+            }
+            Ok(Out::Unit)
+        }
+        Op::Fsync(h) => {
+            if m.handles.get(*h).is_some_and(Option::is_some) {
+                m.commit(*h);
+            }
+            Ok(Out::Unit)
+        }
+        Op::Close(h) => {
+            if m.handles.get(*h).is_some_and(Option::is_some) {
+                m.commit(*h);
+                let hd = m.handles[*h].take().unwrap();
+                if m.files[hd.file].writer == Some(*h) {
+                    m.files[hd.file].writer = None;
+                }
+            }
+            Ok(Out::Unit)
+        }
+        Op::TruncateHandle { h, size } => {
+            let Some(Some(hd)) = m.handles.get_mut(*h) else {
+                return Ok(Out::Unit);
+            };
+            hd.pending.resize(*size as usize, 0);
+            hd.dirty = true;
+            Ok(Out::Unit)
+        }
+        Op::TruncatePath { path, size } => {
+            let f = match m.get(path)? {
+                MNode::Dir(_) => return Err(libc::EISDIR),
+                MNode::File(f) => *f,
+            };
+            match m.files[f].writer {
+                Some(slot) => {
+                    let hd = m.handles[slot].as_mut().unwrap();
+                    hd.pending.resize(*size as usize, 0);
+                    hd.dirty = true;
+                }
+                None => {
+                    let mut bytes = m.visible(f);
+                    bytes.resize(*size as usize, 0);
+                    m.files[f].committed = Some(bytes);
+                }
+            }
+            Ok(Out::Unit)
+        }
+        Op::Read(p) => match m.get(p)? {
+            MNode::Dir(_) => Err(libc::EISDIR),
+            MNode::File(f) => Ok(Out::Bytes(m.visible(*f))),
+        },
+        Op::Stat(p) => match m.get(p)? {
+            MNode::Dir(_) => Ok(Out::Size(0, Kind::Dir)),
+            MNode::File(f) => Ok(Out::Size(m.size(*f), Kind::File)),
+        },
+        Op::List(p) => {
+            let d = match p.0.is_empty() {
+                true => &m.root,
+                false => match m.get(p)? {
+                    MNode::Dir(d) => d,
+                    MNode::File(_) => return Err(libc::ENOTDIR),
+                },
+            };
+            Ok(Out::Names(
+                d.iter()
+                    .map(|(n, node)| {
+                        let kind = if matches!(node, MNode::Dir(_)) {
+                            Kind::Dir
+                        } else {
+                            Kind::File
+                        };
+                        (n.clone(), kind)
+                    })
+                    .collect(),
+            ))
+        }
+        Op::Unlink(p) => {
+            let f = match m.get(p)? {
+                MNode::Dir(_) => return Err(libc::EISDIR),
+                MNode::File(f) => *f,
+            };
+            let (last, parent) = p.0.split_last().unwrap();
+            m.dir_mut(parent)?.remove(*last);
+            if let Some(slot) = m.files[f].writer
+                && m.files[f].committed.is_none()
+            {
+                m.handles[slot].as_mut().unwrap().discarded = true;
+            }
+            // Unlinked: whatever its handles commit, no name shows it.
+            m.files[f].committed = None;
+            if let Some(slot) = m.files[f].writer {
+                m.handles[slot].as_mut().unwrap().discarded = true;
+            }
+            Ok(Out::Unit)
+        }
+        Op::Mkdir(p) => {
+            let (last, parent) = p.0.split_last().unwrap();
+            let d = m.dir_mut(parent)?;
+            if d.contains_key(*last) {
+                return Err(libc::EEXIST);
+            }
+            d.insert(last.to_string(), MNode::Dir(BTreeMap::new()));
+            Ok(Out::Unit)
+        }
+        Op::Rmdir(p) => {
+            match m.get(p)? {
+                MNode::File(_) => return Err(libc::ENOTDIR),
+                MNode::Dir(d) if !d.is_empty() => return Err(libc::ENOTEMPTY),
+                MNode::Dir(_) => {}
+            }
+            let (last, parent) = p.0.split_last().unwrap();
+            m.dir_mut(parent)?.remove(*last);
+            Ok(Out::Unit)
+        }
+        Op::Rename(from, to) => model_rename(m, from, to),
+        Op::OutsideWrite { path, len } => {
+            let data = bytes_for(step, *len as usize);
+            let (last, parent) = path.0.split_last().unwrap();
+            match m.dir(parent)?.get(*last) {
+                Some(MNode::Dir(_)) => Err(libc::EISDIR),
+                Some(MNode::File(f)) => {
+                    let f = *f;
+                    if m.files[f].writer.is_some() {
+                        // Not generated: a closed file only (see run()).
+                        return Err(libc::EBUSY);
+                    }
+                    m.files[f].committed = Some(data);
+                    Ok(Out::Unit)
+                }
+                None => {
+                    let f = m.files.len();
+                    m.files.push(MFile {
+                        committed: Some(data),
+                        writer: None,
+                    });
+                    m.dir_mut(parent)?.insert(last.to_string(), MNode::File(f));
+                    Ok(Out::Unit)
+                }
+            }
+        }
+        Op::OutsideDelete(p) => {
+            let f = match m.get(p)? {
+                MNode::Dir(_) => return Err(libc::EISDIR),
+                MNode::File(f) => *f,
+            };
+            if m.files[f].writer.is_some() {
+                return Err(libc::EBUSY);
+            }
+            let (last, parent) = p.0.split_last().unwrap();
+            m.dir_mut(parent)?.remove(*last);
+            m.files[f].committed = None;
+            Ok(Out::Unit)
+        }
+        Op::Crash(_) => Ok(Out::Unit),
+    }
+}
+
+fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
+    // The kernel resolves both parents before it looks at the names.
+    let (to_last, to_parent) = to.0.split_last().unwrap();
+    m.dir(&from.0[..from.0.len() - 1])?;
+    m.dir(to_parent)?;
+    let src = m.get(from)?.clone();
+    if from == to {
+        return Ok(Out::Unit);
+    }
+    if let MNode::File(f) = src
+        && let Some(slot) = m.files[f].writer
+    {
+        // A file open for writing: only a new one moves (its bytes go to
+        // the new name at commit).
+        if m.files[f].committed.is_some() {
+            return Err(libc::EBUSY);
+        }
+        match m.dir(to_parent)?.get(*to_last).cloned() {
+            Some(MNode::Dir(_)) => return Err(libc::EISDIR),
+            Some(MNode::File(g)) if m.files[g].writer.is_some() => return Err(libc::EBUSY),
+            Some(MNode::File(g)) => {
+                // The bytes become the target's next version.
+                m.files[g].writer = Some(slot);
+                m.handles[slot].as_mut().unwrap().file = g;
+                m.files[f].writer = None;
+            }
+            None => {
+                m.dir_mut(to_parent)?.insert(to_last.to_string(), MNode::File(f));
+            }
+        }
+        let (last, parent) = from.0.split_last().unwrap();
+        m.dir_mut(parent)?.remove(*last);
+        return Ok(Out::Unit);
+    }
+    if let MNode::Dir(_) = src
+        && to.0.len() > from.0.len()
+        && to.0.starts_with(&from.0)
+    {
+        return Err(libc::EINVAL);
+    }
+    match (&src, m.dir(to_parent)?.get(*to_last)) {
+        (_, Some(MNode::File(g))) if m.files[*g].writer.is_some() => return Err(libc::EBUSY),
+        (MNode::File(_), Some(MNode::Dir(_))) => return Err(libc::EISDIR),
+        (MNode::Dir(_), Some(MNode::File(_))) => return Err(libc::ENOTDIR),
+        (MNode::Dir(_), Some(MNode::Dir(d))) if !d.is_empty() => return Err(libc::ENOTEMPTY),
+        _ => {}
+    }
+    if let MNode::Dir(d) = &src
+        && to.0.len() > 1
+        && Model::busy(d, &m.files)
+    {
+        // Allowed: writers follow their directory.
+    }
+    let (last, parent) = from.0.split_last().unwrap();
+    let node = m.dir_mut(parent)?.remove(*last).unwrap();
+    m.dir_mut(to_parent)?.insert(to_last.to_string(), node);
+    Ok(Out::Unit)
+}
+
+fn sut_step(s: &mut Sut, op: &Op, step: usize) -> R<Out> {
+    let fs = &s.fs;
+    match op {
+        Op::Create(p) => {
+            let (parent, name) = s.parent_and_name(p)?;
+            let (attr, opened) = fs
+                .create(parent, name, true, Some(OPENER), 0o644, owner())
+                .map_err(|e| e.errno)?;
+            s.put_handle(opened.fh, attr.ino);
+            Ok(Out::Unit)
+        }
+        Op::Open { path, truncate } => {
+            let ino = s.resolve(&path.0)?;
+            let opened = fs.open(ino, true, *truncate, Some(OPENER)).map_err(|e| e.errno)?;
+            if *truncate {
+                // The kernel sends O_TRUNC as a size change on the new handle.
+                let change = SetAttr {
+                    size: Some(0),
+                    fh: Some(opened.fh),
+                    ..SetAttr::default()
+                };
+                fs.setattr(ino, change).map_err(|e| e.errno)?;
+            }
+            s.put_handle(opened.fh, ino);
+            Ok(Out::Unit)
+        }
+        Op::Write { h, offset, len } => {
+            let Some(Some((fh, _))) = s.fhs.get(*h) else {
+                return Ok(Out::Unit);
+            };
+            let data = bytes_for(step, *len as usize);
+            if !data.is_empty() {
+                fs.write(*fh, *offset as u64, &data).map_err(|e| e.errno)?;
+            }
+            Ok(Out::Unit)
+        }
+        Op::Flush { h, by_child } => {
+            let Some(Some((fh, _))) = s.fhs.get(*h) else {
+                return Ok(Out::Unit);
+            };
+            let caller = if *by_child { CHILD } else { OPENER };
+            fs.flush(*fh, Some(caller)).map_err(|e| e.errno)?;
+            Ok(Out::Unit)
+        }
+        Op::Fsync(h) => {
+            let Some(Some((fh, _))) = s.fhs.get(*h) else {
+                return Ok(Out::Unit);
+            };
+            fs.fsync(*fh).map_err(|e| e.errno)?;
+            Ok(Out::Unit)
+        }
+        Op::Close(h) => {
+            let Some(Some((fh, _))) = s.fhs.get(*h).cloned() else {
+                return Ok(Out::Unit);
+            };
+            s.fhs[*h] = None;
+            let r = fs.flush(fh, Some(OPENER)).map_err(|e| e.errno);
+            fs.release(fh);
+            r.map(|()| Out::Unit)
+        }
+        Op::TruncateHandle { h, size } => {
+            let Some(Some((fh, ino))) = s.fhs.get(*h) else {
+                return Ok(Out::Unit);
+            };
+            let change = SetAttr {
+                size: Some(*size as u64),
+                fh: Some(*fh),
+                ..SetAttr::default()
+            };
+            fs.setattr(*ino, change).map_err(|e| e.errno)?;
+            Ok(Out::Unit)
+        }
+        Op::TruncatePath { path, size } => {
+            let ino = s.resolve(&path.0)?;
+            let change = SetAttr {
+                size: Some(*size as u64),
+                ..SetAttr::default()
+            };
+            fs.setattr(ino, change).map_err(|e| e.errno)?;
+            Ok(Out::Unit)
+        }
+        Op::Read(p) => {
+            let ino = s.resolve(&p.0)?;
+            s.read_all(ino).map(Out::Bytes)
+        }
+        Op::Stat(p) => {
+            let ino = s.resolve(&p.0)?;
+            let a = fs.getattr(ino).map_err(|e| e.errno)?;
+            Ok(Out::Size(if a.kind == Kind::Dir { 0 } else { a.size }, a.kind))
+        }
+        Op::List(p) => {
+            let ino = s.resolve(&p.0)?;
+            s.list(ino).map(Out::Names)
+        }
+        Op::Unlink(p) => {
+            let (parent, name) = s.parent_and_name(p)?;
+            fs.unlink(parent, name).map_err(|e| e.errno).map(|()| Out::Unit)
+        }
+        Op::Mkdir(p) => {
+            let (parent, name) = s.parent_and_name(p)?;
+            fs.mkdir(parent, name, 0o755, owner())
+                .map_err(|e| e.errno)
+                .map(|_| Out::Unit)
+        }
+        Op::Rmdir(p) => {
+            let (parent, name) = s.parent_and_name(p)?;
+            fs.rmdir(parent, name).map_err(|e| e.errno).map(|()| Out::Unit)
+        }
+        Op::Rename(from, to) => {
+            let (parent, name) = s.parent_and_name(from)?;
+            let (new_parent, new_name) = s.parent_and_name(to)?;
+            fs.rename(parent, name, new_parent, new_name)
+                .map_err(|e| e.errno)
+                .map(|()| Out::Unit)
+        }
+        Op::OutsideWrite { path, len } => s
+            .outside_write(path, &bytes_for(step, *len as usize))
+            .map(|()| Out::Unit),
+        Op::OutsideDelete(p) => s.outside_delete(p).map(|()| Out::Unit),
+        Op::Crash(k) => {
+            s.store.crash_at(Some(*k as u64));
+            Ok(Out::Unit)
+        }
+    }
+}
+
+/// Whether `op` is one the model can predict exactly in this state; other
+/// mounts never write files this mount has open.
+fn applicable(m: &Model, op: &Op) -> bool {
+    match op {
+        // Another mount sees only what is committed: its view here is
+        // the tree without files being written.
+        Op::OutsideWrite { path, .. } | Op::OutsideDelete(path) => {
+            let (_, parent) = path.0.split_last().unwrap();
+            m.dir(parent).is_ok()
+                && match m.get(path) {
+                    Ok(MNode::File(f)) => m.files[*f].writer.is_none(),
+                    Ok(MNode::Dir(_)) => true,
+                    Err(_) => true,
+                }
+        }
+        _ => true,
+    }
+}
+
+/// Runs `ops`, comparing after every step; panics with the step on the
+/// first difference. Returns how many crashes it restarted from.
+fn run(ops: &[Op]) -> usize {
+    let mut restarts = 0;
+    let mut m = Model::default();
+    let mut s = Sut::new();
+    let mut armed = false;
+    for (step, op) in ops.iter().enumerate() {
+        if !applicable(&m, op) {
+            continue;
+        }
+        let before = m.clone();
+        let expected = model_step(&mut m, op, step);
+        let got = sut_step(&mut s, op, step);
+        if matches!(op, Op::Crash(_)) {
+            armed = true;
+            continue;
+        }
+        if armed && s.store.crashed() {
+            // The daemon died inside this operation: restart, then every
+            // name must show its state before or after it, whole.
+            s.restart();
+            restarts += 1;
+            armed = false;
+            let old = before.after_restart().flatten();
+            let new = m.after_restart().flatten();
+            let seen = s.flatten();
+            let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).chain(seen.keys()).collect();
+            for name in names {
+                let v = seen.get(name);
+                assert!(
+                    v == old.get(name) || v == new.get(name),
+                    "step {step} {op:?}: after a crash {name} shows {v:?}, neither {:?} nor {:?}\nops: {ops:?}",
+                    old.get(name),
+                    new.get(name)
+                );
+            }
+            m = model_from(&s);
+            continue;
+        }
+        if armed {
+            s.store.crash_at(None);
+            armed = false;
+        }
+        assert_eq!(got, expected, "step {step} {op:?}\nops: {ops:?}");
+        let want = m.flatten();
+        let seen = s.flatten();
+        assert_eq!(seen, want, "tree after step {step} {op:?}\nops: {ops:?}");
+    }
+    restarts
+}
+
+/// A model of what the core shows (after a restart, nobody writes).
+fn model_from(s: &Sut) -> Model {
+    let mut m = Model::default();
+    for (path, content) in s.flatten() {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (last, parent) = parts.split_last().unwrap();
+        let parent: Vec<&str> = parent.to_vec();
+        let node = match content {
+            None => MNode::Dir(BTreeMap::new()),
+            Some(bytes) => {
+                m.files.push(MFile {
+                    committed: Some(bytes),
+                    writer: None,
+                });
+                MNode::File(m.files.len() - 1)
+            }
+        };
+        m.dir_mut(&parent).unwrap().insert(last.to_string(), node);
+    }
+    m
+}
+
+fn cases() -> u32 {
+    std::env::var("MODELFS_REFTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        max_shrink_iters: 20_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_core_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        run(&ops);
+    }
+}
+
+fn p(path: &str) -> P {
+    let names: Vec<&'static str> = path
+        .split('/')
+        .map(|n| *NAMES.iter().find(|k| **k == n).expect("a name of NAMES"))
+        .collect();
+    P(names)
+}
+
+/// Shrunk by the model: rmdir of a file being created said ENOENT.
+#[test]
+fn regression_rmdir_of_a_file_being_created_is_enotdir() {
+    run(&[Op::Create(p("b")), Op::Rmdir(p("b"))]);
+}
+
+/// Shrunk by the model: a file open for writing renamed onto its own name
+/// was retargeted at itself and its commit failed with EIO.
+#[test]
+fn regression_renaming_an_open_file_onto_itself_does_nothing() {
+    run(&[
+        Op::Create(p("c")),
+        Op::Rename(p("c"), p("c")),
+        Op::Write {
+            h: 0,
+            offset: 0,
+            len: 5,
+        },
+        Op::Close(0),
+    ]);
+}
+
+/// Shrunk by the model: after the opener's flush (its close) the file is
+/// free for the next writer at once.
+#[test]
+fn regression_a_flushed_file_takes_the_next_writer() {
+    run(&[
+        Op::Create(p("a")),
+        Op::Flush { h: 0, by_child: false },
+        Op::Open {
+            path: p("a"),
+            truncate: false,
+        },
+        Op::Close(1),
+        Op::Close(0),
+    ]);
+}
+
+/// The daemon dies at each step of a close's commit, of a rename over a
+/// file, of a move across directories and of an unlink in turn.
+#[test]
+fn crashes_at_every_step_leave_each_name_old_or_new() {
+    let mut restarts = 0;
+    for k in 0..4 {
+        restarts += run(&[
+            Op::Mkdir(p("a")),
+            Op::Create(p("a/b")),
+            Op::Write {
+                h: 0,
+                offset: 0,
+                len: 20,
+            },
+            Op::Close(0),
+            Op::Create(p("c")),
+            Op::Write {
+                h: 0,
+                offset: 3,
+                len: 9,
+            },
+            Op::Crash(k),
+            Op::Close(0),
+            Op::OutsideWrite { path: p("b"), len: 7 },
+            Op::Crash(k),
+            Op::Rename(p("b"), p("a/b")),
+            Op::Crash(k),
+            Op::Rename(p("a"), p("c/a")),
+            Op::Crash(k),
+            Op::Rename(p("a"), p("b")),
+            Op::Crash(k),
+            Op::Unlink(p("b/b")),
+            Op::List(p("b")),
+        ]);
+    }
+    assert!(restarts >= 10, "only {restarts} crashes happened");
+}
