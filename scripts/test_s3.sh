@@ -21,7 +21,8 @@ scripts/garage.sh start "$state/single" 1
 (
     # shellcheck disable=SC1091
     source "$state/single/env"
-    cargo test --quiet --test tiledb_import_export --test fuse_read --test fuse_write 2>&1
+    cargo test --quiet --test tiledb_import_export --test fuse_read --test fuse_write --test fuse_attrs \
+        --test fuse_namespace --test tiledb_crash 2>&1
     MODELFS_BIN="$root/target/debug/modelfs" .venv/bin/python -m pytest -q \
         tests/python/test_interop.py tests/python/test_mount.py tests/python/test_write.py
 )
