@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything modelfs needs on a fresh Debian machine, idempotently:
-#   - Debian's fuse3 (fusermount3), for mounts as a non-root user;
+#   - Debian's fuse3 (fusermount3), for mounts as a non-root user, and
+#     rsync, which tests/fuse_tools.rs runs against a mount;
 #   - a project-local virtual environment .venv with TileDB-Py 0.36.1, which
 #     ships libtiledb 2.30 (the library the Rust binding links), plus
 #     safetensors, numpy, ml_dtypes (bfloat16 for numpy) and pytest for the
@@ -15,13 +16,16 @@ pip_pkgs=(tiledb==0.36.1 safetensors numpy pytest ml_dtypes)
 
 say() { echo "setup: $*" >&2; }
 
-if ! command -v fusermount3 >/dev/null 2>&1; then
+missing=()
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        say "installing Debian's fuse3"
+        say "installing Debian's ${missing[*]}"
         apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        say "warning: fusermount3 is missing; install the fuse3 package to mount as a non-root user"
+        say "warning: missing ${missing[*]}; fuse3 (fusermount3) mounts as a non-root user, rsync is needed by tests/fuse_tools.rs"
     fi
 fi
 

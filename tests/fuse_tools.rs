@@ -1,0 +1,368 @@
+//! Everyday tools into and out of a real read-write mount: `cp -a`,
+//! `cp -rp`, `rsync -a` (and a second `rsync` that must find nothing to do),
+//! `tar cf` / `tar xpf`, and `cp -a` back out. Each copy is checked after an
+//! unmount and a fresh mount: bytes, permission bits, owners and mtimes of
+//! every file and directory, the copy's root included.
+//!
+//! Modification times are compared to the nanosecond for `cp` and `rsync`:
+//! the source files carry sub-second times (as on ext4 or xfs) and both
+//! tools set them with `utimensat`. (The second is what the tools
+//! themselves need: `rsync`'s quick check compares whole seconds, so a
+//! copy that lost its seconds would be copied again by every later
+//! `rsync -a`.) The tar copy is compared to the second: `tar cf`'s default
+//! (GNU) format stores whole seconds.
+//!
+//! The registry is `registry_uri`, so `scripts/test_s3.sh` runs this file on
+//! S3 too.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// How precisely a copy must keep modification times.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Precision {
+    Nanos,
+    Seconds,
+}
+
+/// What the tree comparison looks at for one file or directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    dir: bool,
+    /// Permission bits, `mode & 0o7777`.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+/// Every file and directory under `root` (the root itself as ""), not
+/// following symbolic links.
+fn scan(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+        assert!(
+            m.is_dir() || m.is_file(),
+            "{}: neither a file nor a directory ({:o})",
+            p.display(),
+            m.mode()
+        );
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
+                stack.push(e.unwrap().path());
+            }
+        }
+        out.insert(
+            p.strip_prefix(root).unwrap().to_path_buf(),
+            Entry {
+                dir: m.is_dir(),
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                size: if m.is_dir() { 0 } else { m.len() },
+                mtime: (m.mtime(), m.mtime_nsec()),
+            },
+        );
+    }
+    out
+}
+
+fn show_time((sec, nsec): (i64, i64)) -> String {
+    format!("{sec}.{nsec:09}")
+}
+
+/// Asserts `copy` holds exactly the files and directories of `src` with the
+/// same bytes, permission bits, owners and modification times (to
+/// `precision`), listing every difference when it does not.
+fn assert_same_copy(what: &str, src: &Path, copy: &Path, precision: Precision) {
+    let (a, b) = (scan(src), scan(copy));
+    let mut diffs = Vec::new();
+    for name in a.keys().filter(|k| !b.contains_key(*k)) {
+        diffs.push(format!("{}: missing from the copy", name.display()));
+    }
+    for name in b.keys().filter(|k| !a.contains_key(*k)) {
+        diffs.push(format!("{}: in the copy only", name.display()));
+    }
+    for (name, x) in &a {
+        let Some(y) = b.get(name) else { continue };
+        let shown = if name.as_os_str().is_empty() {
+            "(root)".to_string()
+        } else {
+            name.display().to_string()
+        };
+        if x.dir != y.dir {
+            diffs.push(format!("{shown}: directory {} in the copy {}", x.dir, y.dir));
+            continue;
+        }
+        if x.mode != y.mode {
+            diffs.push(format!("{shown}: mode {:04o}, in the copy {:04o}", x.mode, y.mode));
+        }
+        if (x.uid, x.gid) != (y.uid, y.gid) {
+            diffs.push(format!(
+                "{shown}: owner {}:{}, in the copy {}:{}",
+                x.uid, x.gid, y.uid, y.gid
+            ));
+        }
+        let same_time = match precision {
+            Precision::Nanos => x.mtime == y.mtime,
+            Precision::Seconds => x.mtime.0 == y.mtime.0,
+        };
+        if !same_time {
+            diffs.push(format!(
+                "{shown}: mtime {}, in the copy {} (compared to the {})",
+                show_time(x.mtime),
+                show_time(y.mtime),
+                if precision == Precision::Nanos {
+                    "nanosecond"
+                } else {
+                    "second"
+                }
+            ));
+        }
+        if !x.dir {
+            if x.size != y.size {
+                diffs.push(format!("{shown}: {} bytes, in the copy {}", x.size, y.size));
+            } else if std::fs::read(src.join(name)).unwrap() != std::fs::read(copy.join(name)).unwrap() {
+                diffs.push(format!("{shown}: the bytes differ"));
+            }
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differs from {} in {} ways:\n  {}",
+        copy.display(),
+        src.display(),
+        diffs.len(),
+        diffs.join("\n  ")
+    );
+}
+
+/// Sets `path`'s access and modification times (no symlink following).
+fn set_times(path: &Path, sec: i64, nsec: i64) {
+    let c = CString::new(s(path)).unwrap();
+    let t = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let times = [t, t];
+    // SAFETY: a valid NUL-terminated path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(
+        rc,
+        0,
+        "utimensat {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// An HF-style model directory `tmp/src`: configs, tokenizer, a 24 MiB
+/// safetensors file, an executable script, a hidden file, nested folders;
+/// modes 0644, 0600 and 0755 (0750 and 0700 for two directories); every
+/// entry with its own old modification time with a nanosecond part.
+fn make_source(tmp: &Path) -> PathBuf {
+    let src = tmp.join("src");
+    let files: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "config.json",
+            br#"{"architectures":["TinyForCausalLM"],"hidden_size":64,"num_hidden_layers":2}"#.to_vec(),
+            0o644,
+        ),
+        (
+            "generation_config.json",
+            br#"{"bos_token_id":1,"eos_token_id":2,"max_new_tokens":64}"#.to_vec(),
+            0o644,
+        ),
+        ("tokenizer.json", pseudo_random(11, 1_500_000), 0o644),
+        (
+            "tokenizer_config.json",
+            br#"{"model_max_length":2048,"tokenizer_class":"PreTrainedTokenizerFast"}"#.to_vec(),
+            0o600,
+        ),
+        ("model.safetensors", safetensors_bytes(64, 24 << 20), 0o644),
+        (
+            "convert.sh",
+            b"#!/bin/sh\nset -e\necho converting \"$@\"\n".to_vec(),
+            0o755,
+        ),
+        (
+            ".gitattributes",
+            b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n".to_vec(),
+            0o644,
+        ),
+        ("onnx/model.onnx", pseudo_random(12, 2 << 20), 0o644),
+        ("onnx/config.json", br#"{"opset":17}"#.to_vec(), 0o644),
+        ("checkpoints/step-1/optimizer.pt", pseudo_random(13, 1 << 20), 0o600),
+        (
+            "checkpoints/step-1/trainer_state.json",
+            br#"{"global_step":1}"#.to_vec(),
+            0o644,
+        ),
+        ("checkpoints/step-1/run.sh", b"#!/bin/sh\nexit 0\n".to_vec(), 0o755),
+    ];
+    // Deepest first and the root last, so each directory's time is set
+    // after everything in it.
+    let dirs: [(&str, u32); 4] = [
+        ("checkpoints/step-1", 0o700),
+        ("checkpoints", 0o750),
+        ("onnx", 0o755),
+        ("", 0o755),
+    ];
+    for (name, _, _) in &files {
+        std::fs::create_dir_all(src.join(name).parent().unwrap()).unwrap();
+    }
+    // Distinct times between 2020 and 2021, each with its own nanoseconds
+    // (one a whole second).
+    let mut n = 0i64;
+    let mut next_time = || {
+        n += 1;
+        (
+            1_577_836_800 + n * 1_234_567,
+            if n == 3 { 0 } else { (n * 123_456_789) % 1_000_000_000 },
+        )
+    };
+    for (name, bytes, mode) in &files {
+        let p = src.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        let (sec, nsec) = next_time();
+        set_times(&p, sec, nsec);
+    }
+    for (name, mode) in dirs {
+        let p = src.join(name);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (sec, nsec) = next_time();
+        set_times(&p, sec, nsec);
+    }
+    src
+}
+
+/// Runs a tool (under `timeout`, so a hung filesystem fails the test instead
+/// of hanging it) and returns its output.
+fn tool(args: &[&str]) -> Output {
+    let out = Command::new("timeout")
+        .args(["-k", "10", "120"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+    assert_ne!(
+        out.status.code(),
+        Some(127),
+        "{} is not installed (scripts/setup.sh installs it)",
+        args[0]
+    );
+    assert_ne!(out.status.code(), Some(124), "{args:?} timed out");
+    out
+}
+
+/// Runs a tool and requires exit status 0, showing its output and the
+/// mount's log otherwise.
+fn tool_ok(args: &[&str], mnt: &MountGuard) -> String {
+    let out = tool(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{}{}\nmount log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        mnt.log_text()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A registry holding one file (so it exists), for fresh mounts.
+fn new_registry(tmp: &Path) -> String {
+    let reg = registry_uri(tmp);
+    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
+    reg
+}
+
+/// Copies `src` into a fresh read-write mount with `copy` (given the mount),
+/// unmounts, and returns a fresh mount of the same registry after checking
+/// the copy at `name` against the source.
+fn copy_in_and_remount(
+    tmp: &Path,
+    src: &Path,
+    name: &str,
+    precision: Precision,
+    copy: impl FnOnce(&MountGuard),
+) -> MountGuard {
+    let reg = new_registry(tmp);
+    {
+        let mnt = MountGuard::new(&reg, &tmp.join("mnt"), &[]);
+        copy(&mnt);
+    }
+    let mnt = MountGuard::new(&reg, &tmp.join("mnt-again"), &[]);
+    assert_same_copy(name, src, &mnt.dir.join(name), precision);
+    mnt
+}
+
+#[test]
+fn cp_a_into_the_mount_and_back_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path());
+    let mnt = copy_in_and_remount(tmp.path(), &src, "a", Precision::Nanos, |mnt| {
+        tool_ok(&["cp", "-a", s(&src), s(&mnt.dir.join("a"))], mnt);
+    });
+    // And out of the mount to the local disk.
+    let out = tmp.path().join("out");
+    tool_ok(&["cp", "-a", s(&mnt.dir.join("a")), s(&out)], &mnt);
+    assert_same_copy("cp -a out of the mount", &src, &out, Precision::Nanos);
+}
+
+#[test]
+fn cp_rp_into_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path());
+    copy_in_and_remount(tmp.path(), &src, "p", Precision::Nanos, |mnt| {
+        tool_ok(&["cp", "-rp", s(&src), s(&mnt.dir.join("p"))], mnt);
+    });
+}
+
+#[test]
+fn rsync_a_into_the_mount_then_again_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path());
+    let from = format!("{}/", s(&src));
+    let mnt = copy_in_and_remount(tmp.path(), &src, "r", Precision::Nanos, |mnt| {
+        tool_ok(&["rsync", "-a", &from, &format!("{}/", s(&mnt.dir.join("r")))], mnt);
+    });
+    let to = format!("{}/", s(&mnt.dir.join("r")));
+    let itemized = tool_ok(&["rsync", "-a", "--itemize-changes", &from, &to], &mnt);
+    assert_eq!(itemized, "", "the second rsync found changes");
+    let stats = mnt.stats();
+    assert_eq!(
+        (&stats["commits"], &stats["bytes_written"]),
+        (&0.into(), &0.into()),
+        "the second rsync wrote: {stats}"
+    );
+    assert_same_copy("rsync -a, then again", &src, &mnt.dir.join("r"), Precision::Nanos);
+}
+
+#[test]
+fn tar_into_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path());
+    let archive = tmp.path().join("src.tar");
+    let out = tool(&["tar", "cf", s(&archive), "-C", s(&src), "."]);
+    assert!(out.status.success(), "tar cf: {}", String::from_utf8_lossy(&out.stderr));
+    copy_in_and_remount(tmp.path(), &src, "t", Precision::Seconds, |mnt| {
+        std::fs::create_dir(mnt.dir.join("t")).unwrap();
+        tool_ok(&["tar", "xpf", s(&archive), "-C", s(&mnt.dir.join("t"))], mnt);
+    });
+}
