@@ -85,10 +85,10 @@ fn show_time((sec, nsec): (i64, i64)) -> String {
     format!("{sec}.{nsec:09}")
 }
 
-/// Asserts `copy` holds exactly the files and directories of `src` with the
-/// same bytes, permission bits, owners and modification times (to
-/// `precision`), listing every difference when it does not.
-fn assert_same_copy(what: &str, src: &Path, copy: &Path, precision: Precision) {
+/// How `copy` differs from `src`: files and directories missing or extra,
+/// bytes, permission bits, owners and modification times (to `precision`);
+/// empty when it is an exact copy. Each line is headed by `what`.
+fn copy_diffs(what: &str, src: &Path, copy: &Path, precision: Precision) -> Vec<String> {
     let (a, b) = (scan(src), scan(copy));
     let mut diffs = Vec::new();
     for name in a.keys().filter(|k| !b.contains_key(*k)) {
@@ -141,14 +141,21 @@ fn assert_same_copy(what: &str, src: &Path, copy: &Path, precision: Precision) {
             }
         }
     }
+    diffs.into_iter().map(|d| format!("{what}: {d}")).collect()
+}
+
+/// Fails with every difference listed, unless `diffs` is empty.
+fn assert_no_diffs(diffs: &[String]) {
     assert!(
         diffs.is_empty(),
-        "{what}: {} differs from {} in {} ways:\n  {}",
-        copy.display(),
-        src.display(),
+        "{} differences from the source:\n  {}",
         diffs.len(),
         diffs.join("\n  ")
     );
+}
+
+fn assert_same_copy(what: &str, src: &Path, copy: &Path, precision: Precision) {
+    assert_no_diffs(&copy_diffs(what, src, copy, precision));
 }
 
 /// Sets `path`'s access and modification times (no symlink following).
@@ -292,9 +299,9 @@ fn new_registry(tmp: &Path) -> String {
     reg
 }
 
-/// Copies `src` into a fresh read-write mount with `copy` (given the mount),
-/// unmounts, and returns a fresh mount of the same registry after checking
-/// the copy at `name` against the source.
+/// Copies `src` into a fresh read-write mount with `copy` (given the mount)
+/// and checks the copy at `name` there, then after an unmount in a fresh
+/// mount of the same registry, which it returns.
 fn copy_in_and_remount(
     tmp: &Path,
     src: &Path,
@@ -303,12 +310,15 @@ fn copy_in_and_remount(
     copy: impl FnOnce(&MountGuard),
 ) -> MountGuard {
     let reg = new_registry(tmp);
+    let mut diffs;
     {
         let mnt = MountGuard::new(&reg, &tmp.join("mnt"), &[]);
         copy(&mnt);
+        diffs = copy_diffs("in the writing mount", src, &mnt.dir.join(name), precision);
     }
     let mnt = MountGuard::new(&reg, &tmp.join("mnt-again"), &[]);
-    assert_same_copy(name, src, &mnt.dir.join(name), precision);
+    diffs.extend(copy_diffs("after a remount", src, &mnt.dir.join(name), precision));
+    assert_no_diffs(&diffs);
     mnt
 }
 
@@ -319,6 +329,10 @@ fn cp_a_into_the_mount_and_back_out() {
     let mnt = copy_in_and_remount(tmp.path(), &src, "a", Precision::Nanos, |mnt| {
         tool_ok(&["cp", "-a", s(&src), s(&mnt.dir.join("a"))], mnt);
     });
+    // Again over the copy: every file is opened with O_TRUNC and its times
+    // and mode set again.
+    tool_ok(&["cp", "-a", &format!("{}/.", s(&src)), s(&mnt.dir.join("a"))], &mnt);
+    assert_same_copy("cp -a again", &src, &mnt.dir.join("a"), Precision::Nanos);
     // And out of the mount to the local disk.
     let out = tmp.path().join("out");
     tool_ok(&["cp", "-a", s(&mnt.dir.join("a")), s(&out)], &mnt);
@@ -361,8 +375,14 @@ fn tar_into_the_mount() {
     let archive = tmp.path().join("src.tar");
     let out = tool(&["tar", "cf", s(&archive), "-C", s(&src), "."]);
     assert!(out.status.success(), "tar cf: {}", String::from_utf8_lossy(&out.stderr));
-    copy_in_and_remount(tmp.path(), &src, "t", Precision::Seconds, |mnt| {
-        std::fs::create_dir(mnt.dir.join("t")).unwrap();
+    let extract = |mnt: &MountGuard| {
         tool_ok(&["tar", "xpf", s(&archive), "-C", s(&mnt.dir.join("t"))], mnt);
+    };
+    let mnt = copy_in_and_remount(tmp.path(), &src, "t", Precision::Seconds, |mnt| {
+        std::fs::create_dir(mnt.dir.join("t")).unwrap();
+        extract(mnt);
     });
+    // Again over the copy: tar unlinks each existing file and creates it anew.
+    extract(&mnt);
+    assert_same_copy("tar xpf again", &src, &mnt.dir.join("t"), Precision::Seconds);
 }
