@@ -179,8 +179,10 @@ fn set_times(path: &Path, sec: i64, nsec: i64) {
 
 /// An HF-style model directory `tmp/src`: configs, tokenizer, a 24 MiB
 /// safetensors file, an executable script, a hidden file, nested folders;
-/// modes 0644, 0600 and 0755 (0750 and 0700 for two directories); every
-/// entry with its own old modification time with a nanosecond part.
+/// modes 0644, 0600 and 0755 (0750, 0700 and a setgid 2755, as in shared
+/// model stores, for directories); every entry with its own old
+/// modification time with a nanosecond part. Run as root (the tools then
+/// copy owners too), one file and one directory belong to another user.
 fn make_source(tmp: &Path) -> PathBuf {
     let src = tmp.join("src");
     let files: Vec<(&str, Vec<u8>, u32)> = vec![
@@ -226,7 +228,7 @@ fn make_source(tmp: &Path) -> PathBuf {
     let dirs: [(&str, u32); 4] = [
         ("checkpoints/step-1", 0o700),
         ("checkpoints", 0o750),
-        ("onnx", 0o755),
+        ("onnx", 0o2755),
         ("", 0o755),
     ];
     for (name, _, _) in &files {
@@ -248,6 +250,12 @@ fn make_source(tmp: &Path) -> PathBuf {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
         let (sec, nsec) = next_time();
         set_times(&p, sec, nsec);
+    }
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } == 0 {
+        for name in ["onnx", "checkpoints/step-1/optimizer.pt"] {
+            std::os::unix::fs::chown(src.join(name), Some(1000), Some(1000)).unwrap();
+        }
     }
     for (name, mode) in dirs {
         let p = src.join(name);
