@@ -178,7 +178,8 @@ fn set_times(path: &Path, sec: i64, nsec: i64) {
 }
 
 /// An HF-style model directory `tmp/src`: configs, tokenizer, a 24 MiB
-/// safetensors file, an executable script, a hidden file, nested folders;
+/// safetensors file, a 9 MiB ONNX file, an executable script, hidden and
+/// empty files, nested folders;
 /// modes 0644, 0600 and 0755 (0750, 0700 and a setgid 2755, as in shared
 /// model stores, for directories); every entry with its own old
 /// modification time with a nanosecond part. Run as root (the tools then
@@ -213,7 +214,9 @@ fn make_source(tmp: &Path) -> PathBuf {
             b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n".to_vec(),
             0o644,
         ),
-        ("onnx/model.onnx", pseudo_random(12, 2 << 20), 0o644),
+        // Past the 8 MiB held in memory and not safetensors: written
+        // through a staging file.
+        ("onnx/model.onnx", pseudo_random(12, 9 << 20), 0o644),
         ("onnx/config.json", br#"{"opset":17}"#.to_vec(), 0o644),
         ("checkpoints/step-1/optimizer.pt", pseudo_random(13, 1 << 20), 0o600),
         (
@@ -222,6 +225,8 @@ fn make_source(tmp: &Path) -> PathBuf {
             0o644,
         ),
         ("checkpoints/step-1/run.sh", b"#!/bin/sh\nexit 0\n".to_vec(), 0o755),
+        // An empty marker file.
+        ("checkpoints/step-1/.complete", Vec::new(), 0o644),
     ];
     // Deepest first and the root last, so each directory's time is set
     // after everything in it.
@@ -309,14 +314,14 @@ fn new_registry(tmp: &Path) -> String {
 
 /// Copies `src` into a fresh read-write mount with `copy` (given the mount)
 /// and checks the copy at `name` there, then after an unmount in a fresh
-/// mount of the same registry, which it returns.
+/// mount of the same registry; returns the registry and that mount.
 fn copy_in_and_remount(
     tmp: &Path,
     src: &Path,
     name: &str,
     precision: Precision,
     copy: impl FnOnce(&MountGuard),
-) -> MountGuard {
+) -> (String, MountGuard) {
     let reg = new_registry(tmp);
     let mut diffs;
     {
@@ -327,14 +332,14 @@ fn copy_in_and_remount(
     let mnt = MountGuard::new(&reg, &tmp.join("mnt-again"), &[]);
     diffs.extend(copy_diffs("after a remount", src, &mnt.dir.join(name), precision));
     assert_no_diffs(&diffs);
-    mnt
+    (reg, mnt)
 }
 
 #[test]
 fn cp_a_into_the_mount_and_back_out() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path());
-    let mnt = copy_in_and_remount(tmp.path(), &src, "a", Precision::Nanos, |mnt| {
+    let (reg, mnt) = copy_in_and_remount(tmp.path(), &src, "a", Precision::Nanos, |mnt| {
         tool_ok(&["cp", "-a", s(&src), s(&mnt.dir.join("a"))], mnt);
     });
     // Again over the copy: every file is opened with O_TRUNC and its times
@@ -345,6 +350,36 @@ fn cp_a_into_the_mount_and_back_out() {
     let out = tmp.path().join("out");
     tool_ok(&["cp", "-a", s(&mnt.dir.join("a")), s(&out)], &mnt);
     assert_same_copy("cp -a out of the mount", &src, &out, Precision::Nanos);
+
+    // A later plain write (no times set) gives the file a new mtime, now,
+    // and keeps its mode and owner; else `rsync` and `make` would take the
+    // changed file for the old one.
+    let name = "checkpoints/step-1/optimizer.pt";
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    std::fs::write(mnt.dir.join("a").join(name), b"step 2").unwrap();
+    let old = &scan(&src)[Path::new(name)];
+    let check = |mnt: &MountGuard, when: &str| {
+        let now = &scan(&mnt.dir.join("a"))[Path::new(name)];
+        assert!(
+            now.mtime.0 >= before && now.mtime.0 <= before + 60,
+            "{when}: {name} rewritten at {before} shows mtime {}",
+            show_time(now.mtime)
+        );
+        assert_eq!(
+            (now.mode, now.uid, now.gid, now.size),
+            (old.mode, old.uid, old.gid, 6),
+            "{when}: {name} rewritten: mode, owner or size"
+        );
+    };
+    check(&mnt, "in the writing mount");
+    drop(mnt);
+    check(
+        &MountGuard::new(&reg, &tmp.path().join("mnt-3"), &[]),
+        "after a remount",
+    );
 }
 
 #[test]
@@ -361,7 +396,7 @@ fn rsync_a_into_the_mount_then_again_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path());
     let from = format!("{}/", s(&src));
-    let mnt = copy_in_and_remount(tmp.path(), &src, "r", Precision::Nanos, |mnt| {
+    let (_, mnt) = copy_in_and_remount(tmp.path(), &src, "r", Precision::Nanos, |mnt| {
         tool_ok(&["rsync", "-a", &from, &format!("{}/", s(&mnt.dir.join("r")))], mnt);
     });
     let to = format!("{}/", s(&mnt.dir.join("r")));
@@ -374,6 +409,28 @@ fn rsync_a_into_the_mount_then_again_changes_nothing() {
         "the second rsync wrote: {stats}"
     );
     assert_same_copy("rsync -a, then again", &src, &mnt.dir.join("r"), Precision::Nanos);
+
+    // The source changes: new bytes and time for one file (same size, so
+    // only the time tells rsync), a new mode for another. rsync sends the
+    // first through a temporary file renamed over the old one and chmods
+    // the second in place; then the copy matches again and a further run
+    // finds nothing.
+    let changed = src.join("generation_config.json");
+    let mut bytes = std::fs::read(&changed).unwrap();
+    bytes[2] = b'B';
+    std::fs::write(&changed, &bytes).unwrap();
+    set_times(&changed, 1_700_000_000, 987_654_321);
+    std::fs::set_permissions(src.join("convert.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let itemized = tool_ok(&["rsync", "-a", "--itemize-changes", &from, &to], &mnt);
+    let names: Vec<&str> = itemized.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert_eq!(
+        names,
+        ["convert.sh", "generation_config.json"],
+        "rsync after a change:\n{itemized}"
+    );
+    assert_same_copy("rsync -a after a change", &src, &mnt.dir.join("r"), Precision::Nanos);
+    let itemized = tool_ok(&["rsync", "-a", "--itemize-changes", &from, &to], &mnt);
+    assert_eq!(itemized, "", "rsync found changes again");
 }
 
 #[test]
@@ -386,7 +443,7 @@ fn tar_into_the_mount() {
     let extract = |mnt: &MountGuard| {
         tool_ok(&["tar", "xpf", s(&archive), "-C", s(&mnt.dir.join("t"))], mnt);
     };
-    let mnt = copy_in_and_remount(tmp.path(), &src, "t", Precision::Seconds, |mnt| {
+    let (_, mnt) = copy_in_and_remount(tmp.path(), &src, "t", Precision::Seconds, |mnt| {
         std::fs::create_dir(mnt.dir.join("t")).unwrap();
         extract(mnt);
     });
