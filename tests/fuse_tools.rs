@@ -46,6 +46,8 @@ struct Entry {
     gid: u32,
     size: u64,
     mtime: (i64, i64),
+    /// Not compared with the source (no tool can set it).
+    ctime: (i64, i64),
 }
 
 /// Every file and directory under `root` (the root itself as ""), not
@@ -75,10 +77,20 @@ fn scan(root: &Path) -> BTreeMap<PathBuf, Entry> {
                 gid: m.gid(),
                 size: if m.is_dir() { 0 } else { m.len() },
                 mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
             },
         );
     }
     out
+}
+
+/// A relative path as the messages show it, "(root)" for the root.
+fn show_name(name: &Path) -> String {
+    if name.as_os_str().is_empty() {
+        "(root)".to_string()
+    } else {
+        name.display().to_string()
+    }
 }
 
 fn show_time((sec, nsec): (i64, i64)) -> String {
@@ -92,18 +104,14 @@ fn copy_diffs(what: &str, src: &Path, copy: &Path, precision: Precision) -> Vec<
     let (a, b) = (scan(src), scan(copy));
     let mut diffs = Vec::new();
     for name in a.keys().filter(|k| !b.contains_key(*k)) {
-        diffs.push(format!("{}: missing from the copy", name.display()));
+        diffs.push(format!("{}: missing from the copy", show_name(name)));
     }
     for name in b.keys().filter(|k| !a.contains_key(*k)) {
-        diffs.push(format!("{}: in the copy only", name.display()));
+        diffs.push(format!("{}: in the copy only", show_name(name)));
     }
     for (name, x) in &a {
         let Some(y) = b.get(name) else { continue };
-        let shown = if name.as_os_str().is_empty() {
-            "(root)".to_string()
-        } else {
-            name.display().to_string()
-        };
+        let shown = show_name(name);
         if x.dir != y.dir {
             diffs.push(format!("{shown}: directory {} in the copy {}", x.dir, y.dir));
             continue;
@@ -312,6 +320,26 @@ fn new_registry(tmp: &Path) -> String {
     reg
 }
 
+/// Entries whose mtime or ctime changed from `before` to `after` though
+/// nothing changed them in between.
+fn unstable_times(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (name, a) in before {
+        let Some(b) = after.get(name) else { continue };
+        for (what, x, y) in [("mtime", a.mtime, b.mtime), ("ctime", a.ctime, b.ctime)] {
+            if x != y {
+                diffs.push(format!(
+                    "past the metadata TTL: {}: {what} was {}, now {} with no change in between",
+                    show_name(name),
+                    show_time(x),
+                    show_time(y)
+                ));
+            }
+        }
+    }
+    diffs
+}
+
 /// Copies `src` into a fresh read-write mount with `copy` (given the mount)
 /// and checks the copy at `name` there, then after an unmount in a fresh
 /// mount of the same registry; returns the registry and that mount.
@@ -327,7 +355,13 @@ fn copy_in_and_remount(
     {
         let mnt = MountGuard::new(&reg, &tmp.join("mnt"), &[]);
         copy(&mnt);
+        let shown = scan(&mnt.dir.join(name));
         diffs = copy_diffs("in the writing mount", src, &mnt.dir.join(name), precision);
+        // Past the metadata TTL (1 s) the mount reads back what it stored:
+        // the times must stay those it showed (`tar cf` fails with "file
+        // changed as we read it" when a file's ctime moves while it reads).
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        diffs.extend(unstable_times(&shown, &scan(&mnt.dir.join(name))));
     }
     let mnt = MountGuard::new(&reg, &tmp.join("mnt-again"), &[]);
     diffs.extend(copy_diffs("after a remount", src, &mnt.dir.join(name), precision));
