@@ -187,7 +187,7 @@ fn set_times(path: &Path, sec: i64, nsec: i64) {
 
 /// An HF-style model directory `tmp/src`: configs, tokenizer, a 24 MiB
 /// safetensors file, a 9 MiB ONNX file, an executable script, hidden and
-/// empty files, nested folders;
+/// empty files, nested folders and an empty one;
 /// modes 0644, 0600 and 0755 (0750, 0700 and a setgid 2755, as in shared
 /// model stores, for directories); every entry with its own old
 /// modification time with a nanosecond part. Run as root (the tools then
@@ -238,14 +238,19 @@ fn make_source(tmp: &Path) -> PathBuf {
     ];
     // Deepest first and the root last, so each directory's time is set
     // after everything in it.
-    let dirs: [(&str, u32); 4] = [
+    let dirs: [(&str, u32); 5] = [
         ("checkpoints/step-1", 0o700),
+        // Empty, as a trainer leaves the next checkpoint's folder.
+        ("checkpoints/step-2", 0o755),
         ("checkpoints", 0o750),
         ("onnx", 0o2755),
         ("", 0o755),
     ];
     for (name, _, _) in &files {
         std::fs::create_dir_all(src.join(name).parent().unwrap()).unwrap();
+    }
+    for (name, _) in &dirs {
+        std::fs::create_dir_all(src.join(name)).unwrap();
     }
     // Distinct times between 2020 and 2021, each with its own nanoseconds
     // (one a whole second).
@@ -320,16 +325,16 @@ fn new_registry(tmp: &Path) -> String {
     reg
 }
 
-/// Entries whose mtime or ctime changed from `before` to `after` though
-/// nothing changed them in between.
-fn unstable_times(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>) -> Vec<String> {
+/// Entries whose mtime or ctime differ between what the writing mount
+/// showed and what a later mount reads, with no change in between.
+fn unstable_times(shown: &BTreeMap<PathBuf, Entry>, stored: &BTreeMap<PathBuf, Entry>) -> Vec<String> {
     let mut diffs = Vec::new();
-    for (name, a) in before {
-        let Some(b) = after.get(name) else { continue };
+    for (name, a) in shown {
+        let Some(b) = stored.get(name) else { continue };
         for (what, x, y) in [("mtime", a.mtime, b.mtime), ("ctime", a.ctime, b.ctime)] {
             if x != y {
                 diffs.push(format!(
-                    "past the metadata TTL: {}: {what} was {}, now {} with no change in between",
+                    "{}: {what} {} in the writing mount, {} after a remount (no change in between)",
                     show_name(name),
                     show_time(x),
                     show_time(y)
@@ -351,20 +356,21 @@ fn copy_in_and_remount(
     copy: impl FnOnce(&MountGuard),
 ) -> (String, MountGuard) {
     let reg = new_registry(tmp);
-    let mut diffs;
+    let (mut diffs, shown);
     {
-        let mnt = MountGuard::new(&reg, &tmp.join("mnt"), &[]);
+        // A long metadata TTL keeps every attribute the mount answered with
+        // in the kernel's cache, so what `stat` shows here is what the
+        // mount replied, to compare with what it stored (below): they must
+        // agree (`tar cf` fails with "file changed as we read it" when a
+        // file's ctime moves while it reads).
+        let mnt = MountGuard::new(&reg, &tmp.join("mnt"), &["--metadata-ttl", "60"]);
         copy(&mnt);
-        let shown = scan(&mnt.dir.join(name));
+        shown = scan(&mnt.dir.join(name));
         diffs = copy_diffs("in the writing mount", src, &mnt.dir.join(name), precision);
-        // Past the metadata TTL (1 s) the mount reads back what it stored:
-        // the times must stay those it showed (`tar cf` fails with "file
-        // changed as we read it" when a file's ctime moves while it reads).
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        diffs.extend(unstable_times(&shown, &scan(&mnt.dir.join(name))));
     }
     let mnt = MountGuard::new(&reg, &tmp.join("mnt-again"), &[]);
     diffs.extend(copy_diffs("after a remount", src, &mnt.dir.join(name), precision));
+    diffs.extend(unstable_times(&shown, &scan(&mnt.dir.join(name))));
     assert_no_diffs(&diffs);
     (reg, mnt)
 }
@@ -484,4 +490,39 @@ fn tar_into_the_mount() {
     // Again over the copy: tar unlinks each existing file and creates it anew.
     extract(&mnt);
     assert_same_copy("tar xpf again", &src, &mnt.dir.join("t"), Precision::Seconds);
+}
+
+#[test]
+fn rsync_a_out_of_the_mount_again_from_a_fresh_mount_changes_nothing() {
+    // A tree written with no attributes set (`cp -r`: directories made by
+    // mkdir, files stamped by their commits) is backed up out of the mount
+    // with `rsync -a`, then again through a fresh mount: the mount must
+    // show the times it stored, so the second run has nothing to do.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path());
+    let reg = new_registry(tmp.path());
+    let backup = tmp.path().join("backup");
+    let to = format!("{}/", s(&backup));
+    {
+        let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+        tool_ok(&["cp", "-r", s(&src), s(&mnt.dir.join("m"))], &mnt);
+        tool_ok(&["rsync", "-a", &format!("{}/", s(&mnt.dir.join("m"))), &to], &mnt);
+    }
+    // rsync compares whole seconds: a time made up anew by each mount
+    // would show in the next second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt-again"), &[]);
+    let from = format!("{}/", s(&mnt.dir.join("m")));
+    let itemized = tool_ok(&["rsync", "-a", "--itemize-changes", &from, &to], &mnt);
+    let mut diffs = Vec::new();
+    if !itemized.is_empty() {
+        diffs.push(format!("the second rsync -a out of the mount changed:\n{itemized}"));
+    }
+    diffs.extend(copy_diffs(
+        "rsync -a out of the mount",
+        &mnt.dir.join("m"),
+        &backup,
+        Precision::Nanos,
+    ));
+    assert_no_diffs(&diffs);
 }
