@@ -1,16 +1,19 @@
 //! Everyday tools into and out of a real read-write mount: `cp -a`,
-//! `cp -rp`, `rsync -a` (and a second `rsync` that must find nothing to do),
-//! `tar cf` / `tar xpf`, and `cp -a` back out. Each copy is checked after an
-//! unmount and a fresh mount: bytes, permission bits, owners and mtimes of
-//! every file and directory, the copy's root included.
+//! `cp -rp`, `rsync -a` (again: nothing to do; after a source change: just
+//! that), `tar cf` / `tar xpf`, a second `cp -a` / `tar xpf` over the copy,
+//! `cp -a` and `rsync -a` back out. Each copy is checked in the writing mount
+//! and after an unmount in a fresh mount: bytes, permission bits, owners and
+//! mtimes of every file and directory, the copy's root included; and the
+//! times the writing mount showed must be those it stored.
 //!
-//! Modification times are compared to the nanosecond for `cp` and `rsync`:
-//! the source files carry sub-second times (as on ext4 or xfs) and both
-//! tools set them with `utimensat`. (The second is what the tools
-//! themselves need: `rsync`'s quick check compares whole seconds, so a
-//! copy that lost its seconds would be copied again by every later
-//! `rsync -a`.) The tar copy is compared to the second: `tar cf`'s default
-//! (GNU) format stores whole seconds.
+//! Modification times are compared to the nanosecond for `cp` and `rsync`
+//! into the mount: the source files carry sub-second times (as on ext4 or
+//! xfs) and both tools set them with `utimensat`; modelfs keeps a time set
+//! that way to the nanosecond. (The second is what the tools themselves
+//! need: `rsync`'s quick check compares whole seconds, so a copy that lost
+//! its seconds would be copied again by every later `rsync -a`.) The tar
+//! copy is compared to the second: `tar cf`'s default (GNU) format stores
+//! whole seconds.
 //!
 //! The registry is `registry_uri`, so `scripts/test_s3.sh` runs this file on
 //! S3 too.
