@@ -163,10 +163,13 @@ impl InodeTable {
             next: AtomicU64::new(Ino::FIRST_FREE),
             ..Default::default()
         };
+        // Never read yet: its stored attributes come at the first look.
+        let mut cached = Cached::new(NodeState::Dir(Attrs::default()));
+        cached.read_at = None;
         let root = Arc::new(Inode {
             ino: Ino::ROOT,
             place: RwLock::new((Ino::ROOT, root)),
-            cached: Mutex::new(Cached::new(NodeState::Dir(Attrs::default()))),
+            cached: Mutex::new(cached),
         });
         t.by_ino
             .write()

@@ -1028,13 +1028,22 @@ impl ModelFs {
                 self.forget_listing(inode.parent());
             }
             let entry = lock(&w.writer).target().entry.clone();
-            // The new version becomes what lookups and opens see.
+            // The new version becomes what lookups and opens see, also
+            // through the inode now holding the name if it is another one
+            // for the same storage (a file renamed over this one while
+            // open).
             if let Ok(Node::File(meta)) = self.store.node(&entry) {
-                let mut c = inode.lock();
-                c.node = NodeState::File(meta);
-                c.read_at = Some(Instant::now());
-                c.version = None;
-                c.page_cache_version = None;
+                let named = self
+                    .inodes
+                    .find(inode.parent(), &entry.name)
+                    .filter(|o| !Arc::ptr_eq(o, &inode) && crate::registry::uri::same(&o.entry().uri, &entry.uri));
+                for i in std::iter::once(&inode).chain(named.as_ref()) {
+                    let mut c = i.lock();
+                    c.node = NodeState::File(meta.clone());
+                    c.read_at = Some(Instant::now());
+                    c.version = None;
+                    c.page_cache_version = None;
+                }
             }
         }
         Ok(())
@@ -1245,11 +1254,14 @@ impl ModelFs {
         if self.child(&dir, name, Listed::Fresh)?.is_some() {
             return Err(Error::new(libc::EEXIST, log::Level::Debug, format!("{name}: exists")));
         }
-        let mut attrs = self.new_attrs(mode, who);
-        if attrs.mode == Some(0o755) {
-            // The default: no metadata write needed.
-            attrs.mode = None;
-        }
+        // Its times are stored from the start, so every mount shows the
+        // same ones (not its own start time).
+        let now = Some(now_ns());
+        let attrs = Attrs {
+            mtime_ns: now,
+            ctime_ns: now,
+            ..self.new_attrs(mode, who)
+        };
         let entry = self.store.mkdir(&dir.entry(), name, &attrs)?;
         self.touch_dir(parent, true);
         let node = NodeState::Dir(attrs);
