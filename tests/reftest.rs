@@ -867,8 +867,9 @@ fn sut_step(s: &mut Sut, op: &Op, step: usize) -> R<Out> {
     }
 }
 
-/// Whether `op` is one the model can predict exactly in this state; other
-/// mounts never write files this mount has open.
+/// Whether `op` is one the model can predict exactly in this state: other
+/// mounts never change files this mount has open (a commit into a file
+/// another mount deleted meanwhile fails with EIO, by design).
 fn applicable(m: &Model, op: &Op) -> bool {
     match op {
         // Another mount sees only what is committed: its view here is
@@ -877,7 +878,7 @@ fn applicable(m: &Model, op: &Op) -> bool {
             let (_, parent) = path.0.split_last().unwrap();
             m.dir(parent).is_ok()
                 && match m.get(path) {
-                    Ok(MNode::File(f)) => m.files[*f].writer.is_none(),
+                    Ok(MNode::File(f)) => !m.handles.iter().flatten().any(|h| h.file == *f),
                     Ok(MNode::Dir(_)) => true,
                     Err(_) => true,
                 }
