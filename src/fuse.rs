@@ -21,7 +21,7 @@ use fuser::{
 };
 use log::{debug, info, log};
 
-use crate::fs::{Attr, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
+use crate::fs::{Attr, CoreError, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
 
 mod guard;
 use guard::guarded;
@@ -147,29 +147,25 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
 
 /// EPERM: the registry stores regular files and directories only.
 fn special_file(name: &OsStr) -> Error {
-    Error::new(
-        libc::EPERM,
-        log::Level::Debug,
-        format!("{name:?}: only regular files and directories can be stored"),
-    )
+    CoreError::SpecialFile { name: name.to_owned() }.into()
 }
 
 /// ENOTSUP for what the registry cannot store.
-fn unsupported(what: &str, name: &OsStr) -> Error {
-    Error::new(
-        libc::ENOTSUP,
-        log::Level::Debug,
-        format!("{name:?}: {what} are not supported"),
-    )
+fn unsupported(what: &'static str, name: &OsStr) -> Error {
+    CoreError::Unsupported {
+        what,
+        name: name.to_owned(),
+    }
+    .into()
 }
 
-fn name_str<'a>(name: &'a OsStr, op: &str) -> Result<&'a str, Error> {
+fn name_str<'a>(name: &'a OsStr, op: &'static str) -> Result<&'a str, Error> {
     name.to_str().ok_or_else(|| {
-        Error::new(
-            libc::ENOENT,
-            log::Level::Debug,
-            format!("{op}: name {name:?} is not UTF-8"),
-        )
+        CoreError::NotUtf8 {
+            op,
+            name: name.to_owned(),
+        }
+        .into()
     })
 }
 
@@ -370,11 +366,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         if !flags.is_empty() {
-            let e = Error::new(
-                libc::EINVAL,
-                log::Level::Debug,
-                format!("rename flags {flags:?} are not supported"),
-            );
+            let e = CoreError::RenameFlags {
+                flags: format!("{flags:?}"),
+            }
+            .into();
             return fail(reply, "rename", e);
         }
         let result = guarded("rename", || {

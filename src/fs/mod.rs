@@ -20,7 +20,7 @@ use log::{debug, info, warn};
 
 pub use attr::{Attr, DirItem, Fh, FsStats, Ino, Kind, Opened};
 pub use counters::{Counters, Snapshot};
-pub use error::{Error, Result};
+pub use error::{CoreError, Error, Result};
 
 use crate::registry::file_array::now_ns;
 use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewEntry, ViewLimits};
@@ -123,24 +123,22 @@ pub struct ModelFs {
 impl ModelFs {
     /// Serves the directory at `root_uri`, which must exist.
     pub fn new(store: Arc<dyn Store>, root_uri: &str, config: Config) -> Result<Self> {
-        let root = store
-            .resolve(root_uri)?
-            .ok_or_else(|| Error::new(libc::ENOENT, log::Level::Error, format!("{root_uri}: no such registry")))?;
+        let root = store.resolve(root_uri)?.ok_or_else(|| CoreError::NoRegistry {
+            uri: root_uri.to_string(),
+        })?;
         if !root.is_dir() {
-            return Err(Error::new(
-                libc::ENOTDIR,
-                log::Level::Error,
-                format!("{root_uri}: not a directory (a TileDB group or a directory)"),
-            ));
+            return Err(CoreError::RegistryNotADirectory {
+                uri: root_uri.to_string(),
+            }
+            .into());
         }
         let counters = Arc::new(Counters::default());
         let staging =
-            StagingArea::new(&config.staging_dir, config.staging_limit_bytes, counters.clone()).map_err(|e| {
-                Error::new(
-                    libc::EIO,
-                    log::Level::Error,
-                    format!("staging directory {}: {e}", config.staging_dir.display()),
-                )
+            StagingArea::new(&config.staging_dir, config.staging_limit_bytes, counters.clone()).map_err(|error| {
+                CoreError::StagingDir {
+                    dir: config.staging_dir.clone(),
+                    error,
+                }
             })?;
         let cache = Arc::new(ChunkCache::new(config.cache_bytes, counters.clone()));
         let view_memory = MemoryPool::new(config.view_memory_bytes);
@@ -184,7 +182,7 @@ impl ModelFs {
     fn inode(&self, ino: Ino) -> Result<Arc<Inode>> {
         self.inodes
             .get(ino)
-            .ok_or_else(|| Error::new(libc::ENOENT, log::Level::Debug, format!("inode {} unknown", ino.0)))
+            .ok_or_else(|| CoreError::UnknownInode { ino: ino.0 }.into())
     }
 
     fn warn_once(&self, uri: &str, message: std::fmt::Arguments<'_>) {
@@ -324,14 +322,11 @@ impl ModelFs {
     fn refuse_ml_change(&self, dir: &Inode, what: &str) -> Result<()> {
         let node = dir.lock().node.clone();
         if matches!(node, NodeState::MlDir { .. } | NodeState::MlFile { .. }) {
-            return Err(Error::new(
-                libc::EROFS,
-                log::Level::Info,
-                format!(
-                    "{what} in {}: TileDB-ML model arrays are shown read-only",
-                    dir.entry().uri
-                ),
-            ));
+            return Err(CoreError::ReadOnlyView {
+                change: format!("{what} in"),
+                uri: dir.entry().uri,
+            }
+            .into());
         }
         Ok(())
     }
@@ -447,13 +442,9 @@ impl ModelFs {
             return Ok(node);
         }
         let entry = inode.entry();
-        let node = self.node_of(&entry)?.ok_or_else(|| {
-            Error::new(
-                libc::ENOENT,
-                log::Level::Debug,
-                format!("{}: no longer shown", entry.uri),
-            )
-        })?;
+        let node = self
+            .node_of(&entry)?
+            .ok_or_else(|| CoreError::NoLongerShown { uri: entry.uri.clone() })?;
         let mut c = inode.lock();
         if c.read_at != read_at {
             // Refreshed while this read ran (a commit here): that is newer.
@@ -470,11 +461,7 @@ impl ModelFs {
     fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {
         let dir = self.inode(ino)?;
         if !self.fresh_node(&dir)?.is_dir() {
-            return Err(Error::new(
-                libc::ENOTDIR,
-                log::Level::Debug,
-                format!("{}: not a directory", dir.entry().uri),
-            ));
+            return Err(CoreError::NotADirectory { what: dir.entry().uri }.into());
         }
         Ok(dir)
     }
@@ -730,7 +717,7 @@ impl ModelFs {
     pub fn readdir(&self, fh: Fh, offset: u64) -> Result<Vec<DirItem>> {
         match self.handles.get(fh).as_deref() {
             Some(Handle::Dir { items, .. }) => Ok(items.iter().skip(offset as usize).cloned().collect()),
-            _ => Err(Error::bad_handle(fh.0)),
+            _ => Err(CoreError::BadHandle { fh: fh.0 }.into()),
         }
     }
 
@@ -740,7 +727,7 @@ impl ModelFs {
 
     fn check_writable(&self, what: &str) -> Result<()> {
         if self.config.read_only {
-            return Err(Error::read_only(what));
+            return Err(read_only(what));
         }
         Ok(())
     }
@@ -750,7 +737,7 @@ impl ModelFs {
     pub fn open(&self, ino: Ino, write: bool, truncate: bool, opener: Option<u32>) -> Result<Opened> {
         if ino == Ino::STATS {
             if write {
-                return Err(Error::read_only(STATS_NAME));
+                return Err(read_only(STATS_NAME));
             }
             let json = serde_json::to_vec_pretty(&self.counters()).unwrap_or_default();
             let fh = self.handles.insert(Handle::Generated(json));
@@ -775,7 +762,7 @@ impl ModelFs {
                         direct_io: false,
                     })
                 }
-                Some(ViewEntry::Failed(e)) => Err(Error::new(libc::EIO, log::Level::Warn, e.to_string())),
+                Some(ViewEntry::Failed(e)) => Err(crate::registry::Error::from(e.clone()).into()),
                 None => Err(Error::not_found(path)),
             };
         }
@@ -784,11 +771,10 @@ impl ModelFs {
             return self.open_writer(&inode, truncate, opener);
         }
         let NodeState::File(meta) = node else {
-            return Err(Error::new(
-                libc::EISDIR,
-                log::Level::Debug,
-                format!("{}: is a directory", inode.entry().uri),
-            ));
+            return Err(CoreError::IsADirectory {
+                what: inode.entry().uri,
+            }
+            .into());
         };
         if meta.timestamp.is_none() && meta.kind.is_none() && inode.lock().active_writer().is_some() {
             // A new file not committed yet reads as empty.
@@ -841,11 +827,7 @@ impl ModelFs {
     fn open_writer(&self, inode: &Arc<Inode>, truncate: bool, opener: Option<u32>) -> Result<Opened> {
         let entry = inode.entry();
         let NodeState::File(meta) = self.fresh_node(inode)? else {
-            return Err(Error::new(
-                libc::EISDIR,
-                log::Level::Debug,
-                format!("{}: is a directory", entry.uri),
-            ));
+            return Err(CoreError::IsADirectory { what: entry.uri }.into());
         };
         let dir = self.inode(inode.parent())?.entry();
         let target = Target {
@@ -862,11 +844,7 @@ impl ModelFs {
         {
             let mut c = inode.lock();
             if c.active_writer().is_some() {
-                return Err(Error::new(
-                    libc::EBUSY,
-                    log::Level::Info,
-                    format!("{}: already open for writing", inode.entry().uri),
-                ));
+                return Err(CoreError::AlreadyOpenForWriting { uri: inode.entry().uri }.into());
             }
             c.writer = Arc::downgrade(&writer);
             c.open_handles += 1;
@@ -904,22 +882,14 @@ impl ModelFs {
         }
         if let Some((entry, known)) = self.child(&dir, name, Listed::Fresh)? {
             if exclusive {
-                return Err(Error::new(
-                    libc::EEXIST,
-                    log::Level::Debug,
-                    format!("{}: exists", entry.uri),
-                ));
+                return Err(CoreError::Exists { what: entry.uri }.into());
             }
             let inode = match known {
                 Some(i) => i,
                 None => {
-                    let node = self.node_of(&entry)?.ok_or_else(|| {
-                        Error::new(
-                            libc::EEXIST,
-                            log::Level::Info,
-                            format!("{}: exists and is not a file", entry.uri),
-                        )
-                    })?;
+                    let node = self
+                        .node_of(&entry)?
+                        .ok_or_else(|| CoreError::ExistsNotAFile { uri: entry.uri.clone() })?;
                     self.inodes.upsert(parent, entry, node, Seen::Read)
                 }
             };
@@ -960,13 +930,9 @@ impl ModelFs {
 
     /// Writes `data` at `offset` through a handle open for writing.
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
-        let handle = self.handles.get(fh).ok_or_else(|| Error::bad_handle(fh.0))?;
+        let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
         let Handle::Write(w) = handle.as_ref() else {
-            return Err(Error::new(
-                libc::EBADF,
-                log::Level::Debug,
-                "write to a handle not open for writing",
-            ));
+            return Err(CoreError::NotOpenForWriting.into());
         };
         let n = lock(&w.writer).write(self.store.as_ref(), offset, data)?;
         Counters::add(&self.counters.bytes_written, n as u64);
@@ -1089,7 +1055,7 @@ impl ModelFs {
 
     /// Reads up to `size` bytes at `offset`; short only at the end.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let handle = self.handles.get(fh).ok_or_else(|| Error::bad_handle(fh.0))?;
+        let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
         let out = match handle.as_ref() {
             Handle::File(f) => {
                 let plan = f
@@ -1101,13 +1067,14 @@ impl ModelFs {
                     self.prefetch.submit(&f.source, range);
                 }
                 let mut buf = vec![0u8; size as usize];
-                let n = self.cache.read(f.source.as_ref(), offset, &mut buf).map_err(|e| {
-                    Error::new(
-                        e.errno,
-                        e.level,
-                        format!("read of {} at {offset}: {e}", f.source.describe()),
-                    )
-                })?;
+                let n = self
+                    .cache
+                    .read(f.source.as_ref(), offset, &mut buf)
+                    .map_err(|e| CoreError::Read {
+                        what: f.source.describe().to_string(),
+                        offset,
+                        error: Box::new(e),
+                    })?;
                 buf.truncate(n);
                 buf
             }
@@ -1123,7 +1090,7 @@ impl ModelFs {
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 bytes[start..end].to_vec()
             }
-            Handle::Dir { .. } => return Err(Error::new(libc::EISDIR, log::Level::Debug, "read of a directory")),
+            Handle::Dir { .. } => return Err(CoreError::ReadOfDirectory.into()),
         };
         Counters::add(&self.counters.reads_served, 1);
         Counters::add(&self.counters.bytes_served, out.len() as u64);
@@ -1135,7 +1102,7 @@ impl ModelFs {
     /// without a new version (see [`crate::registry::attrs`]).
     pub fn setattr(&self, ino: Ino, change: SetAttr) -> Result<Attr> {
         if ino == Ino::STATS {
-            return Err(Error::read_only(STATS_NAME));
+            return Err(read_only(STATS_NAME));
         }
         let inode = self.inode(ino)?;
         if let Some(size) = change.size {
@@ -1252,7 +1219,7 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
         if self.child(&dir, name, Listed::Fresh)?.is_some() {
-            return Err(Error::new(libc::EEXIST, log::Level::Debug, format!("{name}: exists")));
+            return Err(CoreError::Exists { what: name.to_string() }.into());
         }
         // Its times are stored from the start, so every mount shows the
         // same ones (not its own start time).
@@ -1280,11 +1247,7 @@ impl ModelFs {
             .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
         if entry.is_dir() {
-            return Err(Error::new(
-                libc::EISDIR,
-                log::Level::Debug,
-                format!("{}: is a directory", entry.uri),
-            ));
+            return Err(CoreError::IsADirectory { what: entry.uri }.into());
         }
         let inode = known.or_else(|| self.inodes.find(parent, name));
         let writer = inode.as_ref().and_then(|i| i.lock().active_writer());
@@ -1385,28 +1348,23 @@ impl ModelFs {
     fn check_removable_dir(&self, parent: Ino, entry: &Entry) -> Result<()> {
         if !entry.is_dir() {
             if let Ok(Some(NodeState::MlDir { .. })) = self.node_of(entry) {
-                return Err(Error::new(
-                    libc::EROFS,
-                    log::Level::Info,
-                    format!("rmdir of {}: TileDB-ML model arrays are shown read-only", entry.uri),
-                ));
+                return Err(CoreError::ReadOnlyView {
+                    change: "rmdir of".to_string(),
+                    uri: entry.uri.clone(),
+                }
+                .into());
             }
-            return Err(Error::new(
-                libc::ENOTDIR,
-                log::Level::Debug,
-                format!("{}: not a directory", entry.uri),
-            ));
+            return Err(CoreError::NotADirectory {
+                what: entry.uri.clone(),
+            }
+            .into());
         }
         let child = self.inodes.find(parent, &entry.name);
         let busy = child
             .as_ref()
             .is_some_and(|c| !self.inodes.uncommitted_children(c.ino).is_empty());
         if busy || !self.store.is_empty_dir(entry)? {
-            return Err(Error::new(
-                libc::ENOTEMPTY,
-                log::Level::Debug,
-                format!("{}: not empty", entry.uri),
-            ));
+            return Err(CoreError::NotEmpty { uri: entry.uri.clone() }.into());
         }
         Ok(())
     }
@@ -1432,20 +1390,15 @@ impl ModelFs {
             return self.rename_written(&inode, &new_dir, new_name);
         }
         if entry.is_dir() && self.is_ancestor_or_self(parent, new_parent, &entry)? {
-            return Err(Error::new(
-                libc::EINVAL,
-                log::Level::Debug,
-                "cannot move a directory into itself",
-            ));
+            return Err(CoreError::MoveIntoItself.into());
         }
         let target = self.child(&new_dir, new_name, Listed::Fresh)?;
         if let Some((target, target_known)) = &target {
             if target_known.is_some() {
-                return Err(Error::new(
-                    libc::EBUSY,
-                    log::Level::Info,
-                    format!("{}: being written", target.uri),
-                ));
+                return Err(CoreError::BeingWritten {
+                    what: target.uri.clone(),
+                }
+                .into());
             }
             if crate::registry::uri::same(&target.uri, &entry.uri) {
                 // Two names of one stored entry: POSIX renames of hard
@@ -1453,14 +1406,8 @@ impl ModelFs {
                 return Ok(());
             }
             match (entry.is_dir(), target.is_dir()) {
-                (false, true) => return Err(Error::new(libc::EISDIR, log::Level::Debug, "target is a directory")),
-                (true, false) => {
-                    return Err(Error::new(
-                        libc::ENOTDIR,
-                        log::Level::Debug,
-                        "target is not a directory",
-                    ));
-                }
+                (false, true) => return Err(CoreError::TargetIsADirectory.into()),
+                (true, false) => return Err(CoreError::TargetNotADirectory.into()),
                 (true, true) => self.check_removable_dir(new_parent, target)?,
                 (false, false) => {}
             }
@@ -1497,41 +1444,28 @@ impl ModelFs {
     /// the old content stays until the commit succeeds.
     fn rename_written(&self, inode: &Arc<Inode>, new_dir: &Arc<Inode>, new_name: &str) -> Result<()> {
         let Some(writer) = inode.lock().active_writer() else {
-            return Err(Error::new(
-                libc::EBUSY,
-                log::Level::Info,
-                "file closed during rename; try again",
-            ));
+            return Err(CoreError::ClosedDuringRename.into());
         };
         // Looked up before the writer is locked: lock order is an inode's
         // cached state, then a writer.
         let existing = self.child(new_dir, new_name, Listed::Fresh)?;
         let mut w = lock(&writer);
         if w.target().exists {
-            return Err(Error::new(
-                libc::EBUSY,
-                log::Level::Info,
-                format!(
-                    "{}: open for writing; rename it after it is closed",
-                    w.target().entry.uri
-                ),
-            ));
+            return Err(CoreError::RenameWhileWritten {
+                uri: w.target().entry.uri.clone(),
+            }
+            .into());
         }
         let dir_entry = new_dir.entry();
         let (entry, exists, replaces) = match existing {
             Some((_, Some(other))) if !Arc::ptr_eq(&other, inode) => {
-                return Err(Error::new(
-                    libc::EBUSY,
-                    log::Level::Info,
-                    format!("{new_name}: being written"),
-                ));
+                return Err(CoreError::BeingWritten {
+                    what: new_name.to_string(),
+                }
+                .into());
             }
             Some((target, _)) if target.is_dir() => {
-                return Err(Error::new(
-                    libc::EISDIR,
-                    log::Level::Debug,
-                    format!("{}: is a directory", target.uri),
-                ));
+                return Err(CoreError::IsADirectory { what: target.uri }.into());
             }
             Some((target, _)) if w.has_own_array() => {
                 let own = Entry {
@@ -1634,7 +1568,7 @@ impl SetAttr {
                 t.duration_since(UNIX_EPOCH)
                     .ok()
                     .and_then(|d| u64::try_from(d.as_nanos()).ok())
-                    .ok_or_else(|| Error::new(libc::EINVAL, log::Level::Debug, format!("time {t:?} cannot be stored")))
+                    .ok_or_else(|| CoreError::UnstorableTime { time: t }.into())
             })
             .transpose()
         };
@@ -1675,15 +1609,18 @@ fn with_attrs(attr: Attr, attrs: &Attrs, committed: Option<SystemTime>) -> Attr 
     }
 }
 
-/// ENAMETOOLONG for names over 255 bytes, EINVAL for other names that
-/// cannot be stored.
-fn invalid_name(name: &str, reason: &str) -> Error {
-    let errno = if name.len() > crate::registry::names::NAME_MAX_BYTES {
-        libc::ENAMETOOLONG
-    } else {
-        libc::EINVAL
-    };
-    Error::new(errno, log::Level::Debug, format!("{name:?}: {reason}"))
+/// A name that cannot be stored, and why.
+fn invalid_name(name: &str, reason: &'static str) -> Error {
+    CoreError::InvalidName {
+        name: name.to_string(),
+        reason,
+    }
+    .into()
+}
+
+/// EROFS for a change to `what` on a read-only mount.
+fn read_only(what: &str) -> Error {
+    CoreError::ReadOnlyMount { what: what.to_string() }.into()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

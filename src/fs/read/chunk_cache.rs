@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::source::ChunkSource;
 use crate::fs::counters::Counters;
-use crate::fs::error::{Error, Result};
+use crate::fs::error::{CoreError, Result};
 
 type Key = (u64, u64);
 
@@ -105,11 +105,13 @@ impl ChunkCache {
             copied += want;
         }
         if copied as u64 != len {
-            return Err(Error::new(
-                libc::EIO,
-                log::Level::Warn,
-                format!("{}: assembled {copied} of {len} bytes at {offset}", src.describe()),
-            ));
+            return Err(CoreError::ShortAssembly {
+                what: src.describe().to_string(),
+                got: copied,
+                wanted: len,
+                offset,
+            }
+            .into());
         }
         Ok(copied)
     }

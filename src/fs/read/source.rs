@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::fs::error::Result;
+use crate::fs::error::{CoreError, Result};
 use crate::fs::store::StoredVersion;
 
 /// One immutable version of a file, readable by byte range from any thread.
@@ -72,11 +72,13 @@ impl ChunkSource for FileVersion {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let n = self.file.read_at(offset, buf)?;
         if n != buf.len() {
-            return Err(crate::fs::error::Error::new(
-                libc::EIO,
-                log::Level::Warn,
-                format!("{}: read {n} of {} bytes at {offset}", self.uri, buf.len()),
-            ));
+            return Err(CoreError::ShortRead {
+                uri: self.uri.clone(),
+                got: n,
+                wanted: buf.len(),
+                offset,
+            }
+            .into());
         }
         Ok(())
     }
@@ -94,7 +96,6 @@ pub mod testing {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::fs::error::Error;
 
     /// A file held in memory, counting the reads it serves.
     pub struct MemSource {
@@ -138,7 +139,14 @@ pub mod testing {
                 .iter()
                 .any(|r| r.start < end && offset < r.end)
             {
-                return Err(Error::new(libc::EIO, log::Level::Warn, "injected failure"));
+                // Any EIO will do: the tests check the errno.
+                return Err(CoreError::ShortRead {
+                    uri: "injected failure".to_string(),
+                    got: 0,
+                    wanted: buf.len(),
+                    offset,
+                }
+                .into());
             }
             buf.copy_from_slice(&self.data[offset as usize..end as usize]);
             Ok(())

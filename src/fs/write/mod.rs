@@ -33,7 +33,7 @@ use crate::registry::safetensors_index::{self, header_len};
 use crate::registry::transfer::is_safetensors_name;
 use crate::registry::{self, Attrs, Entry, FileKind, Node};
 
-use super::error::{Error, Result};
+use super::error::{CoreError, Error, Result};
 pub use staging::{StagingArea, StagingFile};
 
 /// Bytes a writer holds in memory before it stages to disk.
@@ -104,12 +104,8 @@ pub struct Writer {
 fn open_committed(store: &dyn Store, entry: &Entry) -> Result<Box<dyn StoredVersion>> {
     match store.node(entry)? {
         Node::File(meta) => Ok(store.open_version(&entry.uri, meta)?),
-        _ => Err(failed(libc::EIO, format!("{}: not a file any more", entry.uri))),
+        _ => Err(CoreError::NotAFileAnyMore { uri: entry.uri.clone() }.into()),
     }
-}
-
-fn failed(errno: i32, message: String) -> Error {
-    Error::new(errno, log::Level::Warn, message)
 }
 
 impl Writer {
@@ -176,7 +172,11 @@ impl Writer {
 
     fn check(&self) -> Result<()> {
         match &self.state {
-            State::Failed { errno, message } => Err(failed(*errno, message.clone())),
+            State::Failed { errno, message } => Err(CoreError::FailedEarlier {
+                errno: *errno,
+                message: message.clone(),
+            }
+            .into()),
             _ => Ok(()),
         }
     }
@@ -225,26 +225,22 @@ impl Writer {
             }
             State::Streaming(s) if offset == s.writer.written() => {
                 if s.writer.written() + data.len() as u64 > s.size {
-                    return Err(failed(
-                        libc::EINVAL,
-                        format!(
-                            "{}: written past the {} bytes its safetensors header declares",
-                            self.target.entry.name, s.size
-                        ),
-                    ));
+                    return Err(CoreError::PastDeclaredSize {
+                        name: self.target.entry.name.clone(),
+                        size: s.size,
+                    }
+                    .into());
                 }
                 s.writer.write(data)?;
                 return Ok(data.len());
             }
             State::Streaming(s) => {
-                return Err(failed(
-                    libc::EIO,
-                    format!(
-                        "{}: write at {offset} after {} bytes: a .safetensors file is streamed to TileDB and must be written in order",
-                        self.target.entry.name,
-                        s.writer.written()
-                    ),
-                ));
+                return Err(CoreError::StreamOutOfOrder {
+                    name: self.target.entry.name.clone(),
+                    offset,
+                    written: s.writer.written(),
+                }
+                .into());
             }
             _ => {}
         }
@@ -253,10 +249,10 @@ impl Writer {
                 f.write_at(offset, data)?;
                 Ok(data.len())
             }
-            _ => Err(failed(
-                libc::EIO,
-                format!("{}: write in an unexpected state", self.name()),
-            )),
+            _ => Err(CoreError::UnexpectedWriterState {
+                name: self.name().to_string(),
+            }
+            .into()),
         }
     }
 
@@ -363,13 +359,10 @@ impl Writer {
                 State::Clean { .. } => self.stage_committed(store)?,
                 State::Buffering(_) => self.spill_to_staging()?,
                 State::Streaming(_) => {
-                    return Err(failed(
-                        libc::EIO,
-                        format!(
-                            "{}: a streamed .safetensors file cannot be truncated while written",
-                            self.name()
-                        ),
-                    ));
+                    return Err(CoreError::StreamTruncate {
+                        name: self.name().to_string(),
+                    }
+                    .into());
                 }
                 _ => {}
             }
@@ -398,13 +391,10 @@ impl Writer {
                 buf.truncate(n);
                 Ok(buf)
             }
-            State::Streaming(_) => Err(failed(
-                libc::EIO,
-                format!(
-                    "{}: a .safetensors file being streamed cannot be read back before it is closed",
-                    self.name()
-                ),
-            )),
+            State::Streaming(_) => Err(CoreError::StreamReadBack {
+                name: self.name().to_string(),
+            }
+            .into()),
             State::Failed { .. } => Ok(Vec::new()),
         }
     }
@@ -505,7 +495,7 @@ impl Writer {
                 (ts, size)
             }
             State::Clean { size } => return Ok(size),
-            State::Failed { errno, message } => return Err(failed(errno, message)),
+            State::Failed { errno, message } => return Err(CoreError::FailedEarlier { errno, message }.into()),
         };
         if was_new {
             match self.replaces.take() {
@@ -529,14 +519,11 @@ impl Writer {
     }
 
     fn invalid(&self, problem: registry::SafetensorsProblem) -> Error {
-        failed(
-            libc::EINVAL,
-            registry::Error::InvalidSafetensors {
-                name: self.target.entry.name.clone(),
-                problem,
-            }
-            .to_string(),
-        )
+        registry::Error::InvalidSafetensors {
+            name: self.target.entry.name.clone(),
+            problem,
+        }
+        .into()
     }
 
     fn kind_of_bytes(&self, buf: &[u8]) -> Result<FileKind> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fs::counters::Counters;
-use crate::fs::error::{Error, Result};
+use crate::fs::error::{CoreError, Error, Result};
 
 /// The staging directory and its limit.
 pub struct StagingArea {
@@ -61,28 +61,26 @@ impl StagingArea {
         let before = self.used.fetch_add(extra, Ordering::Relaxed);
         if before + extra > self.limit_bytes {
             self.used.fetch_sub(extra, Ordering::Relaxed);
-            return Err(Error::new(
-                libc::ENOSPC,
-                log::Level::Warn,
-                format!(
-                    "{name}: staging it needs {extra} more bytes; the staging limit is {} bytes ({} in use under {})",
-                    self.limit_bytes,
-                    before,
-                    self.dir.display()
-                ),
-            ));
+            return Err(CoreError::StagingFull {
+                name: name.to_string(),
+                extra,
+                limit: self.limit_bytes,
+                used: before,
+                dir: self.dir.clone(),
+            }
+            .into());
         }
         Ok(())
     }
 }
 
-fn io_error(dir: &Path, name: &str, e: std::io::Error) -> Error {
-    let errno = e.raw_os_error().unwrap_or(libc::EIO);
-    Error::new(
-        errno,
-        log::Level::Warn,
-        format!("{name}: staging under {}: {e}", dir.display()),
-    )
+fn io_error(dir: &Path, name: &str, error: std::io::Error) -> Error {
+    CoreError::Staging {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        error,
+    }
+    .into()
 }
 
 /// One staged file; its bytes are released from the limit when dropped.
