@@ -205,3 +205,51 @@ fn info_shows_the_commit_time_and_the_stored_attributes() {
     assert!(info.contains("mode:       0600"), "{info}");
     assert!(info.contains("mtime:      2020-09-13 12:26:40.123 UTC"), "{info}");
 }
+
+/// Runs `sh -c script` as the user `nobody` (65534) and returns its exit
+/// status and stderr.
+fn as_nobody(script: &str) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn with_allow_other_the_kernel_enforces_the_stored_modes() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &["--allow-other"]);
+    let secret = mnt.dir.join("seed.txt");
+    let q = |p: &Path| format!("'{}'", s(p));
+    assert!(as_nobody(&format!("cat {}", q(&secret))).0, "a 0644 file is readable by others");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = as_nobody(&format!("cat {}", q(&secret)));
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, err) = as_nobody(&format!("echo x > {}", q(&mnt.dir.join("new"))));
+    assert!(!ok && err.contains("Permission denied"), "the root is 0755: {err}");
+    // Another user's own directory: theirs to write in.
+    let shared = mnt.dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(65534), Some(65534)).unwrap();
+    let (ok, err) = as_nobody(&format!("echo mine > {}/f", q(&shared)));
+    assert!(ok, "{err}");
+    let m = std::fs::metadata(shared.join("f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534), "a file is its creator's");
+    drop(mnt);
+    // After a remount the same holds: modes and owners are stored.
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &["--allow-other"]);
+    let (ok, _) = as_nobody(&format!("cat {}", q(&mnt.dir.join("seed.txt"))));
+    assert!(!ok);
+    let m = std::fs::metadata(mnt.dir.join("shared/f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+}
