@@ -231,7 +231,10 @@ fn with_allow_other_the_kernel_enforces_the_stored_modes() {
     let (reg, mnt) = mounted(tmp.path(), &["--allow-other"]);
     let secret = mnt.dir.join("seed.txt");
     let q = |p: &Path| format!("'{}'", s(p));
-    assert!(as_nobody(&format!("cat {}", q(&secret))).0, "a 0644 file is readable by others");
+    assert!(
+        as_nobody(&format!("cat {}", q(&secret))).0,
+        "a 0644 file is readable by others"
+    );
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (ok, err) = as_nobody(&format!("cat {}", q(&secret)));
     assert!(!ok && err.contains("Permission denied"), "{err}");
