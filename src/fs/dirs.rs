@@ -1,0 +1,357 @@
+//! Changes to directories' entries: mkdir, unlink, rmdir and rename.
+//!
+//! Each asks the registry itself (never a cached listing) before changing
+//! it, changes storage first and the inode table after, and drops the
+//! directory's cached listing. Storage of a removed entry is deleted when
+//! nothing uses it any more: at once, or when the last handle of a file
+//! open at its unlink closes; never when it lies outside the registry or
+//! another entry still names it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+
+use super::error::{CoreError, Error, Result};
+use super::inode::{Inode, NodeState, Seen};
+use super::namespace::Listed;
+use super::stat::Owner;
+use super::{Attr, Ino, ModelFs, invalid_name, lock};
+use crate::registry::file_array::now_ns;
+use crate::registry::{Attrs, Entry, Storage};
+
+impl ModelFs {
+    /// Directory `ino`'s entries changed: its listing is dropped, and its
+    /// times are re-read from the registry (which stamped them as it
+    /// changed the group), or, for a change not stored yet (a file being
+    /// created), set to now until then.
+    pub(super) fn touch_dir(&self, ino: Ino, stored: bool) {
+        let Some(dir) = self.inodes.get(ino) else { return };
+        let mut c = dir.lock();
+        c.listing = None;
+        if stored {
+            c.read_at = None;
+        } else if let NodeState::Dir(a) = &mut c.node {
+            let now = Some(now_ns());
+            a.mtime_ns = now;
+            a.ctime_ns = now;
+        }
+    }
+
+    /// Creates directory `name` in `parent` (a group, linked into its parent).
+    /// `mode` has the umask applied; `who` makes it.
+    pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, who: Owner) -> Result<Attr> {
+        self.check_writable(name)?;
+        let dir = self.changeable_dir(parent, "mkdir")?;
+        if self.child(&dir, name, Listed::Fresh)?.is_some() {
+            return Err(CoreError::Exists { what: name.to_string() }.into());
+        }
+        // Its times are stored from the start, so every mount shows the
+        // same ones (not its own start time).
+        let now = Some(now_ns());
+        let attrs = Attrs {
+            mtime_ns: now,
+            ctime_ns: now,
+            ..self.new_attrs(mode, who)
+        };
+        let entry = self.store.mkdir(&dir.entry(), name, &attrs)?;
+        self.touch_dir(parent, true);
+        let node = NodeState::Dir(attrs);
+        let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
+        self.inodes.remember(&inode);
+        Ok(self.attr_of(inode.ino, &node))
+    }
+
+    /// Removes file `name` from `parent`. Its storage is deleted now, or
+    /// when the last open handle closes. A new file not committed yet has
+    /// none: its handles keep their bytes and commit nothing.
+    pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
+        self.check_writable(name)?;
+        let dir = self.changeable_dir(parent, "unlink")?;
+        let (entry, known) = self
+            .child(&dir, name, Listed::Fresh)?
+            .ok_or_else(|| Error::not_found(name))?;
+        if entry.is_dir() {
+            return Err(CoreError::IsADirectory { what: entry.uri }.into());
+        }
+        let inode = known.or_else(|| self.inodes.find(parent, name));
+        let writer = inode.as_ref().and_then(|i| i.lock().active_writer());
+        // Linked: a member of the directory; stored: it has storage.
+        let (linked, stored) = match &writer {
+            Some(w) => {
+                let mut w = lock(w);
+                if !w.target().exists {
+                    w.discard();
+                }
+                (w.target().exists, w.target().exists || w.has_own_array())
+            }
+            None => (true, true),
+        };
+        if linked {
+            self.store.unlink(&dir.entry(), &entry)?;
+        }
+        self.touch_dir(parent, linked);
+        self.inodes.remove_name(parent, name);
+        let open = self.mark_unlinked(inode.as_deref());
+        if let Some(i) = &inode {
+            i.lock().delete_on_close &= stored;
+        }
+        if stored && !open {
+            self.delete_unlinked(&dir, &entry);
+        }
+        info!("removed {}", entry.uri);
+        Ok(())
+    }
+
+    /// Marks `inode` (if known) removed from its directory; true when it is
+    /// still open, so its storage goes when the last handle closes.
+    fn mark_unlinked(&self, inode: Option<&Inode>) -> bool {
+        inode.is_some_and(|i| {
+            let mut c = i.lock();
+            c.unlinked = true;
+            c.delete_on_close = c.open_handles > 0;
+            c.delete_on_close
+        })
+    }
+
+    /// Deletes the storage of `entry`, just taken out of directory `dir`,
+    /// unless it lies outside the registry or another entry of `dir` still
+    /// names it (written so by another tool). Failures are logged: the
+    /// entry is gone either way.
+    pub(super) fn delete_unlinked(&self, dir: &Inode, entry: &Entry) {
+        let root = self.inodes.get(Ino::ROOT).map(|r| r.entry().uri).unwrap_or_default();
+        if !crate::registry::uri::is_inside(&entry.uri, &root) {
+            warn!(
+                "{}: storage outside the registry {root}; removed from the directory, not deleted",
+                entry.uri
+            );
+            return;
+        }
+        let dir_entry = dir.entry();
+        // A plain directory lists what is stored in it: no other names.
+        let names = match dir_entry.storage {
+            Storage::Group => self.store.list(&dir_entry),
+            _ => Ok(Vec::new()),
+        };
+        match names {
+            Ok(list) if list.iter().any(|e| crate::registry::uri::same(&e.uri, &entry.uri)) => {
+                info!("{}: still named by another entry; not deleted", entry.uri);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("{}: not deleted, its directory cannot be listed: {e}", entry.uri);
+                return;
+            }
+        }
+        if let Err(e) = self.store.delete_storage(entry) {
+            warn!("{}: removed, but deleting its storage failed: {e}", entry.uri);
+        }
+    }
+
+    /// Removes the empty directory `name` from `parent`. ENOTEMPTY when it
+    /// holds anything, shown or not (arrays that are not files, entries
+    /// with names that cannot be shown, files being created).
+    pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
+        self.check_writable(name)?;
+        let dir = self.changeable_dir(parent, "rmdir")?;
+        let (entry, _) = self
+            .child(&dir, name, Listed::Fresh)?
+            .ok_or_else(|| Error::not_found(name))?;
+        self.check_removable_dir(parent, &entry)?;
+        self.store.unlink(&dir.entry(), &entry)?;
+        self.touch_dir(parent, true);
+        let child = self.inodes.find(parent, name);
+        self.inodes.remove_name(parent, name);
+        self.mark_unlinked(child.as_deref());
+        self.delete_unlinked(&dir, &entry);
+        info!("removed directory {}", entry.uri);
+        Ok(())
+    }
+
+    /// Ok when `entry` (in `parent`) is a directory holding nothing.
+    fn check_removable_dir(&self, parent: Ino, entry: &Entry) -> Result<()> {
+        if !entry.is_dir() {
+            if let Ok(Some(NodeState::MlDir { .. })) = self.node_of(entry) {
+                return Err(CoreError::ReadOnlyView {
+                    change: "rmdir of".to_string(),
+                    uri: entry.uri.clone(),
+                }
+                .into());
+            }
+            return Err(CoreError::NotADirectory {
+                what: entry.uri.clone(),
+            }
+            .into());
+        }
+        let child = self.inodes.find(parent, &entry.name);
+        let busy = child
+            .as_ref()
+            .is_some_and(|c| !self.inodes.uncommitted_children(c.ino).is_empty());
+        if busy || !self.store.is_empty_dir(entry)? {
+            return Err(CoreError::NotEmpty { uri: entry.uri.clone() }.into());
+        }
+        Ok(())
+    }
+
+    /// Renames `name` in `parent` to `new_name` in `new_parent`, replacing a
+    /// file or an empty directory already there (POSIX), at no instant
+    /// leaving the new name empty. Files being written cannot replace or be
+    /// replaced (EBUSY) except by the writer's own rename.
+    pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str) -> Result<()> {
+        self.check_writable(name)?;
+        let dir = self.changeable_dir(parent, "rename")?;
+        let new_dir = self.changeable_dir(new_parent, "rename")?;
+        if let Some(reason) = crate::registry::names::invalid_name_reason(new_name) {
+            return Err(invalid_name(new_name, reason));
+        }
+        let (entry, known) = self
+            .child(&dir, name, Listed::Fresh)?
+            .ok_or_else(|| Error::not_found(name))?;
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        if let Some(inode) = known {
+            return self.rename_written(&inode, &new_dir, new_name);
+        }
+        if entry.is_dir() && self.is_ancestor_or_self(parent, new_parent, &entry)? {
+            return Err(CoreError::MoveIntoItself.into());
+        }
+        let target = self.child(&new_dir, new_name, Listed::Fresh)?;
+        if let Some((target, target_known)) = &target {
+            if target_known.is_some() {
+                return Err(CoreError::BeingWritten {
+                    what: target.uri.clone(),
+                }
+                .into());
+            }
+            if crate::registry::uri::same(&target.uri, &entry.uri) {
+                // Two names of one stored entry: POSIX renames of hard
+                // links to each other do nothing.
+                return Ok(());
+            }
+            match (entry.is_dir(), target.is_dir()) {
+                (false, true) => return Err(CoreError::TargetIsADirectory.into()),
+                (true, false) => return Err(CoreError::TargetNotADirectory.into()),
+                (true, true) => self.check_removable_dir(new_parent, target)?,
+                (false, false) => {}
+            }
+        }
+        let replaced = target.map(|(t, _)| t);
+        let new_dir_entry = new_dir.entry();
+        let moved = self
+            .store
+            .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
+        self.touch_dir(parent, true);
+        self.touch_dir(new_parent, true);
+        if let Some(old) = &replaced {
+            let old_inode = self.inodes.find(new_parent, new_name);
+            self.inodes.remove_name(new_parent, new_name);
+            // A plain directory's target was deleted by the move itself.
+            if !self.mark_unlinked(old_inode.as_deref()) && new_dir_entry.storage == Storage::Group {
+                self.delete_unlinked(&new_dir, old);
+            }
+        }
+        match self.inodes.find(parent, name) {
+            Some(inode) => self.inodes.rename(&inode, new_parent, moved.clone()),
+            None => {
+                let node = self.node_of(&moved)?.unwrap_or(NodeState::Dir(Attrs::default()));
+                self.inodes.upsert(new_parent, moved.clone(), node, Seen::Read);
+            }
+        }
+        info!("renamed {}/{name} to {}/{new_name}", dir.entry().uri, new_dir_entry.uri);
+        Ok(())
+    }
+
+    /// Renames a file that is open for writing: the bytes go to the new name
+    /// at commit. Over an existing file they become its new version (or, if
+    /// already streaming into an array of their own, take its place), so
+    /// the old content stays until the commit succeeds.
+    fn rename_written(&self, inode: &Arc<Inode>, new_dir: &Arc<Inode>, new_name: &str) -> Result<()> {
+        let Some(writer) = inode.lock().active_writer() else {
+            return Err(CoreError::ClosedDuringRename.into());
+        };
+        // Looked up before the writer is locked: lock order is an inode's
+        // cached state, then a writer.
+        let existing = self.child(new_dir, new_name, Listed::Fresh)?;
+        let mut w = lock(&writer);
+        if w.target().exists {
+            return Err(CoreError::RenameWhileWritten {
+                uri: w.target().entry.uri.clone(),
+            }
+            .into());
+        }
+        let dir_entry = new_dir.entry();
+        let (entry, exists, replaces) = match existing {
+            Some((_, Some(other))) if !Arc::ptr_eq(&other, inode) => {
+                return Err(CoreError::BeingWritten {
+                    what: new_name.to_string(),
+                }
+                .into());
+            }
+            Some((target, _)) if target.is_dir() => {
+                return Err(CoreError::IsADirectory { what: target.uri }.into());
+            }
+            Some((target, _)) if w.has_own_array() => {
+                let own = Entry {
+                    name: new_name.to_string(),
+                    ..w.target().entry.clone()
+                };
+                (own, false, Some(target))
+            }
+            Some((target, _)) => (target, true, None),
+            None if w.has_own_array() => (
+                Entry {
+                    name: new_name.to_string(),
+                    ..w.target().entry.clone()
+                },
+                false,
+                None,
+            ),
+            None => (
+                Entry {
+                    name: new_name.to_string(),
+                    uri: self.store.new_child_uri(&dir_entry, new_name)?,
+                    storage: crate::registry::Storage::Array,
+                },
+                false,
+                None,
+            ),
+        };
+        // Over a committed file: until the commit, readers see its bytes.
+        let replaced_node = if exists { self.node_of(&entry)? } else { None };
+        let old_name = w.target().entry.name.clone();
+        w.retarget(dir_entry, entry.clone(), exists, replaces);
+        drop(w);
+        self.touch_dir(inode.parent(), false);
+        self.touch_dir(new_dir.ino, false);
+        self.inodes.remove_name(new_dir.ino, new_name);
+        self.inodes.rename(inode, new_dir.ino, entry);
+        if let Some(node) = replaced_node {
+            let mut c = inode.lock();
+            c.node = node;
+            c.version = None;
+            c.read_at = Some(Instant::now());
+        }
+        debug!("renamed {old_name} (open for writing) to {new_name}");
+        Ok(())
+    }
+
+    /// Whether directory `entry` (in `parent`) is `dir` or one of its
+    /// ancestors, walking up from `dir`.
+    fn is_ancestor_or_self(&self, parent: Ino, dir: Ino, entry: &Entry) -> Result<bool> {
+        let Some(moving) = self.inodes.find(parent, &entry.name) else {
+            return Ok(false);
+        };
+        let mut cur = dir;
+        loop {
+            if cur == moving.ino {
+                return Ok(true);
+            }
+            if cur == Ino::ROOT {
+                return Ok(false);
+            }
+            cur = self.inode(cur)?.parent();
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Files: open, create, read, write, commit, release and truncate.
+//!
+//! A file has at most one writer at a time (a second open for writing is
+//! EBUSY). The writer commits when its opener closes it (`flush`) or at
+//! `fsync`, and their errors are what `close()` and `fsync()` return;
+//! `release` only cleans up (and commits what no `flush` did, logging
+//! errors). A reader keeps the version it opened; a commit makes the new
+//! version what later lookups and opens see.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use log::debug;
+
+use super::counters::Counters;
+use super::error::{CoreError, Error, Result};
+use super::handles::{FileHandle, Handle, WriteHandle};
+use super::inode::{Inode, NodeState, Seen};
+use super::namespace::Listed;
+use super::read::{ChunkSource, FileVersion, Prefetcher};
+use super::stat::Owner;
+use super::write::{Target, Writer};
+use super::{Attr, Fh, Ino, ModelFs, Opened, STATS_NAME, invalid_name, lock, read_only};
+use crate::registry::tiledb_ml::ViewEntry;
+use crate::registry::{Entry, Node};
+
+impl ModelFs {
+    /// Opens a file; `write` for writing (`truncate` for `O_TRUNC`). A
+    /// second writer of one file gets EBUSY.
+    pub fn open(&self, ino: Ino, write: bool, truncate: bool, opener: Option<u32>) -> Result<Opened> {
+        if ino == Ino::STATS {
+            if write {
+                return Err(read_only(STATS_NAME));
+            }
+            let json = serde_json::to_vec_pretty(&self.counters()).unwrap_or_default();
+            let fh = self.handles.insert(Handle::Generated(json));
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+                direct_io: true,
+            });
+        }
+        let inode = self.inode(ino)?;
+        let node = self.fresh_node(&inode)?;
+        if let NodeState::MlFile { model, path } = &node {
+            if write {
+                self.refuse_ml_change(&inode, "open for writing")?;
+            }
+            return match model.entry(path) {
+                Some(ViewEntry::Ready(file)) => {
+                    Counters::add(&self.counters.opens, 1);
+                    Ok(Opened {
+                        fh: self.handles.insert(Handle::View(file.clone())),
+                        keep_cache: true,
+                        direct_io: false,
+                    })
+                }
+                Some(ViewEntry::Failed(e)) => Err(crate::registry::Error::from(e.clone()).into()),
+                None => Err(Error::not_found(path)),
+            };
+        }
+        if write {
+            self.check_writable(&inode.entry().uri)?;
+            return self.open_writer(&inode, truncate, opener);
+        }
+        let NodeState::File(meta) = node else {
+            return Err(CoreError::IsADirectory {
+                what: inode.entry().uri,
+            }
+            .into());
+        };
+        if meta.timestamp.is_none() && meta.kind.is_none() && inode.lock().active_writer().is_some() {
+            // A new file not committed yet reads as empty.
+            return Ok(self.open_generated(&inode, Vec::new()));
+        }
+        let existing = inode.lock().version.clone();
+        let version = match existing {
+            Some(v) if v.file().meta().same_data(&meta) => v,
+            _ => {
+                let file = self.store.open_version(&inode.entry().uri, meta)?;
+                let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tile = file.tile_bytes();
+                let v = FileVersion::new(id, file, tile);
+                inode.lock().version = Some(v.clone());
+                v
+            }
+        };
+        let keep_cache = {
+            let mut c = inode.lock();
+            let keep = c.page_cache_version == Some(version.id());
+            c.page_cache_version = Some(version.id());
+            c.open_handles += 1;
+            keep
+        };
+        Counters::add(&self.counters.opens, 1);
+        let source: Arc<dyn ChunkSource> = version;
+        let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
+        let fh = self.handles.insert(Handle::File(FileHandle {
+            ino,
+            source,
+            prefetch: std::sync::Mutex::new(prefetch),
+        }));
+        debug!("open ino={} fh={} keep_cache={keep_cache}", ino.0, fh.0);
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io: false,
+        })
+    }
+
+    fn open_generated(&self, inode: &Inode, bytes: Vec<u8>) -> Opened {
+        inode.lock().open_handles += 1;
+        Opened {
+            fh: self.handles.insert(Handle::Generated(bytes)),
+            keep_cache: false,
+            direct_io: false,
+        }
+    }
+
+    fn open_writer(&self, inode: &Arc<Inode>, truncate: bool, opener: Option<u32>) -> Result<Opened> {
+        let entry = inode.entry();
+        let NodeState::File(meta) = self.fresh_node(inode)? else {
+            return Err(CoreError::IsADirectory { what: entry.uri }.into());
+        };
+        let dir = self.inode(inode.parent())?.entry();
+        let target = Target {
+            dir,
+            entry,
+            exists: true,
+        };
+        let writer = Writer::new(target, truncate, self.staging.clone(), meta.size);
+        self.attach_writer(inode, writer, opener)
+    }
+
+    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer, opener: Option<u32>) -> Result<Opened> {
+        let writer = Arc::new(Mutex::new(writer));
+        {
+            let mut c = inode.lock();
+            if c.active_writer().is_some() {
+                return Err(CoreError::AlreadyOpenForWriting { uri: inode.entry().uri }.into());
+            }
+            c.writer = Arc::downgrade(&writer);
+            c.open_handles += 1;
+            c.page_cache_version = None;
+        }
+        Counters::add(&self.counters.opens, 1);
+        let fh = self.handles.insert(Handle::Write(WriteHandle {
+            ino: inode.ino,
+            writer,
+            opener,
+        }));
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+            direct_io: false,
+        })
+    }
+
+    /// Creates (or, without `exclusive`, opens and truncates) file `name` in
+    /// `parent` for writing. It is listed at once and committed at close.
+    /// `mode` has the umask applied; `who` makes it.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        exclusive: bool,
+        opener: Option<u32>,
+        mode: u32,
+        who: Owner,
+    ) -> Result<(Attr, Opened)> {
+        self.check_writable(name)?;
+        let dir = self.changeable_dir(parent, "create")?;
+        if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
+            return Err(invalid_name(name, reason));
+        }
+        if let Some((entry, known)) = self.child(&dir, name, Listed::Fresh)? {
+            if exclusive {
+                return Err(CoreError::Exists { what: entry.uri }.into());
+            }
+            let inode = match known {
+                Some(i) => i,
+                None => {
+                    let node = self
+                        .node_of(&entry)?
+                        .ok_or_else(|| CoreError::ExistsNotAFile { uri: entry.uri.clone() })?;
+                    self.inodes.upsert(parent, entry, node, Seen::Read)
+                }
+            };
+            let opened = self.open_writer(&inode, true, opener)?;
+            self.inodes.remember(&inode);
+            return Ok((self.getattr(inode.ino)?, opened));
+        }
+        let dir_entry = dir.entry();
+        let uri = self.store.new_child_uri(&dir_entry, name)?;
+        let entry = Entry {
+            name: name.to_string(),
+            uri,
+            storage: crate::registry::Storage::Array,
+        };
+        let attrs = self.new_attrs(mode, who);
+        let blank = crate::registry::FileMeta {
+            size: 0,
+            timestamp: None,
+            kind: None,
+            tensors: None,
+            attrs,
+        };
+        let inode = self
+            .inodes
+            .upsert(parent, entry.clone(), NodeState::File(blank.clone()), Seen::Read);
+        let target = Target {
+            dir: dir_entry,
+            entry,
+            exists: false,
+        };
+        let mut writer = Writer::new(target, true, self.staging.clone(), 0);
+        writer.set_attrs(attrs);
+        let opened = self.attach_writer(&inode, writer, opener)?;
+        self.touch_dir(parent, false);
+        self.inodes.remember(&inode);
+        Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
+    }
+
+    /// Writes `data` at `offset` through a handle open for writing.
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
+        let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
+        let Handle::Write(w) = handle.as_ref() else {
+            return Err(CoreError::NotOpenForWriting.into());
+        };
+        let n = lock(&w.writer).write(self.store.as_ref(), offset, data)?;
+        Counters::add(&self.counters.bytes_written, n as u64);
+        Ok(n as u32)
+    }
+
+    /// Commits a writing handle's changes when its opener closes it (`close`
+    /// calls this for every descriptor; `caller` is the closing process);
+    /// its errors are what `close()` returns.
+    pub fn flush(&self, fh: Fh, caller: Option<u32>) -> Result<()> {
+        let Some(handle) = self.handles.get(fh) else {
+            return Ok(());
+        };
+        let Handle::Write(w) = handle.as_ref() else {
+            return Ok(());
+        };
+        if w.opener.is_some() && caller.is_some() && w.opener != caller {
+            debug!(
+                "flush fh={} by process {caller:?}, not the opener {:?}: not committed",
+                fh.0, w.opener
+            );
+            return Ok(());
+        }
+        let result = self.commit(w);
+        // `release` reaches the daemon only after `close()` has returned, so
+        // the file is free for the next writer from here on.
+        if let Some(inode) = self.inodes.get(w.ino) {
+            let mut c = inode.lock();
+            if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
+                c.writer = std::sync::Weak::new();
+            }
+            drop(c);
+            // A new file whose first commit failed does not exist.
+            if result.is_err() && !lock(&w.writer).target().exists {
+                self.inodes.remove_name(inode.parent(), &inode.entry().name);
+            }
+        }
+        result
+    }
+
+    fn commit(&self, w: &WriteHandle) -> Result<()> {
+        let (committed, was_new) = {
+            let mut writer = lock(&w.writer);
+            let was_new = !writer.target().exists;
+            (writer.commit(self.store.as_ref()), was_new)
+        };
+        let committed = committed.inspect_err(|_| {
+            Counters::add(&self.counters.commit_failures, 1);
+        })?;
+        if committed.is_some() {
+            Counters::add(&self.counters.commits, 1);
+        }
+        if committed.is_some()
+            && let Some(inode) = self.inodes.get(w.ino)
+        {
+            if was_new {
+                self.touch_dir(inode.parent(), true);
+            } else {
+                self.forget_listing(inode.parent());
+            }
+            let entry = lock(&w.writer).target().entry.clone();
+            // The new version becomes what lookups and opens see, also
+            // through the inode now holding the name if it is another one
+            // for the same storage (a file renamed over this one while
+            // open).
+            if let Ok(Node::File(meta)) = self.store.node(&entry) {
+                let named = self
+                    .inodes
+                    .find(inode.parent(), &entry.name)
+                    .filter(|o| !Arc::ptr_eq(o, &inode) && crate::registry::uri::same(&o.entry().uri, &entry.uri));
+                for i in std::iter::once(&inode).chain(named.as_ref()) {
+                    let mut c = i.lock();
+                    c.node = NodeState::File(meta.clone());
+                    c.read_at = Some(Instant::now());
+                    c.version = None;
+                    c.page_cache_version = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: Fh) -> Result<()> {
+        let Some(handle) = self.handles.get(fh) else {
+            return Ok(());
+        };
+        let Handle::Write(w) = handle.as_ref() else {
+            return Ok(());
+        };
+        self.commit(w)
+    }
+
+    /// Closes a handle. A writer with uncommitted changes (no `flush` came)
+    /// is committed here; errors can only be logged.
+    pub fn release(&self, fh: Fh) {
+        let Some(h) = self.handles.remove(fh) else { return };
+        let ino = match h.as_ref() {
+            Handle::File(f) => f.ino,
+            Handle::Write(w) => {
+                let dirty = lock(&w.writer).needs_commit();
+                if dirty && let Err(e) = self.commit(w) {
+                    log::log!(e.level, "release: {e}");
+                }
+                w.ino
+            }
+            Handle::View(_) | Handle::Generated(_) | Handle::Dir { .. } => return,
+        };
+        debug!("release ino={} fh={}", ino.0, fh.0);
+        if let Some(inode) = self.inodes.get(ino) {
+            let delete = {
+                let mut c = inode.lock();
+                c.open_handles = c.open_handles.saturating_sub(1);
+                c.open_handles == 0 && std::mem::take(&mut c.delete_on_close)
+            };
+            if delete && let Some(dir) = self.inodes.get(inode.parent()) {
+                self.delete_unlinked(&dir, &inode.entry());
+            }
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at the end.
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
+        let out = match handle.as_ref() {
+            Handle::File(f) => {
+                let plan = f
+                    .prefetch
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .on_read(offset, size as u64);
+                if let Some(range) = plan {
+                    self.prefetch.submit(&f.source, range);
+                }
+                let mut buf = vec![0u8; size as usize];
+                let n = self
+                    .cache
+                    .read(f.source.as_ref(), offset, &mut buf)
+                    .map_err(|e| CoreError::Read {
+                        what: f.source.describe().to_string(),
+                        offset,
+                        error: Box::new(e),
+                    })?;
+                buf.truncate(n);
+                buf
+            }
+            Handle::Write(w) => lock(&w.writer).read(self.store.as_ref(), offset, size)?,
+            Handle::View(file) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = file.read_at(offset, &mut buf);
+                buf.truncate(n);
+                buf
+            }
+            Handle::Generated(bytes) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                bytes[start..end].to_vec()
+            }
+            Handle::Dir { .. } => return Err(CoreError::ReadOfDirectory.into()),
+        };
+        Counters::add(&self.counters.reads_served, 1);
+        Counters::add(&self.counters.bytes_served, out.len() as u64);
+        Ok(out)
+    }
+
+    pub(super) fn truncate(&self, inode: &Arc<Inode>, size: u64, fh: Option<Fh>) -> Result<()> {
+        self.check_writable(&inode.entry().uri)?;
+        // Through the handle it came with, or the file's open writer (the
+        // kernel truncates for `O_TRUNC` without naming the handle).
+        let writer = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
+            Some(Handle::Write(w)) => Some(w.writer.clone()),
+            _ => inode.lock().active_writer(),
+        };
+        if let Some(w) = writer {
+            return lock(&w).truncate(self.store.as_ref(), size);
+        }
+        // Nobody writes it: a new version of `size` bytes, committed now.
+        let opened = self.open_writer(inode, size == 0, None)?;
+        let result = match self.handles.get(opened.fh).as_deref() {
+            Some(Handle::Write(w)) => {
+                let truncated = lock(&w.writer).truncate(self.store.as_ref(), size);
+                truncated.and_then(|()| self.commit(w))
+            }
+            _ => Ok(()),
+        };
+        self.release(opened.fh);
+        result
+    }
+}

@@ -1,0 +1,366 @@
+//! Finding names: lookup, directory listings and readdir, and the cache
+//! of what the registry held behind them.
+//!
+//! What an inode is (its node) and what a directory holds (its listing)
+//! are trusted for the metadata TTL after they were read, then read again;
+//! a file being written keeps its node until its commit refreshes it, and
+//! generated nodes (views) never expire. Changes ask the registry itself
+//! ([`Listed::Fresh`]), never a cached listing. Storage is asked with no
+//! inode locked (see the lock order in the module above).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::counters::Counters;
+use super::error::{CoreError, Error, Result};
+use super::handles::Handle;
+use super::inode::{Inode, NodeState, Seen};
+use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, invalid_name, lock};
+use crate::registry::{Attrs, Entry, Node, Storage};
+
+/// Entries of one listing whose arrays are opened at once: on an object
+/// store each open is a few round trips, so a model directory's files are
+/// stat'ed in parallel rather than one after another.
+const NODE_READS_IN_FLIGHT: usize = 8;
+
+/// Whether a name may be answered from a directory's cached listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listed {
+    /// Within the metadata TTL, the cached listing answers (lookups).
+    Cached,
+    /// Ask the registry (before changing it).
+    Fresh,
+}
+
+impl ModelFs {
+    /// What `entry` shows as, or `None` when it is not shown (arrays that
+    /// are not files). Failures name the entry.
+    pub(super) fn node_of(&self, entry: &Entry) -> Result<Option<NodeState>> {
+        if !entry.is_dir() {
+            Counters::add(&self.counters.registry_node_reads, 1);
+        }
+        match self.store.node(entry) {
+            Ok(Node::Dir(attrs)) => Ok(Some(NodeState::Dir(attrs))),
+            Ok(Node::File(meta)) => Ok(Some(NodeState::File(meta))),
+            Ok(Node::TileDbMl { .. }) => match self.ml_model(&entry.uri) {
+                Ok(model) => Ok(Some(NodeState::MlDir {
+                    model,
+                    prefix: String::new(),
+                })),
+                Err(e) => {
+                    self.warn_once(
+                        &entry.uri,
+                        format_args!("{}: TileDB-ML model cannot be read: {e}", entry.uri),
+                    );
+                    Err(e.into())
+                }
+            },
+            Ok(Node::Other { reason }) => {
+                self.warn_once(
+                    &entry.uri,
+                    format_args!("{}: not shown: not a modelfs file ({reason})", entry.uri),
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                self.warn_once(&entry.uri, format_args!("{}: cannot be read: {e}", entry.uri));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// What `stat` shows of `inode`: its node, with the size its writer has
+    /// reached while it is being written.
+    pub(super) fn shown_node(&self, inode: &Inode) -> Result<NodeState> {
+        let node = self.fresh_node(inode)?;
+        let writer = inode.lock().active_writer();
+        match (node, writer) {
+            (NodeState::File(mut meta), Some(w)) => {
+                meta.size = lock(&w).size();
+                Ok(NodeState::File(meta))
+            }
+            (node, _) => Ok(node),
+        }
+    }
+
+    /// The committed node of `inode`, read again when older than the TTL.
+    pub(super) fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
+        let (writer, node, fresh, read_at) = {
+            let c = inode.lock();
+            let fresh = c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
+            (c.active_writer(), c.node.clone(), fresh, c.read_at)
+        };
+        // A file being written keeps its node: a new one is not in the
+        // registry yet, and the writer's commit refreshes it.
+        if fresh || writer.is_some() {
+            return Ok(node);
+        }
+        let entry = inode.entry();
+        let node = self
+            .node_of(&entry)?
+            .ok_or_else(|| CoreError::NoLongerShown { uri: entry.uri.clone() })?;
+        let mut c = inode.lock();
+        if c.read_at != read_at {
+            // Refreshed while this read ran (a commit here): that is newer.
+            return Ok(c.node.clone());
+        }
+        if c.node != node {
+            c.version = None;
+        }
+        c.node = node.clone();
+        c.read_at = Some(Instant::now());
+        Ok(node)
+    }
+
+    pub(super) fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {
+        let dir = self.inode(ino)?;
+        if !self.fresh_node(&dir)?.is_dir() {
+            return Err(CoreError::NotADirectory { what: dir.entry().uri }.into());
+        }
+        Ok(dir)
+    }
+
+    /// The entry named `name` in directory inode `dir`: a file being
+    /// created here first, then the registry. `Listed::Cached` answers from
+    /// the directory's listing while it is within the metadata TTL (for
+    /// lookups); changes ask the registry itself.
+    pub(super) fn child(&self, dir: &Inode, name: &str, how: Listed) -> Result<Option<(Entry, Option<Arc<Inode>>)>> {
+        if let NodeState::MlDir { .. } = dir.lock().node {
+            return Ok(None);
+        }
+        if let Some(inode) = self.inodes.find(dir.ino, name)
+            && inode.lock().active_writer().is_some()
+        {
+            return Ok(Some((inode.entry(), Some(inode))));
+        }
+        let dir_entry = dir.entry();
+        let listed =
+            how == Listed::Cached && (dir_entry.storage == Storage::Group || self.fresh_listing(dir).is_some());
+        if listed {
+            return Ok(self
+                .entries(dir)?
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| (e.clone(), None)));
+        }
+        Ok(self.store.lookup(&dir_entry, name)?.map(|e| (e, None)))
+    }
+
+    /// Whether something read from the registry at `at` is still trusted.
+    fn within_ttl(&self, at: Option<Instant>) -> bool {
+        at.is_some_and(|at| at.elapsed() < self.config.metadata_ttl)
+    }
+
+    fn fresh_listing(&self, dir: &Inode) -> Option<Arc<Vec<Entry>>> {
+        match &dir.lock().listing {
+            Some((at, list)) if self.within_ttl(Some(*at)) => Some(list.clone()),
+            _ => None,
+        }
+    }
+
+    /// The entries of directory inode `dir`: its listing from within the
+    /// metadata TTL, or a new one from the registry.
+    fn entries(&self, dir: &Inode) -> Result<Arc<Vec<Entry>>> {
+        if let Some(list) = self.fresh_listing(dir) {
+            return Ok(list);
+        }
+        Counters::add(&self.counters.registry_listings, 1);
+        let list = Arc::new(self.store.list(&dir.entry())?);
+        dir.lock().listing = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// Drops directory `ino`'s listing: this mount just changed it.
+    pub(super) fn forget_listing(&self, ino: Ino) {
+        if let Some(dir) = self.inodes.get(ino) {
+            dir.lock().listing = None;
+        }
+    }
+
+    /// What the inode known for `entry` in `parent` held when read within
+    /// the metadata TTL, if there is one.
+    fn known_node(&self, parent: Ino, entry: &Entry) -> Option<NodeState> {
+        let inode = self.inodes.find(parent, &entry.name)?;
+        if !crate::registry::uri::same(&inode.entry().uri, &entry.uri) {
+            return None;
+        }
+        let c = inode.lock();
+        (self.within_ttl(c.read_at) && !c.unlinked).then(|| c.node.clone())
+    }
+
+    /// The nodes of `entries` (in `parent`), `None` for those not shown or
+    /// unreadable, each with whether it was just read. Nodes not known
+    /// within the TTL are read several at a time, since on object stores
+    /// each is a few round trips.
+    fn nodes_of(&self, parent: Ino, entries: &[Entry]) -> Vec<Option<(NodeState, Seen)>> {
+        let mut out: Vec<Option<Option<(NodeState, Seen)>>> = entries
+            .iter()
+            .map(|e| {
+                match self.known_node(parent, e) {
+                    Some(n) => Some(Some((n, Seen::Cached))),
+                    // A directory's kind is known from the listing; its
+                    // attributes are read when it is looked up.
+                    None if e.is_dir() => Some(Some((NodeState::Dir(Attrs::default()), Seen::Partial))),
+                    None => None,
+                }
+            })
+            .collect();
+        let missing: Vec<usize> = (0..entries.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let per_thread = missing.len().div_ceil(NODE_READS_IN_FLIGHT);
+            let read: Vec<(usize, Option<(NodeState, Seen)>)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = missing
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|&i| (i, self.node_of(&entries[i]).ok().flatten().map(|n| (n, Seen::Read))))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+            });
+            for (i, node) in read {
+                out[i] = Some(node);
+            }
+        }
+        out.into_iter().map(Option::flatten).collect()
+    }
+
+    /// Looks up `name` in directory `parent`.
+    /// The kernel holds a reference to the inode returned until it forgets
+    /// it ([`ModelFs::forget`]).
+    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr> {
+        let (mut attr, inode) = self.lookup_inner(parent, name)?;
+        if let Some(inode) = inode {
+            self.inodes.remember(&inode);
+            attr.changing |= inode.lock().active_writer().is_some();
+        }
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` references to `ino`: an inode no longer
+    /// referenced nor open is dropped with what it caches.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    fn lookup_inner(&self, parent: Ino, name: &str) -> Result<(Attr, Option<Arc<Inode>>)> {
+        Counters::add(&self.counters.lookups, 1);
+        if name.len() > crate::registry::names::NAME_MAX_BYTES {
+            return Err(invalid_name(name, "longer than 255 bytes"));
+        }
+        if parent == Ino::ROOT && name == STATS_NAME {
+            return Ok((self.stats_attr(), None));
+        }
+        let dir = self.dir_inode(parent)?;
+        let dir_node = dir.lock().node.clone();
+        if let NodeState::MlDir { model, prefix } = dir_node {
+            let node = Self::ml_child(&model, &prefix, name)
+                .ok_or_else(|| Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri)))?;
+            let entry = Self::ml_entry(&dir, name);
+            let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
+            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
+        }
+        let (entry, known) = self
+            .child(&dir, name, Listed::Cached)?
+            .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
+        if let Some(inode) = known {
+            let node = self.shown_node(&inode)?;
+            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
+        }
+        if let Some(node) = self.known_node(parent, &entry) {
+            let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
+            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
+        }
+        let node = self.node_of(&entry)?.ok_or_else(|| Error::not_found(&entry.uri))?;
+        let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
+        Ok((self.attr_of(inode.ino, &node), Some(inode)))
+    }
+
+    /// Opens a directory: its listing is taken now and read by offset.
+    pub fn opendir(&self, ino: Ino) -> Result<Fh> {
+        let dir = self.dir_inode(ino)?;
+        let mut items = vec![
+            DirItem {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+                next_offset: 1,
+            },
+            DirItem {
+                ino: dir.parent(),
+                kind: Kind::Dir,
+                name: "..".into(),
+                next_offset: 2,
+            },
+        ];
+        let dir_node = dir.lock().node.clone();
+        if let NodeState::MlDir { model, prefix } = dir_node {
+            for (name, _) in Self::ml_listing(&model, &prefix) {
+                let Some(node) = Self::ml_child(&model, &prefix, &name) else {
+                    continue;
+                };
+                let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
+                let child = self.inodes.upsert(ino, Self::ml_entry(&dir, &name), node, Seen::Read);
+                let next_offset = items.len() as u64 + 1;
+                items.push(DirItem {
+                    ino: child.ino,
+                    kind,
+                    name,
+                    next_offset,
+                });
+            }
+            return Ok(self.handles.insert(Handle::Dir { items }));
+        }
+        let mut names = HashSet::new();
+        let entries = self.entries(&dir)?;
+        let nodes = self.nodes_of(ino, &entries);
+        for (entry, node) in entries.iter().zip(nodes) {
+            if ino == Ino::ROOT && entry.name == STATS_NAME {
+                continue;
+            }
+            // A bad entry is left out (and logged once); the rest is listed.
+            let Some((node, seen)) = node else { continue };
+            let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
+            let name = entry.name.clone();
+            let child = self.inodes.upsert(ino, entry.clone(), node, seen);
+            names.insert(name.clone());
+            let next_offset = items.len() as u64 + 1;
+            items.push(DirItem {
+                ino: child.ino,
+                kind,
+                name,
+                next_offset,
+            });
+        }
+        for child in self.inodes.uncommitted_children(ino) {
+            let name = child.entry().name;
+            if names.insert(name.clone()) {
+                let next_offset = items.len() as u64 + 1;
+                items.push(DirItem {
+                    ino: child.ino,
+                    kind: Kind::File,
+                    name,
+                    next_offset,
+                });
+            }
+        }
+        Ok(self.handles.insert(Handle::Dir { items }))
+    }
+
+    /// Entries from `offset` on (0 is the start; each item names the next).
+    pub fn readdir(&self, fh: Fh, offset: u64) -> Result<Vec<DirItem>> {
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Dir { items, .. }) => Ok(items.iter().skip(offset as usize).cloned().collect()),
+            _ => Err(CoreError::BadHandle { fh: fh.0 }.into()),
+        }
+    }
+
+    pub fn releasedir(&self, fh: Fh) {
+        self.handles.remove(fh);
+    }
+}
