@@ -172,7 +172,7 @@ impl ModelFs {
     /// Ok when `entry` (in `parent`) is a directory holding nothing.
     fn check_removable_dir(&self, parent: Ino, entry: &Entry) -> Result<()> {
         if !entry.is_dir() {
-            if let Ok(Some(NodeState::MlDir { .. })) = self.node_of(entry) {
+            if let Ok(Some(NodeState::View(_))) = self.node_of(entry) {
                 return Err(CoreError::ReadOnlyView {
                     change: "rmdir of".to_string(),
                     uri: entry.uri.clone(),

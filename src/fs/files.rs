@@ -13,15 +13,14 @@ use std::time::Instant;
 use log::debug;
 
 use super::counters::Counters;
-use super::error::{CoreError, Error, Result};
+use super::error::{CoreError, Result};
 use super::handles::{FileHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
 use super::namespace::Listed;
 use super::read::{ChunkSource, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
-use super::{Attr, Fh, Ino, ModelFs, Opened, STATS_NAME, invalid_name, lock, read_only};
-use crate::registry::tiledb_ml::ViewEntry;
+use super::{Attr, Fh, Ino, ModelFs, Opened, invalid_name, lock};
 use crate::registry::{Entry, Node};
 
 impl ModelFs {
@@ -29,35 +28,14 @@ impl ModelFs {
     /// second writer of one file gets EBUSY.
     pub fn open(&self, ino: Ino, write: bool, truncate: bool, opener: Option<u32>) -> Result<Opened> {
         if ino == Ino::STATS {
-            if write {
-                return Err(read_only(STATS_NAME));
-            }
-            let json = serde_json::to_vec_pretty(&self.counters()).unwrap_or_default();
-            let fh = self.handles.insert(Handle::Generated(json));
-            return Ok(Opened {
-                fh,
-                keep_cache: false,
-                direct_io: true,
-            });
+            return self.open_stats(write);
         }
         let inode = self.inode(ino)?;
         let node = self.fresh_node(&inode)?;
-        if let NodeState::MlFile { model, path } = &node {
-            if write {
-                self.refuse_ml_change(&inode, "open for writing")?;
-            }
-            return match model.entry(path) {
-                Some(ViewEntry::Ready(file)) => {
-                    Counters::add(&self.counters.opens, 1);
-                    Ok(Opened {
-                        fh: self.handles.insert(Handle::View(file.clone())),
-                        keep_cache: true,
-                        direct_io: false,
-                    })
-                }
-                Some(ViewEntry::Failed(e)) => Err(crate::registry::Error::from(e.clone()).into()),
-                None => Err(Error::not_found(path)),
-            };
+        if let NodeState::View(view) = &node
+            && !view.is_dir()
+        {
+            return self.open_view(&inode, view, write);
         }
         if write {
             self.check_writable(&inode.entry().uri)?;

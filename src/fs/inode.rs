@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use super::attr::Ino;
 use super::read::FileVersion;
+use super::views::ViewNode;
 use super::write::Writer;
-use crate::registry::tiledb_ml::TileDbMlModel;
 use crate::registry::{Attrs, Entry, FileMeta};
 
 /// What an inode was found to be.
@@ -25,31 +25,23 @@ pub enum NodeState {
     /// A directory, with its stored attributes.
     Dir(Attrs),
     File(FileMeta),
-    /// A TileDB-ML model array (`prefix` empty) or a folder inside its view
-    /// (`prefix` ends with `/`): read-only, generated.
-    MlDir {
-        model: Arc<TileDbMlModel>,
-        prefix: String,
-    },
-    /// A file of a TileDB-ML model's view, at `path` in it.
-    MlFile {
-        model: Arc<TileDbMlModel>,
-        path: String,
-    },
+    /// A TileDB-ML model array or a folder or file of its view: read-only,
+    /// generated (see `views.rs`).
+    View(ViewNode),
 }
 
 impl NodeState {
     pub fn is_dir(&self) -> bool {
-        matches!(self, NodeState::Dir(_) | NodeState::MlDir { .. })
+        match self {
+            NodeState::Dir(_) => true,
+            NodeState::File(_) => false,
+            NodeState::View(v) => v.is_dir(),
+        }
     }
 
     /// Generated inside a TileDB-ML view: refreshed through its model.
-    pub fn is_ml_child(&self) -> bool {
-        match self {
-            NodeState::MlDir { prefix, .. } => !prefix.is_empty(),
-            NodeState::MlFile { .. } => true,
-            _ => false,
-        }
+    pub fn is_inside_view(&self) -> bool {
+        matches!(self, NodeState::View(v) if v.is_inside())
     }
 }
 
@@ -60,12 +52,7 @@ impl PartialEq for NodeState {
         match (self, other) {
             (NodeState::Dir(_), NodeState::Dir(_)) => true,
             (NodeState::File(a), NodeState::File(b)) => a.same_data(b),
-            (NodeState::MlDir { model: a, prefix: p }, NodeState::MlDir { model: b, prefix: q }) => {
-                Arc::ptr_eq(a, b) && p == q
-            }
-            (NodeState::MlFile { model: a, path: p }, NodeState::MlFile { model: b, path: q }) => {
-                Arc::ptr_eq(a, b) && p == q
-            }
+            (NodeState::View(a), NodeState::View(b)) => a == b,
             _ => false,
         }
     }

@@ -2,11 +2,12 @@
 //! of what the registry held behind them.
 //!
 //! What an inode is (its node) and what a directory holds (its listing)
-//! are trusted for the metadata TTL after they were read, then read again;
-//! a file being written keeps its node until its commit refreshes it, and
-//! generated nodes (views) never expire. Changes ask the registry itself
-//! ([`Listed::Fresh`]), never a cached listing. Storage is asked with no
-//! inode locked (see the lock order in the module above).
+//! are trusted for the metadata TTL after they were read, then read again.
+//! A file being written keeps its node until its commit refreshes it, an
+//! unlinked one keeps its last, and nodes inside a TileDB-ML view change
+//! only when their model array is read again. Changes ask the registry
+//! itself ([`Listed::Fresh`]), never a cached listing. Storage is asked
+//! with no inode locked (see the lock order in `fs/mod.rs`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -43,19 +44,7 @@ impl ModelFs {
         match self.store.node(entry) {
             Ok(Node::Dir(attrs)) => Ok(Some(NodeState::Dir(attrs))),
             Ok(Node::File(meta)) => Ok(Some(NodeState::File(meta))),
-            Ok(Node::TileDbMl { .. }) => match self.ml_model(&entry.uri) {
-                Ok(model) => Ok(Some(NodeState::MlDir {
-                    model,
-                    prefix: String::new(),
-                })),
-                Err(e) => {
-                    self.warn_once(
-                        &entry.uri,
-                        format_args!("{}: TileDB-ML model cannot be read: {e}", entry.uri),
-                    );
-                    Err(e.into())
-                }
-            },
+            Ok(Node::TileDbMl { .. }) => self.model_view(entry).map(Some),
             Ok(Node::Other { reason }) => {
                 self.warn_once(
                     &entry.uri,
@@ -88,7 +77,7 @@ impl ModelFs {
     pub(super) fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
         let (writer, node, fresh, read_at) = {
             let c = inode.lock();
-            let fresh = c.unlinked || c.node.is_ml_child() || self.within_ttl(c.read_at);
+            let fresh = c.unlinked || c.node.is_inside_view() || self.within_ttl(c.read_at);
             (c.active_writer(), c.node.clone(), fresh, c.read_at)
         };
         // A file being written keeps its node: a new one is not in the
@@ -126,7 +115,7 @@ impl ModelFs {
     /// the directory's listing while it is within the metadata TTL (for
     /// lookups); changes ask the registry itself.
     pub(super) fn child(&self, dir: &Inode, name: &str, how: Listed) -> Result<Option<(Entry, Option<Arc<Inode>>)>> {
-        if let NodeState::MlDir { .. } = dir.lock().node {
+        if matches!(&dir.lock().node, NodeState::View(v) if v.is_dir()) {
             return Ok(None);
         }
         if let Some(inode) = self.inodes.find(dir.ino, name)
@@ -258,12 +247,8 @@ impl ModelFs {
         }
         let dir = self.dir_inode(parent)?;
         let dir_node = dir.lock().node.clone();
-        if let NodeState::MlDir { model, prefix } = dir_node {
-            let node = Self::ml_child(&model, &prefix, name)
-                .ok_or_else(|| Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri)))?;
-            let entry = Self::ml_entry(&dir, name);
-            let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
-            return Ok((self.attr_of(inode.ino, &node), Some(inode)));
+        if let NodeState::View(view) = dir_node {
+            return self.lookup_in_view(&dir, &view, name);
         }
         let (entry, known) = self
             .child(&dir, name, Listed::Cached)?
@@ -299,21 +284,8 @@ impl ModelFs {
             },
         ];
         let dir_node = dir.lock().node.clone();
-        if let NodeState::MlDir { model, prefix } = dir_node {
-            for (name, _) in Self::ml_listing(&model, &prefix) {
-                let Some(node) = Self::ml_child(&model, &prefix, &name) else {
-                    continue;
-                };
-                let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
-                let child = self.inodes.upsert(ino, Self::ml_entry(&dir, &name), node, Seen::Read);
-                let next_offset = items.len() as u64 + 1;
-                items.push(DirItem {
-                    ino: child.ino,
-                    kind,
-                    name,
-                    next_offset,
-                });
-            }
+        if let NodeState::View(view) = dir_node {
+            self.list_view(&dir, &view, &mut items);
             return Ok(self.handles.insert(Handle::Dir { items }));
         }
         let mut names = HashSet::new();

@@ -11,7 +11,6 @@ use super::inode::{Inode, NodeState};
 use super::{Attr, Fh, Ino, Kind, ModelFs, STATS_NAME, lock, read_only};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
-use crate::registry::tiledb_ml::ViewEntry;
 
 impl ModelFs {
     /// What `stat` shows for `node`: stored modes, owners and times over
@@ -44,32 +43,7 @@ impl ModelFs {
                 attrs,
                 None,
             ),
-            NodeState::MlDir { model, .. } => {
-                let t = at_ms(model.version());
-                Attr {
-                    kind: Kind::Dir,
-                    perm: 0o555,
-                    nlink: 2,
-                    mtime: t,
-                    atime: t,
-                    ctime: t,
-                    ..base
-                }
-            }
-            NodeState::MlFile { model, path } => {
-                let t = at_ms(model.version());
-                Attr {
-                    size: match model.entry(path) {
-                        Some(ViewEntry::Ready(f)) => f.len(),
-                        _ => 0,
-                    },
-                    perm: 0o444,
-                    mtime: t,
-                    atime: t,
-                    ctime: t,
-                    ..base
-                }
-            }
+            NodeState::View(view) => view.attr(base),
             NodeState::File(meta) => with_attrs(
                 Attr {
                     size: meta.size,
@@ -129,8 +103,8 @@ impl ModelFs {
         if unchanged {
             return Ok(());
         }
-        if matches!(node, NodeState::MlDir { .. } | NodeState::MlFile { .. }) {
-            self.refuse_ml_change(inode, "changing attributes")?;
+        if let NodeState::View(_) = node {
+            self.refuse_view_change(inode, "changing attributes")?;
         }
         self.check_writable(&inode.entry().uri)?;
         let writer = inode.lock().active_writer();

@@ -1,19 +1,28 @@
-//! Nodes the core generates rather than stores: a TileDB-ML model array
-//! shown as a read-only directory of files decoded from its fields, and
-//! the root's `.modelfs-stats` file (the counters as JSON, made at open).
+//! Nodes the core generates rather than stores, behind one small interface
+//! so the operations do not branch on what generates them:
+//!
+//! - a TileDB-ML model array, shown as a read-only directory of files
+//!   decoded from its fields. Its nodes are `NodeState::View`s holding a
+//!   [`ViewNode`]; the operations hand them to `lookup_in_view`,
+//!   `list_view`, `open_view` and [`ViewNode::attr`], and refuse changes
+//!   inside them with `refuse_view_change` (EROFS);
+//! - the root's `.modelfs-stats` file: the mount's counters as JSON, made
+//!   at each open (`stats_attr`, `open_stats`).
 //!
 //! Decoded models are kept (at most [`ML_MODELS_KEPT`], each holding its
-//! fields' bytes) while their array has no newer write. Nothing inside a
-//! view can be changed: every change there is EROFS.
+//! fields' bytes) while their array has no newer write. A view's nodes hold
+//! their model, so only the model array's own node is ever read again.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::error::{CoreError, Result};
-use super::inode::{Inode, NodeState};
-use super::{Attr, Ino, Kind, ModelFs, lock};
+use super::counters::Counters;
+use super::error::{CoreError, Error, Result};
+use super::handles::Handle;
+use super::inode::{Inode, NodeState, Seen};
+use super::{Attr, DirItem, Ino, Kind, ModelFs, Opened, lock, read_only};
 use crate::registry::Entry;
-use crate::registry::tiledb_ml::{TileDbMlModel, ViewLimits};
+use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry, ViewLimits};
 
 /// TileDB-ML models kept decoded at once (each holds its fields' bytes).
 const ML_MODELS_KEPT: usize = 4;
@@ -21,10 +30,146 @@ const ML_MODELS_KEPT: usize = 4;
 /// The root's hidden file holding the counters as JSON.
 pub const STATS_NAME: &str = ".modelfs-stats";
 
+/// A node of a TileDB-ML model's view.
+#[derive(Debug, Clone)]
+pub enum ViewNode {
+    /// The model array itself (`prefix` empty) or a folder inside its view
+    /// (`prefix` ends with `/`).
+    Dir { model: Arc<TileDbMlModel>, prefix: String },
+    /// A file of the view, at `path` in it.
+    File { model: Arc<TileDbMlModel>, path: String },
+}
+
+impl ViewNode {
+    /// The directory a model array shows as.
+    fn root(model: Arc<TileDbMlModel>) -> Self {
+        ViewNode::Dir {
+            model,
+            prefix: String::new(),
+        }
+    }
+
+    /// The model array or a folder of its view.
+    pub fn is_dir(&self) -> bool {
+        matches!(self, ViewNode::Dir { .. })
+    }
+
+    /// Inside the view rather than the model array itself: refreshed
+    /// through its model, never read again on its own.
+    pub fn is_inside(&self) -> bool {
+        match self {
+            ViewNode::Dir { prefix, .. } => !prefix.is_empty(),
+            ViewNode::File { .. } => true,
+        }
+    }
+
+    /// The node for `name` in this folder, if there is one.
+    fn child(&self, name: &str) -> Option<ViewNode> {
+        let ViewNode::Dir { model, prefix } = self else {
+            return None;
+        };
+        let path = format!("{prefix}{name}");
+        if model.entry(&path).is_some() {
+            return Some(ViewNode::File {
+                model: model.clone(),
+                path,
+            });
+        }
+        let folder = format!("{path}/");
+        model
+            .entries()
+            .iter()
+            .any(|(p, _)| p.starts_with(&folder))
+            .then(|| ViewNode::Dir {
+                model: model.clone(),
+                prefix: folder,
+            })
+    }
+
+    /// The nodes directly in this folder with their names, in the model's
+    /// order.
+    fn children(&self) -> Vec<(String, ViewNode)> {
+        let ViewNode::Dir { model, prefix } = self else {
+            return Vec::new();
+        };
+        let mut names: Vec<&str> = Vec::new();
+        for (path, _) in model.entries() {
+            let Some(rest) = path.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            let name = rest.split_once('/').map_or(rest, |(dir, _)| dir);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| Some((name.to_string(), self.child(name)?)))
+            .collect()
+    }
+
+    /// What `stat` shows: `base` made read-only and timed at the model's
+    /// version, with a file's size.
+    pub fn attr(&self, base: Attr) -> Attr {
+        let (ViewNode::Dir { model, .. } | ViewNode::File { model, .. }) = self;
+        let t = UNIX_EPOCH + Duration::from_millis(model.version());
+        let timed = Attr {
+            mtime: t,
+            atime: t,
+            ctime: t,
+            ..base
+        };
+        match self {
+            ViewNode::Dir { .. } => Attr {
+                kind: Kind::Dir,
+                perm: 0o555,
+                nlink: 2,
+                ..timed
+            },
+            ViewNode::File { model, path } => Attr {
+                size: match model.entry(path) {
+                    Some(ViewEntry::Ready(f)) => f.len(),
+                    _ => 0,
+                },
+                perm: 0o444,
+                ..timed
+            },
+        }
+    }
+}
+
+/// Equal when they are the same place in the same decoded model.
+impl PartialEq for ViewNode {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ViewNode::Dir { model: a, prefix: p }, ViewNode::Dir { model: b, prefix: q })
+            | (ViewNode::File { model: a, path: p }, ViewNode::File { model: b, path: q }) => {
+                Arc::ptr_eq(a, b) && p == q
+            }
+            _ => false,
+        }
+    }
+}
+
 impl ModelFs {
+    /// The directory the TileDB-ML model array `entry` shows as. A model
+    /// that cannot be read is logged (once) and its error returned.
+    pub(super) fn model_view(&self, entry: &Entry) -> Result<NodeState> {
+        match self.ml_model(&entry.uri) {
+            Ok(model) => Ok(NodeState::View(ViewNode::root(model))),
+            Err(e) => {
+                self.warn_once(
+                    &entry.uri,
+                    format_args!("{}: TileDB-ML model cannot be read: {e}", entry.uri),
+                );
+                Err(e.into())
+            }
+        }
+    }
+
     /// The decoded TileDB-ML model at `uri`, reusing the one kept while the
     /// array has no newer write.
-    pub(super) fn ml_model(&self, uri: &str) -> crate::registry::Result<Arc<TileDbMlModel>> {
+    fn ml_model(&self, uri: &str) -> crate::registry::Result<Arc<TileDbMlModel>> {
         let version = self.store.array_version(uri)?;
         {
             let kept = lock(&self.ml_models);
@@ -48,53 +193,67 @@ impl ModelFs {
         Ok(model)
     }
 
-    /// The node for `name` inside the TileDB-ML view folder `prefix`.
-    pub(super) fn ml_child(model: &Arc<TileDbMlModel>, prefix: &str, name: &str) -> Option<NodeState> {
-        let path = format!("{prefix}{name}");
-        if model.entry(&path).is_some() {
-            return Some(NodeState::MlFile {
-                model: model.clone(),
-                path,
+    /// Looks up `name` in `view`, the node of directory inode `dir`.
+    pub(super) fn lookup_in_view(
+        &self,
+        dir: &Inode,
+        view: &ViewNode,
+        name: &str,
+    ) -> Result<(Attr, Option<Arc<Inode>>)> {
+        let node = view.child(name).ok_or_else(|| {
+            let prefix = match view {
+                ViewNode::Dir { prefix, .. } => prefix.as_str(),
+                ViewNode::File { .. } => "",
+            };
+            Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri))
+        })?;
+        let node = NodeState::View(node);
+        let inode = self
+            .inodes
+            .upsert(dir.ino, view_entry(dir, name), node.clone(), Seen::Read);
+        Ok((self.attr_of(inode.ino, &node), Some(inode)))
+    }
+
+    /// Adds what `view`, the node of directory inode `dir`, holds to a
+    /// listing.
+    pub(super) fn list_view(&self, dir: &Inode, view: &ViewNode, items: &mut Vec<DirItem>) {
+        for (name, node) in view.children() {
+            let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
+            let entry = view_entry(dir, &name);
+            let child = self.inodes.upsert(dir.ino, entry, NodeState::View(node), Seen::Read);
+            let next_offset = items.len() as u64 + 1;
+            items.push(DirItem {
+                ino: child.ino,
+                kind,
+                name,
+                next_offset,
             });
         }
-        let folder = format!("{path}/");
-        model
-            .entries()
-            .iter()
-            .any(|(p, _)| p.starts_with(&folder))
-            .then(|| NodeState::MlDir {
-                model: model.clone(),
-                prefix: folder,
-            })
     }
 
-    /// The names directly inside TileDB-ML view folder `prefix`, each with
-    /// whether it is a folder.
-    pub(super) fn ml_listing(model: &TileDbMlModel, prefix: &str) -> Vec<(String, bool)> {
-        let mut out: Vec<(String, bool)> = Vec::new();
-        for (path, _) in model.entries() {
-            let Some(rest) = path.strip_prefix(prefix) else {
-                continue;
-            };
-            let (name, is_dir) = match rest.split_once('/') {
-                Some((dir, _)) => (dir, true),
-                None => (rest, false),
-            };
-            if !out.iter().any(|(n, _)| n == name) {
-                out.push((name.to_string(), is_dir));
-            }
+    /// Opens `view`, the node of file inode `inode`; EROFS for writing,
+    /// EIO when its field could not be decoded.
+    pub(super) fn open_view(&self, inode: &Inode, view: &ViewNode, write: bool) -> Result<Opened> {
+        if write {
+            self.refuse_view_change(inode, "open for writing")?;
         }
-        out
-    }
-
-    /// The synthetic entry of `name` inside a TileDB-ML view folder `dir`
-    /// (never looked up in the registry).
-    pub(super) fn ml_entry(dir: &Inode, name: &str) -> Entry {
-        let parent = dir.entry();
-        Entry {
-            name: name.to_string(),
-            uri: format!("{}/{name}", parent.uri),
-            storage: crate::registry::Storage::Array,
+        let ViewNode::File { model, path } = view else {
+            return Err(CoreError::IsADirectory {
+                what: inode.entry().uri,
+            }
+            .into());
+        };
+        match model.entry(path) {
+            Some(ViewEntry::Ready(file)) => {
+                Counters::add(&self.counters.opens, 1);
+                Ok(Opened {
+                    fh: self.handles.insert(Handle::View(file.clone())),
+                    keep_cache: true,
+                    direct_io: false,
+                })
+            }
+            Some(ViewEntry::Failed(e)) => Err(crate::registry::Error::from(e.clone()).into()),
+            None => Err(Error::not_found(path)),
         }
     }
 
@@ -102,14 +261,14 @@ impl ModelFs {
     /// TileDB-ML model's view.
     pub(super) fn changeable_dir(&self, ino: Ino, what: &str) -> Result<Arc<Inode>> {
         let dir = self.dir_inode(ino)?;
-        self.refuse_ml_change(&dir, what)?;
+        self.refuse_view_change(&dir, what)?;
         Ok(dir)
     }
 
     /// EROFS for changes inside a TileDB-ML model's view, with a log line.
-    pub(super) fn refuse_ml_change(&self, dir: &Inode, what: &str) -> Result<()> {
+    pub(super) fn refuse_view_change(&self, dir: &Inode, what: &str) -> Result<()> {
         let node = dir.lock().node.clone();
-        if matches!(node, NodeState::MlDir { .. } | NodeState::MlFile { .. }) {
+        if let NodeState::View(_) = node {
             return Err(CoreError::ReadOnlyView {
                 change: format!("{what} in"),
                 uri: dir.entry().uri,
@@ -119,6 +278,7 @@ impl ModelFs {
         Ok(())
     }
 
+    /// What `stat` shows of the stats file: changing, so never cached.
     pub(super) fn stats_attr(&self) -> Attr {
         let now = SystemTime::now();
         Attr {
@@ -134,5 +294,30 @@ impl ModelFs {
             gid: self.config.gid,
             changing: true,
         }
+    }
+
+    /// Opens the stats file: the counters as of now, read directly.
+    pub(super) fn open_stats(&self, write: bool) -> Result<Opened> {
+        if write {
+            return Err(read_only(STATS_NAME));
+        }
+        let json = serde_json::to_vec_pretty(&self.counters()).unwrap_or_default();
+        let fh = self.handles.insert(Handle::Generated(json));
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+            direct_io: true,
+        })
+    }
+}
+
+/// The entry of `name` inside view folder `dir`, made up from its URI
+/// (never looked up in the registry).
+fn view_entry(dir: &Inode, name: &str) -> Entry {
+    let parent = dir.entry();
+    Entry {
+        name: name.to_string(),
+        uri: format!("{}/{name}", parent.uri),
+        storage: crate::registry::Storage::Array,
     }
 }
