@@ -357,4 +357,22 @@ fn issue11_posix_answers_name_too_long_nlink_and_fresh_mtime_after_close() {
     let open = std::fs::File::open(&f).unwrap();
     std::fs::remove_file(&f).unwrap();
     assert_eq!(open.metadata().unwrap().nlink(), 0);
+
+    // A directory links once per subdirectory.
+    std::fs::create_dir_all(mnt.dir.join("a/src")).unwrap();
+    std::fs::create_dir(mnt.dir.join("b")).unwrap();
+    let links = |p: &str| std::fs::metadata(mnt.dir.join(p)).unwrap().nlink();
+    assert_eq!((links("a"), links("b")), (3, 2));
+    std::fs::rename(mnt.dir.join("a/src"), mnt.dir.join("b/dst")).unwrap();
+    assert_eq!((links("a"), links("b")), (2, 3));
+
+    // A new file shows its creation time before its first commit.
+    let before = std::time::SystemTime::now() - Duration::from_millis(50);
+    let new = std::fs::File::create(mnt.dir.join("new")).unwrap();
+    let m = new.metadata().unwrap();
+    assert!(m.modified().unwrap() >= before, "mtime of a new file is its creation");
+    assert!(
+        std::time::UNIX_EPOCH + Duration::from_secs(m.ctime() as u64) >= before - Duration::from_secs(1),
+        "ctime of a new file is its creation"
+    );
 }

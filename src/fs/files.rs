@@ -21,6 +21,8 @@ use super::read::{ChunkSource, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
 use super::{Attr, Fh, Ino, ModelFs, Opened, invalid_name, lock};
+use crate::registry::Attrs;
+use crate::registry::file_array::now_ns;
 use crate::registry::{Entry, Node};
 
 impl ModelFs {
@@ -176,12 +178,20 @@ impl ModelFs {
             storage: crate::registry::Storage::Array,
         };
         let attrs = self.new_attrs(mode, who);
+        // Until its first commit the file shows its creation time; the
+        // commit's time then becomes its mtime (so it is not stored).
+        let now = Some(now_ns());
         let blank = crate::registry::FileMeta {
             size: 0,
             timestamp: None,
             kind: None,
             tensors: None,
-            attrs,
+            attrs: Attrs {
+                mtime_ns: now,
+                atime_ns: now,
+                ctime_ns: now,
+                ..attrs
+            },
         };
         let inode = self
             .inodes

@@ -150,7 +150,7 @@ impl ModelFs {
 
     /// The entries of directory inode `dir`: its listing from within the
     /// metadata TTL, or a new one from the registry.
-    fn entries(&self, dir: &Inode) -> Result<Arc<Vec<Entry>>> {
+    pub(super) fn entries(&self, dir: &Inode) -> Result<Arc<Vec<Entry>>> {
         if let Some(list) = self.fresh_listing(dir) {
             return Ok(list);
         }
@@ -226,7 +226,14 @@ impl ModelFs {
         let (mut attr, inode) = self.lookup_inner(parent, name)?;
         if let Some(inode) = inode {
             self.inodes.remember(&inode);
-            attr.changing |= inode.lock().active_writer().is_some();
+            let (writing, dir) = {
+                let c = inode.lock();
+                (c.active_writer().is_some(), matches!(c.node, NodeState::Dir(_)))
+            };
+            attr.changing |= writing;
+            if dir {
+                attr.nlink = self.dir_links(&inode);
+            }
         }
         Ok(attr)
     }

@@ -62,6 +62,9 @@ impl ModelFs {
         let inode = self.inode(ino)?;
         let node = self.shown_node(&inode)?;
         let mut attr = self.attr_of(ino, &node);
+        if matches!(node, NodeState::Dir(_)) {
+            attr.nlink = self.dir_links(&inode);
+        }
         let c = inode.lock();
         if c.unlinked {
             // Open but removed from its directory (`fstat`).
@@ -69,6 +72,16 @@ impl ModelFs {
         }
         attr.changing = c.active_writer().is_some();
         Ok(attr)
+    }
+
+    /// A directory's link count: 2 and one per subdirectory (its `..`),
+    /// from its listing (cached for the metadata TTL; 2 when it cannot be
+    /// listed).
+    pub(super) fn dir_links(&self, dir: &Inode) -> u32 {
+        let subdirs = self
+            .entries(dir)
+            .map_or(0, |list| list.iter().filter(|e| e.is_dir()).count());
+        2u32.saturating_add(u32::try_from(subdirs).unwrap_or(u32::MAX))
     }
 
     /// Changes attributes: the size (truncate / extend, as a new version or
