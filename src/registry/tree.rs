@@ -60,12 +60,25 @@ pub enum Node {
 pub struct Registry {
     ctx: Context,
     vfs: Vfs,
+    /// Metadata writes this process made to each group since its metadata
+    /// was last consolidated.
+    stamps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
+
+/// Metadata writes to one group after which its metadata is consolidated:
+/// each membership change stamps the directory's times, and an open reads
+/// every metadata file (measured: 24 ms to open a group after 500 writes,
+/// 4 ms once consolidated).
+const STAMPS_PER_CONSOLIDATION: u32 = 32;
 
 impl Registry {
     pub fn new(ctx: Context) -> Result<Self> {
         let vfs = Vfs::new(&ctx)?;
-        Ok(Registry { ctx, vfs })
+        Ok(Registry {
+            ctx,
+            vfs,
+            stamps: Default::default(),
+        })
     }
 
     pub fn context(&self) -> &Context {
@@ -303,7 +316,7 @@ impl Registry {
         }
         let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
         self.add_member(&mut group, dir, entry)?;
-        close_changed(group)
+        self.close_changed(group)
     }
 
     fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
@@ -330,7 +343,7 @@ impl Registry {
         let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
         group.remove_member(&old.name)?;
         self.add_member(&mut group, dir, new)?;
-        close_changed(group)
+        self.close_changed(group)
     }
 
     /// Takes `entry` out of `dir` without deleting its storage (a group
@@ -340,7 +353,7 @@ impl Registry {
         if dir.storage == Storage::Group {
             let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
             group.remove_member(&entry.name)?;
-            close_changed(group)?;
+            self.close_changed(group)?;
         }
         Ok(())
     }
@@ -407,10 +420,10 @@ impl Registry {
         if dir.uri == new_dir.uri {
             group.remove_member(&entry.name)?;
             self.add_member(&mut group, new_dir, &moved)?;
-            close_changed(group)?;
+            self.close_changed(group)?;
         } else {
             self.add_member(&mut group, new_dir, &moved)?;
-            close_changed(group)?;
+            self.close_changed(group)?;
             self.unlink(dir, entry)?;
         }
         Ok(moved)
@@ -454,10 +467,43 @@ impl Registry {
                 group.remove_member(&old.name)?;
             }
             self.add_member(&mut group, new_dir, &moved)?;
-            close_changed(group)?;
+            self.close_changed(group)?;
         }
         self.unlink(dir, entry)?;
         Ok(moved)
+    }
+
+    /// Closes a group whose members just changed, stamping its mtime and
+    /// ctime (a directory's times change when entries are added or
+    /// removed), and consolidates its metadata every
+    /// [`STAMPS_PER_CONSOLIDATION`] stamps.
+    fn close_changed(&self, mut group: Group) -> Result<()> {
+        let now = Some(now_ns());
+        let stamp = Attrs {
+            mtime_ns: now,
+            ctime_ns: now,
+            ..Attrs::default()
+        };
+        for (key, value) in stamp.entries() {
+            group.put_metadata(key, &value)?;
+        }
+        let uri = group.uri().to_string();
+        group.close()?;
+        let due = {
+            let mut stamps = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = stamps.entry(uri.clone()).or_insert(0);
+            *n += 1;
+            let due = *n >= STAMPS_PER_CONSOLIDATION;
+            if due {
+                *n = 0;
+            }
+            due
+        };
+        if due && let Err(e) = Group::consolidate_metadata(&self.ctx, &uri) {
+            // Only slower opens follow; the change itself is done.
+            warn!("{uri}: consolidating its metadata failed: {e}");
+        }
+        Ok(())
     }
 
     /// The directory at `uri`, created (with missing ancestors, as groups
@@ -540,20 +586,4 @@ fn plain_child_uri(dir: &Entry, name: &str) -> Result<String> {
         });
     }
     Ok(join(&dir.uri, name))
-}
-
-/// Closes a group whose members just changed, stamping its mtime and ctime
-/// (a directory's times change when entries are added or removed).
-fn close_changed(mut group: Group) -> Result<()> {
-    let now = Some(now_ns());
-    let stamp = Attrs {
-        mtime_ns: now,
-        ctime_ns: now,
-        ..Attrs::default()
-    };
-    for (key, value) in stamp.entries() {
-        group.put_metadata(key, &value)?;
-    }
-    group.close()?;
-    Ok(())
 }

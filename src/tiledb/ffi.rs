@@ -449,6 +449,11 @@ unsafe extern "C" {
 
     // tiledb/api/c_api/group, object
     pub fn tiledb_group_create(ctx: *mut tiledb_ctx_t, uri: *const c_char) -> capi_return_t;
+    pub fn tiledb_group_consolidate_metadata(
+        ctx: *mut tiledb_ctx_t,
+        group_uri: *const c_char,
+        config: *mut tiledb_config_t,
+    ) -> capi_return_t;
     pub fn tiledb_group_alloc(
         ctx: *mut tiledb_ctx_t,
         uri: *const c_char,

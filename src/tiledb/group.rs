@@ -55,6 +55,18 @@ impl Group {
         .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
     }
 
+    /// Merges the metadata writes of the group at `uri` into one file, so
+    /// an open reads one file instead of one per write (the merged ones
+    /// stay until vacuumed). Safe beside readers: it only adds a file.
+    pub fn consolidate_metadata(ctx: &Context, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_group_consolidate_metadata", uri)?;
+        // SAFETY: valid URI; a null config means the context's.
+        ctx.call("tiledb_group_consolidate_metadata", |c| unsafe {
+            ffi::tiledb_group_consolidate_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
+        })
+        .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
+    }
+
     /// Removes the group's own files at `uri` (its member list, metadata and
     /// marker), leaving whatever else is stored in its folder, which is
     /// removed only when nothing else is there. Afterwards `uri` is no
