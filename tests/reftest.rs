@@ -191,6 +191,20 @@ impl Model {
         })
     }
 
+    /// Before a change through handle `slot`: a handle with nothing
+    /// uncommitted goes on from the file's committed bytes (another
+    /// handle may have committed since). False when there is no handle.
+    fn follow(&mut self, slot: usize) -> bool {
+        let Some(Some(h)) = self.handles.get(slot) else {
+            return false;
+        };
+        if !h.dirty && !h.discarded {
+            let bytes = self.visible(h.file);
+            self.handles[slot].as_mut().unwrap().pending = bytes;
+        }
+        true
+    }
+
     fn commit(&mut self, slot: usize) {
         let Some(h) = self.handles[slot].as_mut() else { return };
         if h.dirty && !h.discarded {
@@ -517,13 +531,11 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::Write { h, offset, len } => {
-            let Some(Some(hd)) = m.handles.get_mut(*h) else {
-                return Ok(Out::Unit);
-            };
             let data = bytes_for(step, *len as usize);
-            if data.is_empty() {
+            if data.is_empty() || !m.follow(*h) {
                 return Ok(Out::Unit);
             }
+            let hd = m.handles[*h].as_mut().unwrap();
             let end = *offset as usize + data.len();
             if hd.pending.len() < end {
                 hd.pending.resize(end, 0);
@@ -561,9 +573,10 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::TruncateHandle { h, size } => {
-            let Some(Some(hd)) = m.handles.get_mut(*h) else {
+            if !m.follow(*h) {
                 return Ok(Out::Unit);
-            };
+            }
+            let hd = m.handles[*h].as_mut().unwrap();
             hd.pending.resize(*size as usize, 0);
             hd.dirty = true;
             Ok(Out::Unit)
@@ -575,6 +588,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             };
             match m.files[f].writer {
                 Some(slot) => {
+                    m.follow(slot);
                     let hd = m.handles[slot].as_mut().unwrap();
                     hd.pending.resize(*size as usize, 0);
                     hd.dirty = true;
@@ -1138,4 +1152,45 @@ fn regression_a_commit_shows_through_a_file_renamed_over_it() {
         ],
         std::time::Duration::from_secs(3600),
     );
+}
+
+/// Found by a long run: a handle that committed goes on from the file's
+/// committed bytes, so a truncation by path in between is kept, as on a
+/// local file.
+#[test]
+fn regression_writes_after_a_commit_go_on_from_the_latest_version() {
+    for ttl in [0, 3600] {
+        let _ = run_with(
+            &[
+                Op::Create(p("b")),
+                Op::Create(p("a")),
+                Op::Flush { h: 1, by_child: false },
+                Op::TruncatePath { path: p("a"), size: 23 },
+                Op::Write {
+                    h: 1,
+                    offset: 0,
+                    len: 1,
+                },
+                Op::Close(1),
+                Op::Open {
+                    path: p("b"),
+                    truncate: false,
+                },
+                Op::Write {
+                    h: 0,
+                    offset: 5,
+                    len: 2,
+                },
+                Op::Fsync(0),
+                Op::TruncatePath { path: p("b"), size: 70 },
+                Op::Write {
+                    h: 0,
+                    offset: 0,
+                    len: 1,
+                },
+                Op::Close(0),
+            ],
+            std::time::Duration::from_secs(ttl),
+        );
+    }
 }

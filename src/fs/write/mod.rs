@@ -98,6 +98,8 @@ pub struct Writer {
     /// A new file unlinked before its first commit: nothing is committed,
     /// the bytes stay readable through its handles.
     discarded: bool,
+    /// The timestamp of this writer's last commit.
+    committed_ts: Option<u64>,
 }
 
 /// The latest committed version of the file `entry`.
@@ -128,12 +130,32 @@ impl Writer {
             staging,
             attrs: Attrs::default(),
             discarded: false,
+            committed_ts: None,
         }
     }
 
     /// Never commit (the file was removed before it existed in storage).
     pub fn discard(&mut self) {
         self.discarded = true;
+    }
+
+    /// At the first change after a commit: when another handle committed
+    /// a version since (a truncation by path, say), the staged bytes are
+    /// dropped and the next change starts from that version, as it would on
+    /// a local file.
+    fn follow_other_commits(&mut self, store: &dyn Store) -> Result<()> {
+        let Some(ours) = self.committed_ts.filter(|_| !self.dirty) else {
+            return Ok(());
+        };
+        if !matches!(self.state, State::Staging(_)) {
+            return Ok(());
+        }
+        if let Node::File(meta) = store.node(&self.target.entry)?
+            && meta.timestamp != Some(ours)
+        {
+            self.state = State::Clean { size: meta.size };
+        }
+        Ok(())
     }
 
     /// Adds `change` to the attributes the next commit stores.
@@ -201,6 +223,7 @@ impl Writer {
     }
 
     fn write_inner(&mut self, store: &dyn Store, offset: u64, data: &[u8]) -> Result<usize> {
+        self.follow_other_commits(store)?;
         self.dirty = true;
         if let State::Clean { .. } = self.state {
             self.stage_committed(store)?;
@@ -341,6 +364,7 @@ impl Writer {
     /// Sets the size to `size`, cutting or zero-extending.
     pub fn truncate(&mut self, store: &dyn Store, size: u64) -> Result<()> {
         self.check()?;
+        self.follow_other_commits(store)?;
         if size == self.size() && !matches!(self.state, State::Clean { .. }) {
             return Ok(());
         }
@@ -514,6 +538,7 @@ impl Writer {
         }
         // Stored now; times set later apply to later versions only.
         self.attrs = Attrs::default();
+        self.committed_ts = Some(ts);
         info!("committed {} ({size} bytes, version {ts})", self.target.entry.uri);
         Ok(ts)
     }
