@@ -2,6 +2,8 @@
 # Set up everything modelfs needs on a fresh Debian machine, idempotently:
 #   - Debian's fuse3 (fusermount3), for mounts as a non-root user, and
 #     rsync, which tests/fuse_tools.rs runs against a mount;
+#   - Debian's libacl1-dev, which the POSIX suite pjdfstest links (built by
+#     scripts/posix_suites.sh on first use);
 #   - a project-local virtual environment .venv with TileDB-Py 0.36.1, which
 #     ships libtiledb 2.30 (the library the Rust binding links), plus
 #     safetensors, numpy, ml_dtypes (bfloat16 for numpy) and pytest for the
@@ -19,13 +21,17 @@ say() { echo "setup: $*" >&2; }
 missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+if command -v dpkg-query >/dev/null 2>&1 &&
+    ! dpkg-query -W -f='${Status}' libacl1-dev 2>/dev/null | grep -q "ok installed"; then
+    missing+=(libacl1-dev)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing Debian's ${missing[*]}"
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        say "warning: missing ${missing[*]}; fuse3 (fusermount3) mounts as a non-root user, rsync is needed by tests/fuse_tools.rs"
+        say "warning: missing ${missing[*]}; fuse3 (fusermount3) mounts as a non-root user, rsync is needed by tests/fuse_tools.rs, libacl1-dev to build pjdfstest (scripts/posix_suites.sh)"
     fi
 fi
 
