@@ -75,7 +75,7 @@ fi
 
 # --- tools ---------------------------------------------------------------
 
-cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+cargo_bin="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin"
 
 # Installs crate $1 at version $2 unless that version is there already.
 install_tool() {
@@ -292,6 +292,14 @@ PY
 
 # --- fsx -------------------------------------------------------------------
 
+exit_reason() { # EXIT_STATUS LIMIT
+    if [ "$1" = 137 ] && [ "$2" != 0 ]; then
+        echo "timed out after $2 s (FSX_TIMEOUT)"
+    else
+        echo "exit $1"
+    fi
+}
+
 run_fsx() {
     install_tool fsx "$FSX_VERSION"
     local ops="${FSX_OPS:-20000}" seed="${FSX_SEED:-20261202}" limit="${FSX_TIMEOUT:-1200}"
@@ -303,20 +311,22 @@ run_fsx() {
     new_registry "$dir/registry"
 
     say "fsx $FSX_VERSION: $ops operations, seed $seed, on a local file (the reference)"
-    if ! run_tool "$limit" "$cargo_bin/fsx" -q -f "$fsx_conf" -N "$ops" -S "$seed" \
-        -P "$dir/artifacts" "$dir/local/fsx.bin" >"$dir/local.out" 2>&1; then
-        say "fsx failed on the local file system; this is not about modelfs:"
+    local rc=0
+    run_tool "$limit" "$cargo_bin/fsx" -q -f "$fsx_conf" -N "$ops" -S "$seed" \
+        -P "$dir/artifacts" "$dir/local/fsx.bin" >"$dir/local.out" 2>&1 || rc=$?
+    if [ "$rc" != 0 ]; then
+        say "fsx failed on the local file (the reference, not modelfs): $(exit_reason "$rc" "$limit")"
         tail -n 40 "$dir/local.out" >&2
         return 1
     fi
 
     start_mount "$dir/registry" "$dir/mnt" "$dir/modelfs.log"
     say "fsx $FSX_VERSION: $ops operations, seed $seed, on the mount"
-    local start=$SECONDS rc=0
+    local start=$SECONDS
     run_tool "$limit" "$cargo_bin/fsx" -q -f "$fsx_conf" -N "$ops" -S "$seed" \
         -P "$dir/artifacts" "$dir/mnt/fsx.bin" >"$dir/mount.out" 2>&1 || rc=$?
     if [ "$rc" != 0 ]; then
-        say "fsx failed on the mount (exit $rc, seed $seed); its log:"
+        say "fsx failed on the mount (seed $seed, $ops operations): $(exit_reason "$rc" "$limit"); its log:"
         tail -n 60 "$dir/mount.out" >&2
         say "modelfs log:"
         tail -n 20 "$dir/modelfs.log" >&2
