@@ -375,4 +375,13 @@ fn issue11_posix_answers_name_too_long_nlink_and_fresh_mtime_after_close() {
         std::time::UNIX_EPOCH + Duration::from_secs(m.ctime() as u64) >= before - Duration::from_secs(1),
         "ctime of a new file is its creation"
     );
+    // Closed without a write, it keeps those times (its first commit
+    // does not restamp them).
+    std::thread::sleep(Duration::from_millis(20));
+    drop(new);
+    let after = std::fs::metadata(mnt.dir.join("new")).unwrap();
+    assert_eq!(
+        (after.modified().unwrap(), after.ctime(), after.ctime_nsec()),
+        (m.modified().unwrap(), m.ctime(), m.ctime_nsec())
+    );
 }

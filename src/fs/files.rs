@@ -203,6 +203,9 @@ impl ModelFs {
         };
         let mut writer = Writer::new(target, true, self.staging.clone(), 0);
         writer.set_attrs(attrs);
+        if let Some(created) = now {
+            writer.set_created(created);
+        }
         let opened = self.attach_writer(&inode, writer, opener)?;
         self.touch_dir(parent, false);
         self.inodes.remember(&inode);

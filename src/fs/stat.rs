@@ -210,7 +210,8 @@ pub struct Owner {
 fn with_attrs(attr: Attr, attrs: &Attrs, committed: Option<SystemTime>) -> Attr {
     let at_ns = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
     let mtime = attrs.mtime_ns.map(at_ns).or(committed).unwrap_or(attr.mtime);
-    let ctime = committed.max(attrs.ctime_ns.map(at_ns)).unwrap_or(attr.ctime);
+    // Every commit and attribute change stores the ctime it makes.
+    let ctime = attrs.ctime_ns.map(at_ns).or(committed).unwrap_or(attr.ctime);
     Attr {
         mtime,
         atime: attrs.atime_ns.map_or(mtime, at_ns),

@@ -482,7 +482,13 @@ impl FileWriter {
         array.put_metadata(KEY_FORMAT, &MetaValue::u64(FORMAT_VERSION))?;
         array.put_metadata(KEY_KIND, &MetaValue::text(kind.name()))?;
         array.put_metadata(KEY_TIMESTAMP, &MetaValue::u64(self.timestamp))?;
-        let set = self.attrs.entries();
+        // The version's ctime: its commit, unless its writer gave one (a new
+        // file closed untouched keeps its creation time).
+        let attrs = Attrs {
+            ctime_ns: Some(self.attrs.ctime_ns.unwrap_or(self.timestamp.saturating_mul(1_000_000))),
+            ..self.attrs
+        };
+        let set = attrs.entries();
         for key in [attrs::KEY_MTIME_NS, attrs::KEY_ATIME_NS] {
             if !set.iter().any(|(k, _)| *k == key) {
                 array.delete_metadata(key)?;

@@ -516,7 +516,7 @@ impl Registry {
                 Err(Error::NotADirectory { uri: uri.to_string() })
             };
         }
-        match split_parent(uri) {
+        let made = match split_parent(uri) {
             Some((parent_uri, name)) => {
                 let parent = self.ensure_dir(&parent_uri)?;
                 self.mkdir(&parent, &name, &Attrs::default())
@@ -524,13 +524,20 @@ impl Registry {
             None => {
                 // A bucket or filesystem root that does not list as a
                 // directory: make the registry group right there.
-                Group::create(&self.ctx, uri)?;
-                Ok(Entry {
+                Group::create(&self.ctx, uri).map_err(Error::from).map(|()| Entry {
                     name: last_component(uri).to_string(),
                     uri: uri.to_string(),
                     storage: Storage::Group,
                 })
             }
+        };
+        // Another process may have made it meanwhile: that one will do.
+        match made {
+            Ok(e) => Ok(e),
+            Err(e) => match self.resolve(uri)? {
+                Some(found) if found.is_dir() => Ok(found),
+                _ => Err(e),
+            },
         }
     }
 

@@ -200,6 +200,7 @@ impl Inner {
                 let kept = Attrs {
                     mtime_ns: written.mtime_ns,
                     atime_ns: written.atime_ns,
+                    ctime_ns: Some(written.ctime_ns.unwrap_or(ts.saturating_mul(1_000_000))),
                     ..attrs.with(&written)
                 };
                 *attrs = kept;

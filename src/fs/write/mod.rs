@@ -100,6 +100,11 @@ pub struct Writer {
     discarded: bool,
     /// The timestamp of this writer's last commit.
     committed_ts: Option<u64>,
+    /// When a new file was created (ns), until its first commit: closed
+    /// without a change, it keeps that as its mtime and ctime (POSIX).
+    created_ns: Option<u64>,
+    /// A write or truncation came since the writer was made.
+    changed: bool,
 }
 
 /// The latest committed version of the file `entry`.
@@ -131,7 +136,14 @@ impl Writer {
             attrs: Attrs::default(),
             discarded: false,
             committed_ts: None,
+            created_ns: None,
+            changed: false,
         }
+    }
+
+    /// A new file created at `ns` (since the epoch).
+    pub fn set_created(&mut self, ns: u64) {
+        self.created_ns = Some(ns);
     }
 
     /// Never commit (the file was removed before it existed in storage).
@@ -224,6 +236,7 @@ impl Writer {
 
     fn write_inner(&mut self, store: &dyn Store, offset: u64, data: &[u8]) -> Result<usize> {
         self.follow_other_commits(store)?;
+        self.changed = true;
         self.dirty = true;
         if let State::Clean { .. } = self.state {
             self.stage_committed(store)?;
@@ -365,6 +378,7 @@ impl Writer {
     pub fn truncate(&mut self, store: &dyn Store, size: u64) -> Result<()> {
         self.check()?;
         self.follow_other_commits(store)?;
+        self.changed = true;
         if size == self.size() && !matches!(self.state, State::Clean { .. }) {
             return Ok(());
         }
@@ -486,7 +500,11 @@ impl Writer {
     fn commit_inner(&mut self, store: &dyn Store, kind: FileKind) -> Result<u64> {
         let was_new = !self.target.exists;
         let state = std::mem::replace(&mut self.state, State::Clean { size: 0 });
-        let attrs = self.attrs;
+        let mut attrs = self.attrs;
+        if let Some(created) = self.created_ns.filter(|_| !self.changed) {
+            attrs.mtime_ns = attrs.mtime_ns.or(Some(created));
+            attrs.ctime_ns = Some(created);
+        }
         let (ts, size) = match state {
             State::Streaming(mut s) => {
                 s.writer.set_attrs(attrs);
@@ -539,6 +557,7 @@ impl Writer {
         // Stored now; times set later apply to later versions only.
         self.attrs = Attrs::default();
         self.committed_ts = Some(ts);
+        self.created_ns = None;
         info!("committed {} ({size} bytes, version {ts})", self.target.entry.uri);
         Ok(ts)
     }
