@@ -16,14 +16,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
-    let reg = registry_uri(tmp);
-    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
-    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
-    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
-    (reg, mnt)
-}
-
 fn version_of(reg_uri: &str) -> Option<u64> {
     let ctx = Context::new().unwrap();
     let reg = Registry::new(ctx.clone()).unwrap();

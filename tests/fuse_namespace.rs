@@ -16,14 +16,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
-    let reg = registry_uri(tmp);
-    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
-    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
-    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
-    (reg, mnt)
-}
-
 fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }

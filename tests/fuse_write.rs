@@ -18,15 +18,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// An empty registry (a group) and a read-write mount of it.
-fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
-    let reg = registry_uri(tmp);
-    std::fs::write(tmp.join("seed.txt"), b"seed").unwrap();
-    modelfs_ok(&["import", s(&tmp.join("seed.txt")), &format!("{reg}/seed.txt")]);
-    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
-    (reg, mnt)
-}
-
 /// Closes `file` and returns close()'s errno, if it failed.
 fn close_errno(file: std::fs::File) -> Option<i32> {
     let fd = file.into_raw_fd();

@@ -52,6 +52,17 @@ pub fn registry_uri(tmp: &Path) -> String {
     }
 }
 
+/// A registry holding one file, `seed.txt` ("seed"), and a read-write
+/// mount of it at `tmp/mnt` with `extra` flags.
+pub fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
+    let reg = registry_uri(tmp);
+    let seed = tmp.join("seed.txt");
+    std::fs::write(&seed, b"seed").unwrap();
+    modelfs_ok(&["import", seed.to_str().unwrap(), &format!("{reg}/seed.txt")]);
+    let mnt = MountGuard::new(&reg, &tmp.join("mnt"), extra);
+    (reg, mnt)
+}
+
 /// True when the tests run against object storage.
 pub fn on_s3() -> bool {
     std::env::var("MODELFS_TEST_S3").is_ok_and(|v| !v.is_empty())
