@@ -377,3 +377,29 @@ fn issue11_posix_answers_name_too_long_nlink_and_fresh_mtime_after_close() {
         (m.modified().unwrap(), m.ctime(), m.ctime_nsec())
     );
 }
+
+#[test]
+fn issue11_long_names_and_deep_paths_get_enametoolong_never_eio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    // 254 bytes of name, escaped to over 700 bytes of storage name.
+    let long = "é".repeat(127);
+    std::fs::write(mnt.dir.join(&long), b"long name").unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join(&long)).unwrap(), b"long name");
+    // Deeper and deeper: the first refusal is ENAMETOOLONG, and everything
+    // made before it works.
+    let mut dir = mnt.dir.clone();
+    let errno = loop {
+        let next = dir.join("d".repeat(200));
+        match std::fs::create_dir(&next) {
+            Ok(()) => dir = next,
+            Err(e) => break e.raw_os_error(),
+        }
+    };
+    assert_eq!(errno, Some(libc::ENAMETOOLONG));
+    std::fs::write(dir.join("f"), b"deep").unwrap();
+    assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"deep");
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &["--read-only"]);
+    assert_eq!(std::fs::read(mnt.dir.join(&long)).unwrap(), b"long name");
+}

@@ -302,6 +302,7 @@ impl From<registry::Error> for Error {
             R::InvalidName { .. } => (libc::EINVAL, Level::Debug),
             R::InvalidSafetensors { .. } => (libc::EINVAL, Level::Warn),
             R::Unsupported { .. } => (libc::EPERM, Level::Info),
+            R::PathTooLong { .. } => (libc::ENAMETOOLONG, Level::Info),
             R::SizeMismatch { .. } => (libc::EIO, Level::Warn),
             R::TileDB(_) | R::NotAFileArray { .. } | R::Corrupt { .. } | R::Io { .. } => (libc::EIO, Level::Warn),
             R::NotATileDbMlModel { .. } | R::TileDbMlField(_) | R::ExportIncomplete { .. } => (libc::EIO, Level::Warn),

@@ -59,6 +59,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{uri}: the storage path would be longer than local paths may be ({max} bytes)")]
+    PathTooLong { uri: String, max: usize },
     #[error("{uri}: {what} cannot be stored")]
     Unsupported { uri: String, what: &'static str },
     #[error("{uri}: not a TileDB-ML model array: {reason}")]

@@ -56,8 +56,15 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'=' | b',')
 }
 
+/// Longest storage name kept whole: escaping can make a name three times
+/// longer, and local file systems take 255 bytes a component. Longer ones
+/// are cut and end in a hash of the whole name (the group member keeps the
+/// real name; a clash takes the next `~N`).
+pub const STORAGE_NAME_MAX_BYTES: usize = 200;
+
 /// The storage name for entry `name`: bytes outside `[A-Za-z0-9._+=,-]`, a
-/// leading `_` or `.` and every `~` become `~XX` (hex).
+/// leading `_` or `.` and every `~` become `~XX` (hex); at most
+/// [`STORAGE_NAME_MAX_BYTES`].
 pub fn storage_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, &b) in name.as_bytes().iter().enumerate() {
@@ -69,6 +76,15 @@ pub fn storage_name(name: &str) -> String {
         } else {
             out.push_str(&format!("~{b:02X}"));
         }
+    }
+    if out.len() > STORAGE_NAME_MAX_BYTES {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        let tail = format!("~h{:016x}", h.finish());
+        // `out` is ASCII: any byte is a character boundary.
+        out.truncate(STORAGE_NAME_MAX_BYTES - tail.len());
+        out.push_str(&tail);
     }
     out
 }
@@ -121,6 +137,15 @@ mod tests {
         assert_eq!(split_extension("a.tar.gz"), ("a.tar", "gz"));
         assert_eq!(split_extension("README"), ("README", ""));
         assert_eq!(split_extension(".bashrc"), (".bashrc", ""));
+    }
+
+    #[test]
+    fn long_escaped_names_are_cut_with_a_hash() {
+        let long = "é".repeat(120);
+        let a = storage_name(&long);
+        assert_eq!(a.len(), STORAGE_NAME_MAX_BYTES);
+        assert_ne!(a, storage_name(&"é".repeat(121)));
+        assert_eq!(a, storage_name(&long));
     }
 
     proptest! {

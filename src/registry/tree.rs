@@ -253,6 +253,7 @@ impl Registry {
             uri = join(&dir.uri, &format!("{base}~{n}"));
             n += 1;
         }
+        check_path_length(&uri)?;
         Ok(uri)
     }
 
@@ -582,6 +583,36 @@ impl Registry {
     }
 }
 
+/// Room kept for TileDB's own files inside an array or group folder
+/// (`__fragments/__<t>_<t>_<uuid>_<v>/a0.tdb`, ...).
+const TILEDB_SUFFIX_BYTES: usize = 128;
+/// Longest local path (bytes, without the scheme): Linux's `PATH_MAX` less
+/// its NUL.
+const LOCAL_PATH_MAX_BYTES: usize = 4095;
+/// Longest object key on S3, Azure and GCS.
+const OBJECT_KEY_MAX_BYTES: usize = 1024;
+
+/// `PathTooLong` (ENAMETOOLONG) when a new entry at `uri` would leave no
+/// room for TileDB's files under it: a local path past `PATH_MAX`, an
+/// object key past 1,024 bytes.
+fn check_path_length(uri: &str) -> Result<()> {
+    let (len, max) = if super::uri::is_local(uri) {
+        (uri.trim_start_matches("file://").len(), LOCAL_PATH_MAX_BYTES)
+    } else {
+        // `scheme://bucket/key`: the key is what the limit counts.
+        let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+        (rest.split_once('/').map_or(0, |(_, key)| key.len()), OBJECT_KEY_MAX_BYTES)
+    };
+    let max = max - TILEDB_SUFFIX_BYTES;
+    if len > max {
+        return Err(Error::PathTooLong {
+            uri: uri.to_string(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Where entry `name` of plain directory `dir` is stored: right at its name
 /// (that is how a plain directory lists), so names TileDB keeps for itself
 /// are refused.
@@ -592,5 +623,7 @@ fn plain_child_uri(dir: &Entry, name: &str) -> Result<String> {
             reason: "reserved by TileDB inside a plain directory (not a TileDB group)",
         });
     }
-    Ok(join(&dir.uri, name))
+    let uri = join(&dir.uri, name);
+    check_path_length(&uri)?;
+    Ok(uri)
 }
