@@ -350,7 +350,7 @@ fn amplified_array(ctx: &Context, uri: &str, file: &str, framework: &str, field:
 
 #[test]
 fn issue_13_budgets_count_every_reference_a_view_copies() {
-    use modelfs::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+    use modelfs::registry::tiledb_ml::{MemoryPool, ModelOptions, TileDbMlModel, ViewLimits};
     let tmp = tempfile::tempdir().unwrap();
     let ctx = Context::new().unwrap();
     let limits = ViewLimits {
@@ -365,7 +365,12 @@ fn issue_13_budgets_count_every_reference_a_view_copies() {
         );
         let uri = tmp.path().join(&file);
         amplified_array(&ctx, s(&uri), &file, &framework, &field);
-        let model = TileDbMlModel::open_with(&ctx, s(&uri), None, &pool, limits).unwrap();
+        let options = ModelOptions {
+            pool: pool.clone(),
+            limits,
+            ..ModelOptions::default()
+        };
+        let model = TileDbMlModel::open_with(&ctx, s(&uri), None, &options).unwrap();
         let failure = model
             .failures()
             .next()
