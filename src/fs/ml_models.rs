@@ -82,10 +82,10 @@ impl MlModels {
             return Ok(m);
         }
         let mut model = self.decode(store, uri)?;
-        if let Some(need) = wants_room(&model) {
-            if self.make_room(need) {
-                model = self.decode(store, uri)?;
-            }
+        if let Some(need) = wants_room(&model)
+            && self.make_room(need)
+        {
+            model = self.decode(store, uri)?;
         }
         let model = Arc::new(model);
         self.insert(uri, version, &model);
