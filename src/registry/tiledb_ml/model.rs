@@ -28,7 +28,7 @@ use std::sync::Arc;
 use log::{debug, warn};
 
 use crate::registry::error::{Error, Result};
-use crate::registry::file_array::check_tile_bytes;
+use crate::registry::file_array::{MAX_QUERY_TILES, check_tile_bytes};
 use crate::registry::names::invalid_name_reason;
 use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
 use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
@@ -214,10 +214,16 @@ impl TileDbMlModel {
         let version = array.open_timestamp_end()?;
         let schema = array.schema()?;
         let meta = array.metadata()?;
-        let framework = check_layout(uri, &schema, &meta)?;
+        let (framework, tile_cells) = check_layout(uri, &schema, &meta)?;
+        let per_query = query_cells(tile_cells);
         // Cells past the non-empty domain read as the fill value: a size
         // key pointing there is broken.
         let written = array.non_empty_domain_u64(0)?.map_or(0, |(_, hi)| hi.saturating_add(1));
+        let cells = Cells {
+            array: &array,
+            written,
+            per_query,
+        };
         let limits = DecodeLimits::default();
         let budget = ModelBudget::new(options.pool.clone(), options.limits);
         let mut spill = SpillTarget::new(options);
@@ -241,7 +247,7 @@ impl TileDbMlModel {
             if !is_bytes && size_value.is_none() {
                 continue;
             }
-            let read = read_field(&array, &attr, is_bytes, &key, size_value, written, &budget)?;
+            let read = read_field(&cells, &attr, is_bytes, &key, size_value, &budget)?;
             fields.push(FieldInfo {
                 name: attr.name.clone(),
                 size: size_value.and_then(MetaValue::as_u64).unwrap_or(0),
@@ -373,10 +379,11 @@ impl TileDbMlModel {
     }
 }
 
-/// Whether `schema` and `meta` have the TileDB-ML layout; the framework.
+/// Whether `schema` and `meta` have the TileDB-ML layout; the framework
+/// and the tile extent (cells, one byte each; `None` when not known).
 /// A tile extent over [`crate::registry::file_array::MAX_TILE_BYTES`] is
 /// [`Error::Corrupt`]: reading a field loads whole tiles.
-fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<Framework> {
+fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<(Framework, Option<u64>)> {
     let not = |reason: String| Error::NotATileDbMlModel {
         uri: uri.to_string(),
         reason,
@@ -395,10 +402,11 @@ fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Res
     }
     match schema.dimensions()?.as_slice() {
         [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => {
-            if let Some((_, _, extent)) = d.as_u64() {
+            let extent = d.as_u64().map(|(_, _, extent)| extent);
+            if let Some(extent) = extent {
                 check_tile_bytes(uri, extent)?;
             }
-            Ok(framework)
+            Ok((framework, extent))
         }
         _ => Err(not(format!("dimensions are not one UINT64 `{OFFSET_DIMENSION}`"))),
     }
@@ -475,17 +483,26 @@ impl<'o> SpillTarget<'o> {
     }
 }
 
-/// Reads field `attr` of `array` after checking its size key; its bytes
+/// The cells of a model array open for reading.
+struct Cells<'a> {
+    array: &'a Array,
+    /// Cells written (the non-empty domain's end, exclusive).
+    written: u64,
+    /// Cells asked of TileDB per query.
+    per_query: usize,
+}
+
+/// Reads field `attr` of `cells` after checking its size key; its bytes
 /// are charged to `budget` (released by the caller once decoded).
 fn read_field(
-    array: &Array,
+    cells: &Cells<'_>,
     attr: &AttributeInfo,
     is_bytes: bool,
     key: &str,
     size_value: Option<&MetaValue>,
-    written: u64,
     budget: &ModelBudget,
 ) -> Result<FieldRead> {
+    let written = cells.written;
     let Some(value) = size_value else {
         return Ok(FieldRead::Empty);
     };
@@ -528,7 +545,7 @@ fn read_field(
         return problem(FieldProblem::OutOfMemory { size });
     }
     buf.resize(len, 0);
-    if let Err(e) = read_in_pieces(array, &attr.name, &mut buf) {
+    if let Err(e) = read_in_pieces(cells.array, &attr.name, &mut buf, cells.per_query) {
         budget.release_field(size);
         return Err(e);
     }
@@ -539,18 +556,29 @@ fn read_field(
     Ok(FieldRead::Bytes(buf))
 }
 
-/// Bytes asked of TileDB per query when a field is read. One query for a
-/// whole field makes TileDB hold per-tile state for all of it at once:
-/// a 480 MB PyTorch field (tiledb-ml writes 1 KiB zstd tiles) read in one
-/// query peaked the daemon at 3.4 GB and took 40 s, in 16 MiB queries it
-/// peaks near the field's size and takes about half the time.
+/// Most bytes asked of TileDB per query when a field is read. One query
+/// for a whole field makes TileDB hold per-tile state for all of it at
+/// once: a 480 MB PyTorch field (tiledb-ml writes 1 KiB zstd tiles) read in
+/// one query peaked the daemon at 3.4 GB and took 40 s; in queries of 16 MiB
+/// it peaked at 636 MB (the field plus ~130 MB), in 4 MiB queries at ~520 MB.
 const FIELD_QUERY_BYTES: usize = 16 << 20;
 
-/// Fills `buf` with cells `[0, buf.len())` of `attr`, one bounded query at
-/// a time.
-fn read_in_pieces(array: &Array, attr: &str, buf: &mut [u8]) -> Result<()> {
+/// Most tiles one query covers ([`MAX_QUERY_TILES`]): TileDB keeps state
+/// per tile a query touches, about 8 KiB for tiledb-ml's 1 KiB tiles; the
+/// whole-array fuzzer found a 140 KB field in 1-byte tiles peaking at
+/// 486 MiB in one query.
+const FIELD_QUERY_TILES: u64 = MAX_QUERY_TILES;
+
+/// Cells (bytes) per query for a field in tiles of `tile_cells`.
+fn query_cells(tile_cells: Option<u64>) -> usize {
+    let by_tiles = tile_cells.map_or(u64::MAX, |t| t.max(1).saturating_mul(FIELD_QUERY_TILES));
+    usize::try_from(by_tiles).map_or(FIELD_QUERY_BYTES, |n| n.min(FIELD_QUERY_BYTES))
+}
+
+/// Fills `buf` with cells `[0, buf.len())` of `attr`, `cells` per query.
+fn read_in_pieces(array: &Array, attr: &str, buf: &mut [u8], cells: usize) -> Result<()> {
     let mut lo = 0u64;
-    for piece in buf.chunks_mut(FIELD_QUERY_BYTES) {
+    for piece in buf.chunks_mut(cells.max(1)) {
         let hi = lo.saturating_add(piece.len() as u64 - 1);
         array.read_cells(attr, lo, hi, piece)?;
         lo = hi.saturating_add(1);
