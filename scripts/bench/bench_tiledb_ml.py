@@ -19,7 +19,10 @@ before each:
     from TileDB and decoding it, and the daemon's peak RSS (VmHWM) and the
     memory it still holds after;
   - the second read of the same file (decoded model kept, spilled bytes
-    read back).
+    read back);
+  - the CPU time of load() (all threads of its process, the call alone)
+    and of the daemon during the first read: on a shared machine wall
+    times swing by half, the CPU work does not.
 Targets (issue #13): first view read no slower than load(); daemon peak RSS
 at most --cache-size (64 MiB) + --view-memory (2 GiB) + 128 MiB. Prints a
 table, writes DIR/bench-tiledb-ml.json.
@@ -69,10 +72,10 @@ def load(uri):
     with tiledb.open(uri) as a:
         n = int(a.meta["bench_layers"])
     model = build_model(n)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     PyTorchTileDBModel(uri=uri).load(model=model)
-    dt = time.perf_counter() - t
-    print(json.dumps({"load_s": dt, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    print(json.dumps({"load_s": dt, "load_cpu_s": cpu, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
 def rss_kib(pid):
@@ -91,8 +94,8 @@ def run(a):
 
     with tiledb.open(str(uri)) as arr:
         field_mib = int(arr.meta["model_size"]) / MIB
-    res = {"load_s": [], "load_maxrss_mib": [], "view_first_s": [], "view_second_s": [],
-           "daemon_peak_mib": [], "daemon_after_mib": []}
+    res = {"load_s": [], "load_cpu_s": [], "load_maxrss_mib": [], "view_first_s": [], "view_cpu_s": [],
+           "view_second_s": [], "daemon_peak_mib": [], "daemon_after_mib": []}
     view_bytes = None
     for i in range(a.runs):
         drop_caches()
@@ -101,14 +104,17 @@ def run(a):
             raise SystemExit(f"bench: tiledb-ml load() failed: {p.stderr.strip()}")
         r = json.loads(p.stdout.strip().splitlines()[-1])
         res["load_s"].append(r["load_s"])
+        res["load_cpu_s"].append(r["load_cpu_s"])
         res["load_maxrss_mib"].append(r["maxrss_kib"] / 1024)
 
         drop_caches()
         mnt = out / "mnt-tiledb-ml"
         with mount(a.bin, reg, mnt, out / "mount.log", read_only=True) as m:
             view = mnt / "model" / "model.safetensors"
+            cpu = m.cpu_s()
             dt, n = timed(read_all, view)
             res["view_first_s"].append(dt)
+            res["view_cpu_s"].append(m.cpu_s() - cpu)
             view_bytes = n
             res["daemon_after_mib"].append(rss_kib(m.proc.pid) / 1024)
             dt2, _ = timed(read_all, view)
@@ -132,6 +138,8 @@ def report(res, field_mib, view_bytes, stats, a):
         ("tiledb-ml load() into the model, cold", "load_s", "s"),
         ("first read of model.safetensors via the mount, cold", "view_first_s", "s"),
         ("second read of model.safetensors (decoded, spilled)", "view_second_s", "s"),
+        ("  CPU time of load() (all its threads)", "load_cpu_s", "s"),
+        ("  daemon CPU time during the first read", "view_cpu_s", "s"),
         ("  tiledb-ml load() process peak RSS", "load_maxrss_mib", "MiB"),
         ("  daemon peak RSS (VmHWM) over the first read", "daemon_peak_mib", "MiB"),
         ("  daemon RSS after the first read", "daemon_after_mib", "MiB"),
@@ -148,6 +156,9 @@ def report(res, field_mib, view_bytes, stats, a):
     print(f"{'first view read / tiledb-ml load() (t_load/t_view)':68} {ratio:6.2f}  >= 1.0  {verdict(ratio >= 1.0)}")
     print(f"{'daemon peak RSS, MiB (cache 64 + view memory 2048 + 128)':68} {peak:6.0f} <= {limit}  "
           f"{verdict(peak <= limit)}")
+    cpu_ratio = med(res["load_cpu_s"]) / med(res["view_cpu_s"]) if med(res["view_cpu_s"]) else 0
+    print(f"{'CPU of the first view read / CPU of load() (cpu_load/cpu_view)':68} {cpu_ratio:6.2f}          info")
+    res["cpu_ratio"] = cpu_ratio
     (Path(a.out) / "bench-tiledb-ml.json").write_text(json.dumps({
         "built_from": a.built_from, "field_mib": field_mib, "view_bytes": view_bytes, "runs": res,
         "ratio_load_over_view": ratio, "peak_limit_mib": limit, "counters": stats,
