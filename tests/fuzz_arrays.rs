@@ -667,7 +667,7 @@ fn run_case(seed: u64, seeds: &[Vec<u8>]) {
         view_memory_bytes: 256 << 20,
         ..Config::default()
     };
-    let Ok(fs) = ModelFs::new(registry, reg.to_str().unwrap(), config) else {
+    let Ok(fs) = ModelFs::new(std::sync::Arc::new(registry), reg.to_str().unwrap(), config) else {
         return;
     };
     walk(&fs, &mut rng, Ino::ROOT, 0);
