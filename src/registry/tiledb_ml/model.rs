@@ -575,15 +575,46 @@ fn query_cells(tile_cells: Option<u64>) -> usize {
     usize::try_from(by_tiles).map_or(FIELD_QUERY_BYTES, |n| n.min(FIELD_QUERY_BYTES))
 }
 
-/// Fills `buf` with cells `[0, buf.len())` of `attr`, `cells` per query.
+/// Queries of one field in flight at once. One query at a time left half
+/// the CPU idle between queries: reading a 480 MB tiledb-ml field cost the
+/// same CPU as tiledb-ml's own load() (21 s) but took 43 s against 27 s.
+const FIELD_QUERIES_IN_FLIGHT: usize = 2;
+
+/// Fills `buf` with cells `[0, buf.len())` of `attr`, `cells` per query,
+/// [`FIELD_QUERIES_IN_FLIGHT`] queries at a time; the first error wins.
 fn read_in_pieces(array: &Array, attr: &str, buf: &mut [u8], cells: usize) -> Result<()> {
-    let mut lo = 0u64;
-    for piece in buf.chunks_mut(cells.max(1)) {
-        let hi = lo.saturating_add(piece.len() as u64 - 1);
-        array.read_cells(attr, lo, hi, piece)?;
-        lo = hi.saturating_add(1);
-    }
-    Ok(())
+    let cells = cells.max(1);
+    let pieces: Vec<(u64, &mut [u8])> = buf
+        .chunks_mut(cells)
+        .enumerate()
+        .map(|(i, piece)| ((i as u64).saturating_mul(cells as u64), piece))
+        .collect();
+    let queue = std::sync::Mutex::new(pieces.into_iter());
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+    let worker = || -> Result<()> {
+        while let Some((lo, piece)) = next() {
+            let hi = lo.saturating_add(piece.len() as u64 - 1);
+            if let Err(e) = array.read_cells(attr, lo, hi, piece) {
+                // Nothing more to read: the field has failed.
+                queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .by_ref()
+                    .for_each(drop);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..FIELD_QUERIES_IN_FLIGHT).map(|_| scope.spawn(worker)).collect();
+        let mut result = worker();
+        for h in helpers {
+            let r = h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(r);
+        }
+        result
+    })
 }
 
 /// Why `path` (`/`-separated, relative) cannot be shown as a file in a
