@@ -93,11 +93,13 @@ impl MlModels {
     }
 
     fn decode(&self, store: &dyn Store, uri: &str) -> Result<TileDbMlModel> {
+        let started = std::time::Instant::now();
         let model = store.tiledb_ml_model(uri, &self.options)?;
         Counters::add(&self.counters.ml_models_decoded, 1);
         Counters::add(&self.counters.view_bytes_spilled, model.spilled_bytes());
         info!(
-            "{uri}: TileDB-ML model decoded: {} bytes resident, {} spilled",
+            "{uri}: TileDB-ML model decoded in {:.2} s: {} bytes resident, {} spilled",
+            started.elapsed().as_secs_f64(),
             model.resident_bytes(),
             model.spilled_bytes()
         );
