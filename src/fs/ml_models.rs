@@ -203,3 +203,105 @@ fn wants_room(model: &TileDbMlModel) -> Option<u64> {
         })
         .max()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::registry::tiledb_ml::{MemoryPool, ViewLimits};
+    use crate::tiledb::{Array, AttributeSpec, Context, Datatype, DimensionSpec, MetaValue, Mode, Schema};
+
+    /// A scikit-learn model array at `uri` whose field is `len` bytes (shown
+    /// as `model.pkl`, kept as it is).
+    fn sklearn_array(ctx: &Context, uri: &str, len: usize) {
+        let dim = DimensionSpec {
+            name: "offset".into(),
+            lo: 0,
+            hi: u64::MAX - 1025,
+            extent: 64 << 10,
+            filters: vec![],
+        };
+        let attr = AttributeSpec {
+            name: "model".into(),
+            datatype: Datatype::UINT8,
+            filters: vec![],
+        };
+        Schema::dense(ctx, &[dim], &[attr]).unwrap().create_array(uri).unwrap();
+        let mut array = Array::open(ctx, uri, Mode::Write).unwrap();
+        array.write_cells("model", 0, len as u64 - 1, &vec![0x80; len]).unwrap();
+        let framework = crate::registry::TILEDB_ML_FRAMEWORK_KEY;
+        array.put_metadata(framework, &MetaValue::text("SKLEARN")).unwrap();
+        array.put_metadata("model_size", &MetaValue::i64(len as i64)).unwrap();
+        array.close().unwrap();
+    }
+
+    #[test]
+    fn a_decode_without_room_drops_the_least_recently_used_idle_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(Context::new().unwrap()).unwrap();
+        let uris: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|n| dir.path().join(n).to_str().unwrap().to_string())
+            .collect();
+        for uri in &uris {
+            sklearn_array(registry.context(), uri, 600 << 10);
+        }
+        let counters = Arc::new(Counters::default());
+        // Room for two fields of 600 KiB, kept in memory (no spill).
+        let models = MlModels::new(
+            ModelOptions {
+                pool: MemoryPool::new(1300 << 10),
+                limits: ViewLimits::default(),
+                spill_dir: None,
+                spill_min_bytes: usize::MAX,
+            },
+            counters.clone(),
+        );
+        let a = models.get(&registry, &uris[0], 1).unwrap();
+        let b = models.get(&registry, &uris[1], 1).unwrap();
+        assert_eq!(models.alive(), 2);
+        // `b` is in use (held here); `a` is idle once let go.
+        let a_weak = Arc::downgrade(&a);
+        drop(a);
+        let c = models.get(&registry, &uris[2], 1).unwrap();
+        assert_eq!(c.failures().count(), 0, "c decoded after a was dropped");
+        assert!(a_weak.upgrade().is_none(), "a, idle and least recently used, is gone");
+        assert!(counters.snapshot().ml_models_dropped >= 1);
+        assert_eq!(models.get(&registry, &uris[1], 1).unwrap().version(), b.version());
+        // Nothing idle left to drop: a fourth decode fails for want of room
+        // and is not kept, so a later lookup tries again.
+        let a_again = models.get(&registry, &uris[0], 1).unwrap();
+        assert!(matches!(
+            a_again.failures().next().map(|f| &f.problem),
+            Some(FieldProblem::NoRoom { .. })
+        ));
+        let c_weak = Arc::downgrade(&c);
+        drop((b, c));
+        let decoded = counters.snapshot().ml_models_decoded;
+        drop(a_again);
+        // b and c are idle now (held by the cache alone): the decode that
+        // lacks room drops the least recently used one, c (b was looked up
+        // after it), and is tried once more.
+        let a_third = models.get(&registry, &uris[0], 1).unwrap();
+        assert_eq!(counters.snapshot().ml_models_decoded, decoded + 2);
+        assert_eq!(a_third.failures().count(), 0, "room once c is dropped");
+        assert!(c_weak.upgrade().is_none(), "c was the least recently used");
+        assert_eq!(models.alive(), 2, "b stays");
+    }
+
+    #[test]
+    fn a_forgotten_model_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(Context::new().unwrap()).unwrap();
+        let uri = dir.path().join("m").to_str().unwrap().to_string();
+        sklearn_array(registry.context(), &uri, 1 << 10);
+        let models = MlModels::new(ModelOptions::default(), Arc::new(Counters::default()));
+        let m = models.get(&registry, &uri, 1).unwrap();
+        let weak = Arc::downgrade(&m);
+        models.forget(&m);
+        drop(m);
+        assert!(weak.upgrade().is_none());
+        assert_eq!(models.alive(), 0);
+        assert_eq!(models.memory().0, 0);
+    }
+}
