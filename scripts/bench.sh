@@ -29,11 +29,21 @@
 # of a full read, and `ls` and mount start-up on registries of 10 and 1,000
 # model directories (scripts/bench/bench_s3.py; bench-out/bench-s3.json).
 #
+# Then the TileDB-ML column (unless ML=0), when torch and tiledb-ml are in
+# .venv (`pip install torch tiledb-ml tensorboard`; skipped with a note
+# otherwise): a PyTorch model of ML_SIZE_MIB MiB (default 480) saved by
+# tiledb-ml's own save(), tiledb-ml's load() of it against the first read
+# of its model.safetensors through a fresh mount, and the daemon's peak RSS
+# (scripts/bench/bench_tiledb_ml.py; bench-out/bench-tiledb-ml.json), each
+# the median of ML_RUNS runs (default 3). Saving the model takes ~2 minutes
+# and each run ~1.5 minutes on this machine.
+#
 # Run as root (it drops the page cache), from anywhere:
 #   scripts/bench.sh                     # 1 GiB, 5 runs: several minutes
 #   SIZE_MIB=64 RUNS=3 scripts/bench.sh  # quick check
 #   KEEP=1 scripts/bench.sh              # keep bench-out/model-*.safetensors
 #                                        # (reused next time) and the registry
+#   ML_ONLY=1 scripts/bench.sh           # the TileDB-ML column alone
 # Other load on the machine (compiles) makes the figures noisy.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,12 +53,18 @@ SIZE_MIB="${SIZE_MIB:-1024}"
 RUNS="${RUNS:-5}"
 KEEP="${KEEP:-0}"
 S3="${S3:-1}"
+ML="${ML:-1}"
+ML_ONLY="${ML_ONLY:-0}"
+ML_SIZE_MIB="${ML_SIZE_MIB:-480}"
+ML_RUNS="${ML_RUNS:-3}"
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 say() { echo "bench: $*" >&2; }
 
 [[ "$SIZE_MIB" =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a positive integer (MiB), not '$SIZE_MIB'"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$RUNS'"
+[[ "$ML_SIZE_MIB" =~ ^[1-9][0-9]*$ ]] || die "ML_SIZE_MIB must be a positive integer (MiB), not '$ML_SIZE_MIB'"
+[[ "$ML_RUNS" =~ ^[1-9][0-9]*$ ]] || die "ML_RUNS must be a positive integer, not '$ML_RUNS'"
 [ "$RUNS" -ge 3 ] || say "warning: RUNS=$RUNS; medians of fewer than 3 runs say little"
 [ "$(id -u)" -eq 0 ] || die "run as root: cold figures need 'echo 3 > /proc/sys/vm/drop_caches'"
 [ -e /dev/fuse ] || die "/dev/fuse is missing: no FUSE on this machine"
@@ -58,6 +74,7 @@ bin="$root/target/release/modelfs"
 python="$root/.venv/bin/python"
 file="$out/model-${SIZE_MIB}MiB.safetensors"
 registry="$out/registry"
+ml_registry="$out/tiledb-ml-${ML_SIZE_MIB}MiB"
 garage_state="$out/garage"
 mkdir -p "$out"
 
@@ -82,9 +99,9 @@ cleanup() {
     scripts/garage.sh stop "$garage_state" 2>/dev/null || true
     rm -rf "$garage_state"
     if [ "$KEEP" = 1 ]; then
-        say "KEEP=1: keeping $file and $registry"
+        say "KEEP=1: keeping $file, $registry and $ml_registry"
     else
-        rm -rf "$file" "$registry"
+        rm -rf "$file" "$registry" "$ml_registry"
     fi
     [ "$rc" -eq 0 ] || say "failed (exit $rc); the mount daemons' log is $out/mount.log"
     exit "$rc"
@@ -109,7 +126,32 @@ built_from="$(git describe --always --dirty 2>/dev/null || echo unknown)"
 changed="$(git status --short --untracked-files=no 2>/dev/null | tr -s ' \n' ' ' || true)"
 [ -z "$changed" ] || built_from="$built_from (changed:${changed% })"
 
+# The TileDB-ML column: tiledb-ml's load() against the first read of the
+# model's view through the mount.
+tiledb_ml_column() {
+    if ! "$python" -c 'import torch, tiledb.ml.models.pytorch' 2>/dev/null; then
+        say "TileDB-ML column skipped: torch and tiledb-ml are not in .venv" \
+            "(.venv/bin/pip install torch tiledb-ml tensorboard)"
+        return 0
+    fi
+    if [ -d "$ml_registry/model" ]; then
+        say "reusing $ml_registry/model"
+    else
+        say "saving a ${ML_SIZE_MIB} MiB PyTorch model with tiledb-ml into $ml_registry/model"
+        rm -rf "$ml_registry"
+        mkdir -p "$ml_registry"
+        "$python" scripts/bench/bench_tiledb_ml.py make "$ml_registry/model" "$ML_SIZE_MIB"
+    fi
+    "$python" scripts/bench/bench_tiledb_ml.py run --bin "$bin" --out "$out" \
+        --registry "$ml_registry" --runs "$ML_RUNS" --built-from "$built_from"
+}
+
 start=$SECONDS
+if [ "$ML_ONLY" = 1 ]; then
+    tiledb_ml_column
+    say "done in $((SECONDS - start)) s (after the build)"
+    exit 0
+fi
 if [ -f "$file" ]; then
     say "reusing $file"
 else
@@ -124,6 +166,10 @@ rm -rf "$registry"
 
 "$python" scripts/bench/bench.py run --bin "$bin" --out "$out" --file "$file" \
     --registry "$registry" --runs "$RUNS" --built-from "$built_from"
+
+if [ "$ML" = 1 ]; then
+    tiledb_ml_column
+fi
 
 if [ "$S3" = 1 ]; then
     scripts/garage.sh install

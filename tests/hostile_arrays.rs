@@ -350,7 +350,7 @@ fn amplified_array(ctx: &Context, uri: &str, file: &str, framework: &str, field:
 
 #[test]
 fn issue_13_budgets_count_every_reference_a_view_copies() {
-    use modelfs::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+    use modelfs::registry::tiledb_ml::{MemoryPool, ModelOptions, TileDbMlModel, ViewLimits};
     let tmp = tempfile::tempdir().unwrap();
     let ctx = Context::new().unwrap();
     let limits = ViewLimits {
@@ -365,7 +365,12 @@ fn issue_13_budgets_count_every_reference_a_view_copies() {
         );
         let uri = tmp.path().join(&file);
         amplified_array(&ctx, s(&uri), &file, &framework, &field);
-        let model = TileDbMlModel::open_with(&ctx, s(&uri), None, &pool, limits).unwrap();
+        let options = ModelOptions {
+            pool: pool.clone(),
+            limits,
+            ..ModelOptions::default()
+        };
+        let model = TileDbMlModel::open_with(&ctx, s(&uri), None, &options).unwrap();
         let failure = model
             .failures()
             .next()
@@ -427,4 +432,62 @@ fn issue_13_a_mount_caps_what_views_materialise() {
     let peak = peak_rss(mnt.pid());
     eprintln!("daemon peak RSS {} MiB", peak >> 20);
     assert!(peak < 512 << 20, "daemon peak RSS {} MiB", peak >> 20);
+}
+
+/// Whole-array fuzzer, case 5 (`tests/fuzz_arrays.rs`): a model field of
+/// 140 KB in 1-byte tiles was read in one query, whose per-tile state took
+/// the reader to 486 MiB. Fields are now read at most 4,096 tiles a query.
+#[test]
+fn issue_13_fuzz_case_5_a_field_in_one_byte_tiles_reads_in_small_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_with_good_file(tmp.path());
+    let ctx = Context::new().unwrap();
+    let mut pickle = common::pseudo_random(5, 140_000);
+    pickle[0] = 0x80;
+    dense_array(
+        &ctx,
+        s(&reg.join("tiny_tiles")),
+        "offset",
+        1,
+        &["model"],
+        &pickle,
+        &[
+            (TILEDB_ML_FRAMEWORK_KEY, MetaValue::text("SKLEARN")),
+            ("model_size", MetaValue::i64(pickle.len() as i64)),
+        ],
+    );
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let shown = std::fs::read(mnt.dir.join("tiny_tiles/model.pkl")).unwrap();
+    assert!(shown == pickle, "model.pkl differs from the field");
+    let peak = peak_rss(mnt.pid());
+    eprintln!("daemon peak RSS {} MiB", peak >> 20);
+    assert!(peak < 160 << 20, "daemon peak RSS {} MiB", peak >> 20);
+    assert_serving(&mnt);
+}
+
+/// Whole-array fuzzer, case 85: a file array of 1 MB in 7-byte tiles read
+/// through the core peaked at 491 MiB (a 4 MiB read-ahead query spans
+/// 600,000 tiles). File reads are now split at 4,096 tiles a query.
+#[test]
+fn issue_13_fuzz_case_85_a_file_in_seven_byte_tiles_reads_in_small_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_with_good_file(tmp.path());
+    let ctx = Context::new().unwrap();
+    let data = common::pseudo_random(85, 1 << 20);
+    dense_array(
+        &ctx,
+        s(&reg.join("tiny.bin")),
+        "position",
+        7,
+        &["contents"],
+        &data,
+        &[("file_size", MetaValue::u64(data.len() as u64))],
+    );
+    let mnt = MountGuard::new(s(&reg), &tmp.path().join("mnt"), &[]);
+    let shown = std::fs::read(mnt.dir.join("tiny.bin")).unwrap();
+    assert!(shown == data, "the file differs");
+    let peak = peak_rss(mnt.pid());
+    eprintln!("daemon peak RSS {} MiB", peak >> 20);
+    assert!(peak < 160 << 20, "daemon peak RSS {} MiB", peak >> 20);
+    assert_serving(&mnt);
 }

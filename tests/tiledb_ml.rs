@@ -157,12 +157,12 @@ fn models_show_the_expected_files() {
             let mut at = 0;
             while at < whole.len() {
                 let end = (at + 97).min(whole.len());
-                let n = file.read_at(at as u64, &mut ranged[at..end]);
+                let n = file.read_at(at as u64, &mut ranged[at..end]).unwrap();
                 assert!(n > 0);
                 at += n;
             }
             assert_eq!(ranged, whole, "{name}/{path}");
-            assert_eq!(file.read_at(file.len(), &mut [0u8; 8]), 0);
+            assert_eq!(file.read_at(file.len(), &mut [0u8; 8]).unwrap(), 0);
             if let Some(tensors) = file.tensors() {
                 let (parsed, _) = parse_safetensors(&whole);
                 assert_eq!(tensors.len(), parsed.len());

@@ -64,6 +64,17 @@ counters! {
     commit_failures,
     /// Staging files made (writes out of order or past the memory limit).
     staged_files,
+    /// TileDB-ML models decoded.
+    ml_models_decoded,
+    /// Decoded TileDB-ML models the cache let go (least recently used
+    /// under pressure or past the count kept, or their directory forgotten).
+    ml_models_dropped,
+    /// Decoded TileDB-ML models alive now (a gauge, set when read).
+    ml_models_alive,
+    /// Bytes of TileDB-ML fields and views written to spill files.
+    view_bytes_spilled,
+    /// Bytes charged to `--view-memory` now (a gauge, set when read).
+    view_memory_used,
 }
 
 impl Counters {

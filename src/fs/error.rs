@@ -112,6 +112,9 @@ pub enum CoreError {
         offset: u64,
         error: Box<Error>,
     },
+    /// A TileDB-ML view's bytes could not be read back from its spill file.
+    #[error("read of a TileDB-ML view at {offset} from its spill file: {error}")]
+    ViewSpillRead { offset: u64, error: std::io::Error },
     /// Storage returned fewer bytes than a file's size promised.
     #[error("{uri}: read {got} of {wanted} bytes at {offset}")]
     ShortRead {
@@ -221,7 +224,7 @@ impl CoreError {
             | E::RenameWhileWritten { .. }
             | E::ClosedDuringRename => (libc::EBUSY, Level::Info),
             E::Read { error, .. } => (error.errno, error.level),
-            E::ShortRead { .. } | E::ShortAssembly { .. } => (libc::EIO, Level::Warn),
+            E::ShortRead { .. } | E::ShortAssembly { .. } | E::ViewSpillRead { .. } => (libc::EIO, Level::Warn),
             E::NotAFileAnyMore { .. }
             | E::StreamOutOfOrder { .. }
             | E::StreamReadBack { .. }

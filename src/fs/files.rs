@@ -365,7 +365,9 @@ impl ModelFs {
             Handle::Write(w) => lock(&w.writer).read(self.store.as_ref(), offset, size)?,
             Handle::View(file) => {
                 let mut buf = vec![0u8; size as usize];
-                let n = file.read_at(offset, &mut buf);
+                let n = file
+                    .read_at(offset, &mut buf)
+                    .map_err(|error| CoreError::ViewSpillRead { offset, error })?;
                 buf.truncate(n);
                 buf
             }

@@ -277,31 +277,31 @@ impl InodeTable {
     }
 
     /// The kernel dropped `n` references to `ino`; with none left and no
-    /// open handle, the inode is dropped (the root never is).
-    pub fn forget(&self, ino: Ino, n: u64) {
+    /// open handle, the inode is dropped (the root never is) and returned.
+    pub fn forget(&self, ino: Ino, n: u64) -> Option<Arc<Inode>> {
         if ino == Ino::ROOT {
-            return;
+            return None;
         }
-        let Some(inode) = self.get(ino) else { return };
+        let inode = self.get(ino)?;
         {
             let mut c = inode.lock();
             c.lookups = c.lookups.saturating_sub(n);
             if c.lookups > 0 || c.open_handles > 0 || c.active_writer().is_some() {
-                return;
+                return None;
             }
         }
         let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
         // Looked up again meanwhile: keep it.
         if inode.lock().lookups > 0 {
-            return;
+            return None;
         }
         let (parent, entry) = inode.place.read().unwrap_or_else(PoisonError::into_inner).clone();
         let key = (parent, entry.name);
         if by_name.get(&key) == Some(&ino) {
             by_name.remove(&key);
         }
-        by_ino.remove(&ino);
+        by_ino.remove(&ino)
     }
 
     /// Number of inodes known.

@@ -36,6 +36,7 @@ pub mod error;
 mod files;
 mod handles;
 mod inode;
+mod ml_models;
 mod namespace;
 pub mod read;
 mod stat;
@@ -57,9 +58,10 @@ pub use stat::{Owner, SetAttr};
 pub use store::{FailingStore, MemStore, Store};
 pub use views::STATS_NAME;
 
-use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel};
+use crate::registry::tiledb_ml::{MemoryPool, ModelOptions, SPILL_MIN_BYTES, ViewLimits};
 use handles::HandleTable;
 use inode::{Inode, InodeTable};
+use ml_models::MlModels;
 use read::{ChunkCache, PrefetchPool};
 use write::StagingArea;
 
@@ -82,8 +84,11 @@ pub struct Config {
     pub staging_dir: PathBuf,
     /// Most bytes staged at once, over all files being written.
     pub staging_limit_bytes: u64,
-    /// Most bytes the TileDB-ML views of all decoded models may
-    /// materialise (own rather than borrow from their fields), in bytes.
+    /// The memory budget of everything TileDB-ML decoding keeps in memory,
+    /// over all decoded models: fields while they are decoded, and what
+    /// their views keep resident (fields and tensors of 1 MiB or more are
+    /// spilled to unlinked files under `staging_dir` once decoded), in
+    /// bytes.
     pub view_memory_bytes: u64,
     pub uid: u32,
     pub gid: u32,
@@ -123,13 +128,10 @@ pub struct ModelFs {
     staging: Arc<StagingArea>,
     next_version: std::sync::atomic::AtomicU64,
     started: SystemTime,
-    /// Decoded TileDB-ML models by array URI, with the array version they
-    /// were read at; at most `views::ML_MODELS_KEPT`.
-    ml_models: Mutex<Vec<(String, u64, Arc<TileDbMlModel>)>>,
+    /// Decoded TileDB-ML models, within the `--view-memory` budget.
+    ml_models: MlModels,
     /// URIs already warned about, so a bad entry logs once, not per listing.
     warned: Mutex<HashSet<String>>,
-    /// What the TileDB-ML views of every decoded model materialise.
-    view_memory: MemoryPool,
 }
 
 impl ModelFs {
@@ -153,7 +155,15 @@ impl ModelFs {
                 }
             })?;
         let cache = Arc::new(ChunkCache::new(config.cache_bytes, counters.clone()));
-        let view_memory = MemoryPool::new(config.view_memory_bytes);
+        let ml_models = MlModels::new(
+            ModelOptions {
+                pool: MemoryPool::new(config.view_memory_bytes),
+                limits: ViewLimits::default(),
+                spill_dir: Some(config.staging_dir.clone()),
+                spill_min_bytes: SPILL_MIN_BYTES,
+            },
+            counters.clone(),
+        );
         let prefetch = PrefetchPool::new(
             cache.clone(),
             counters.clone(),
@@ -173,8 +183,7 @@ impl ModelFs {
             next_version: std::sync::atomic::AtomicU64::new(1),
             started: SystemTime::now(),
             warned: Mutex::new(HashSet::new()),
-            ml_models: Mutex::new(Vec::new()),
-            view_memory,
+            ml_models,
         })
     }
 
@@ -183,7 +192,11 @@ impl ModelFs {
     }
 
     pub fn counters(&self) -> Snapshot {
-        self.counters.snapshot()
+        let c = &self.counters;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        c.view_memory_used.store(self.ml_models.memory().0, relaxed);
+        c.ml_models_alive.store(self.ml_models.alive() as u64, relaxed);
+        c.snapshot()
     }
 
     /// Open handles (files and directories).

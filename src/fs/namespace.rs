@@ -17,6 +17,7 @@ use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
 use super::inode::{Inode, NodeState, Seen};
+use super::views::ViewNode;
 use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, invalid_name, lock};
 use crate::registry::{Attrs, Entry, Node, Storage};
 
@@ -239,9 +240,17 @@ impl ModelFs {
     }
 
     /// The kernel dropped `n` references to `ino`: an inode no longer
-    /// referenced nor open is dropped with what it caches.
+    /// referenced nor open is dropped with what it caches; a TileDB-ML
+    /// model array's, with its decoded model (once no open file holds it).
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes.forget(ino, n);
+        let Some(gone) = self.inodes.forget(ino, n) else {
+            return;
+        };
+        if let NodeState::View(ViewNode::Dir { model, prefix }) = &gone.lock().node
+            && prefix.is_empty()
+        {
+            self.ml_models.forget(model);
+        }
     }
 
     fn lookup_inner(&self, parent: Ino, name: &str) -> Result<(Attr, Option<Arc<Inode>>)> {

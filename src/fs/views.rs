@@ -9,9 +9,9 @@
 //! - the root's `.modelfs-stats` file: the mount's counters as JSON, made
 //!   at each open (`stats_attr`, `open_stats`).
 //!
-//! Decoded models are kept (at most [`ML_MODELS_KEPT`], each holding its
-//! fields' bytes) while their array has no newer write. A view's nodes hold
-//! their model, so only the model array's own node is ever read again.
+//! Decoded models are kept by `ml_models.rs`, within the `--view-memory`
+//! budget, while their array has no newer write. A view's nodes hold their
+//! model, so only the model array's own node is ever read again.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,12 +20,9 @@ use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
 use super::inode::{Inode, NodeState, Seen};
-use super::{Attr, DirItem, Ino, Kind, ModelFs, Opened, lock, read_only};
+use super::{Attr, DirItem, Ino, Kind, ModelFs, Opened, read_only};
 use crate::registry::Entry;
-use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry, ViewLimits};
-
-/// TileDB-ML models kept decoded at once (each holds its fields' bytes).
-const ML_MODELS_KEPT: usize = 4;
+use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
 
 /// The root's hidden file holding the counters as JSON.
 pub const STATS_NAME: &str = ".modelfs-stats";
@@ -171,25 +168,10 @@ impl ModelFs {
     /// array has no newer write.
     fn ml_model(&self, uri: &str) -> crate::registry::Result<Arc<TileDbMlModel>> {
         let version = self.store.array_version(uri)?;
-        {
-            let kept = lock(&self.ml_models);
-            if let Some((_, _, m)) = kept.iter().find(|(u, v, _)| u == uri && *v == version) {
-                return Ok(m.clone());
-            }
-        }
-        let model = Arc::new(
-            self.store
-                .tiledb_ml_model(uri, &self.view_memory, ViewLimits::default())?,
-        );
+        let model = self.ml_models.get(self.store.as_ref(), uri, version)?;
         for failure in model.failures() {
             self.warn_once(&format!("{uri}#{}", failure.field), format_args!("{failure}"));
         }
-        let mut kept = lock(&self.ml_models);
-        kept.retain(|(u, _, _)| u != uri);
-        if kept.len() >= ML_MODELS_KEPT {
-            kept.remove(0);
-        }
-        kept.push((uri.to_string(), version, model.clone()));
         Ok(model)
     }
 

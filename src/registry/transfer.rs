@@ -428,7 +428,7 @@ fn copy_view_out(file: &ViewFile, out: &mut impl Write, path: &Path, progress: &
     let mut buf = vec![0u8; chunk];
     let mut offset = 0u64;
     while offset < file.len() {
-        let n = file.read_at(offset, &mut buf);
+        let n = file.read_at(offset, &mut buf).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }

@@ -601,7 +601,10 @@ fn check_path_length(uri: &str) -> Result<()> {
     } else {
         // `scheme://bucket/key`: the key is what the limit counts.
         let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
-        (rest.split_once('/').map_or(0, |(_, key)| key.len()), OBJECT_KEY_MAX_BYTES)
+        (
+            rest.split_once('/').map_or(0, |(_, key)| key.len()),
+            OBJECT_KEY_MAX_BYTES,
+        )
     };
     let max = max - TILEDB_SUFFIX_BYTES;
     if len > max {

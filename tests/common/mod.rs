@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
+pub mod torch_pickle;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_modelfs")
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoredVersion, VersionWriter};
-use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, Node, Result};
 
 /// Counts changes and refuses those from `crash_at` on.
@@ -112,8 +112,8 @@ impl<S: Store> Store for FailingStore<S> {
         self.inner.array_version(uri)
     }
 
-    fn tiledb_ml_model(&self, uri: &str, pool: &MemoryPool, limits: ViewLimits) -> Result<TileDbMlModel> {
-        self.inner.tiledb_ml_model(uri, pool, limits)
+    fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel> {
+        self.inner.tiledb_ml_model(uri, options)
     }
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::names::{last_component, storage_name};
-use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::uri::join;
 use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, Node, Result, Storage};
 
@@ -342,7 +342,7 @@ impl Store for MemStore {
         }
     }
 
-    fn tiledb_ml_model(&self, uri: &str, _pool: &MemoryPool, _limits: ViewLimits) -> Result<TileDbMlModel> {
+    fn tiledb_ml_model(&self, uri: &str, _options: &ModelOptions) -> Result<TileDbMlModel> {
         Err(Error::NotATileDbMlModel {
             uri: uri.to_string(),
             reason: "the in-memory store holds no TileDB-ML arrays".into(),

@@ -17,7 +17,7 @@ mod failing;
 mod memory;
 mod registry;
 
-use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::{Attrs, Entry, FileKind, FileMeta, Node, Result};
 
 pub use failing::FailingStore;
@@ -64,7 +64,7 @@ pub trait Store: Send + Sync {
     /// The newest write to the array at `uri` (changes with each version).
     fn array_version(&self, uri: &str) -> Result<u64>;
     /// The TileDB-ML model array at `uri`, decoded within `pool`.
-    fn tiledb_ml_model(&self, uri: &str, pool: &MemoryPool, limits: ViewLimits) -> Result<TileDbMlModel>;
+    fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel>;
     /// The version of the file at `uri` that `meta` describes.
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
     /// A storage URI for a new entry `name` in `dir`, where nothing is.

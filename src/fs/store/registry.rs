@@ -1,7 +1,7 @@
 //! The store over the TileDB registry: each call is the registry's own.
 
 use super::{Store, StoredVersion, VersionWriter};
-use crate::registry::tiledb_ml::{MemoryPool, TileDbMlModel, ViewLimits};
+use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::{Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, Node, Registry, Result};
 
 impl StoredVersion for FileArray {
@@ -61,8 +61,8 @@ impl Store for Registry {
         Registry::array_version(self, uri)
     }
 
-    fn tiledb_ml_model(&self, uri: &str, pool: &MemoryPool, limits: ViewLimits) -> Result<TileDbMlModel> {
-        TileDbMlModel::open_with(self.context(), uri, None, pool, limits)
+    fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel> {
+        TileDbMlModel::open_with(self.context(), uri, None, options)
     }
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {

@@ -14,6 +14,12 @@
 //!
 //! Over a cap the view fails with [`OverBudget`], naming the cap and its
 //! limit; what it had charged is given back.
+//!
+//! The mount's pool is the one memory budget for everything decoded: a
+//! field's bytes are charged to it too while they are in memory
+//! ([`ModelBudget::hold_field`]), and once the decode is done the model
+//! keeps charged only what stays resident ([`ModelBudget::finish`]); what
+//! was spilled to disk is given back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +99,11 @@ impl MemoryPool {
             })
     }
 
+    /// Charges `bytes` whatever the limit (bytes already in memory).
+    fn add(&self, bytes: u64) {
+        self.inner.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     fn give_back(&self, bytes: u64) {
         let _ = self
             .inner
@@ -147,7 +158,10 @@ impl Drop for Reservation {
 pub struct ModelBudget {
     pool: MemoryPool,
     limits: ViewLimits,
+    /// Bytes the views materialised (the per-model cap's count).
     used: AtomicU64,
+    /// Bytes charged to the pool now: `used` plus the fields held.
+    held: AtomicU64,
 }
 
 impl ModelBudget {
@@ -156,7 +170,33 @@ impl ModelBudget {
             pool,
             limits,
             used: AtomicU64::new(0),
+            held: AtomicU64::new(0),
         }
+    }
+
+    /// Charges a field's `bytes` to the pool before they are read into
+    /// memory (they count against the mount's cap only, not the per-view
+    /// and per-model caps on what views materialise).
+    ///
+    /// # Errors
+    /// [`OverBudget`] (the mount's cap) when they do not fit.
+    pub fn hold_field(&self, bytes: u64) -> Result<(), OverBudget> {
+        self.pool.take(bytes)?;
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Gives back `bytes` charged by [`ModelBudget::hold_field`] (a field
+    /// dropped or spilled to disk).
+    pub fn release_field(&self, bytes: u64) {
+        self.unhold(bytes);
+    }
+
+    fn unhold(&self, bytes: u64) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h.saturating_sub(bytes)));
+        self.pool.give_back(bytes);
     }
 
     /// A budget for the next view (or field, whose views share it).
@@ -168,11 +208,25 @@ impl ModelBudget {
         }
     }
 
-    /// Ends the decode: the bytes of the views kept stay charged to the
-    /// pool until the returned reservation is dropped.
-    pub fn finish(self) -> Reservation {
-        let bytes = self.used.load(Ordering::Relaxed);
-        Reservation { pool: self.pool, bytes }
+    /// Ends the decode: `resident` bytes (what the model keeps in memory)
+    /// stay charged to the pool until the returned reservation is dropped;
+    /// the rest of what was charged (spilled to disk) is given back.
+    pub fn finish(self, resident: u64) -> Reservation {
+        let held = self.held.load(Ordering::Acquire);
+        if resident >= held {
+            self.pool.add(resident - held);
+        } else {
+            self.pool.give_back(held - resident);
+        }
+        Reservation {
+            pool: self.pool,
+            bytes: resident,
+        }
+    }
+
+    /// Bytes the views materialised so far (whether kept or spilled).
+    pub fn materialized(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
     }
 }
 
@@ -223,6 +277,7 @@ impl Budget<'_> {
                 m.used.fetch_sub(n, Ordering::AcqRel);
                 return Err(e);
             }
+            m.held.fetch_add(n, Ordering::AcqRel);
         }
         self.used.fetch_add(n, Ordering::AcqRel);
         Ok(())
@@ -257,7 +312,7 @@ impl Drop for Budget<'_> {
             && n > 0
         {
             m.used.fetch_sub(n, Ordering::AcqRel);
-            m.pool.give_back(n);
+            m.unhold(n);
         }
     }
 }
@@ -299,12 +354,37 @@ mod tests {
         );
         c.charge(70).unwrap();
         c.keep();
-        let held = other.finish();
+        let held = other.finish(70);
         assert_eq!((held.bytes(), pool.used()), (70, 100));
         drop(held);
         assert_eq!(pool.used(), 30);
-        drop(model.finish());
+        drop(model.finish(30));
         assert_eq!(pool.used(), 0);
         assert!(Budget::standalone(5).charge(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn fields_count_against_the_pool_and_only_what_stays_is_kept() {
+        let pool = MemoryPool::new(100);
+        let model = ModelBudget::new(pool.clone(), ViewLimits::default());
+        model.hold_field(60).unwrap();
+        assert_eq!(model.hold_field(41).unwrap_err().scope, Scope::Mount);
+        let v = model.view();
+        v.charge(30).unwrap();
+        v.keep();
+        assert_eq!(pool.used(), 90);
+        // The field and most of the view went to disk: 5 bytes stay.
+        let kept = model.finish(5);
+        assert_eq!((kept.bytes(), pool.used()), (5, 5));
+        drop(kept);
+        assert_eq!(pool.used(), 0);
+        // What stays can be more than was charged (metadata.json).
+        let small = ModelBudget::new(pool.clone(), ViewLimits::default());
+        small.hold_field(10).unwrap();
+        small.release_field(10);
+        let kept = small.finish(7);
+        assert_eq!(pool.used(), 7);
+        drop(kept);
+        assert_eq!(pool.used(), 0);
     }
 }

@@ -38,6 +38,7 @@ mod numpy;
 mod pickle;
 mod pyjson;
 mod safetensors_writer;
+mod spill;
 mod tensor;
 mod torch_legacy;
 mod view_file;
@@ -48,7 +49,8 @@ mod tests;
 
 pub use budget::{Budget, MemoryPool, ModelBudget, OverBudget, Reservation, Scope as BudgetScope, ViewLimits};
 pub use model::{
-    FieldError, FieldInfo, FieldProblem, MAX_FIELD_BYTES, METADATA_JSON, OFFSET_DIMENSION, TileDbMlModel, ViewEntry,
+    FieldError, FieldInfo, FieldProblem, MAX_FIELD_BYTES, METADATA_JSON, ModelOptions, OFFSET_DIMENSION,
+    SPILL_MIN_BYTES, TileDbMlModel, ViewEntry,
 };
 pub use pickle::{Error as PickleError, Limit as PickleLimit};
 pub use pyjson::JsonError;

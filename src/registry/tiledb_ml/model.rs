@@ -22,20 +22,22 @@
 //!   file and the folder of another.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::{debug, warn};
 
 use crate::registry::error::{Error, Result};
-use crate::registry::file_array::check_tile_bytes;
+use crate::registry::file_array::{MAX_QUERY_TILES, check_tile_bytes};
 use crate::registry::names::invalid_name_reason;
 use crate::registry::tree::TILEDB_ML_FRAMEWORK_KEY;
 use crate::tiledb::{Array, ArrayType, AttributeInfo, Context, Datatype, MetaValue, Mode, Schema};
 
-use super::budget::{MemoryPool, ModelBudget, Reservation, ViewLimits};
+use super::budget::{MemoryPool, ModelBudget, OverBudget, Reservation, ViewLimits};
 use super::metadata_json::metadata_json;
+use super::spill::SpillFile;
 use super::tensor::DecodeLimits;
-use super::view_file::ViewFile;
+use super::view_file::{Spill, ViewFile};
 use super::views::{self, Framework, ViewError};
 
 /// Path of the entry holding every array metadata key as JSON.
@@ -75,6 +77,14 @@ pub enum FieldProblem {
     PastWritten { key: String, size: u64, written: u64 },
     #[error("cannot allocate {size} bytes to read it")]
     OutOfMemory { size: u64 },
+    /// Reading the field's bytes into memory would pass the mount's
+    /// memory budget.
+    #[error("its {size} bytes do not fit in memory: {source}")]
+    NoRoom {
+        size: u64,
+        #[source]
+        source: OverBudget,
+    },
     #[error("the attribute is {datatype}, not one non-nullable UINT8 per cell")]
     NotBytes { datatype: String },
     /// The field's pickle could not be turned into files: a forbidden
@@ -116,6 +126,39 @@ pub enum ViewEntry {
     Failed(FieldError),
 }
 
+/// How a model is decoded and where its bytes live.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// The memory budget shared by every decoded model: fields while they
+    /// are in memory and what the views keep resident are charged to it.
+    pub pool: MemoryPool,
+    /// Caps on what the views materialise, per view and per model.
+    pub limits: ViewLimits,
+    /// Where large fields and large materialised tensors are spilled after
+    /// the decode (an unlinked file); `None` keeps everything in memory.
+    pub spill_dir: Option<PathBuf>,
+    /// Buffers (fields, materialised tensors) of at least this many bytes
+    /// are spilled when `spill_dir` is set.
+    pub spill_min_bytes: usize,
+}
+
+/// Default for [`ModelOptions::spill_min_bytes`]: 1 MiB. Smaller buffers
+/// cost less memory than the bookkeeping and the reads from disk are worth.
+pub const SPILL_MIN_BYTES: usize = 1 << 20;
+
+impl Default for ModelOptions {
+    /// In memory only, with the default caps and a pool of one model's cap.
+    fn default() -> Self {
+        let limits = ViewLimits::default();
+        ModelOptions {
+            pool: MemoryPool::new(limits.model_bytes),
+            limits,
+            spill_dir: None,
+            spill_min_bytes: SPILL_MIN_BYTES,
+        }
+    }
+}
+
 /// One TileDB-ML model array at one version; see the module docs.
 #[derive(Debug, Clone)]
 pub struct TileDbMlModel {
@@ -125,6 +168,8 @@ pub struct TileDbMlModel {
     fields: Vec<FieldInfo>,
     entries: Vec<(String, ViewEntry)>,
     reservation: Arc<Reservation>,
+    materialized: u64,
+    spilled: u64,
 }
 
 /// What reading one field gave.
@@ -154,31 +199,34 @@ impl TileDbMlModel {
     /// A field that cannot be shown is not an error here: it is a
     /// [`ViewEntry::Failed`] entry.
     pub fn open_at(ctx: &Context, uri: &str, end_ms: Option<u64>) -> Result<Self> {
-        let limits = ViewLimits::default();
-        Self::open_with(ctx, uri, end_ms, &MemoryPool::new(limits.model_bytes), limits)
+        Self::open_with(ctx, uri, end_ms, &ModelOptions::default())
     }
 
-    /// [`TileDbMlModel::open_at`] with the views' materialised bytes capped
-    /// per view and per model by `view_limits` and charged to `pool`, where
-    /// they stay while the model or any of its files is alive. A field over
-    /// a cap is a [`ViewEntry::Failed`] naming the cap.
-    pub fn open_with(
-        ctx: &Context,
-        uri: &str,
-        end_ms: Option<u64>,
-        pool: &MemoryPool,
-        view_limits: ViewLimits,
-    ) -> Result<Self> {
+    /// [`TileDbMlModel::open_at`] with `options`: each field is charged to
+    /// `options.pool` while it is in memory, the views' materialised bytes
+    /// are capped per view and per model by `options.limits`, and, with a
+    /// spill directory, large fields and tensors go to a spill file once
+    /// decoded; what stays in memory stays charged to the pool while the
+    /// model or any of its files is alive. A field over a cap is a
+    /// [`ViewEntry::Failed`] naming the cap.
+    pub fn open_with(ctx: &Context, uri: &str, end_ms: Option<u64>, options: &ModelOptions) -> Result<Self> {
         let mut array = Array::open_at(ctx, uri, Mode::Read, end_ms)?;
         let version = array.open_timestamp_end()?;
         let schema = array.schema()?;
         let meta = array.metadata()?;
-        let framework = check_layout(uri, &schema, &meta)?;
+        let (framework, tile_cells) = check_layout(uri, &schema, &meta)?;
+        let per_query = query_cells(tile_cells);
         // Cells past the non-empty domain read as the fill value: a size
         // key pointing there is broken.
         let written = array.non_empty_domain_u64(0)?.map_or(0, |(_, hi)| hi.saturating_add(1));
+        let cells = Cells {
+            array: &array,
+            written,
+            per_query,
+        };
         let limits = DecodeLimits::default();
-        let budget = ModelBudget::new(pool.clone(), view_limits);
+        let budget = ModelBudget::new(options.pool.clone(), options.limits);
+        let mut spill = SpillTarget::new(options);
 
         let mut entries = Entries::default();
         entries.add(
@@ -199,7 +247,7 @@ impl TileDbMlModel {
             if !is_bytes && size_value.is_none() {
                 continue;
             }
-            let read = read_field(&array, &attr, is_bytes, &key, size_value, written)?;
+            let read = read_field(&cells, &attr, is_bytes, &key, size_value, &budget)?;
             fields.push(FieldInfo {
                 name: attr.name.clone(),
                 size: size_value.and_then(MetaValue::as_u64).unwrap_or(0),
@@ -217,21 +265,38 @@ impl TileDbMlModel {
                 FieldRead::Stale => debug!("{uri}: `{key}` outlived its data; field `{}` is empty", attr.name),
                 FieldRead::Problem(p) => entries.add(uri, views::field_path(framework, &attr.name), fail(p)),
                 FieldRead::Bytes(buf) => {
+                    spill.next_field();
+                    let held = buf.len() as u64;
                     let bytes = Arc::new(buf);
                     let view_budget = budget.view();
                     match views::field_files(framework, &attr.name, &bytes, &limits, &view_budget) {
                         Ok(files) => {
                             view_budget.keep();
                             for f in files {
-                                entries.add(uri, f.path, ViewEntry::Ready(ViewFile::from_content(f.content, &bytes)));
+                                let file = ViewFile::from_content(f.content, &bytes);
+                                let file = spill.apply(uri, file, &bytes);
+                                entries.add(uri, f.path, ViewEntry::Ready(file));
                             }
                         }
                         Err(e) => entries.add(uri, views::field_path(framework, &attr.name), fail(e.into())),
                     }
+                    // The field now lives in its files (in memory or spilled):
+                    // what stays resident is counted once, below.
+                    budget.release_field(held);
                 }
             }
         }
-        let reservation = Arc::new(budget.finish());
+        let mut seen = HashSet::new();
+        let resident = entries
+            .list
+            .iter()
+            .map(|(_, e)| match e {
+                ViewEntry::Ready(f) => f.resident_bytes(&mut seen),
+                ViewEntry::Failed(_) => 0,
+            })
+            .fold(0u64, u64::saturating_add);
+        let materialized = budget.materialized();
+        let reservation = Arc::new(budget.finish(resident));
         let mut entries = entries.list;
         entries.sort_by(|(a, _), (b, _)| a.cmp(b));
         for (_, entry) in &mut entries {
@@ -246,13 +311,27 @@ impl TileDbMlModel {
             fields,
             entries,
             reservation,
+            materialized,
+            spilled: spill.spilled_bytes(),
         })
     }
 
     /// Bytes its views materialised (owned, not borrowed from the fields),
-    /// charged to the pool it was opened with.
+    /// whether kept in memory or spilled.
     pub fn materialized_bytes(&self) -> u64 {
+        self.materialized
+    }
+
+    /// Bytes the model keeps in memory (fields not spilled, headers, JSON,
+    /// small tensors it made), charged to the pool it was opened with
+    /// while the model or any of its files is alive.
+    pub fn resident_bytes(&self) -> u64 {
         self.reservation.bytes()
+    }
+
+    /// Bytes written to its spill file (0 when nothing was spilled).
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled
     }
 
     /// The array's URI, as given to [`TileDbMlModel::open`].
@@ -300,10 +379,11 @@ impl TileDbMlModel {
     }
 }
 
-/// Whether `schema` and `meta` have the TileDB-ML layout; the framework.
+/// Whether `schema` and `meta` have the TileDB-ML layout; the framework
+/// and the tile extent (cells, one byte each; `None` when not known).
 /// A tile extent over [`crate::registry::file_array::MAX_TILE_BYTES`] is
 /// [`Error::Corrupt`]: reading a field loads whole tiles.
-fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<Framework> {
+fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Result<(Framework, Option<u64>)> {
     let not = |reason: String| Error::NotATileDbMlModel {
         uri: uri.to_string(),
         reason,
@@ -322,24 +402,107 @@ fn check_layout(uri: &str, schema: &Schema, meta: &[(String, MetaValue)]) -> Res
     }
     match schema.dimensions()?.as_slice() {
         [d] if d.name == OFFSET_DIMENSION && d.datatype == Datatype::UINT64 => {
-            if let Some((_, _, extent)) = d.as_u64() {
+            let extent = d.as_u64().map(|(_, _, extent)| extent);
+            if let Some(extent) = extent {
                 check_tile_bytes(uri, extent)?;
             }
-            Ok(framework)
+            Ok((framework, extent))
         }
         _ => Err(not(format!("dimensions are not one UINT64 `{OFFSET_DIMENSION}`"))),
     }
 }
 
-/// Reads field `attr` of `array` after checking its size key.
+/// The spill file of a model being decoded, made when the first buffer
+/// worth spilling comes.
+struct SpillTarget<'o> {
+    options: &'o ModelOptions,
+    file: Option<Arc<SpillFile>>,
+    /// The field appended last (its buffer's address) and where it starts,
+    /// so the files of one field share one copy.
+    field_at: Option<(usize, u64)>,
+    /// A spill file could not be made or written: keep the rest in memory.
+    broken: bool,
+}
+
+impl<'o> SpillTarget<'o> {
+    fn new(options: &'o ModelOptions) -> Self {
+        SpillTarget {
+            options,
+            file: None,
+            field_at: None,
+            broken: options.spill_dir.is_none(),
+        }
+    }
+
+    /// A new field comes: its buffer is not in the spill file yet.
+    fn next_field(&mut self) {
+        self.field_at = None;
+    }
+
+    /// `file` with its large buffers (and `field`'s bytes) spilled, or as
+    /// it is when nothing needs spilling or spilling fails (logged once).
+    fn apply(&mut self, uri: &str, file: ViewFile, field: &Arc<Vec<u8>>) -> ViewFile {
+        if self.broken || file.len() < self.options.spill_min_bytes as u64 {
+            return file;
+        }
+        let dir = self.options.spill_dir.clone().unwrap_or_default();
+        let spill_file = match &self.file {
+            Some(f) => f.clone(),
+            None => match SpillFile::create(&dir) {
+                Ok(f) => self.file.insert(Arc::new(f)).clone(),
+                Err(e) => return self.give_up(uri, &dir, &e, file),
+            },
+        };
+        let key = Arc::as_ptr(field).addr();
+        let mut spill = Spill {
+            file: &spill_file,
+            min_bytes: self.options.spill_min_bytes,
+            field_at: self.field_at.filter(|(k, _)| *k == key).map(|(_, at)| at),
+        };
+        let out = file.spill(field, &mut spill);
+        if let Some(at) = spill.field_at {
+            self.field_at = Some((key, at));
+        }
+        match out {
+            Ok(spilled) => spilled,
+            Err(e) => self.give_up(uri, &dir, &e, file),
+        }
+    }
+
+    fn give_up(&mut self, uri: &str, dir: &std::path::Path, e: &std::io::Error, file: ViewFile) -> ViewFile {
+        warn!(
+            "{uri}: cannot spill view bytes under {}: {e}; keeping them in memory",
+            dir.display()
+        );
+        self.broken = true;
+        file
+    }
+
+    fn spilled_bytes(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.len())
+    }
+}
+
+/// The cells of a model array open for reading.
+struct Cells<'a> {
+    array: &'a Array,
+    /// Cells written (the non-empty domain's end, exclusive).
+    written: u64,
+    /// Cells asked of TileDB per query.
+    per_query: usize,
+}
+
+/// Reads field `attr` of `cells` after checking its size key; its bytes
+/// are charged to `budget` (released by the caller once decoded).
 fn read_field(
-    array: &Array,
+    cells: &Cells<'_>,
     attr: &AttributeInfo,
     is_bytes: bool,
     key: &str,
     size_value: Option<&MetaValue>,
-    written: u64,
+    budget: &ModelBudget,
 ) -> Result<FieldRead> {
+    let written = cells.written;
     let Some(value) = size_value else {
         return Ok(FieldRead::Empty);
     };
@@ -373,16 +536,85 @@ fn read_field(
     let Ok(len) = usize::try_from(size) else {
         return problem(too_large);
     };
+    if let Err(source) = budget.hold_field(size) {
+        return problem(FieldProblem::NoRoom { size, source });
+    }
     let mut buf = Vec::new();
     if buf.try_reserve_exact(len).is_err() {
+        budget.release_field(size);
         return problem(FieldProblem::OutOfMemory { size });
     }
     buf.resize(len, 0);
-    array.read_cells(&attr.name, 0, size - 1, &mut buf)?;
+    if let Err(e) = read_in_pieces(cells.array, &attr.name, &mut buf, cells.per_query) {
+        budget.release_field(size);
+        return Err(e);
+    }
     if buf.first() == Some(&0) {
+        budget.release_field(size);
         return Ok(FieldRead::Stale);
     }
     Ok(FieldRead::Bytes(buf))
+}
+
+/// Most bytes asked of TileDB per query when a field is read. One query
+/// for a whole field makes TileDB hold per-tile state for all of it at
+/// once: a 480 MB PyTorch field (tiledb-ml writes 1 KiB zstd tiles) read in
+/// one query peaked the daemon at 3.4 GB and took 40 s; in queries of 16 MiB
+/// it peaked at 636 MB (the field plus ~130 MB), in 4 MiB queries at ~520 MB.
+const FIELD_QUERY_BYTES: usize = 16 << 20;
+
+/// Most tiles one query covers ([`MAX_QUERY_TILES`]): TileDB keeps state
+/// per tile a query touches, about 8 KiB for tiledb-ml's 1 KiB tiles; the
+/// whole-array fuzzer found a 140 KB field in 1-byte tiles peaking at
+/// 486 MiB in one query.
+const FIELD_QUERY_TILES: u64 = MAX_QUERY_TILES;
+
+/// Cells (bytes) per query for a field in tiles of `tile_cells`.
+fn query_cells(tile_cells: Option<u64>) -> usize {
+    let by_tiles = tile_cells.map_or(u64::MAX, |t| t.max(1).saturating_mul(FIELD_QUERY_TILES));
+    usize::try_from(by_tiles).map_or(FIELD_QUERY_BYTES, |n| n.min(FIELD_QUERY_BYTES))
+}
+
+/// Queries of one field in flight at once. One query at a time left half
+/// the CPU idle between queries: reading a 480 MB tiledb-ml field cost the
+/// same CPU as tiledb-ml's own load() (21 s) but took 43 s against 27 s.
+const FIELD_QUERIES_IN_FLIGHT: usize = 2;
+
+/// Fills `buf` with cells `[0, buf.len())` of `attr`, `cells` per query,
+/// [`FIELD_QUERIES_IN_FLIGHT`] queries at a time; the first error wins.
+fn read_in_pieces(array: &Array, attr: &str, buf: &mut [u8], cells: usize) -> Result<()> {
+    let cells = cells.max(1);
+    let pieces: Vec<(u64, &mut [u8])> = buf
+        .chunks_mut(cells)
+        .enumerate()
+        .map(|(i, piece)| ((i as u64).saturating_mul(cells as u64), piece))
+        .collect();
+    let queue = std::sync::Mutex::new(pieces.into_iter());
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+    let worker = || -> Result<()> {
+        while let Some((lo, piece)) = next() {
+            let hi = lo.saturating_add(piece.len() as u64 - 1);
+            if let Err(e) = array.read_cells(attr, lo, hi, piece) {
+                // Nothing more to read: the field has failed.
+                queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .by_ref()
+                    .for_each(drop);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..FIELD_QUERIES_IN_FLIGHT).map(|_| scope.spawn(worker)).collect();
+        let mut result = worker();
+        for h in helpers {
+            let r = h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(r);
+        }
+        result
+    })
 }
 
 /// Why `path` (`/`-separated, relative) cannot be shown as a file in a
