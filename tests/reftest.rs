@@ -10,7 +10,8 @@
 //! errnos).
 //!
 //! `scripts/test.sh` runs the default number of cases; a long run:
-//! `MODELFS_REFTEST_CASES=100000 cargo test --release --test reftest`.
+//! `MODELFS_REFTEST_CASES=50000 cargo test --release --test reftest -- core_matches`
+//! (the count is per property; two run).
 //! Shrunk failures are kept below as `regression_*` tests.
 
 use std::collections::BTreeMap;
