@@ -606,7 +606,13 @@ fn check_path_length(uri: &str) -> Result<()> {
             OBJECT_KEY_MAX_BYTES,
         )
     };
-    let max = max - TILEDB_SUFFIX_BYTES;
+    // Locally the OS refuses what does not fit (mapped to ENAMETOOLONG
+    // too); an object store would take a key TileDB's files then overrun.
+    let max = if super::uri::is_local(uri) {
+        max
+    } else {
+        max - TILEDB_SUFFIX_BYTES
+    };
     if len > max {
         return Err(Error::PathTooLong {
             uri: uri.to_string(),
