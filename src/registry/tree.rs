@@ -586,19 +586,18 @@ impl Registry {
 /// Room kept for TileDB's own files inside an array or group folder
 /// (`__fragments/__<t>_<t>_<uuid>_<v>/a0.tdb`, ...).
 const TILEDB_SUFFIX_BYTES: usize = 128;
-/// Longest local path (bytes, without the scheme): Linux's `PATH_MAX` less
-/// its NUL.
-const LOCAL_PATH_MAX_BYTES: usize = 4095;
 /// Longest object key on S3, Azure and GCS.
 const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
-/// `PathTooLong` (ENAMETOOLONG) when a new entry at `uri` would leave no
-/// room for TileDB's files under it: a local path past `PATH_MAX`, an
-/// object key past 1,024 bytes.
+/// `PathTooLong` (ENAMETOOLONG) when a new entry at `uri` on an object
+/// store would leave no room under 1,024 bytes of key for TileDB's files.
 fn check_path_length(uri: &str) -> Result<()> {
-    let (len, max) = if super::uri::is_local(uri) {
-        (uri.trim_start_matches("file://").len(), LOCAL_PATH_MAX_BYTES)
-    } else {
+    if super::uri::is_local(uri) {
+        // The OS decides (its "File name too long" is ENAMETOOLONG too):
+        // paths relative to a deep working directory go past `PATH_MAX`.
+        return Ok(());
+    }
+    let (len, max) = {
         // `scheme://bucket/key`: the key is what the limit counts.
         let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
         (
