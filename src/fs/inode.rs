@@ -268,6 +268,16 @@ impl InodeTable {
     /// earlier references may have dropped it since it was found: it is
     /// put back (and under its name, unless that now names another).
     pub fn remember(&self, inode: &Arc<Inode>) {
+        {
+            // Still in the table (the usual case): a read lock suffices, as
+            // `forget` removes only under the write lock, after checking
+            // the count again.
+            let by_ino = self.by_ino.read().unwrap_or_else(PoisonError::into_inner);
+            if by_ino.contains_key(&inode.ino) {
+                inode.lock().lookups += 1;
+                return;
+            }
+        }
         let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
         by_ino.entry(inode.ino).or_insert_with(|| inode.clone());
