@@ -11,7 +11,7 @@ use super::attrs::Attrs;
 use super::error::{Error, Result};
 use super::file_array::{self, FileMeta, now_ns};
 use super::names::{invalid_name_reason, is_tiledb_reserved, last_component, storage_name};
-use super::uri::{join, split_parent};
+use super::uri::{canonical, join, split_parent};
 
 /// Array metadata key that marks a TileDB-ML model array.
 pub const TILEDB_ML_FRAMEWORK_KEY: &str = "TILEDB_ML_MODEL_ML_FRAMEWORK";
@@ -241,11 +241,11 @@ impl Registry {
             _ => return plain_child_uri(dir, name),
         };
         // Members come back as `file:///...` where `dir.uri` may be a plain
-        // path: compare both without the local scheme.
-        let local = |uri: &str| uri.trim_start_matches("file://").trim_end_matches('/').to_string();
-        let used: std::collections::HashSet<String> = self.list_group(dir)?.iter().map(|e| local(&e.uri)).collect();
+        // path: compare both in one spelling.
+        let members = self.list_group(dir)?;
+        let used: std::collections::HashSet<&str> = members.iter().map(|e| canonical(&e.uri)).collect();
         let taken = |uri: &str| -> Result<bool> {
-            Ok(used.contains(&local(uri)) || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
+            Ok(used.contains(canonical(uri)) || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
         };
         let mut uri = join(&dir.uri, &base);
         let mut n = 1u32;
@@ -597,21 +597,11 @@ fn check_path_length(uri: &str) -> Result<()> {
         // paths relative to a deep working directory go past `PATH_MAX`.
         return Ok(());
     }
-    let (len, max) = {
-        // `scheme://bucket/key`: the key is what the limit counts.
-        let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
-        (
-            rest.split_once('/').map_or(0, |(_, key)| key.len()),
-            OBJECT_KEY_MAX_BYTES,
-        )
-    };
-    // Locally the OS refuses what does not fit (mapped to ENAMETOOLONG
-    // too); an object store would take a key TileDB's files then overrun.
-    let max = if super::uri::is_local(uri) {
-        max
-    } else {
-        max - TILEDB_SUFFIX_BYTES
-    };
+    // `scheme://bucket/key`: the key is what the limit counts, less room for
+    // TileDB's own files under it.
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let len = rest.split_once('/').map_or(0, |(_, key)| key.len());
+    let max = OBJECT_KEY_MAX_BYTES - TILEDB_SUFFIX_BYTES;
     if len > max {
         return Err(Error::PathTooLong {
             uri: uri.to_string(),

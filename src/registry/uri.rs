@@ -77,7 +77,7 @@ pub fn is_local(uri: &str) -> bool {
 
 /// `uri` in one spelling for comparisons: local paths without the
 /// `file://` scheme, no trailing `/`.
-fn canonical(uri: &str) -> &str {
+pub fn canonical(uri: &str) -> &str {
     uri.strip_prefix("file://").unwrap_or(uri).trim_end_matches('/')
 }
 
