@@ -54,6 +54,17 @@ pub struct DirItem {
     pub next_offset: u64,
 }
 
+/// Appends an entry to a listing, numbering it after those before it.
+pub fn push_dir_item(items: &mut Vec<DirItem>, ino: Ino, kind: Kind, name: String) {
+    let next_offset = items.len() as u64 + 1;
+    items.push(DirItem {
+        ino,
+        kind,
+        name,
+        next_offset,
+    });
+}
+
 /// What an open returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {

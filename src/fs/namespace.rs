@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::attr::push_dir_item;
 use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
@@ -285,20 +286,9 @@ impl ModelFs {
     /// Opens a directory: its listing is taken now and read by offset.
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
         let dir = self.dir_inode(ino)?;
-        let mut items = vec![
-            DirItem {
-                ino,
-                kind: Kind::Dir,
-                name: ".".into(),
-                next_offset: 1,
-            },
-            DirItem {
-                ino: dir.parent(),
-                kind: Kind::Dir,
-                name: "..".into(),
-                next_offset: 2,
-            },
-        ];
+        let mut items = Vec::new();
+        push_dir_item(&mut items, ino, Kind::Dir, ".".into());
+        push_dir_item(&mut items, dir.parent(), Kind::Dir, "..".into());
         let dir_node = dir.lock().node.clone();
         if let NodeState::View(view) = dir_node {
             self.list_view(&dir, &view, &mut items);
@@ -317,24 +307,12 @@ impl ModelFs {
             let name = entry.name.clone();
             let child = self.inodes.upsert(ino, entry.clone(), node, seen);
             names.insert(name.clone());
-            let next_offset = items.len() as u64 + 1;
-            items.push(DirItem {
-                ino: child.ino,
-                kind,
-                name,
-                next_offset,
-            });
+            push_dir_item(&mut items, child.ino, kind, name);
         }
         for child in self.inodes.uncommitted_children(ino) {
             let name = child.entry().name;
             if names.insert(name.clone()) {
-                let next_offset = items.len() as u64 + 1;
-                items.push(DirItem {
-                    ino: child.ino,
-                    kind: Kind::File,
-                    name,
-                    next_offset,
-                });
+                push_dir_item(&mut items, child.ino, Kind::File, name);
             }
         }
         Ok(self.handles.insert(Handle::Dir { items }))

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::attr::push_dir_item;
 use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
@@ -203,13 +204,7 @@ impl ModelFs {
             let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
             let entry = view_entry(dir, &name);
             let child = self.inodes.upsert(dir.ino, entry, NodeState::View(node), Seen::Read);
-            let next_offset = items.len() as u64 + 1;
-            items.push(DirItem {
-                ino: child.ino,
-                kind,
-                name,
-                next_offset,
-            });
+            push_dir_item(items, child.ino, kind, name);
         }
     }
 
