@@ -23,28 +23,6 @@ fn version_of(reg_uri: &str) -> Option<u64> {
     file_array::read_meta(&ctx, &entry.uri).unwrap().timestamp
 }
 
-/// Sets atime and mtime of `path` (ns precision) through `utimensat`.
-fn set_times(path: &Path, atime: SystemTime, mtime: SystemTime) {
-    let ts = |t: SystemTime| {
-        let d = t.duration_since(UNIX_EPOCH).unwrap();
-        libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        }
-    };
-    let times = [ts(atime), ts(mtime)];
-    let c = std::ffi::CString::new(s(path)).unwrap();
-    // SAFETY: valid path and two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
-    assert_eq!(
-        rc,
-        0,
-        "utimensat {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }

@@ -130,13 +130,7 @@ fn stat(mnt: &MountGuard, key: &str) -> u64 {
 
 /// Peak resident memory of process `pid`, in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
+    proc_status_bytes(&pid.to_string(), "VmHWM").unwrap()
 }
 
 #[test]

@@ -21,7 +21,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -169,23 +168,10 @@ fn assert_same_copy(what: &str, src: &Path, copy: &Path, precision: Precision) {
     assert_no_diffs(&copy_diffs(what, src, copy, precision));
 }
 
-/// Sets `path`'s access and modification times (no symlink following).
-fn set_times(path: &Path, sec: i64, nsec: i64) {
-    let c = CString::new(s(path)).unwrap();
-    let t = libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
-    let times = [t, t];
-    // SAFETY: a valid NUL-terminated path and two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    assert_eq!(
-        rc,
-        0,
-        "utimensat {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+/// Sets `path`'s access and modification times to `sec.nsec`.
+fn set_time(path: &Path, sec: i64, nsec: i64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(sec as u64, nsec as u32);
+    set_times(path, t, t);
 }
 
 /// An HF-style model directory `tmp/src`: configs, tokenizer, a 24 MiB
@@ -270,7 +256,7 @@ fn make_source(tmp: &Path) -> PathBuf {
         std::fs::write(&p, bytes).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
         let (sec, nsec) = next_time();
-        set_times(&p, sec, nsec);
+        set_time(&p, sec, nsec);
     }
     // SAFETY: no arguments.
     if unsafe { libc::geteuid() } == 0 {
@@ -282,7 +268,7 @@ fn make_source(tmp: &Path) -> PathBuf {
         let p = src.join(name);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         let (sec, nsec) = next_time();
-        set_times(&p, sec, nsec);
+        set_time(&p, sec, nsec);
     }
     src
 }
@@ -472,7 +458,7 @@ fn rsync_a_into_the_mount_then_again_changes_nothing() {
     let mut bytes = std::fs::read(&changed).unwrap();
     bytes[2] = b'B';
     std::fs::write(&changed, &bytes).unwrap();
-    set_times(&changed, 1_700_000_000, 987_654_321);
+    set_time(&changed, 1_700_000_000, 987_654_321);
     std::fs::set_permissions(src.join("convert.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let itemized = tool_ok(&["rsync", "-a", "--itemize-changes", &from, &to], &mnt);
     let names: Vec<&str> = itemized.lines().filter_map(|l| l.split(' ').nth(1)).collect();

@@ -324,13 +324,7 @@ fn one_gib_safetensors_cp_streams_with_bounded_memory() {
         .status()
         .unwrap();
     assert!(st.success());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", mnt.pid())).unwrap();
-    let hwm_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let hwm_kib = proc_status_bytes(&mnt.pid().to_string(), "VmHWM").unwrap() / 1024;
     let stats = mnt.stats();
     assert_eq!(stats["staged_files"], 0, "a staging file was made: {stats}");
     assert!(hwm_kib < 256 * 1024, "daemon peak RSS {hwm_kib} KiB");

@@ -180,14 +180,7 @@ fn run_child(first: u64, count: u64, limit: u64) -> (u64, (u64, u64)) {
 
 /// Resident memory of `pid` now, in bytes (0 once it is gone).
 fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    common::proc_status_bytes(&pid.to_string(), "VmRSS").unwrap_or(0)
 }
 
 fn child() {
@@ -729,12 +722,5 @@ fn read_file(fs: &ModelFs, rng: &mut Rng, ino: Ino, size: u64) {
 
 /// Peak resident memory of this process so far, in bytes (verbose runs).
 fn hwm_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    common::proc_status_bytes("self", "VmHWM").unwrap_or(0)
 }

@@ -389,13 +389,7 @@ fn issue_13_budgets_count_every_reference_a_view_copies() {
 
 /// Peak resident memory of process `pid`, in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
+    proc_status_bytes(&pid.to_string(), "VmHWM").unwrap()
 }
 
 #[test]

@@ -65,6 +65,44 @@ pub fn mounted(tmp: &Path, extra: &[&str]) -> (String, MountGuard) {
     (reg, mnt)
 }
 
+/// Sets the access and modification times of `path` to the nanosecond
+/// (`utimensat`, not following a symbolic link at the end).
+pub fn set_times(path: &Path, atime: std::time::SystemTime, mtime: std::time::SystemTime) {
+    let ts = |t: std::time::SystemTime| {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        }
+    };
+    let times = [ts(atime), ts(mtime)];
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(
+        rc,
+        0,
+        "utimensat {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A `kB` line (`VmRSS`, `VmHWM`, ...) of `/proc/<pid>/status` in bytes, or
+/// `None` once the process is gone; `pid` may be `"self"`.
+pub fn proc_status_bytes(pid: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// True when the tests run against object storage.
 pub fn on_s3() -> bool {
     std::env::var("MODELFS_TEST_S3").is_ok_and(|v| !v.is_empty())
