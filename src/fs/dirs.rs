@@ -21,17 +21,29 @@ use crate::registry::file_array::now_ns;
 use crate::registry::{Attrs, Entry, Storage};
 
 impl ModelFs {
-    /// Directory `ino`'s entries changed: its listing is dropped, and its
-    /// times are re-read from the registry (which stamped them as it
-    /// changed the group), or, for a change not stored yet (a file being
-    /// created), set to now until then.
-    pub(super) fn touch_dir(&self, ino: Ino, stored: bool) {
+    /// Directory `ino`'s entries changed through this mount: its cached
+    /// listing (if any) gets the same change, keeping the time it was read
+    /// (so what other mounts did still shows within the TTL), and its
+    /// mtime and ctime become now. Re-reading either would cost an open of
+    /// the directory, whose price grows with its number of entries. The
+    /// registry stamped its own times as it changed the group; they show
+    /// once the node is read again.
+    pub(super) fn touch_dir(&self, ino: Ino, removed: &[&str], added: Option<&Entry>) {
         let Some(dir) = self.inodes.get(ino) else { return };
         let mut c = dir.lock();
-        c.listing = None;
-        if stored {
-            c.read_at = None;
-        } else if let NodeState::Dir(a) = &mut c.node {
+        if let Some((_, list)) = &mut c.listing {
+            let mut edited: Vec<Entry> = list
+                .iter()
+                .filter(|e| !removed.contains(&e.name.as_str()) && added.is_none_or(|a| a.name != e.name))
+                .cloned()
+                .collect();
+            if let Some(a) = added {
+                let at = edited.partition_point(|e| e.name < a.name);
+                edited.insert(at, a.clone());
+            }
+            *list = Arc::new(edited);
+        }
+        if let NodeState::Dir(a) = &mut c.node {
             let now = Some(now_ns());
             a.mtime_ns = now;
             a.ctime_ns = now;
@@ -43,7 +55,9 @@ impl ModelFs {
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, who: Owner) -> Result<Attr> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
-        if self.child(&dir, name, Listed::Fresh)?.is_some() {
+        // The registry refuses a name it holds; one being created is known
+        // here alone.
+        if self.creating_child(&dir, name).is_some() {
             return Err(CoreError::Exists { what: name.to_string() }.into());
         }
         // Its times are stored from the start, so every mount shows the
@@ -55,7 +69,7 @@ impl ModelFs {
             ..self.new_attrs(mode, who)
         };
         let entry = self.store.mkdir(&dir.entry(), name, &attrs)?;
-        self.touch_dir(parent, true);
+        self.touch_dir(parent, &[], Some(&entry));
         let node = NodeState::Dir(attrs);
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
         self.inodes.remember(&inode);
@@ -68,9 +82,17 @@ impl ModelFs {
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "unlink")?;
-        let (entry, known) = self
-            .child(&dir, name, Listed::Fresh)?
-            .ok_or_else(|| Error::not_found(name))?;
+        // A group's listing also tells whether another entry names the same
+        // storage, so it is read once, not again before the deletion.
+        let listing = match (self.creating_child(&dir, name), dir.entry().storage) {
+            (None, Storage::Group) => Some(self.store.list(&dir.entry())?),
+            _ => None,
+        };
+        let (entry, known) = match &listing {
+            Some(list) => list.iter().find(|e| e.name == name).map(|e| (e.clone(), None)),
+            None => self.child(&dir, name, Listed::Fresh)?,
+        }
+        .ok_or_else(|| Error::not_found(name))?;
         if entry.is_dir() {
             return Err(CoreError::IsADirectory { what: entry.uri }.into());
         }
@@ -90,14 +112,14 @@ impl ModelFs {
         if linked {
             self.store.unlink(&dir.entry(), &entry)?;
         }
-        self.touch_dir(parent, linked);
+        self.touch_dir(parent, &[name], None);
         self.inodes.remove_name(parent, name);
         let open = self.mark_unlinked(inode.as_deref());
         if let Some(i) = &inode {
             i.lock().delete_on_close &= stored;
         }
         if stored && !open {
-            self.delete_unlinked(&dir, &entry);
+            self.delete_unlinked(&dir, &entry, listing.as_deref());
         }
         info!("removed {}", entry.uri);
         Ok(())
@@ -118,7 +140,9 @@ impl ModelFs {
     /// unless it lies outside the registry or another entry of `dir` still
     /// names it (written so by another tool). Failures are logged: the
     /// entry is gone either way.
-    pub(super) fn delete_unlinked(&self, dir: &Inode, entry: &Entry) {
+    /// `listing` is the directory's, read just before the entry was taken
+    /// out, when the caller has it.
+    pub(super) fn delete_unlinked(&self, dir: &Inode, entry: &Entry, listing: Option<&[Entry]>) {
         let root = self.inodes.get(Ino::ROOT).map(|r| r.entry().uri).unwrap_or_default();
         if !crate::registry::uri::is_inside(&entry.uri, &root) {
             warn!(
@@ -129,8 +153,9 @@ impl ModelFs {
         }
         let dir_entry = dir.entry();
         // A plain directory lists what is stored in it: no other names.
-        let names = match dir_entry.storage {
-            Storage::Group => self.store.list(&dir_entry),
+        let names = match (dir_entry.storage, listing) {
+            (Storage::Group, Some(list)) => Ok(list.iter().filter(|e| e.name != entry.name).cloned().collect()),
+            (Storage::Group, None) => self.store.list(&dir_entry),
             _ => Ok(Vec::new()),
         };
         match names {
@@ -160,11 +185,11 @@ impl ModelFs {
             .ok_or_else(|| Error::not_found(name))?;
         self.check_removable_dir(parent, &entry)?;
         self.store.unlink(&dir.entry(), &entry)?;
-        self.touch_dir(parent, true);
+        self.touch_dir(parent, &[name], None);
         let child = self.inodes.find(parent, name);
         self.inodes.remove_name(parent, name);
         self.mark_unlinked(child.as_deref());
-        self.delete_unlinked(&dir, &entry);
+        self.delete_unlinked(&dir, &entry, None);
         info!("removed directory {}", entry.uri);
         Ok(())
     }
@@ -242,14 +267,14 @@ impl ModelFs {
         let moved = self
             .store
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
-        self.touch_dir(parent, true);
-        self.touch_dir(new_parent, true);
+        self.touch_dir(parent, &[name], None);
+        self.touch_dir(new_parent, &[new_name], Some(&moved));
         if let Some(old) = &replaced {
             let old_inode = self.inodes.find(new_parent, new_name);
             self.inodes.remove_name(new_parent, new_name);
             // A plain directory's target was deleted by the move itself.
             if !self.mark_unlinked(old_inode.as_deref()) && new_dir_entry.storage == Storage::Group {
-                self.delete_unlinked(&new_dir, old);
+                self.delete_unlinked(&new_dir, old, None);
             }
         }
         match self.inodes.find(parent, name) {
@@ -323,8 +348,12 @@ impl ModelFs {
         let old_name = w.target().entry.name.clone();
         w.retarget(dir_entry, entry.clone(), exists, replaces);
         drop(w);
-        self.touch_dir(inode.parent(), false);
-        self.touch_dir(new_dir.ino, false);
+        // The registry's entries change at the commit; until then the
+        // listings are read again.
+        self.forget_listing(inode.parent());
+        self.forget_listing(new_dir.ino);
+        self.touch_dir(inode.parent(), &[], None);
+        self.touch_dir(new_dir.ino, &[], None);
         self.inodes.remove_name(new_dir.ino, new_name);
         self.inodes.rename(inode, new_dir.ino, entry);
         if let Some(node) = replaced_node {

@@ -16,14 +16,13 @@ use super::counters::Counters;
 use super::error::{CoreError, Result};
 use super::handles::{FileHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
-use super::namespace::Listed;
 use super::read::{ChunkSource, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
 use super::{Attr, Fh, Ino, ModelFs, Opened, invalid_name, lock};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
-use crate::registry::{Entry, Node};
+use crate::registry::{Entry, NameSlot, Node};
 
 impl ModelFs {
     /// Opens a file; `write` for writing (`truncate` for `O_TRUNC`). A
@@ -153,25 +152,16 @@ impl ModelFs {
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
             return Err(invalid_name(name, reason));
         }
-        if let Some((entry, known)) = self.child(&dir, name, Listed::Fresh)? {
-            if exclusive {
-                return Err(CoreError::Exists { what: entry.uri }.into());
-            }
-            let inode = match known {
-                Some(i) => i,
-                None => {
-                    let node = self
-                        .node_of(&entry)?
-                        .ok_or_else(|| CoreError::ExistsNotAFile { uri: entry.uri.clone() })?;
-                    self.inodes.upsert(parent, entry, node, Seen::Read)
-                }
-            };
-            let opened = self.open_writer(&inode, true, opener)?;
-            self.inodes.remember(&inode);
-            return Ok((self.getattr(inode.ino)?, opened));
-        }
         let dir_entry = dir.entry();
-        let uri = self.store.new_child_uri(&dir_entry, name)?;
+        // One listing tells whether the name is taken and, if not, where a
+        // new file goes.
+        let uri = match self.creating_child(&dir, name) {
+            Some(inode) => return self.create_existing(parent, inode.entry(), Some(inode), exclusive, opener),
+            None => match self.store.claim_name(&dir_entry, name)? {
+                NameSlot::Taken(entry) => return self.create_existing(parent, entry, None, exclusive, opener),
+                NameSlot::Free(uri) => uri,
+            },
+        };
         let entry = Entry {
             name: name.to_string(),
             uri,
@@ -207,9 +197,36 @@ impl ModelFs {
             writer.set_created(created);
         }
         let opened = self.attach_writer(&inode, writer, opener)?;
-        self.touch_dir(parent, false);
+        self.touch_dir(parent, &[], None);
         self.inodes.remember(&inode);
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
+    }
+
+    /// `create` of a name that is taken: EEXIST with `O_EXCL`, else the file
+    /// opened for writing as `open` would.
+    fn create_existing(
+        &self,
+        parent: Ino,
+        entry: Entry,
+        known: Option<Arc<Inode>>,
+        exclusive: bool,
+        opener: Option<u32>,
+    ) -> Result<(Attr, Opened)> {
+        if exclusive {
+            return Err(CoreError::Exists { what: entry.uri }.into());
+        }
+        let inode = match known {
+            Some(i) => i,
+            None => {
+                let node = self
+                    .node_of(&entry)?
+                    .ok_or_else(|| CoreError::ExistsNotAFile { uri: entry.uri.clone() })?;
+                self.inodes.upsert(parent, entry, node, Seen::Read)
+            }
+        };
+        let opened = self.open_writer(&inode, true, opener)?;
+        self.inodes.remember(&inode);
+        Ok((self.getattr(inode.ino)?, opened))
     }
 
     /// Writes `data` at `offset` through a handle open for writing.
@@ -273,7 +290,8 @@ impl ModelFs {
             && let Some(inode) = self.inodes.get(w.ino)
         {
             if was_new {
-                self.touch_dir(inode.parent(), true);
+                let entry = lock(&w.writer).target().entry.clone();
+                self.touch_dir(inode.parent(), &[], Some(&entry));
             } else {
                 self.forget_listing(inode.parent());
             }
@@ -332,7 +350,7 @@ impl ModelFs {
                 c.open_handles == 0 && std::mem::take(&mut c.delete_on_close)
             };
             if delete && let Some(dir) = self.inodes.get(inode.parent()) {
-                self.delete_unlinked(&dir, &inode.entry());
+                self.delete_unlinked(&dir, &inode.entry(), None);
             }
         }
     }

@@ -120,9 +120,7 @@ impl ModelFs {
         if matches!(&dir.lock().node, NodeState::View(v) if v.is_dir()) {
             return Ok(None);
         }
-        if let Some(inode) = self.inodes.find(dir.ino, name)
-            && inode.lock().active_writer().is_some()
-        {
+        if let Some(inode) = self.creating_child(dir, name) {
             return Ok(Some((inode.entry(), Some(inode))));
         }
         let dir_entry = dir.entry();
@@ -136,6 +134,15 @@ impl ModelFs {
                 .map(|e| (e.clone(), None)));
         }
         Ok(self.store.lookup(&dir_entry, name)?.map(|e| (e, None)))
+    }
+
+    /// The inode named `name` in `dir` with a writer open on it: a file
+    /// being created (not in the registry until its first commit) or
+    /// written, known to this mount alone.
+    pub(super) fn creating_child(&self, dir: &Inode, name: &str) -> Option<Arc<Inode>> {
+        self.inodes
+            .find(dir.ino, name)
+            .filter(|inode| inode.lock().active_writer().is_some())
     }
 
     /// Whether something read from the registry at `at` is still trusted.

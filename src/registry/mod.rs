@@ -19,4 +19,4 @@ pub use attrs::Attrs;
 pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
 pub use safetensors_index::{TensorEntry, TensorIndex};
-pub use tree::{Entry, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};
+pub use tree::{Entry, NameSlot, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};

@@ -5,7 +5,7 @@
 
 use log::{debug, warn};
 
-use crate::tiledb::{self, Array, Context, Group, GroupMode, MetaValue, ObjectType, Vfs};
+use crate::tiledb::{self, Array, Context, Group, GroupMode, MembersChange, MetaValue, ObjectType, Vfs};
 
 use super::attrs::Attrs;
 use super::error::{Error, Result};
@@ -54,6 +54,15 @@ pub enum Node {
     TileDbMl { framework: String },
     /// An array modelfs does not show, and why.
     Other { reason: String },
+}
+
+/// What a name in a directory holds, for a change about to make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameSlot {
+    /// The entry named so.
+    Taken(Entry),
+    /// Nothing: a storage URI where nothing is stored yet.
+    Free(String),
 }
 
 /// A registry reached through one TileDB context.
@@ -236,13 +245,32 @@ impl Registry {
     /// one a crashed write left. Such arrays are never removed here, since
     /// from one mount the two cannot be told apart.
     pub fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
-        let base = match dir.storage {
-            Storage::Group => storage_name(name),
-            _ => return plain_child_uri(dir, name),
-        };
+        match dir.storage {
+            Storage::Group => self.free_child_uri(dir, name, &self.list_group(dir)?),
+            _ => plain_child_uri(dir, name),
+        }
+    }
+
+    /// The entry named `name` in `dir`, or a storage URI for a new one
+    /// there (see [`Registry::new_child_uri`]), from one listing.
+    pub fn claim_name(&self, dir: &Entry, name: &str) -> Result<NameSlot> {
+        if dir.storage != Storage::Group {
+            return Ok(match self.lookup(dir, name)? {
+                Some(e) => NameSlot::Taken(e),
+                None => NameSlot::Free(plain_child_uri(dir, name)?),
+            });
+        }
+        let members = self.list_group(dir)?;
+        if let Some(e) = members.iter().find(|e| e.name == name) {
+            return Ok(NameSlot::Taken(e.clone()));
+        }
+        Ok(NameSlot::Free(self.free_child_uri(dir, name, &members)?))
+    }
+
+    fn free_child_uri(&self, dir: &Entry, name: &str, members: &[Entry]) -> Result<String> {
+        let base = storage_name(name);
         // Members come back as `file:///...` where `dir.uri` may be a plain
         // path: compare both in one spelling.
-        let members = self.list_group(dir)?;
         let used: std::collections::HashSet<&str> = members.iter().map(|e| canonical(&e.uri)).collect();
         let taken = |uri: &str| -> Result<bool> {
             Ok(used.contains(canonical(uri)) || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
@@ -270,12 +298,10 @@ impl Registry {
     /// Creates directory `name` in `dir` as a group with `attrs` and links it.
     pub fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry> {
         Self::check_new_name(name)?;
-        if self.lookup(dir, name)?.is_some() {
-            return Err(Error::AlreadyExists {
-                uri: join(&dir.uri, name),
-            });
-        }
-        let uri = self.new_child_uri(dir, name)?;
+        let uri = match self.claim_name(dir, name)? {
+            NameSlot::Taken(e) => return Err(Error::AlreadyExists { uri: e.uri }),
+            NameSlot::Free(uri) => uri,
+        };
         Group::create(&self.ctx, &uri)?;
         let entry = Entry {
             name: name.to_string(),
@@ -315,9 +341,9 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(());
         }
-        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
-        self.add_member(&mut group, dir, entry)?;
-        self.close_changed(group)
+        let mut change = MembersChange::begin(&self.ctx, &dir.uri)?;
+        self.add_member(change.group(), dir, entry)?;
+        self.close_changed(change)
     }
 
     fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
@@ -341,10 +367,10 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(());
         }
-        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
-        group.remove_member(&old.name)?;
-        self.add_member(&mut group, dir, new)?;
-        self.close_changed(group)
+        let mut change = MembersChange::begin(&self.ctx, &dir.uri)?;
+        change.group().remove_member(&old.name)?;
+        self.add_member(change.group(), dir, new)?;
+        self.close_changed(change)
     }
 
     /// Takes `entry` out of `dir` without deleting its storage (a group
@@ -352,9 +378,9 @@ impl Registry {
     /// happens there).
     pub fn unlink(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage == Storage::Group {
-            let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
-            group.remove_member(&entry.name)?;
-            self.close_changed(group)?;
+            let mut change = MembersChange::begin(&self.ctx, &dir.uri)?;
+            change.group().remove_member(&entry.name)?;
+            self.close_changed(change)?;
         }
         Ok(())
     }
@@ -414,17 +440,17 @@ impl Registry {
             uri: entry.uri.clone(),
             storage: entry.storage,
         };
-        let mut group = Group::open(&self.ctx, &new_dir.uri, GroupMode::Write)?;
+        let mut change = MembersChange::begin(&self.ctx, &new_dir.uri)?;
         if let Some(old) = replaced {
-            group.remove_member(&old.name)?;
+            change.group().remove_member(&old.name)?;
         }
         if dir.uri == new_dir.uri {
-            group.remove_member(&entry.name)?;
-            self.add_member(&mut group, new_dir, &moved)?;
-            self.close_changed(group)?;
+            change.group().remove_member(&entry.name)?;
+            self.add_member(change.group(), new_dir, &moved)?;
+            self.close_changed(change)?;
         } else {
-            self.add_member(&mut group, new_dir, &moved)?;
-            self.close_changed(group)?;
+            self.add_member(change.group(), new_dir, &moved)?;
+            self.close_changed(change)?;
             self.unlink(dir, entry)?;
         }
         Ok(moved)
@@ -463,22 +489,24 @@ impl Registry {
             storage: entry.storage,
         };
         if new_dir.storage == Storage::Group {
-            let mut group = Group::open(&self.ctx, &new_dir.uri, GroupMode::Write)?;
+            let mut change = MembersChange::begin(&self.ctx, &new_dir.uri)?;
             if let Some(old) = replaced {
-                group.remove_member(&old.name)?;
+                change.group().remove_member(&old.name)?;
             }
-            self.add_member(&mut group, new_dir, &moved)?;
-            self.close_changed(group)?;
+            self.add_member(change.group(), new_dir, &moved)?;
+            self.close_changed(change)?;
         }
         self.unlink(dir, entry)?;
         Ok(moved)
     }
 
-    /// Closes a group whose members just changed, stamping its mtime and
-    /// ctime (a directory's times change when entries are added or
-    /// removed), and consolidates its metadata every
-    /// [`STAMPS_PER_CONSOLIDATION`] stamps.
-    fn close_changed(&self, mut group: Group) -> Result<()> {
+    /// Writes a membership change of a group, stamping its mtime and ctime
+    /// (a directory's times change when entries are added or removed). The
+    /// change retires the member-list files it makes redundant (see
+    /// [`MembersChange`]); every [`STAMPS_PER_CONSOLIDATION`] stamps the
+    /// metadata files are merged, after those merged the time before are
+    /// deleted, so an open reads a bounded number of files either way.
+    fn close_changed(&self, mut change: MembersChange) -> Result<()> {
         let now = Some(now_ns());
         let stamp = Attrs {
             mtime_ns: now,
@@ -486,10 +514,15 @@ impl Registry {
             ..Attrs::default()
         };
         for (key, value) in stamp.entries() {
-            group.put_metadata(key, &value)?;
+            change.group().put_metadata(key, &value)?;
         }
-        let uri = group.uri().to_string();
-        group.close()?;
+        let uri = change.group().uri().to_string();
+        match change.commit()? {
+            Ok(v) if v.files > 0 => debug!("{uri}: deleted {} old member-list files ({} bytes)", v.files, v.bytes),
+            Ok(_) => {}
+            // Only slower opens follow; the change itself is done.
+            Err(e) => warn!("{uri}: retiring old member-list files failed: {e}"),
+        }
         let due = {
             let mut stamps = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = stamps.entry(uri.clone()).or_insert(0);
@@ -500,8 +533,13 @@ impl Registry {
             }
             due
         };
-        if due && let Err(e) = Group::consolidate_metadata(&self.ctx, &uri) {
-            // Only slower opens follow; the change itself is done.
+        // Vacuuming first deletes what the previous consolidation merged,
+        // that many changes ago: a reader that listed those files just
+        // before had all that time to read them.
+        if due
+            && let Err(e) =
+                Group::vacuum_metadata(&self.ctx, &uri).and_then(|()| Group::consolidate_metadata(&self.ctx, &uri))
+        {
             warn!("{uri}: consolidating its metadata failed: {e}");
         }
         Ok(())

@@ -96,6 +96,10 @@ impl Config {
         Ok(())
     }
 
+    pub(super) fn raw(&self) -> *mut ffi::tiledb_config_t {
+        self.raw
+    }
+
     /// The value of `key`, or `None` when TileDB does not know it.
     pub fn get(&self, key: &str) -> Result<Option<String>> {
         let k = cstring("tiledb_config_get", key)?;

@@ -34,6 +34,7 @@ opaque!(
     tiledb_fragment_info_t,
     tiledb_group_t,
     tiledb_vfs_t,
+    tiledb_vfs_fh_t,
 );
 
 pub type capi_return_t = i32;
@@ -559,5 +560,45 @@ unsafe extern "C" {
         path: *const c_char,
         callback: Option<ls_callback>,
         data: *mut c_void,
+    ) -> capi_return_t;
+}
+
+/// VFS file handles and group settings used to compact a group's member
+/// list (`group_history.rs`).
+pub const TILEDB_VFS_READ: u32 = 0;
+pub const TILEDB_VFS_WRITE: u32 = 1;
+
+unsafe extern "C" {
+    pub fn tiledb_vfs_open(
+        ctx: *mut tiledb_ctx_t,
+        vfs: *mut tiledb_vfs_t,
+        uri: *const c_char,
+        mode: u32,
+        fh: *mut *mut tiledb_vfs_fh_t,
+    ) -> capi_return_t;
+    pub fn tiledb_vfs_read(
+        ctx: *mut tiledb_ctx_t,
+        fh: *mut tiledb_vfs_fh_t,
+        offset: u64,
+        buffer: *mut c_void,
+        nbytes: u64,
+    ) -> capi_return_t;
+    pub fn tiledb_vfs_write(
+        ctx: *mut tiledb_ctx_t,
+        fh: *mut tiledb_vfs_fh_t,
+        buffer: *const c_void,
+        nbytes: u64,
+    ) -> capi_return_t;
+    pub fn tiledb_vfs_close(ctx: *mut tiledb_ctx_t, fh: *mut tiledb_vfs_fh_t) -> capi_return_t;
+    pub fn tiledb_vfs_fh_free(fh: *mut *mut tiledb_vfs_fh_t);
+    pub fn tiledb_group_set_config(
+        ctx: *mut tiledb_ctx_t,
+        group: *mut tiledb_group_t,
+        config: *mut tiledb_config_t,
+    ) -> capi_return_t;
+    pub fn tiledb_group_vacuum_metadata(
+        ctx: *mut tiledb_ctx_t,
+        group_uri: *const c_char,
+        config: *mut tiledb_config_t,
     ) -> capi_return_t;
 }

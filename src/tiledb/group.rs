@@ -2,7 +2,7 @@
 
 use std::ptr;
 
-use super::context::{Context, cstring};
+use super::context::{Config, Context, cstring};
 use super::error::{Error, Result};
 use super::ffi;
 use super::metadata::{self, MetaValue};
@@ -67,6 +67,16 @@ impl Group {
         .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
     }
 
+    /// Deletes the metadata files that [`Group::consolidate_metadata`] merged.
+    pub fn vacuum_metadata(ctx: &Context, uri: &str) -> Result<()> {
+        let c_uri = cstring("tiledb_group_vacuum_metadata", uri)?;
+        // SAFETY: valid URI; a null config means the context's.
+        ctx.call("tiledb_group_vacuum_metadata", |c| unsafe {
+            ffi::tiledb_group_vacuum_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
+        })
+        .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
+    }
+
     /// Removes the group's own files at `uri` (its member list, metadata and
     /// marker), leaving whatever else is stored in its folder, which is
     /// removed only when nothing else is there. Afterwards `uri` is no
@@ -101,6 +111,12 @@ impl Group {
     }
 
     pub fn open(ctx: &Context, uri: &str, mode: GroupMode) -> Result<Self> {
+        Self::open_at(ctx, uri, mode, None)
+    }
+
+    /// Opens the group as of `timestamp_end` (ms): reads see the member
+    /// lists written up to then, and a write is stamped with it.
+    pub fn open_at(ctx: &Context, uri: &str, mode: GroupMode, timestamp_end: Option<u64>) -> Result<Self> {
         let c_uri = cstring("tiledb_group_alloc", uri)?;
         let mut raw = ptr::null_mut();
         // SAFETY: valid URI and out-pointer.
@@ -112,6 +128,15 @@ impl Group {
             raw,
             uri: uri.to_string(),
         };
+        if let Some(t) = timestamp_end {
+            let mut config = Config::new()?;
+            config.set("sm.group.timestamp_end", &t.to_string())?;
+            // SAFETY: live, closed group; TileDB copies the config.
+            ctx.call("tiledb_group_set_config", |c| unsafe {
+                ffi::tiledb_group_set_config(c, group.raw, config.raw())
+            })
+            .map_err(|e| group.in_uri(e))?;
+        }
         let m = match mode {
             GroupMode::Read => ffi::TILEDB_READ,
             GroupMode::Write => ffi::TILEDB_WRITE,

@@ -141,6 +141,89 @@ impl Vfs {
     }
 }
 
+/// An open VFS file, closed (and freed) once.
+struct FileHandle<'a> {
+    vfs: &'a Vfs,
+    raw: *mut ffi::tiledb_vfs_fh_t,
+    uri: &'a str,
+}
+
+impl<'a> FileHandle<'a> {
+    fn open(vfs: &'a Vfs, uri: &'a str, mode: u32) -> Result<Self> {
+        let c_uri = cstring("tiledb_vfs_open", uri)?;
+        let mut raw = ptr::null_mut();
+        vfs.ctx
+            // SAFETY: live handles, valid URI and out-pointer.
+            .call("tiledb_vfs_open", |c| unsafe {
+                ffi::tiledb_vfs_open(c, vfs.raw, c_uri.as_ptr(), mode, &mut raw)
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(FileHandle { vfs, raw, uri })
+    }
+
+    /// Closes the file: for a write, the moment its bytes take effect (an
+    /// object store uploads them here), so its error must be seen.
+    fn close(mut self) -> Result<()> {
+        let raw = std::mem::replace(&mut self.raw, ptr::null_mut());
+        let r = self
+            .vfs
+            .ctx
+            // SAFETY: live, open handle.
+            .call("tiledb_vfs_close", |c| unsafe { ffi::tiledb_vfs_close(c, raw) })
+            .map_err(|e| in_uri(e, self.uri));
+        let mut raw = raw;
+        // SAFETY: owned handle, freed once (`Drop` now sees null).
+        unsafe { ffi::tiledb_vfs_fh_free(&mut raw) };
+        r
+    }
+}
+
+impl Drop for FileHandle<'_> {
+    fn drop(&mut self) {
+        if self.raw.is_null() {
+            return;
+        }
+        // SAFETY: owned handle; a close error is ignored on this path (the
+        // caller already failed); freed once.
+        unsafe {
+            ffi::tiledb_vfs_close(self.vfs.ctx.raw(), self.raw);
+            ffi::tiledb_vfs_fh_free(&mut self.raw);
+        }
+    }
+}
+
+impl Vfs {
+    /// The whole content of the (small) file at `uri`.
+    pub fn read_file(&self, uri: &str) -> Result<Vec<u8>> {
+        let size = self.file_size(uri)?;
+        let len = usize::try_from(size).map_err(|_| Error::new("tiledb_vfs_read", format!("{uri}: too large")))?;
+        let mut buf = vec![0u8; len];
+        let fh = FileHandle::open(self, uri, ffi::TILEDB_VFS_READ)?;
+        if len > 0 {
+            self.ctx
+                // SAFETY: open handle; `buf` holds `size` bytes.
+                .call("tiledb_vfs_read", |c| unsafe {
+                    ffi::tiledb_vfs_read(c, fh.raw, 0, buf.as_mut_ptr() as *mut c_void, size)
+                })
+                .map_err(|e| in_uri(e, uri))?;
+        }
+        fh.close()?;
+        Ok(buf)
+    }
+
+    /// Writes `data` as the whole file at `uri` (replacing one there).
+    pub fn write_file(&self, uri: &str, data: &[u8]) -> Result<()> {
+        let fh = FileHandle::open(self, uri, ffi::TILEDB_VFS_WRITE)?;
+        self.ctx
+            // SAFETY: open handle; `data` is valid for its length.
+            .call("tiledb_vfs_write", |c| unsafe {
+                ffi::tiledb_vfs_write(c, fh.raw, data.as_ptr() as *const c_void, data.len() as u64)
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        fh.close()
+    }
+}
+
 impl Drop for Vfs {
     fn drop(&mut self) {
         // SAFETY: owned handle, freed once.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, Node, Result};
+use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, NameSlot, Node, Result};
 
 /// Counts changes and refuses those from `crash_at` on.
 #[derive(Default)]
@@ -122,6 +122,10 @@ impl<S: Store> Store for FailingStore<S> {
 
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         self.inner.new_child_uri(dir, name)
+    }
+
+    fn claim_name(&self, dir: &Entry, name: &str) -> Result<NameSlot> {
+        self.inner.claim_name(dir, name)
     }
 
     fn create_file(&self, name: &str, uri: &str) -> Result<Entry> {

@@ -18,7 +18,7 @@ mod memory;
 mod registry;
 
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileKind, FileMeta, Node, Result};
+use crate::registry::{Attrs, Entry, FileKind, FileMeta, NameSlot, Node, Result};
 
 pub use failing::FailingStore;
 pub use memory::MemStore;
@@ -69,6 +69,15 @@ pub trait Store: Send + Sync {
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
     /// A storage URI for a new entry `name` in `dir`, where nothing is.
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String>;
+    /// The entry named `name` in `dir`, or else a storage URI for a new
+    /// one: [`Store::lookup`] and [`Store::new_child_uri`] in one (a
+    /// directory's listing costs as much as its number of entries).
+    fn claim_name(&self, dir: &Entry, name: &str) -> Result<NameSlot> {
+        Ok(match self.lookup(dir, name)? {
+            Some(e) => NameSlot::Taken(e),
+            None => NameSlot::Free(self.new_child_uri(dir, name)?),
+        })
+    }
     /// Makes an empty, unlinked file named `name` at `uri`.
     fn create_file(&self, name: &str, uri: &str) -> Result<Entry>;
     /// Starts a new version of `size` bytes of the file at `uri`.

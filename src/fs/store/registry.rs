@@ -2,7 +2,7 @@
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, Node, Registry, Result};
+use crate::registry::{Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, NameSlot, Node, Registry, Result};
 
 impl StoredVersion for FileArray {
     fn meta(&self) -> &FileMeta {
@@ -71,6 +71,10 @@ impl Store for Registry {
 
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         Registry::new_child_uri(self, dir, name)
+    }
+
+    fn claim_name(&self, dir: &Entry, name: &str) -> Result<NameSlot> {
+        Registry::claim_name(self, dir, name)
     }
 
     fn create_file(&self, name: &str, uri: &str) -> Result<Entry> {

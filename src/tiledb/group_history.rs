@@ -1,0 +1,367 @@
+//! A group's member list over time, and its compaction.
+//!
+//! Every membership change makes TileDB write one more file in the group's
+//! `__group/` folder holding the whole member list as the writer saw it
+//! (plus the change), and every open, for reading or writing, reads and
+//! applies all of them in timestamp order. A directory changed N times
+//! therefore costs N file reads per open and O(N × members) bytes of
+//! storage. Compaction writes the current list once more, through TileDB's
+//! own group write, stamped with the newest change it covers, and names
+//! the files it replaces in a vacuum file (`.vac`), which TileDB's open
+//! already honours: it skips the files named there. The replaced files are
+//! deleted later ([`vacuum_members`]), once a reader that listed the folder
+//! just before the `.vac` appeared has had time to read them.
+//!
+//! Why it is safe: opens apply the files in order, an added member
+//! overriding and a removed one erasing, and each file written by one
+//! writer after another holds the whole list. Skipping every file up to the
+//! newest one covered (oldest first) leaves the same result, since the
+//! compacted list holds what they made. The lines of a `.vac` file are
+//! written oldest first, so one cut short (a crash on a local disk) still
+//! names a prefix of the history, which is equally safe to skip.
+
+use std::time::Duration;
+
+use super::context::Context;
+use super::error::Result;
+use super::group::{Group, GroupMode};
+use super::vfs::Vfs;
+
+const DETAILS_DIR: &str = "__group";
+const VACUUM_SUFFIX: &str = ".vac";
+
+/// One member-list file, as TileDB's listing spells its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListFile {
+    uri: String,
+    /// The newest change it holds (ms).
+    timestamp: u64,
+}
+
+/// A vacuum file: when it was written and which list files it replaces.
+#[derive(Debug)]
+struct VacuumFile {
+    uri: String,
+    written_ms: u64,
+    names: Vec<String>,
+}
+
+/// The state of a group's `__group/` folder.
+#[derive(Debug, Default)]
+struct History {
+    /// List files no vacuum file names, oldest first: what an open reads.
+    live: Vec<ListFile>,
+    vacuum: Vec<VacuumFile>,
+}
+
+/// What one compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compaction {
+    /// List files an open no longer reads.
+    pub replaced: usize,
+}
+
+/// What one vacuum pass deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vacuumed {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+fn details_dir(uri: &str) -> String {
+    format!("{}/{DETAILS_DIR}", uri.trim_end_matches('/'))
+}
+
+fn last_part(uri: &str) -> &str {
+    uri.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}
+
+/// The `(first, last)` timestamps of a TileDB timestamped name
+/// (`__<t1>_<t2>_<id>[_<version>][.vac]`).
+fn timestamps(name: &str) -> Option<(u64, u64)> {
+    let mut parts = name.strip_prefix("__")?.split('_');
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
+    Some((first, last))
+}
+
+/// The time a vacuum file of ours was written: the first 16 hex digits of
+/// its id (see [`vacuum_name`]); other tools' ones count as just written.
+fn vacuum_written_ms(name: &str) -> Option<u64> {
+    let id = name.strip_prefix("__")?.split('_').nth(2)?;
+    u64::from_str_radix(id.get(..16)?, 16).ok()
+}
+
+/// A vacuum file's name: the range of list files it replaces, then an id
+/// whose first half is the time of writing, so that a later pass knows how
+/// long it has existed (object stores keep no usable modification time).
+fn vacuum_name(first: u64, last: u64, now: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let salt = (u64::from(nanos) << 20) ^ u64::from(std::process::id());
+    format!("__{first}_{last}_{now:016x}{salt:016x}_2{VACUUM_SUFFIX}")
+}
+
+fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
+    let dir = details_dir(uri);
+    if !vfs.is_dir(&dir)? {
+        return Ok(History::default());
+    }
+    let mut files = Vec::new();
+    let mut vacuum = Vec::new();
+    for child in vfs.ls(&dir)? {
+        let name = last_part(&child);
+        if let Some(stem) = name.strip_suffix(VACUUM_SUFFIX) {
+            let text = match vfs.read_file(&child) {
+                Ok(t) => t,
+                // Deleted by another pass since the listing.
+                Err(_) if !vfs.is_file(&child)? => continue,
+                Err(e) => return Err(e),
+            };
+            vacuum.push(VacuumFile {
+                written_ms: vacuum_written_ms(stem).unwrap_or_else(super::now_ms),
+                uri: child,
+                names: String::from_utf8_lossy(&text).lines().map(str::to_string).collect(),
+            });
+        } else if let Some((_, last)) = timestamps(name) {
+            files.push(ListFile {
+                uri: child,
+                timestamp: last,
+            });
+        }
+    }
+    let replaced: std::collections::HashSet<&str> =
+        vacuum.iter().flat_map(|v| v.names.iter().map(String::as_str)).collect();
+    let mut live: Vec<ListFile> = files
+        .into_iter()
+        .filter(|f| !replaced.contains(f.uri.as_str()))
+        .collect();
+    live.sort_by(|a, b| (a.timestamp, &a.uri).cmp(&(b.timestamp, &b.uri)));
+    Ok(History { live, vacuum })
+}
+
+/// Vacuum files kept after a change: the list files they name are deleted
+/// only once this many newer ones exist, so a reader has that many
+/// membership changes' time between listing `__group/` and reading it.
+const VACUUM_FILES_KEPT: usize = 2;
+
+/// A membership change that also retires the list files it makes
+/// redundant. The folder is listed before the group is opened for writing,
+/// so every file listed is one the write loads; the file the change writes
+/// then holds all they held, and they are named in a vacuum file.
+pub struct MembersChange {
+    ctx: Context,
+    uri: String,
+    group: Group,
+    before: Vec<ListFile>,
+    vacuum_before: Vec<String>,
+}
+
+impl MembersChange {
+    /// Lists the group's `__group/` folder, then opens it for writing.
+    pub fn begin(ctx: &Context, uri: &str) -> Result<Self> {
+        let vfs = Vfs::new(ctx)?;
+        let dir = details_dir(uri);
+        let mut before = Vec::new();
+        let mut vacuum_before = Vec::new();
+        if vfs.is_dir(&dir)? {
+            for child in vfs.ls(&dir)? {
+                let name = last_part(&child);
+                if name.ends_with(VACUUM_SUFFIX) {
+                    vacuum_before.push(child);
+                } else if let Some((_, last)) = timestamps(name) {
+                    before.push(ListFile {
+                        uri: child,
+                        timestamp: last,
+                    });
+                }
+            }
+        }
+        before.sort_by(|a, b| (a.timestamp, &a.uri).cmp(&(b.timestamp, &b.uri)));
+        let group = Group::open(ctx, uri, GroupMode::Write)?;
+        Ok(MembersChange {
+            ctx: ctx.clone(),
+            uri: uri.to_string(),
+            group,
+            before,
+            vacuum_before,
+        })
+    }
+
+    pub fn group(&mut self) -> &mut Group {
+        &mut self.group
+    }
+
+    /// Writes the change (the outer result), then retires the older list
+    /// files (the inner one: failing there only leaves opens slower).
+    pub fn commit(self) -> Result<Result<Vacuumed>> {
+        self.group.close()?;
+        Ok(retire(&self.ctx, &self.uri, &self.before, &self.vacuum_before))
+    }
+}
+
+/// Names `before` in a new vacuum file, then deletes what the oldest
+/// vacuum files beyond [`VACUUM_FILES_KEPT`] name, and them.
+fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String]) -> Result<Vacuumed> {
+    let (Some(first), Some(_)) = (before.first(), before.last()) else {
+        return Ok(Vacuumed::default());
+    };
+    let vfs = Vfs::new(ctx)?;
+    let now = super::now_ms();
+    let lines: String = before.iter().map(|f| format!("{}\n", f.uri)).collect();
+    // The range ends now, after the change's own file: an open as of an
+    // earlier time does not apply it and still reads the files it names.
+    let vac = format!("{}/{}", details_dir(uri), vacuum_name(first.timestamp, now, now));
+    vfs.write_file(&vac, lines.as_bytes())?;
+    let mut old: Vec<&String> = vacuum_before.iter().collect();
+    old.sort_by_key(|v| last_part(v).strip_suffix(VACUUM_SUFFIX).and_then(vacuum_written_ms));
+    let surplus = (old.len() + 1).saturating_sub(VACUUM_FILES_KEPT);
+    let mut done = Vacuumed::default();
+    for v in old.into_iter().take(surplus) {
+        let done_one = delete_vacuumed(&vfs, uri, v)?;
+        done.files += done_one.files;
+        done.bytes += done_one.bytes;
+    }
+    Ok(done)
+}
+
+/// Deletes the list files vacuum file `vac` names, oldest first, then it.
+fn delete_vacuumed(vfs: &Vfs, uri: &str, vac: &str) -> Result<Vacuumed> {
+    let text = match vfs.read_file(vac) {
+        Ok(t) => t,
+        Err(_) if !vfs.is_file(vac)? => return Ok(Vacuumed::default()),
+        Err(e) => return Err(e),
+    };
+    let text = String::from_utf8_lossy(&text);
+    let mut names: Vec<&str> = text.lines().collect();
+    names.sort_by_key(|n| timestamps(last_part(n)).map(|t| t.1).unwrap_or(0));
+    let mut done = Vacuumed::default();
+    let dir = details_dir(uri);
+    for name in names.into_iter().chain(std::iter::once(vac)) {
+        // Only files of this group's folder: what else a vacuum file
+        // names is not ours to delete.
+        if !same_dir(name, &dir) {
+            continue;
+        }
+        let bytes = vfs.file_size(name).ok();
+        match vfs.remove_file(name) {
+            Ok(()) => {
+                done.files += 1;
+                done.bytes += bytes.unwrap_or(0);
+            }
+            // Gone already (another pass, another mount).
+            Err(_) if !vfs.is_file(name)? => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// How many member-list files an open of the group at `uri` reads.
+pub fn live_list_files(ctx: &Context, uri: &str) -> Result<usize> {
+    Ok(read_history(&Vfs::new(ctx)?, uri)?.live.len())
+}
+
+/// Compacts the member list of the group at `uri` when an open reads more
+/// than one list file: the list as of the newest one is written once more
+/// and the older files are named in a new vacuum file. Readers see the same
+/// members before, during and after. A change another writer makes while
+/// this runs is kept (its file is not replaced).
+pub fn compact_members(ctx: &Context, uri: &str) -> Result<Compaction> {
+    let vfs = Vfs::new(ctx)?;
+    let history = read_history(&vfs, uri)?;
+    let (Some(first), Some(last)) = (history.live.first(), history.live.last()) else {
+        return Ok(Compaction::default());
+    };
+    if history.live.len() < 2 {
+        return Ok(Compaction::default());
+    }
+    let (first_ts, last_ts) = (first.timestamp, last.timestamp);
+    // The list as of the newest file; writing it again needs one change, so
+    // one member is added once more, unchanged.
+    let members = Group::open_at(ctx, uri, GroupMode::Read, Some(last_ts))?.members()?;
+    if let Some(m) = members.first() {
+        let base = format!("{}/", uri.trim_end_matches('/'));
+        let relative = m
+            .uri
+            .strip_prefix(&base)
+            .or_else(|| m.uri.strip_prefix("file://").and_then(|p| p.strip_prefix(&base)))
+            .filter(|r| !r.contains('/'));
+        let mut group = Group::open_at(ctx, uri, GroupMode::Write, Some(last_ts))?;
+        let name = m.name.clone().unwrap_or_else(|| m.uri.clone());
+        match relative {
+            Some(rel) => group.add_member(rel, true, &name, m.object_type)?,
+            None => group.add_member(&m.uri, false, &name, m.object_type)?,
+        }
+        group.close()?;
+    }
+    // With no members left, skipping every file shows the same (none).
+    let lines: String = history.live.iter().map(|f| format!("{}\n", f.uri)).collect();
+    let vac = format!(
+        "{}/{}",
+        details_dir(uri),
+        vacuum_name(first_ts, last_ts, super::now_ms())
+    );
+    vfs.write_file(&vac, lines.as_bytes())?;
+    Ok(Compaction {
+        replaced: history.live.len(),
+    })
+}
+
+/// Deletes the list files replaced by vacuum files written at least
+/// `grace` ago, oldest first, then those vacuum files.
+pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Vacuumed> {
+    let vfs = Vfs::new(ctx)?;
+    let history = read_history(&vfs, uri)?;
+    let now = super::now_ms();
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    let mut due: Vec<&VacuumFile> = history
+        .vacuum
+        .iter()
+        .filter(|v| now.saturating_sub(v.written_ms) >= grace_ms)
+        .collect();
+    due.sort_by_key(|v| v.written_ms);
+    let mut done = Vacuumed::default();
+    for v in due {
+        let one = delete_vacuumed(&vfs, uri, &v.uri)?;
+        done.files += one.files;
+        done.bytes += one.bytes;
+    }
+    Ok(done)
+}
+
+/// Whether `file` lies directly in `dir`, comparing local paths with and
+/// without `file://`.
+fn same_dir(file: &str, dir: &str) -> bool {
+    let strip = |s: &str| s.strip_prefix("file://").unwrap_or(s).trim_end_matches('/').to_string();
+    let f = strip(file);
+    let parent = f.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+    parent == strip(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_their_timestamps_and_the_vacuum_time() {
+        assert_eq!(timestamps("__17_18_0123456789abcdef0123456789abcdef_2"), Some((17, 18)));
+        assert_eq!(timestamps("__group"), None);
+        let name = vacuum_name(5, 9, 0x1234);
+        assert_eq!(timestamps(&name), Some((5, 9)));
+        assert!(name.ends_with("_2.vac"));
+        let stem = name.strip_suffix(VACUUM_SUFFIX).unwrap();
+        assert_eq!(vacuum_written_ms(stem), Some(0x1234));
+        // Five underscores: TileDB reads it as a current timestamped name.
+        assert_eq!(stem.matches('_').count(), 5);
+    }
+
+    #[test]
+    fn same_dir_compares_local_spellings() {
+        assert!(same_dir("file:///r/g/__group/__1_1_a_2", "/r/g/__group"));
+        assert!(same_dir("s3://b/g/__group/__1_1_a_2", "s3://b/g/__group"));
+        assert!(!same_dir("file:///r/other/__group/__1_1_a_2", "/r/g/__group"));
+    }
+}
