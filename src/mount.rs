@@ -59,7 +59,10 @@ pub fn run(args: Args) -> Result<()> {
         redirect_stderr(path)?;
     }
     let ctx = crate::tiledb_context(&args.tiledb_config)?;
-    let registry = Registry::new(ctx)?;
+    let mut registry = Registry::new(ctx)?;
+    if !args.read_only {
+        registry.tidy_directories_when_listed();
+    }
     let config = Config {
         read_only: args.read_only,
         cache_bytes: args.cache_bytes,

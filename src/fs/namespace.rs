@@ -61,6 +61,20 @@ impl ModelFs {
         }
     }
 
+    /// [`ModelFs::node_of`], and for a directory also its listing: a
+    /// directory's stat wants both (the link count counts subdirectories),
+    /// and they come from one read.
+    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Arc<Vec<Entry>>>)> {
+        if !entry.is_dir() {
+            return Ok((self.node_of(entry)?, None));
+        }
+        Counters::add(&self.counters.registry_listings, 1);
+        let (attrs, list) = self.store.dir_with_entries(entry).inspect_err(|e| {
+            self.warn_once(&entry.uri, format_args!("{}: cannot be read: {e}", entry.uri));
+        })?;
+        Ok((Some(NodeState::Dir(attrs)), Some(Arc::new(list))))
+    }
+
     /// What `stat` shows of `inode`: its node, with the size its writer has
     /// reached while it is being written.
     pub(super) fn shown_node(&self, inode: &Inode) -> Result<NodeState> {
@@ -88,10 +102,14 @@ impl ModelFs {
             return Ok(node);
         }
         let entry = inode.entry();
-        let node = self
-            .node_of(&entry)?
-            .ok_or_else(|| CoreError::NoLongerShown { uri: entry.uri.clone() })?;
+        let (node, listing) = match self.node_and_listing(&entry)? {
+            (Some(node), listing) => (node, listing),
+            (None, _) => return Err(CoreError::NoLongerShown { uri: entry.uri.clone() }.into()),
+        };
         let mut c = inode.lock();
+        if let Some(list) = listing {
+            c.listing = Some((Instant::now(), list));
+        }
         if c.read_at != read_at {
             // Refreshed while this read ran (a commit here): that is newer.
             return Ok(c.node.clone());
@@ -285,8 +303,12 @@ impl ModelFs {
             let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
-        let node = self.node_of(&entry)?.ok_or_else(|| Error::not_found(&entry.uri))?;
+        let (node, listing) = self.node_and_listing(&entry)?;
+        let node = node.ok_or_else(|| Error::not_found(&entry.uri))?;
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
+        if let Some(list) = listing {
+            inode.lock().listing = Some((Instant::now(), list));
+        }
         Ok((self.attr_of(inode.ino, &node), Some(inode)))
     }
 

@@ -6,6 +6,7 @@
 //! section.
 
 pub mod attrs;
+mod compaction;
 mod error;
 pub mod file_array;
 pub mod names;
@@ -16,6 +17,7 @@ mod tree;
 pub mod uri;
 
 pub use attrs::Attrs;
+pub use compaction::DirCompaction;
 pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
 pub use safetensors_index::{TensorEntry, TensorIndex};

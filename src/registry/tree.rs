@@ -72,6 +72,12 @@ pub struct Registry {
     /// Metadata writes this process made to each group since its metadata
     /// was last consolidated.
     stamps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// One lock per directory whose members this process changes.
+    dir_locks: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+    /// Directories with replaced list files to delete once old enough.
+    pub(super) retiring: std::sync::Arc<super::compaction::Retiring>,
+    /// Set on writable mounts: see [`Registry::tidy_directories_when_listed`].
+    pub(super) tidying: Option<super::compaction::Tidying>,
 }
 
 /// Metadata writes to one group after which its metadata is consolidated:
@@ -87,6 +93,9 @@ impl Registry {
             ctx,
             vfs,
             stamps: Default::default(),
+            dir_locks: Default::default(),
+            retiring: Default::default(),
+            tidying: None,
         })
     }
 
@@ -137,24 +146,39 @@ impl Registry {
     /// The entries of directory `dir`, sorted by name. Entries whose names
     /// cannot be file names are left out with a warning.
     pub fn list(&self, dir: &Entry) -> Result<Vec<Entry>> {
-        let mut out = match dir.storage {
+        let out = match dir.storage {
             Storage::Group => self.list_group(dir)?,
             Storage::PlainDir => self.list_plain(dir)?,
             Storage::Array => return Err(Error::NotADirectory { uri: dir.uri.clone() }),
         };
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out.dedup_by(|b, a| {
-            let dup = a.name == b.name;
-            if dup {
-                warn!("{}: two entries named {:?}; showing {}", dir.uri, a.name, a.uri);
+        Ok(sorted_unique(dir, out))
+    }
+
+    /// Directory `dir`'s attributes and entries (as [`Registry::node`] and
+    /// [`Registry::list`]) from one open: opening a group reads its whole
+    /// member list, so a `stat` that needs both (the link count counts
+    /// subdirectories) pays once.
+    pub fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
+        match dir.storage {
+            Storage::Group => {
+                let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
+                let attrs = Attrs::parse(&group.metadata()?);
+                let entries = self.group_entries(dir, &group)?;
+                Ok((attrs, sorted_unique(dir, entries)))
             }
-            dup
-        });
-        Ok(out)
+            Storage::PlainDir => Ok((Attrs::default(), self.list(dir)?)),
+            Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),
+        }
     }
 
     fn list_group(&self, dir: &Entry) -> Result<Vec<Entry>> {
+        self.tidy_once(dir);
         let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
+        self.group_entries(dir, &group)
+    }
+
+    /// The entries group `dir` (open for reading as `group`) shows.
+    fn group_entries(&self, dir: &Entry, group: &Group) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for m in group.members()? {
             let name = m.name.clone().unwrap_or_else(|| last_component(&m.uri).to_string());
@@ -341,9 +365,7 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(());
         }
-        let mut change = MembersChange::begin(&self.ctx, &dir.uri)?;
-        self.add_member(change.group(), dir, entry)?;
-        self.close_changed(change)
+        self.change_members(&dir.uri, |g| self.add_member(g, dir, entry))
     }
 
     fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
@@ -367,10 +389,10 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(());
         }
-        let mut change = MembersChange::begin(&self.ctx, &dir.uri)?;
-        change.group().remove_member(&old.name)?;
-        self.add_member(change.group(), dir, new)?;
-        self.close_changed(change)
+        self.change_members(&dir.uri, |g| {
+            g.remove_member(&old.name)?;
+            self.add_member(g, dir, new)
+        })
     }
 
     /// Takes `entry` out of `dir` without deleting its storage (a group
@@ -378,9 +400,7 @@ impl Registry {
     /// happens there).
     pub fn unlink(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage == Storage::Group {
-            let mut change = MembersChange::begin(&self.ctx, &dir.uri)?;
-            change.group().remove_member(&entry.name)?;
-            self.close_changed(change)?;
+            self.change_members(&dir.uri, |g| Ok(g.remove_member(&entry.name)?))?;
         }
         Ok(())
     }
@@ -440,17 +460,16 @@ impl Registry {
             uri: entry.uri.clone(),
             storage: entry.storage,
         };
-        let mut change = MembersChange::begin(&self.ctx, &new_dir.uri)?;
-        if let Some(old) = replaced {
-            change.group().remove_member(&old.name)?;
-        }
-        if dir.uri == new_dir.uri {
-            change.group().remove_member(&entry.name)?;
-            self.add_member(change.group(), new_dir, &moved)?;
-            self.close_changed(change)?;
-        } else {
-            self.add_member(change.group(), new_dir, &moved)?;
-            self.close_changed(change)?;
+        self.change_members(&new_dir.uri, |g| {
+            if let Some(old) = replaced {
+                g.remove_member(&old.name)?;
+            }
+            if dir.uri == new_dir.uri {
+                g.remove_member(&entry.name)?;
+            }
+            self.add_member(g, new_dir, &moved)
+        })?;
+        if dir.uri != new_dir.uri {
             self.unlink(dir, entry)?;
         }
         Ok(moved)
@@ -489,15 +508,29 @@ impl Registry {
             storage: entry.storage,
         };
         if new_dir.storage == Storage::Group {
-            let mut change = MembersChange::begin(&self.ctx, &new_dir.uri)?;
-            if let Some(old) = replaced {
-                change.group().remove_member(&old.name)?;
-            }
-            self.add_member(change.group(), new_dir, &moved)?;
-            self.close_changed(change)?;
+            self.change_members(&new_dir.uri, |g| {
+                if let Some(old) = replaced {
+                    g.remove_member(&old.name)?;
+                }
+                self.add_member(g, new_dir, &moved)
+            })?;
         }
         self.unlink(dir, entry)?;
         Ok(moved)
+    }
+
+    /// Changes the members of group `uri` with `f`: one change at a time
+    /// per directory within this process (TileDB groups have no locking; two
+    /// writers of one group at once can undo each other's removals).
+    fn change_members(&self, uri: &str, f: impl FnOnce(&mut Group) -> Result<()>) -> Result<()> {
+        let lock = {
+            let mut locks = self.dir_locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.entry(uri.to_string()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut change = MembersChange::begin(&self.ctx, uri)?;
+        f(change.group())?;
+        self.close_changed(change)
     }
 
     /// Writes a membership change of a group, stamping its mtime and ctime
@@ -518,8 +551,17 @@ impl Registry {
         }
         let uri = change.group().uri().to_string();
         match change.commit()? {
-            Ok(v) if v.files > 0 => debug!("{uri}: deleted {} old member-list files ({} bytes)", v.files, v.bytes),
-            Ok(_) => {}
+            Ok(r) => {
+                if r.deleted.files > 0 {
+                    debug!(
+                        "{uri}: deleted {} old member-list files ({} bytes)",
+                        r.deleted.files, r.deleted.bytes
+                    );
+                }
+                if r.pending {
+                    self.retire_later(&uri);
+                }
+            }
             // Only slower opens follow; the change itself is done.
             Err(e) => warn!("{uri}: retiring old member-list files failed: {e}"),
         }
@@ -629,6 +671,19 @@ const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
 /// `PathTooLong` (ENAMETOOLONG) when a new entry at `uri` on an object
 /// store would leave no room under 1,024 bytes of key for TileDB's files.
+/// `out` sorted by name, the first of two entries with one name kept.
+fn sorted_unique(dir: &Entry, mut out: Vec<Entry>) -> Vec<Entry> {
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|b, a| {
+        let dup = a.name == b.name;
+        if dup {
+            warn!("{}: two entries named {:?}; showing {}", dir.uri, a.name, a.uri);
+        }
+        dup
+    });
+    out
+}
+
 fn check_path_length(uri: &str) -> Result<()> {
     if super::uri::is_local(uri) {
         // The OS decides (its "File name too long" is ENAMETOOLONG too):

@@ -30,3 +30,32 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether the call failed because a file it had just listed was gone
+    /// when read (a race with a deletion), or not written yet (on a local
+    /// disk a file shows empty until its writer is done): a new attempt
+    /// does not meet the same.
+    pub fn is_vanished_file(&self) -> bool {
+        let m = &self.message;
+        m.contains("No such file or directory")
+            || m.contains("NoSuchKey")
+            || m.contains("404")
+            || m.contains("Read exceeds file size")
+    }
+}
+
+/// Runs `f` up to four times while it fails on a vanished file (see
+/// [`Error::is_vanished_file`]), waiting a little longer each time.
+pub(crate) fn retry_vanished<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0u64;
+    loop {
+        match f() {
+            Err(e) if e.is_vanished_file() && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+            }
+            r => return r,
+        }
+    }
+}

@@ -60,21 +60,25 @@ impl Group {
     /// stay until vacuumed). Safe beside readers: it only adds a file.
     pub fn consolidate_metadata(ctx: &Context, uri: &str) -> Result<()> {
         let c_uri = cstring("tiledb_group_consolidate_metadata", uri)?;
-        // SAFETY: valid URI; a null config means the context's.
-        ctx.call("tiledb_group_consolidate_metadata", |c| unsafe {
-            ffi::tiledb_group_consolidate_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
+        super::error::retry_vanished(|| {
+            // SAFETY: valid URI; a null config means the context's.
+            ctx.call("tiledb_group_consolidate_metadata", |c| unsafe {
+                ffi::tiledb_group_consolidate_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
+            })
+            .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
         })
-        .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
     }
 
     /// Deletes the metadata files that [`Group::consolidate_metadata`] merged.
     pub fn vacuum_metadata(ctx: &Context, uri: &str) -> Result<()> {
         let c_uri = cstring("tiledb_group_vacuum_metadata", uri)?;
-        // SAFETY: valid URI; a null config means the context's.
-        ctx.call("tiledb_group_vacuum_metadata", |c| unsafe {
-            ffi::tiledb_group_vacuum_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
+        super::error::retry_vanished(|| {
+            // SAFETY: valid URI; a null config means the context's.
+            ctx.call("tiledb_group_vacuum_metadata", |c| unsafe {
+                ffi::tiledb_group_vacuum_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
+            })
+            .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
         })
-        .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
     }
 
     /// Removes the group's own files at `uri` (its member list, metadata and
@@ -115,8 +119,15 @@ impl Group {
     }
 
     /// Opens the group as of `timestamp_end` (ms): reads see the member
-    /// lists written up to then, and a write is stamped with it.
+    /// lists written up to then, and a write is stamped with it. An open
+    /// lists the group's files and then reads them; one deleted in between
+    /// (retired by a compaction, merged by a consolidation) makes it fail,
+    /// and a new attempt lists again.
     pub fn open_at(ctx: &Context, uri: &str, mode: GroupMode, timestamp_end: Option<u64>) -> Result<Self> {
+        super::error::retry_vanished(|| Self::open_at_once(ctx, uri, mode, timestamp_end))
+    }
+
+    fn open_at_once(ctx: &Context, uri: &str, mode: GroupMode, timestamp_end: Option<u64>) -> Result<Self> {
         let c_uri = cstring("tiledb_group_alloc", uri)?;
         let mut raw = ptr::null_mut();
         // SAFETY: valid URI and out-pointer.

@@ -142,10 +142,13 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
     Ok(History { live, vacuum })
 }
 
-/// Vacuum files kept after a change: the list files they name are deleted
-/// only once this many newer ones exist, so a reader has that many
-/// membership changes' time between listing `__group/` and reading it.
-const VACUUM_FILES_KEPT: usize = 2;
+/// How long replaced list files stay after the vacuum file naming them is
+/// written. An open fixes its timestamp, then lists the folder, then reads
+/// the files up to that timestamp: one that fixed it just before a change
+/// still needs the list files that change replaced, and finds them if it
+/// lists within this time. An open that took longer would see the
+/// directory as it was, or empty, never a wrong mix; it cannot tell.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
 /// A membership change that also retires the list files it makes
 /// redundant. The folder is listed before the group is opened for writing,
@@ -194,35 +197,50 @@ impl MembersChange {
         &mut self.group
     }
 
-    /// Writes the change (the outer result), then retires the older list
-    /// files (the inner one: failing there only leaves opens slower).
-    pub fn commit(self) -> Result<Result<Vacuumed>> {
+    /// Writes the change (the outer result), then names the list files it
+    /// made redundant in a vacuum file and deletes those replaced more than
+    /// [`RETIRE_GRACE`] ago (the inner one: failing there only leaves opens
+    /// slower).
+    pub fn commit(self) -> Result<Result<Retired>> {
         self.group.close()?;
         Ok(retire(&self.ctx, &self.uri, &self.before, &self.vacuum_before))
     }
 }
 
-/// Names `before` in a new vacuum file, then deletes what the oldest
-/// vacuum files beyond [`VACUUM_FILES_KEPT`] name, and them.
-fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String]) -> Result<Vacuumed> {
-    let (Some(first), Some(_)) = (before.first(), before.last()) else {
-        return Ok(Vacuumed::default());
-    };
+/// What a change retired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retired {
+    pub deleted: Vacuumed,
+    /// Replaced files are left to delete after the grace period.
+    pub pending: bool,
+}
+
+/// Names `before` in a new vacuum file, then deletes what vacuum files
+/// written more than [`RETIRE_GRACE`] ago name, and them.
+fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String]) -> Result<Retired> {
     let vfs = Vfs::new(ctx)?;
     let now = super::now_ms();
-    let lines: String = before.iter().map(|f| format!("{}\n", f.uri)).collect();
-    // The range ends now, after the change's own file: an open as of an
-    // earlier time does not apply it and still reads the files it names.
-    let vac = format!("{}/{}", details_dir(uri), vacuum_name(first.timestamp, now, now));
-    vfs.write_file(&vac, lines.as_bytes())?;
-    let mut old: Vec<&String> = vacuum_before.iter().collect();
-    old.sort_by_key(|v| last_part(v).strip_suffix(VACUUM_SUFFIX).and_then(vacuum_written_ms));
-    let surplus = (old.len() + 1).saturating_sub(VACUUM_FILES_KEPT);
-    let mut done = Vacuumed::default();
-    for v in old.into_iter().take(surplus) {
-        let done_one = delete_vacuumed(&vfs, uri, v)?;
-        done.files += done_one.files;
-        done.bytes += done_one.bytes;
+    if let Some(first) = before.first() {
+        let lines: String = before.iter().map(|f| format!("{}\n", f.uri)).collect();
+        // The range ends now, after the change's own file: an open as of an
+        // earlier time does not apply it and still reads the files it names.
+        let vac = format!("{}/{}", details_dir(uri), vacuum_name(first.timestamp, now, now));
+        vfs.write_file(&vac, lines.as_bytes())?;
+    }
+    let grace_ms = RETIRE_GRACE.as_millis() as u64;
+    let mut done = Retired {
+        pending: !before.is_empty(),
+        ..Retired::default()
+    };
+    for v in vacuum_before {
+        let written = last_part(v).strip_suffix(VACUUM_SUFFIX).and_then(vacuum_written_ms);
+        if written.is_some_and(|w| now.saturating_sub(w) < grace_ms) {
+            done.pending = true;
+            continue;
+        }
+        let one = delete_vacuumed(&vfs, uri, v)?;
+        done.deleted.files += one.files;
+        done.deleted.bytes += one.bytes;
     }
     Ok(done)
 }
@@ -312,24 +330,43 @@ pub fn compact_members(ctx: &Context, uri: &str) -> Result<Compaction> {
 
 /// Deletes the list files replaced by vacuum files written at least
 /// `grace` ago, oldest first, then those vacuum files.
-pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Vacuumed> {
+pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retired> {
     let vfs = Vfs::new(ctx)?;
     let history = read_history(&vfs, uri)?;
     let now = super::now_ms();
     let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-    let mut due: Vec<&VacuumFile> = history
+    let (mut due, young): (Vec<&VacuumFile>, Vec<&VacuumFile>) = history
         .vacuum
         .iter()
-        .filter(|v| now.saturating_sub(v.written_ms) >= grace_ms)
-        .collect();
+        .partition(|v| now.saturating_sub(v.written_ms) >= grace_ms);
     due.sort_by_key(|v| v.written_ms);
-    let mut done = Vacuumed::default();
+    let mut done = Retired {
+        pending: !young.is_empty(),
+        ..Retired::default()
+    };
     for v in due {
         let one = delete_vacuumed(&vfs, uri, &v.uri)?;
-        done.files += one.files;
-        done.bytes += one.bytes;
+        done.deleted.files += one.files;
+        done.deleted.bytes += one.bytes;
     }
     Ok(done)
+}
+
+/// Bytes of the group's own files at `uri`: its member lists and
+/// metadata (what grows with changes), not its members.
+pub fn own_bytes(ctx: &Context, uri: &str) -> Result<u64> {
+    let vfs = Vfs::new(ctx)?;
+    let mut total = 0;
+    for dir in [DETAILS_DIR, "__meta"] {
+        let d = format!("{}/{dir}", uri.trim_end_matches('/'));
+        if !vfs.is_dir(&d)? {
+            continue;
+        }
+        for f in vfs.ls(&d)? {
+            total += vfs.file_size(&f).unwrap_or(0);
+        }
+    }
+    Ok(total)
 }
 
 /// Whether `file` lies directly in `dir`, comparing local paths with and

@@ -110,8 +110,13 @@ impl Vfs {
     }
 
     /// The URIs of the immediate children of `uri` (files and directories),
-    /// as TileDB spells them (`file:///...` for local paths).
+    /// as TileDB spells them (`file:///...` for local paths). A listing
+    /// that meets a file deleted while it runs is taken again.
     pub fn ls(&self, uri: &str) -> Result<Vec<String>> {
+        super::error::retry_vanished(|| self.ls_once(uri))
+    }
+
+    fn ls_once(&self, uri: &str) -> Result<Vec<String>> {
         unsafe extern "C" fn collect(path: *const c_char, data: *mut c_void) -> i32 {
             // SAFETY: `data` is the `Vec<String>` passed below, alive for the
             // whole `tiledb_vfs_ls` call; `path` is a NUL-terminated string.

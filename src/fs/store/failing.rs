@@ -124,6 +124,10 @@ impl<S: Store> Store for FailingStore<S> {
         self.inner.new_child_uri(dir, name)
     }
 
+    fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
+        self.inner.dir_with_entries(dir)
+    }
+
     fn claim_name(&self, dir: &Entry, name: &str) -> Result<NameSlot> {
         self.inner.claim_name(dir, name)
     }

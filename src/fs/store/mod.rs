@@ -61,6 +61,15 @@ pub trait Store: Send + Sync {
     fn lookup(&self, dir: &Entry, name: &str) -> Result<Option<Entry>>;
     /// What `entry` holds now.
     fn node(&self, entry: &Entry) -> Result<Node>;
+    /// Directory `dir`'s attributes and entries, read together where that
+    /// costs one read instead of two.
+    fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
+        let attrs = match self.node(dir)? {
+            Node::Dir(a) => a,
+            _ => Attrs::default(),
+        };
+        Ok((attrs, self.list(dir)?))
+    }
     /// The newest write to the array at `uri` (changes with each version).
     fn array_version(&self, uri: &str) -> Result<u64>;
     /// The TileDB-ML model array at `uri`, decoded within `pool`.

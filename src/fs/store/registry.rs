@@ -57,6 +57,10 @@ impl Store for Registry {
         Registry::node(self, entry)
     }
 
+    fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
+        Registry::dir_with_entries(self, dir)
+    }
+
     fn array_version(&self, uri: &str) -> Result<u64> {
         Registry::array_version(self, uri)
     }

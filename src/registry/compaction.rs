@@ -1,0 +1,177 @@
+//! Keeping directories' own storage small. Every membership change writes
+//! the directory's whole member list once more (TileDB's group format), and
+//! every open reads each list file not yet retired. Changes made through
+//! modelfs retire the older ones as they go (`MembersChange`); directories
+//! changed by other tools are compacted here: by `modelfs compact`, and by
+//! a writable mount the first time it lists one that needs it.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use log::{info, warn};
+
+use crate::tiledb::{self, Group, Vacuumed};
+
+use super::error::Result;
+use super::tree::{Entry, Registry, Storage};
+
+/// List files an open may read before a mount compacts the directory.
+const LIST_FILES_TOLERATED: usize = 8;
+
+/// What compacting one directory did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirCompaction {
+    /// Member-list files an open read before.
+    pub list_files_before: usize,
+    /// Of those, the ones an open no longer reads.
+    pub replaced: usize,
+}
+
+/// Directories whose replaced list files wait for their grace period
+/// ([`tiledb::RETIRE_GRACE`]), deleted by one background thread so that a
+/// directory left alone does not keep them until its next change.
+#[derive(Default)]
+pub(super) struct Retiring {
+    pending: Mutex<HashSet<String>>,
+    worker: Mutex<bool>,
+}
+
+/// Directories a mount has checked since it started.
+#[derive(Default)]
+pub(super) struct Tidying {
+    checked: Mutex<HashSet<String>>,
+}
+
+impl Registry {
+    /// Compacts directory `dir`'s member list (when an open reads more than
+    /// one list file) and merges its metadata files. Readers see the same
+    /// entries throughout; what is replaced is deleted by
+    /// [`Registry::vacuum_dir`].
+    pub fn compact_dir(&self, dir: &Entry) -> Result<DirCompaction> {
+        if dir.storage != Storage::Group {
+            return Ok(DirCompaction::default());
+        }
+        let ctx = self.context();
+        let before = tiledb::live_list_files(ctx, &dir.uri)?;
+        let done = tiledb::compact_members(ctx, &dir.uri)?;
+        Group::consolidate_metadata(ctx, &dir.uri)?;
+        Ok(DirCompaction {
+            list_files_before: before,
+            replaced: done.replaced,
+        })
+    }
+
+    /// Deletes the member-list files compactions at least `grace` ago
+    /// replaced, and the metadata files merged before.
+    pub fn vacuum_dir(&self, dir: &Entry, grace: Duration) -> Result<Vacuumed> {
+        if dir.storage != Storage::Group {
+            return Ok(Vacuumed::default());
+        }
+        let ctx = self.context();
+        let done = tiledb::vacuum_members(ctx, &dir.uri, grace)?;
+        Group::vacuum_metadata(ctx, &dir.uri)?;
+        Ok(done.deleted)
+    }
+
+    /// Deletes the list files group `uri` retired once their grace period
+    /// is over, from a background thread that ends with the registry.
+    pub(super) fn retire_later(&self, uri: &str) {
+        self.retiring
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uri.to_string());
+        let mut started = self
+            .retiring
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *started {
+            return;
+        }
+        let weak = std::sync::Arc::downgrade(&self.retiring);
+        let ctx = self.context().clone();
+        let spawned = std::thread::Builder::new()
+            .name("modelfs-retire".into())
+            .spawn(move || retire_worker(weak, ctx));
+        match spawned {
+            Ok(_) => *started = true,
+            Err(e) => warn!("cannot start the thread deleting retired member lists: {e}"),
+        }
+    }
+
+    /// Bytes of directory `dir`'s own files (member lists and metadata).
+    pub fn dir_own_bytes(&self, dir: &Entry) -> Result<u64> {
+        match dir.storage {
+            Storage::Group => Ok(tiledb::own_bytes(self.context(), &dir.uri)?),
+            _ => Ok(0),
+        }
+    }
+
+    /// From now on, the first listing of each directory compacts it when
+    /// an open reads more than [`LIST_FILES_TOLERATED`] list files (a
+    /// directory grown by another tool). For writable mounts only.
+    pub fn tidy_directories_when_listed(&mut self) {
+        self.tidying = Some(Tidying::default());
+    }
+
+    /// Called before listing group `dir`: see
+    /// [`Registry::tidy_directories_when_listed`]. Failures only leave the
+    /// directory as it was.
+    pub(super) fn tidy_once(&self, dir: &Entry) {
+        let Some(t) = &self.tidying else { return };
+        let first = t
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(dir.uri.clone());
+        if !first {
+            return;
+        }
+        let ctx = self.context();
+        match tiledb::live_list_files(ctx, &dir.uri) {
+            Ok(n) if n > LIST_FILES_TOLERATED => match tiledb::compact_members(ctx, &dir.uri) {
+                Ok(c) => info!(
+                    "{}: compacted its member list ({} list files to one)",
+                    dir.uri, c.replaced
+                ),
+                Err(e) => warn!("{}: compacting its member list failed: {e}", dir.uri),
+            },
+            Ok(_) => {}
+            Err(e) => warn!("{}: cannot check its member list files: {e}", dir.uri),
+        }
+    }
+}
+
+/// Every grace period, deletes what the pending directories retired long
+/// enough ago; ends when the registry is gone.
+fn retire_worker(retiring: std::sync::Weak<Retiring>, ctx: tiledb::Context) {
+    loop {
+        std::thread::sleep(tiledb::RETIRE_GRACE);
+        let Some(r) = retiring.upgrade() else { return };
+        let dirs: Vec<String> = r
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        for uri in dirs {
+            match tiledb::vacuum_members(&ctx, &uri, tiledb::RETIRE_GRACE) {
+                Ok(v) => {
+                    if v.deleted.files > 0 {
+                        log::debug!("{uri}: deleted {} retired member-list files", v.deleted.files);
+                    }
+                    // Files retired since are left for the next round.
+                    if v.pending {
+                        r.pending
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(uri);
+                    }
+                }
+                Err(e) => warn!("{uri}: deleting retired member-list files failed: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Directories' member lists on real TileDB (issue #16): every membership
+//! change retires the list files it makes redundant, `modelfs compact`
+//! compacts what other tools grew, and neither ever loses an entry or
+//! shows a removed one: after any change, after a crash at any point of a
+//! compaction, and for a reader listing from another context while it runs.
+//! Local, and on S3 when `MODELFS_TEST_S3` is set.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use modelfs::registry::{Attrs, Entry, Registry, Storage};
+use modelfs::tiledb::{self, Context, Group, GroupMode, ObjectType, Vfs};
+
+fn registry() -> Registry {
+    Registry::new(Context::new().unwrap()).unwrap()
+}
+
+fn names(reg: &Registry, dir: &Entry) -> BTreeSet<String> {
+    reg.list(dir).unwrap().into_iter().map(|e| e.name).collect()
+}
+
+fn root(reg: &Registry, tmp: &std::path::Path) -> Entry {
+    reg.ensure_dir(&registry_uri(tmp)).unwrap()
+}
+
+fn list_dir(uri: &str) -> String {
+    format!("{}/__group", uri.trim_end_matches('/'))
+}
+
+/// The files in the group's `__group/` folder: member lists and vacuum files.
+fn list_folder(uri: &str) -> (Vec<String>, Vec<String>) {
+    let vfs = Vfs::new(&Context::new().unwrap()).unwrap();
+    let all = vfs.ls(&list_dir(uri)).unwrap();
+    all.into_iter().partition(|f| !f.ends_with(".vac"))
+}
+
+/// What a fresh reader (its own context, nothing cached) lists.
+fn fresh_names(uri: &str) -> BTreeSet<String> {
+    let g = Group::open(&Context::new().unwrap(), uri, GroupMode::Read).unwrap();
+    g.members().unwrap().into_iter().filter_map(|m| m.name).collect()
+}
+
+#[test]
+fn every_change_keeps_the_members_exact_and_the_list_files_few() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry();
+    let dir = root(&reg, tmp.path());
+    let mut model = BTreeSet::new();
+    let mut rng = 0x5eed_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let steps = if on_s3() { 60 } else { 240 };
+    for i in 0..steps {
+        let r = next();
+        let pick = |r: u64, m: &BTreeSet<String>| m.iter().nth((r as usize) % m.len().max(1)).cloned();
+        match r % 4 {
+            0 | 1 => {
+                let name = format!("d{i}");
+                reg.mkdir(&dir, &name, &Attrs::default()).unwrap();
+                model.insert(name);
+            }
+            2 => {
+                if let Some(name) = pick(r >> 8, &model) {
+                    let e = reg.lookup(&dir, &name).unwrap().unwrap();
+                    reg.unlink(&dir, &e).unwrap();
+                    model.remove(&name);
+                }
+            }
+            _ => {
+                if let Some(name) = pick(r >> 8, &model) {
+                    let e = reg.lookup(&dir, &name).unwrap().unwrap();
+                    let new = format!("r{i}");
+                    reg.rename(&dir, &e, &dir, &new, None).unwrap();
+                    model.remove(&name);
+                    model.insert(new);
+                }
+            }
+        }
+        assert_eq!(names(&reg, &dir), model, "after step {i}");
+        // An open reads the newest list, and the list a change racing it
+        // wrote: never more.
+        let live = tiledb::live_list_files(&Context::new().unwrap(), &dir.uri).unwrap();
+        assert!(live <= 2, "step {i}: an open reads {live} list files");
+    }
+    // What the changes replaced is deleted once the grace period is over,
+    // by the registry's own background thread.
+    std::thread::sleep(tiledb::RETIRE_GRACE * 3);
+    let (lists, vacs) = list_folder(&dir.uri);
+    assert!(lists.len() <= 2 && vacs.len() <= 1, "{} list files and {} vacuum files left", lists.len(), vacs.len());
+    assert_eq!(fresh_names(&dir.uri), model);
+    // Storage follows the entries, not the changes made.
+    let bytes = reg.dir_own_bytes(&dir).unwrap();
+    assert!(
+        bytes < 64 * 1024,
+        "{bytes} bytes of member lists and metadata after {steps} changes"
+    );
+}
+
+/// A directory grown by another tool: `changes` single-member writes, every
+/// seventh member removed afterwards. Returns the members left.
+fn grow_like_another_tool(ctx: &Context, uri: &str, changes: usize) -> BTreeSet<String> {
+    Group::create(ctx, uri).unwrap();
+    let mut model = BTreeSet::new();
+    for i in 0..changes {
+        let name = format!("m{i:04}");
+        Group::create(ctx, &format!("{uri}/{name}")).unwrap();
+        let mut g = Group::open(ctx, uri, GroupMode::Write).unwrap();
+        g.add_member(&name, true, &name, ObjectType::Group).unwrap();
+        g.close().unwrap();
+        model.insert(name);
+    }
+    for i in (0..changes).step_by(7) {
+        let name = format!("m{i:04}");
+        let mut g = Group::open(ctx, uri, GroupMode::Write).unwrap();
+        g.remove_member(&name).unwrap();
+        g.close().unwrap();
+        model.remove(&name);
+    }
+    model
+}
+
+#[test]
+fn compact_shrinks_a_directory_grown_elsewhere_and_keeps_its_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = registry_uri(tmp.path());
+    let ctx = Context::new().unwrap();
+    let changes = if on_s3() { 40 } else { 150 };
+    let model = grow_like_another_tool(&ctx, &uri, changes);
+    let reg = registry();
+    let dir = Entry {
+        name: String::new(),
+        uri: uri.clone(),
+        storage: Storage::Group,
+    };
+    let before = reg.dir_own_bytes(&dir).unwrap();
+    assert_eq!(
+        tiledb::live_list_files(&ctx, &uri).unwrap(),
+        changes + changes.div_ceil(7)
+    );
+    let out = modelfs_ok(&["compact", &uri, "--grace", "0.2"]);
+    assert!(out.contains("member-list files to 1"), "{out}");
+    assert_eq!(tiledb::live_list_files(&ctx, &uri).unwrap(), 1);
+    assert_eq!(list_folder(&uri).0.len(), 1, "the replaced list files are deleted");
+    assert_eq!(fresh_names(&uri), model);
+    let after = reg.dir_own_bytes(&dir).unwrap();
+    assert!(after * 20 < before, "{before} bytes before, {after} after");
+}
+
+#[test]
+fn a_crash_at_any_point_of_a_compaction_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = Context::new().unwrap();
+    let vfs = Vfs::new(&ctx).unwrap();
+    let base = registry_uri(tmp.path());
+    let changes = if on_s3() { 12 } else { 30 };
+
+    // Crash after the compacted list is written, before its vacuum file.
+    let uri = format!("{base}/a");
+    let model = grow_like_another_tool(&ctx, &uri, changes);
+    tiledb::compact_members(&ctx, &uri).unwrap();
+    let vac = list_folder(&uri).1;
+    assert_eq!(vac.len(), 1);
+    vfs.remove_file(&vac[0]).unwrap();
+    assert_eq!(fresh_names(&uri), model, "compacted list without its vacuum file");
+
+    // Crash while writing the vacuum file: any prefix of its lines, even
+    // one cut inside a line.
+    let text = String::from_utf8(vfs.read_file(&vac_of(&ctx, &uri)).unwrap()).unwrap();
+    let full = vac_of(&ctx, &uri);
+    for cut in (0..text.len()).step_by(text.len() / 25 + 1).chain([text.len()]) {
+        vfs.write_file(&full, &text.as_bytes()[..cut]).unwrap();
+        assert_eq!(fresh_names(&uri), model, "vacuum file cut at byte {cut}");
+    }
+
+    // Crash while deleting what it names: oldest first, any number of them.
+    let named: Vec<&str> = text.lines().collect();
+    for (k, file) in named.iter().enumerate() {
+        vfs.remove_file(file).unwrap();
+        assert_eq!(fresh_names(&uri), model, "after deleting {} of {}", k + 1, named.len());
+    }
+    vfs.remove_file(&full).unwrap();
+    assert_eq!(fresh_names(&uri), model, "all replaced files and the vacuum file gone");
+}
+
+/// Compacts `uri` once more and returns its vacuum file.
+fn vac_of(ctx: &Context, uri: &str) -> String {
+    let existing = list_folder(uri).1;
+    if let Some(v) = existing.first() {
+        return v.clone();
+    }
+    tiledb::compact_members(ctx, uri).unwrap();
+    list_folder(uri).1.into_iter().next().expect("a vacuum file")
+}
+
+/// A writer (a mount) adds entries and removes odd ones while another
+/// context lists the directory over and over: each listing holds every
+/// entry added before it started and none removed before it started,
+/// though the changes retire list files all along.
+#[test]
+fn a_listing_racing_changes_from_another_context_is_always_whole() {
+    listing_race(false);
+}
+
+/// The same with `modelfs compact` running beside (a second writer of the
+/// member list, so removals are left out: two writers of one TileDB group
+/// can undo each other's removals, as the README says, never an addition).
+#[test]
+fn a_listing_racing_a_compaction_beside_a_mount_is_always_whole() {
+    listing_race(true);
+}
+
+fn listing_race(with_compactor: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let writer = Arc::new(registry());
+    let dir = root(&writer, tmp.path());
+    let rounds = if on_s3() { 40 } else { 150 };
+    // Name i is added at round i; odd ones are removed at round i + 10.
+    // Each counter only grows: names below `added` were added, below
+    // `removing` their removal began, below `removed` it finished.
+    let added = Arc::new(AtomicUsize::new(0));
+    let removing = Arc::new(AtomicUsize::new(0));
+    let removed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (added, removing, removed, done, uri) = (
+            added.clone(),
+            removing.clone(),
+            removed.clone(),
+            done.clone(),
+            dir.uri.clone(),
+        );
+        std::thread::spawn(move || {
+            let reg = registry();
+            let dir = Entry {
+                name: String::new(),
+                uri,
+                storage: Storage::Group,
+            };
+            let mut listings = 0;
+            while !done.load(Ordering::SeqCst) {
+                let added_at_start = added.load(Ordering::SeqCst);
+                let removed_at_start = removed.load(Ordering::SeqCst);
+                let seen: BTreeSet<String> = match reg.list(&dir) {
+                    Ok(l) => l.into_iter().map(|e| e.name).collect(),
+                    Err(e) => panic!("a listing failed during the changes: {e}"),
+                };
+                let removing_at_end = removing.load(Ordering::SeqCst);
+                for i in 0..added_at_start {
+                    if i % 2 == 1 && i < removing_at_end {
+                        continue;
+                    }
+                    if !seen.contains(&format!("e{i:04}")) {
+                        let vfs = Vfs::new(&Context::new().unwrap()).unwrap();
+                        let mut files = vfs.ls(&list_dir(&dir.uri)).unwrap_or_default();
+                        files.sort();
+                        let detail: Vec<String> = files
+                            .iter()
+                            .map(|f| {
+                                let body = if f.ends_with(".vac") {
+                                    String::from_utf8_lossy(&vfs.read_file(f).unwrap_or_default()).replace('\n', " | ")
+                                } else {
+                                    String::new()
+                                };
+                                format!("{} {}", f.rsplit('/').next().unwrap(), body)
+                            })
+                            .collect();
+                        panic!(
+                            "e{i:04} was added before the listing and is missing; seen {} of {added_at_start}: {:?}\nfolder now:\n{}",
+                            seen.len(),
+                            seen.iter().take(5).collect::<Vec<_>>(),
+                            detail.join("\n")
+                        );
+                    }
+                }
+                for i in (1..removed_at_start).step_by(2) {
+                    assert!(
+                        !seen.contains(&format!("e{i:04}")),
+                        "e{i:04} was removed before the listing and shows"
+                    );
+                }
+                listings += 1;
+            }
+            listings
+        })
+    };
+    let compactor = with_compactor.then(|| {
+        let (done, uri) = (done.clone(), dir.uri.clone());
+        std::thread::spawn(move || {
+            let reg = registry();
+            let dir = Entry {
+                name: String::new(),
+                uri,
+                storage: Storage::Group,
+            };
+            while !done.load(Ordering::SeqCst) {
+                reg.compact_dir(&dir).unwrap();
+                reg.vacuum_dir(&dir, Duration::from_millis(500)).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    });
+    let removes = |i: usize| !with_compactor && i % 2 == 1 && i + 10 < rounds;
+    for i in 0..rounds {
+        let name = format!("e{i:04}");
+        writer.mkdir(&dir, &name, &Attrs::default()).unwrap();
+        added.store(i + 1, Ordering::SeqCst);
+        if i >= 10 && removes(i - 10) {
+            let j = i - 10;
+            removing.store(j + 1, Ordering::SeqCst);
+            let e = writer.lookup(&dir, &format!("e{j:04}")).unwrap().unwrap();
+            writer.unlink(&dir, &e).unwrap();
+            removed.store(j + 1, Ordering::SeqCst);
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let listings = reader.join().expect("the reader saw every entry");
+    if let Some(c) = compactor {
+        c.join().unwrap();
+    }
+    assert!(listings > 5, "only {listings} listings raced the changes");
+    let expected: BTreeSet<String> = (0..rounds)
+        .filter(|&i| !removes(i))
+        .map(|i| format!("e{i:04}"))
+        .collect();
+    assert_eq!(fresh_names(&dir.uri), expected);
+}
