@@ -95,7 +95,12 @@ fn every_change_keeps_the_members_exact_and_the_list_files_few() {
     // by the registry's own background thread.
     std::thread::sleep(tiledb::RETIRE_GRACE * 3);
     let (lists, vacs) = list_folder(&dir.uri);
-    assert!(lists.len() <= 2 && vacs.len() <= 1, "{} list files and {} vacuum files left", lists.len(), vacs.len());
+    assert!(
+        lists.len() <= 2 && vacs.len() <= 1,
+        "{} list files and {} vacuum files left",
+        lists.len(),
+        vacs.len()
+    );
     assert_eq!(fresh_names(&dir.uri), model);
     // Storage follows the entries, not the changes made.
     let bytes = reg.dir_own_bytes(&dir).unwrap();
@@ -173,10 +178,18 @@ fn a_crash_at_any_point_of_a_compaction_loses_nothing() {
     assert_eq!(fresh_names(&uri), model, "compacted list without its vacuum file");
 
     // Crash while writing the vacuum file: any prefix of its lines, even
-    // one cut inside a line.
+    // one cut inside a line (on a local disk; an object store shows a new
+    // object whole or not at all).
     let text = String::from_utf8(vfs.read_file(&vac_of(&ctx, &uri)).unwrap()).unwrap();
     let full = vac_of(&ctx, &uri);
-    for cut in (0..text.len()).step_by(text.len() / 25 + 1).chain([text.len()]) {
+    let cuts: Vec<usize> = match on_s3() {
+        true => vec![text.len()],
+        false => (0..text.len())
+            .step_by(text.len() / 25 + 1)
+            .chain([text.len()])
+            .collect(),
+    };
+    for cut in cuts {
         vfs.write_file(&full, &text.as_bytes()[..cut]).unwrap();
         assert_eq!(fresh_names(&uri), model, "vacuum file cut at byte {cut}");
     }
