@@ -36,6 +36,9 @@ pub(super) enum Listed {
     Fresh,
 }
 
+/// A directory's entries as read from the registry.
+type Listing = Arc<Vec<Entry>>;
+
 impl ModelFs {
     /// What `entry` shows as, or `None` when it is not shown (arrays that
     /// are not files). Failures name the entry.
@@ -64,7 +67,7 @@ impl ModelFs {
     /// [`ModelFs::node_of`], and for a directory also its listing: a
     /// directory's stat wants both (the link count counts subdirectories),
     /// and they come from one read.
-    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Arc<Vec<Entry>>>)> {
+    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Listing>)> {
         if !entry.is_dir() {
             return Ok((self.node_of(entry)?, None));
         }
