@@ -314,10 +314,11 @@ fn listing_race(with_compactor: bool) {
                 uri,
                 storage: Storage::Group,
             };
+            // As `modelfs compact` does, over and over: compact, wait, delete.
             while !done.load(Ordering::SeqCst) {
                 reg.compact_dir(&dir).unwrap();
-                reg.vacuum_dir(&dir, Duration::from_millis(500)).unwrap();
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(300));
+                reg.vacuum_dir(&dir, Duration::from_millis(300)).unwrap();
             }
         })
     });

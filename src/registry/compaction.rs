@@ -5,8 +5,8 @@
 //! changed by other tools are compacted here: by `modelfs compact`, and by
 //! a writable mount the first time it lists one that needs it.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use log::{info, warn};
@@ -31,10 +31,21 @@ pub struct DirCompaction {
 /// Directories whose replaced list files wait for their grace period
 /// ([`tiledb::RETIRE_GRACE`]), deleted by one background thread so that a
 /// directory left alone does not keep them until its next change.
+/// Also the lock each directory's changes and clean-ups take in this
+/// process.
 #[derive(Default)]
 pub(super) struct Retiring {
     pending: Mutex<HashSet<String>>,
     worker: Mutex<bool>,
+    dir_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Retiring {
+    /// The lock of directory `uri`.
+    pub(super) fn dir_lock(&self, uri: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.dir_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.entry(uri.to_string()).or_default().clone()
+    }
 }
 
 /// Directories a mount has checked since it started.
@@ -53,6 +64,8 @@ impl Registry {
             return Ok(DirCompaction::default());
         }
         let ctx = self.context();
+        let lock = self.retiring.dir_lock(&dir.uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let before = tiledb::live_list_files(ctx, &dir.uri)?;
         let done = tiledb::compact_members(ctx, &dir.uri)?;
         Group::consolidate_metadata(ctx, &dir.uri)?;
@@ -63,15 +76,18 @@ impl Registry {
     }
 
     /// Deletes the member-list files compactions at least `grace` ago
-    /// replaced, and the metadata files merged before.
+    /// replaced. (The metadata files a consolidation merged stay: TileDB
+    /// 2.30 can crash consolidating a group's metadata while another
+    /// process deletes merged files, and they are few: metadata is written
+    /// only when a tool sets a directory's attributes.)
     pub fn vacuum_dir(&self, dir: &Entry, grace: Duration) -> Result<Vacuumed> {
         if dir.storage != Storage::Group {
             return Ok(Vacuumed::default());
         }
         let ctx = self.context();
-        let done = tiledb::vacuum_members(ctx, &dir.uri, grace)?;
-        Group::vacuum_metadata(ctx, &dir.uri)?;
-        Ok(done.deleted)
+        let lock = self.retiring.dir_lock(&dir.uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(tiledb::vacuum_members(ctx, &dir.uri, grace)?.deleted)
     }
 
     /// Deletes the list files group `uri` retired once their grace period
@@ -153,10 +169,12 @@ fn retire_worker(retiring: std::sync::Weak<Retiring>, ctx: tiledb::Context) {
         let dirs: Vec<String> = r
             .pending
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .collect();
         for uri in dirs {
+            let lock = r.dir_lock(&uri);
+            let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
             match tiledb::vacuum_members(&ctx, &uri, tiledb::RETIRE_GRACE) {
                 Ok(v) => {
                     if v.deleted.files > 0 {
@@ -164,10 +182,7 @@ fn retire_worker(retiring: std::sync::Weak<Retiring>, ctx: tiledb::Context) {
                     }
                     // Files retired since are left for the next round.
                     if v.pending {
-                        r.pending
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(uri);
+                        r.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(uri);
                     }
                 }
                 Err(e) => warn!("{uri}: deleting retired member-list files failed: {e}"),

@@ -69,23 +69,11 @@ pub enum NameSlot {
 pub struct Registry {
     ctx: Context,
     vfs: Vfs,
-    /// Metadata writes this process made to each group since its metadata
-    /// was last consolidated.
-    stamps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    /// One lock per directory whose members this process changes.
-    dir_locks: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
     /// Directories with replaced list files to delete once old enough.
     pub(super) retiring: std::sync::Arc<super::compaction::Retiring>,
     /// Set on writable mounts: see [`Registry::tidy_directories_when_listed`].
     pub(super) tidying: Option<super::compaction::Tidying>,
 }
-
-/// Metadata writes to one group after which its metadata is consolidated:
-/// each membership change stamps the directory's times, and an open reads
-/// every metadata file not merged yet (measured: 24 ms to open a group
-/// after 500 writes, 4 ms once consolidated; at 2,000 entries, 30 unmerged
-/// files made up half of each open's file reads).
-const STAMPS_PER_CONSOLIDATION: u32 = 8;
 
 impl Registry {
     pub fn new(ctx: Context) -> Result<Self> {
@@ -93,8 +81,6 @@ impl Registry {
         Ok(Registry {
             ctx,
             vfs,
-            stamps: Default::default(),
-            dir_locks: Default::default(),
             retiring: Default::default(),
             tidying: None,
         })
@@ -163,7 +149,7 @@ impl Registry {
         match dir.storage {
             Storage::Group => {
                 let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
-                let attrs = Attrs::parse(&group.metadata()?);
+                let attrs = self.dir_attrs(&dir.uri, &group)?;
                 let entries = self.group_entries(dir, &group)?;
                 Ok((attrs, sorted_unique(dir, entries)))
             }
@@ -243,7 +229,7 @@ impl Registry {
         match entry.storage {
             Storage::Group => {
                 let group = Group::open(&self.ctx, &entry.uri, GroupMode::Read)?;
-                return Ok(Node::Dir(Attrs::parse(&group.metadata()?)));
+                return Ok(Node::Dir(self.dir_attrs(&entry.uri, &group)?));
             }
             Storage::PlainDir => return Ok(Node::Dir(Attrs::default())),
             Storage::Array => {}
@@ -524,33 +510,19 @@ impl Registry {
     /// per directory within this process (TileDB groups have no locking; two
     /// writers of one group at once can undo each other's removals).
     fn change_members(&self, uri: &str, f: impl FnOnce(&mut Group) -> Result<()>) -> Result<()> {
-        let lock = {
-            let mut locks = self.dir_locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            locks.entry(uri.to_string()).or_default().clone()
-        };
+        let lock = self.retiring.dir_lock(uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut change = MembersChange::begin(&self.ctx, uri)?;
         f(change.group())?;
         self.close_changed(change)
     }
 
-    /// Writes a membership change of a group, stamping its mtime and ctime
-    /// (a directory's times change when entries are added or removed). The
+    /// Writes a membership change of a group. Its time is the directory's
+    /// mtime and ctime from then on (see [`Registry::dir_attrs`]); the
     /// change retires the member-list files it makes redundant (see
-    /// [`MembersChange`]); every [`STAMPS_PER_CONSOLIDATION`] stamps the
-    /// metadata files are merged, after those merged the time before are
-    /// deleted, so an open reads a bounded number of files either way.
-    fn close_changed(&self, mut change: MembersChange) -> Result<()> {
-        let now = Some(now_ns());
-        let stamp = Attrs {
-            mtime_ns: now,
-            ctime_ns: now,
-            ..Attrs::default()
-        };
-        for (key, value) in stamp.entries() {
-            change.group().put_metadata(key, &value)?;
-        }
-        let uri = change.group().uri().to_string();
+    /// [`MembersChange`]), deleted once their grace period is over.
+    fn close_changed(&self, change: MembersChange) -> Result<()> {
+        let uri = change.uri().to_string();
         match change.commit()? {
             Ok(r) => {
                 if r.deleted.files > 0 {
@@ -566,26 +538,28 @@ impl Registry {
             // Only slower opens follow; the change itself is done.
             Err(e) => warn!("{uri}: retiring old member-list files failed: {e}"),
         }
-        let due = {
-            let mut stamps = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = stamps.entry(uri.clone()).or_insert(0);
-            *n += 1;
-            let due = *n >= STAMPS_PER_CONSOLIDATION;
-            if due {
-                *n = 0;
-            }
-            due
-        };
-        // Vacuuming first deletes what the previous consolidation merged,
-        // that many changes ago: a reader that listed those files just
-        // before had all that time to read them.
-        if due
-            && let Err(e) =
-                Group::vacuum_metadata(&self.ctx, &uri).and_then(|()| Group::consolidate_metadata(&self.ctx, &uri))
-        {
-            warn!("{uri}: consolidating its metadata failed: {e}");
-        }
         Ok(())
+    }
+
+    /// What a directory's stat shows of group `uri`, open as `group`: the
+    /// attributes tools stored, with the time of the last change of its
+    /// entries as its mtime (unless a tool set one since) and ctime. That
+    /// time is read from the member-list files' names, so a change of
+    /// entries writes no metadata (each metadata write is one more file
+    /// every open reads).
+    fn dir_attrs(&self, uri: &str, group: &Group) -> Result<Attrs> {
+        let mut attrs = Attrs::parse(&group.metadata()?);
+        let Some(changed_ms) = tiledb::members_changed_ms(&self.ctx, uri)? else {
+            return Ok(attrs);
+        };
+        let changed = changed_ms.saturating_mul(1_000_000);
+        // Stored attributes carry the time they were stored as their ctime.
+        let set_since = attrs.ctime_ns.is_some_and(|c| c >= changed);
+        if !set_since {
+            attrs.mtime_ns = Some(changed);
+            attrs.ctime_ns = Some(changed);
+        }
+        Ok(attrs)
     }
 
     /// The directory at `uri`, created (with missing ancestors, as groups

@@ -596,9 +596,4 @@ unsafe extern "C" {
         group: *mut tiledb_group_t,
         config: *mut tiledb_config_t,
     ) -> capi_return_t;
-    pub fn tiledb_group_vacuum_metadata(
-        ctx: *mut tiledb_ctx_t,
-        group_uri: *const c_char,
-        config: *mut tiledb_config_t,
-    ) -> capi_return_t;
 }

@@ -69,18 +69,6 @@ impl Group {
         })
     }
 
-    /// Deletes the metadata files that [`Group::consolidate_metadata`] merged.
-    pub fn vacuum_metadata(ctx: &Context, uri: &str) -> Result<()> {
-        let c_uri = cstring("tiledb_group_vacuum_metadata", uri)?;
-        super::error::retry_vanished(|| {
-            // SAFETY: valid URI; a null config means the context's.
-            ctx.call("tiledb_group_vacuum_metadata", |c| unsafe {
-                ffi::tiledb_group_vacuum_metadata(c, c_uri.as_ptr(), std::ptr::null_mut())
-            })
-            .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
-        })
-    }
-
     /// Removes the group's own files at `uri` (its member list, metadata and
     /// marker), leaving whatever else is stored in its folder, which is
     /// removed only when nothing else is there. Afterwards `uri` is no

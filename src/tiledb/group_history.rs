@@ -28,6 +28,7 @@ use super::group::{Group, GroupMode};
 use super::vfs::Vfs;
 
 const DETAILS_DIR: &str = "__group";
+const META_DIR: &str = "__meta";
 const VACUUM_SUFFIX: &str = ".vac";
 
 /// One member-list file, as TileDB's listing spells its URI.
@@ -197,6 +198,10 @@ impl MembersChange {
         &mut self.group
     }
 
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
     /// Writes the change (the outer result), then names the list files it
     /// made redundant in a vacuum file and deletes those replaced more than
     /// [`RETIRE_GRACE`] ago (the inner one: failing there only leaves opens
@@ -238,7 +243,7 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
             done.pending = true;
             continue;
         }
-        let one = delete_vacuumed(&vfs, uri, v)?;
+        let one = delete_vacuumed(&vfs, &details_dir(uri), v)?;
         done.deleted.files += one.files;
         done.deleted.bytes += one.bytes;
     }
@@ -246,7 +251,7 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
 }
 
 /// Deletes the list files vacuum file `vac` names, oldest first, then it.
-fn delete_vacuumed(vfs: &Vfs, uri: &str, vac: &str) -> Result<Vacuumed> {
+fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &str) -> Result<Vacuumed> {
     let text = match vfs.read_file(vac) {
         Ok(t) => t,
         Err(_) if !vfs.is_file(vac)? => return Ok(Vacuumed::default()),
@@ -256,11 +261,10 @@ fn delete_vacuumed(vfs: &Vfs, uri: &str, vac: &str) -> Result<Vacuumed> {
     let mut names: Vec<&str> = text.lines().collect();
     names.sort_by_key(|n| timestamps(last_part(n)).map(|t| t.1).unwrap_or(0));
     let mut done = Vacuumed::default();
-    let dir = details_dir(uri);
     for name in names.into_iter().chain(std::iter::once(vac)) {
-        // Only files of this group's folder: what else a vacuum file
-        // names is not ours to delete.
-        if !same_dir(name, &dir) {
+        // Only files of this folder: what else a vacuum file names is not
+        // ours to delete.
+        if !same_dir(name, dir) {
             continue;
         }
         let bytes = vfs.file_size(name).ok();
@@ -345,11 +349,27 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
         ..Retired::default()
     };
     for v in due {
-        let one = delete_vacuumed(&vfs, uri, &v.uri)?;
+        let one = delete_vacuumed(&vfs, &details_dir(uri), &v.uri)?;
         done.deleted.files += one.files;
         done.deleted.bytes += one.bytes;
     }
     Ok(done)
+}
+
+/// When the members of the group at `uri` last changed (ms): the newest
+/// member-list file's timestamp, read from the names alone.
+pub fn members_changed_ms(ctx: &Context, uri: &str) -> Result<Option<u64>> {
+    let vfs = Vfs::new(ctx)?;
+    let dir = details_dir(uri);
+    if !vfs.is_dir(&dir)? {
+        return Ok(None);
+    }
+    Ok(vfs
+        .ls(&dir)?
+        .iter()
+        .filter(|f| !f.ends_with(VACUUM_SUFFIX))
+        .filter_map(|f| timestamps(last_part(f)).map(|t| t.1))
+        .max())
 }
 
 /// Bytes of the group's own files at `uri`: its member lists and
@@ -357,7 +377,7 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
 pub fn own_bytes(ctx: &Context, uri: &str) -> Result<u64> {
     let vfs = Vfs::new(ctx)?;
     let mut total = 0;
-    for dir in [DETAILS_DIR, "__meta"] {
+    for dir in [DETAILS_DIR, META_DIR] {
         let d = format!("{}/{dir}", uri.trim_end_matches('/'));
         if !vfs.is_dir(&d)? {
             continue;
