@@ -38,6 +38,16 @@
 # the median of ML_RUNS runs (default 3). Saving the model takes ~2 minutes
 # and each run ~1.5 minutes on this machine.
 #
+# SCALE=1 runs the scale column alone (scripts/bench/bench_scale.py;
+# bench-out/bench-scale-local.json and -s3.json): registries whose root
+# holds 10,000 and 100 model directories made through the registry API, and
+# on fresh mounts of each: mount start-up, `ls`, `ls -l`, `mkdir` and
+# create-and-close of a small file beside them (on S3 with the requests
+# Garage answered); then 10,000 `mkdir`s and 1,000 `rmdir`s one after
+# another through a mount, the time of the 100th against the 10,000th, and
+# the bytes the directory's member lists take afterwards. Locally about 10
+# minutes; on Garage SCALE_S3_GROW (default 2,000) mkdirs, 30 minutes.
+#
 # Run as root (it drops the page cache), from anywhere:
 #   scripts/bench.sh                     # 1 GiB, 5 runs: several minutes
 #   SIZE_MIB=64 RUNS=3 scripts/bench.sh  # quick check
@@ -57,6 +67,8 @@ ML="${ML:-1}"
 ML_ONLY="${ML_ONLY:-0}"
 ML_SIZE_MIB="${ML_SIZE_MIB:-480}"
 ML_RUNS="${ML_RUNS:-3}"
+SCALE="${SCALE:-0}"
+SCALE_S3_GROW="${SCALE_S3_GROW:-2000}"
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 say() { echo "bench: $*" >&2; }
@@ -95,7 +107,7 @@ cleanup() {
     trap - EXIT INT TERM
     unmount_all
     rmdir "$out"/mnt-* 2>/dev/null || true  # never rm -r: one could still be mounted
-    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part" "$out/s3-model"
+    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part" "$out/s3-model" "$out/scale"
     scripts/garage.sh stop "$garage_state" 2>/dev/null || true
     rm -rf "$garage_state"
     if [ "$KEEP" = 1 ]; then
@@ -147,6 +159,28 @@ tiledb_ml_column() {
 }
 
 start=$SECONDS
+if [ "$SCALE" = 1 ]; then
+    rm -rf "$out/scale"
+    mkdir -p "$out/scale"
+    "$python" scripts/bench/bench_scale.py --bin "$bin" --out "$out" --base "$out/scale" \
+        --label local --built-from "$built_from"
+    if [ "$S3" = 1 ]; then
+        scripts/garage.sh install
+        rm -rf "$garage_state"
+        scripts/garage.sh start "$garage_state" 1
+        (
+            # shellcheck disable=SC1091
+            source "$garage_state/env"
+            "$python" scripts/bench/bench_scale.py --bin "$bin" --out "$out" \
+                --base "$MODELFS_TEST_S3/scale-$(date +%s)" --label s3 --built-from "$built_from" \
+                --grow "$SCALE_S3_GROW" --remove "$((SCALE_S3_GROW / 10))" \
+                --admin-port "${GARAGE_ADMIN_PORTS%%,*}"
+        )
+        scripts/garage.sh stop "$garage_state"
+    fi
+    say "done in $((SECONDS - start)) s (after the build)"
+    exit 0
+fi
 if [ "$ML_ONLY" = 1 ]; then
     tiledb_ml_column
     say "done in $((SECONDS - start)) s (after the build)"
