@@ -347,3 +347,38 @@ fn listing_race(with_compactor: bool) {
         .collect();
     assert_eq!(fresh_names(&dir.uri), expected);
 }
+
+/// A writable mount compacts a directory another tool grew the first time
+/// it lists it, and shows the same entries; a read-only mount leaves it.
+#[test]
+fn a_mount_compacts_a_directory_grown_elsewhere_when_it_first_lists_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = registry_uri(tmp.path());
+    let ctx = Context::new().unwrap();
+    let changes = if on_s3() { 15 } else { 40 };
+    let model = grow_like_another_tool(&ctx, &uri, changes);
+    let grown = tiledb::live_list_files(&ctx, &uri).unwrap();
+    assert!(grown > 10, "{grown} list files");
+    {
+        let ro = MountGuard::new(&uri, &tmp.path().join("ro"), &["--read-only"]);
+        let listed: BTreeSet<String> = std::fs::read_dir(&ro.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(listed, model);
+        assert_eq!(
+            tiledb::live_list_files(&ctx, &uri).unwrap(),
+            grown,
+            "a read-only mount changed nothing"
+        );
+    }
+    let rw = MountGuard::new(&uri, &tmp.path().join("rw"), &[]);
+    let listed: BTreeSet<String> = std::fs::read_dir(&rw.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed, model);
+    assert_eq!(tiledb::live_list_files(&ctx, &uri).unwrap(), 1);
+    assert!(rw.log_text().contains("compacted its member list"), "{}", rw.log_text());
+    assert_eq!(fresh_names(&uri), model);
+}

@@ -3,7 +3,7 @@
 //! every open reads each list file not yet retired. Changes made through
 //! modelfs retire the older ones as they go (`MembersChange`); directories
 //! changed by other tools are compacted here: by `modelfs compact`, and by
-//! a writable mount the first time it lists one that needs it.
+//! a writable mount the first time it reads one that needs it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -125,37 +125,45 @@ impl Registry {
         }
     }
 
-    /// From now on, the first listing of each directory compacts it when
-    /// an open reads more than [`LIST_FILES_TOLERATED`] list files (a
+    /// From now on, the first stat of each directory compacts it when an
+    /// open reads more than [`LIST_FILES_TOLERATED`] list files (a
     /// directory grown by another tool). For writable mounts only.
     pub fn tidy_directories_when_listed(&mut self) {
         self.tidying = Some(Tidying::default());
     }
 
-    /// Called before listing group `dir`: see
-    /// [`Registry::tidy_directories_when_listed`]. Failures only leave the
+    /// Called when a directory's stat found `list_files` member-list files
+    /// in group `uri` (some may be retired already): the first time it is
+    /// more than [`LIST_FILES_TOLERATED`], the directory is checked and
+    /// compacted if an open reads that many (see
+    /// [`Registry::tidy_directories_when_listed`]). Failures only leave the
     /// directory as it was.
-    pub(super) fn tidy_once(&self, dir: &Entry) {
+    pub(super) fn tidy_if_grown(&self, uri: &str, list_files: usize) {
         let Some(t) = &self.tidying else { return };
+        if list_files <= LIST_FILES_TOLERATED {
+            return;
+        }
         let first = t
             .checked
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(dir.uri.clone());
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uri.to_string());
         if !first {
             return;
         }
         let ctx = self.context();
-        match tiledb::live_list_files(ctx, &dir.uri) {
-            Ok(n) if n > LIST_FILES_TOLERATED => match tiledb::compact_members(ctx, &dir.uri) {
-                Ok(c) => info!(
-                    "{}: compacted its member list ({} list files to one)",
-                    dir.uri, c.replaced
-                ),
-                Err(e) => warn!("{}: compacting its member list failed: {e}", dir.uri),
+        let lock = self.retiring.dir_lock(uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        match tiledb::live_list_files(ctx, uri) {
+            Ok(n) if n > LIST_FILES_TOLERATED => match tiledb::compact_members(ctx, uri) {
+                Ok(c) => {
+                    info!("{uri}: compacted its member list ({} list files to one)", c.replaced);
+                    self.retire_later(uri);
+                }
+                Err(e) => warn!("{uri}: compacting its member list failed: {e}"),
             },
             Ok(_) => {}
-            Err(e) => warn!("{}: cannot check its member list files: {e}", dir.uri),
+            Err(e) => warn!("{uri}: cannot check its member list files: {e}"),
         }
     }
 }

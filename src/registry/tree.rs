@@ -159,7 +159,6 @@ impl Registry {
     }
 
     fn list_group(&self, dir: &Entry) -> Result<Vec<Entry>> {
-        self.tidy_once(dir);
         let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
         self.group_entries(dir, &group)
     }
@@ -549,7 +548,9 @@ impl Registry {
     /// every open reads).
     fn dir_attrs(&self, uri: &str, group: &Group) -> Result<Attrs> {
         let mut attrs = Attrs::parse(&group.metadata()?);
-        let Some(changed_ms) = tiledb::members_changed_ms(&self.ctx, uri)? else {
+        let (newest, list_files) = tiledb::members_changed_ms(&self.ctx, uri)?;
+        self.tidy_if_grown(uri, list_files);
+        let Some(changed_ms) = newest else {
             return Ok(attrs);
         };
         let changed = changed_ms.saturating_mul(1_000_000);

@@ -357,19 +357,21 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
 }
 
 /// When the members of the group at `uri` last changed (ms): the newest
-/// member-list file's timestamp, read from the names alone.
-pub fn members_changed_ms(ctx: &Context, uri: &str) -> Result<Option<u64>> {
+/// member-list file's timestamp, read from the names alone; and how many
+/// list files there are (retired or not).
+pub fn members_changed_ms(ctx: &Context, uri: &str) -> Result<(Option<u64>, usize)> {
     let vfs = Vfs::new(ctx)?;
     let dir = details_dir(uri);
     if !vfs.is_dir(&dir)? {
-        return Ok(None);
+        return Ok((None, 0));
     }
-    Ok(vfs
+    let stamps: Vec<u64> = vfs
         .ls(&dir)?
         .iter()
         .filter(|f| !f.ends_with(VACUUM_SUFFIX))
         .filter_map(|f| timestamps(last_part(f)).map(|t| t.1))
-        .max())
+        .collect();
+    Ok((stamps.iter().copied().max(), stamps.len()))
 }
 
 /// Bytes of the group's own files at `uri`: its member lists and
