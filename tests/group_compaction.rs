@@ -28,6 +28,23 @@ fn root(reg: &Registry, tmp: &std::path::Path) -> Entry {
     reg.ensure_dir(&registry_uri(tmp)).unwrap()
 }
 
+/// The directory entry of the group at `uri`.
+fn group_at(uri: &str) -> Entry {
+    Entry {
+        name: String::new(),
+        uri: uri.to_string(),
+        storage: Storage::Group,
+    }
+}
+
+/// What `ls` shows in `dir` (a mount's directory).
+fn shown(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
 fn list_dir(uri: &str) -> String {
     format!("{}/__group", uri.trim_end_matches('/'))
 }
@@ -141,11 +158,7 @@ fn compact_shrinks_a_directory_grown_elsewhere_and_keeps_its_entries() {
     let changes = if on_s3() { 40 } else { 150 };
     let model = grow_like_another_tool(&ctx, &uri, changes);
     let reg = registry();
-    let dir = Entry {
-        name: String::new(),
-        uri: uri.clone(),
-        storage: Storage::Group,
-    };
+    let dir = group_at(&uri);
     let before = reg.dir_own_bytes(&dir).unwrap();
     assert_eq!(
         tiledb::live_list_files(&ctx, &uri).unwrap(),
@@ -253,11 +266,7 @@ fn listing_race(with_compactor: bool) {
         );
         std::thread::spawn(move || {
             let reg = registry();
-            let dir = Entry {
-                name: String::new(),
-                uri,
-                storage: Storage::Group,
-            };
+            let dir = group_at(&uri);
             let mut listings = 0;
             while !done.load(Ordering::SeqCst) {
                 let added_at_start = added.load(Ordering::SeqCst);
@@ -309,11 +318,7 @@ fn listing_race(with_compactor: bool) {
         let (done, uri) = (done.clone(), dir.uri.clone());
         std::thread::spawn(move || {
             let reg = registry();
-            let dir = Entry {
-                name: String::new(),
-                uri,
-                storage: Storage::Group,
-            };
+            let dir = group_at(&uri);
             // As `modelfs compact` does, over and over: compact, wait, delete.
             while !done.load(Ordering::SeqCst) {
                 reg.compact_dir(&dir).unwrap();
@@ -361,10 +366,7 @@ fn a_mount_compacts_a_directory_grown_elsewhere_when_it_first_lists_it() {
     assert!(grown > 10, "{grown} list files");
     {
         let ro = MountGuard::new(&uri, &tmp.path().join("ro"), &["--read-only"]);
-        let listed: BTreeSet<String> = std::fs::read_dir(&ro.dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let listed = shown(&ro.dir);
         assert_eq!(listed, model);
         assert_eq!(
             tiledb::live_list_files(&ctx, &uri).unwrap(),
@@ -373,10 +375,7 @@ fn a_mount_compacts_a_directory_grown_elsewhere_when_it_first_lists_it() {
         );
     }
     let rw = MountGuard::new(&uri, &tmp.path().join("rw"), &[]);
-    let listed: BTreeSet<String> = std::fs::read_dir(&rw.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let listed = shown(&rw.dir);
     assert_eq!(listed, model);
     assert_eq!(tiledb::live_list_files(&ctx, &uri).unwrap(), 1);
     assert!(rw.log_text().contains("compacted its member list"), "{}", rw.log_text());
