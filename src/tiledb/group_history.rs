@@ -20,6 +20,7 @@
 //! written oldest first, so one cut short (a crash on a local disk) still
 //! names a prefix of the history, which is equally safe to skip.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::context::Context;
@@ -50,6 +51,8 @@ struct VacuumFile {
 /// The state of a group's `__group/` folder.
 #[derive(Debug, Default)]
 struct History {
+    /// Every list file, retired or not.
+    all: Vec<ListFile>,
     /// List files no vacuum file names, oldest first: what an open reads.
     live: Vec<ListFile>,
     vacuum: Vec<VacuumFile>,
@@ -133,14 +136,18 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
             });
         }
     }
-    let replaced: std::collections::HashSet<&str> =
-        vacuum.iter().flat_map(|v| v.names.iter().map(String::as_str)).collect();
+    let replaced: HashSet<&str> = vacuum.iter().flat_map(|v| v.names.iter().map(String::as_str)).collect();
     let mut live: Vec<ListFile> = files
-        .into_iter()
+        .iter()
         .filter(|f| !replaced.contains(f.uri.as_str()))
+        .cloned()
         .collect();
     live.sort_by(|a, b| (a.timestamp, &a.uri).cmp(&(b.timestamp, &b.uri)));
-    Ok(History { live, vacuum })
+    Ok(History {
+        all: files,
+        live,
+        vacuum,
+    })
 }
 
 /// How long replaced list files stay after the vacuum file naming them is
@@ -150,6 +157,13 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
 /// lists within this time. An open that took longer would see the
 /// directory as it was, or empty, never a wrong mix; it cannot tell.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// Retired member lists kept beside the current one: a snapshot of the
+/// registry as of an earlier time (`mount --at`) reads the list that was
+/// current then, so a directory's last this many changes can be looked back
+/// on; before them it lists as empty. Each is the whole list, so this
+/// bounds a directory's storage at this many times its list.
+pub const HISTORY_KEPT: usize = 8;
 
 /// A membership change that also retires the list files it makes
 /// redundant. The folder is listed before the group is opened for writing,
@@ -243,15 +257,19 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
             done.pending = true;
             continue;
         }
-        let one = delete_vacuumed(&vfs, &details_dir(uri), v)?;
+        let keep = history_kept(before.iter());
+        let one = delete_vacuumed(&vfs, &details_dir(uri), v, &keep)?;
         done.deleted.files += one.files;
         done.deleted.bytes += one.bytes;
     }
     Ok(done)
 }
 
-/// Deletes the list files vacuum file `vac` names, oldest first, then it.
-fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &str) -> Result<Vacuumed> {
+/// Deletes the list files vacuum file `vac` names, oldest first, but those
+/// in `keep`; then the vacuum file itself once nothing it names is left
+/// (while a retired file stays, a vacuum file must keep naming it, or
+/// opens would apply it again).
+fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &str, keep: &HashSet<String>) -> Result<Vacuumed> {
     let text = match vfs.read_file(vac) {
         Ok(t) => t,
         Err(_) if !vfs.is_file(vac)? => return Ok(Vacuumed::default()),
@@ -261,24 +279,46 @@ fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &str) -> Result<Vacuumed> {
     let mut names: Vec<&str> = text.lines().collect();
     names.sort_by_key(|n| timestamps(last_part(n)).map(|t| t.1).unwrap_or(0));
     let mut done = Vacuumed::default();
-    for name in names.into_iter().chain(std::iter::once(vac)) {
+    let mut kept = false;
+    for name in names {
         // Only files of this folder: what else a vacuum file names is not
         // ours to delete.
         if !same_dir(name, dir) {
             continue;
         }
-        let bytes = vfs.file_size(name).ok();
-        match vfs.remove_file(name) {
-            Ok(()) => {
-                done.files += 1;
-                done.bytes += bytes.unwrap_or(0);
-            }
-            // Gone already (another pass, another mount).
-            Err(_) if !vfs.is_file(name)? => {}
-            Err(e) => return Err(e),
+        if keep.contains(name) {
+            kept = true;
+            continue;
         }
+        remove_counted(vfs, name, &mut done)?;
+    }
+    if !kept {
+        remove_counted(vfs, vac, &mut done)?;
     }
     Ok(done)
+}
+
+/// Removes `file`, counting it in `done`; one already gone (another pass,
+/// another mount) is no error.
+fn remove_counted(vfs: &Vfs, file: &str, done: &mut Vacuumed) -> Result<()> {
+    let bytes = vfs.file_size(file).ok();
+    match vfs.remove_file(file) {
+        Ok(()) => {
+            done.files += 1;
+            done.bytes += bytes.unwrap_or(0);
+            Ok(())
+        }
+        Err(_) if !vfs.is_file(file)? => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The newest [`HISTORY_KEPT`] of `files`: the member lists a snapshot of
+/// a recent time still reads.
+fn history_kept<'a>(files: impl Iterator<Item = &'a ListFile>) -> HashSet<String> {
+    let mut all: Vec<&ListFile> = files.collect();
+    all.sort_by(|a, b| (b.timestamp, &b.uri).cmp(&(a.timestamp, &a.uri)));
+    all.into_iter().take(HISTORY_KEPT).map(|f| f.uri.clone()).collect()
 }
 
 /// How many member-list files an open of the group at `uri` reads.
@@ -348,8 +388,10 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
         pending: !young.is_empty(),
         ..Retired::default()
     };
+    // The current list is one of the newest; the rest are kept as history.
+    let keep = history_kept(history.all.iter());
     for v in due {
-        let one = delete_vacuumed(&vfs, &details_dir(uri), &v.uri)?;
+        let one = delete_vacuumed(&vfs, &details_dir(uri), &v.uri, &keep)?;
         done.deleted.files += one.files;
         done.deleted.bytes += one.bytes;
     }
