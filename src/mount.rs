@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
+use modelfs::fs::disk_cache::DiskCacheConfig;
 use modelfs::fs::{Config, ModelFs};
 use modelfs::fuse::{MountOptions, Mounted};
 use modelfs::registry::Registry;
@@ -36,6 +37,31 @@ pub struct Args {
     pub staging_limit: u64,
     pub view_memory: u64,
     pub log_file: Option<PathBuf>,
+    pub disk_cache: Option<PathBuf>,
+    pub disk_cache_size: u64,
+    pub no_disk_cache: bool,
+    pub passthrough: bool,
+}
+
+/// The disk cache a mount uses: the one asked for, else the default one
+/// for registries on object stores. A local registry is already on local
+/// disk: a copy only pays for passthrough (see the README's figures), so
+/// it takes one only when asked.
+fn disk_cache(args: &Args) -> Option<DiskCacheConfig> {
+    if args.no_disk_cache {
+        return None;
+    }
+    let dir = match &args.disk_cache {
+        Some(dir) => dir.clone(),
+        None if args.registry.contains("://") && !args.registry.starts_with("file://") => {
+            modelfs::fs::disk_cache::default_dir()
+        }
+        None => return None,
+    };
+    Some(DiskCacheConfig {
+        dir,
+        limit_bytes: args.disk_cache_size,
+    })
 }
 
 fn check_mountpoint(path: &Path) -> Result<()> {
@@ -72,6 +98,13 @@ pub fn run(args: Args) -> Result<()> {
         view_memory_bytes: args.view_memory,
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
+        disk_cache: disk_cache(&args),
+        disk_cache_namespace: format!(
+            "{}\n{}",
+            args.registry,
+            crate::storage_endpoint(&args.tiledb_config)?.unwrap_or_default()
+        ),
+        passthrough: args.passthrough,
         ..Config::default()
     };
     let core = Arc::new(

@@ -179,6 +179,9 @@ pub enum CoreError {
     RegistryNotADirectory { uri: String },
     #[error("staging directory {}: {error}", dir.display())]
     StagingDir { dir: PathBuf, error: std::io::Error },
+    /// The disk cache directory cannot be made or locked.
+    #[error("disk cache {}: {error}", dir.display())]
+    DiskCacheDir { dir: PathBuf, error: std::io::Error },
 
     // Requests the adapter refuses before they reach the core.
     /// `mknod`, or `create` of a special file.
@@ -236,7 +239,7 @@ impl CoreError {
             E::Staging { error, .. } => (error.raw_os_error().unwrap_or(libc::EIO), Level::Warn),
             E::NoRegistry { .. } => (libc::ENOENT, Level::Error),
             E::RegistryNotADirectory { .. } => (libc::ENOTDIR, Level::Error),
-            E::StagingDir { .. } | E::Panicked { .. } => (libc::EIO, Level::Error),
+            E::StagingDir { .. } | E::DiskCacheDir { .. } | E::Panicked { .. } => (libc::EIO, Level::Error),
             E::SpecialFile { .. } => (libc::EPERM, Level::Debug),
             E::Unsupported { .. } => (libc::ENOTSUP, Level::Debug),
         }

@@ -20,7 +20,7 @@ use super::namespace::Listed;
 use super::read::{ChunkSource, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
-use super::{Attr, Fh, Ino, ModelFs, Opened, invalid_name, lock};
+use super::{Attr, Backing, Fh, Ino, ModelFs, Opened, invalid_name, lock};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
 use crate::registry::{Entry, Node};
@@ -73,18 +73,36 @@ impl ModelFs {
             keep
         };
         Counters::add(&self.counters.opens, 1);
-        let source: Arc<dyn ChunkSource> = version;
+        let source: Arc<dyn ChunkSource> = version.clone();
         let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
         let fh = self.handles.insert(Handle::File(FileHandle {
             ino,
             source,
             prefetch: std::sync::Mutex::new(prefetch),
         }));
-        debug!("open ino={} fh={} keep_cache={keep_cache}", ino.0, fh.0);
+        let local = version.file().local_file();
+        let passthrough = match local {
+            Some(file) if self.config.passthrough => Some(Backing {
+                file,
+                version: version.id(),
+            }),
+            Some(_) => {
+                Counters::add(&self.counters.passthrough_fallbacks, 1);
+                None
+            }
+            None => None,
+        };
+        debug!(
+            "open ino={} fh={} keep_cache={keep_cache} passthrough={}",
+            ino.0,
+            fh.0,
+            passthrough.is_some()
+        );
         Ok(Opened {
             fh,
             keep_cache,
             direct_io: false,
+            passthrough,
         })
     }
 
@@ -94,6 +112,7 @@ impl ModelFs {
             fh: self.handles.insert(Handle::Generated(bytes)),
             keep_cache: false,
             direct_io: false,
+            passthrough: None,
         }
     }
 
@@ -133,6 +152,7 @@ impl ModelFs {
             fh,
             keep_cache: false,
             direct_io: false,
+            passthrough: None,
         })
     }
 
