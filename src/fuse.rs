@@ -78,14 +78,18 @@ impl FuseAdapter {
                 "FUSE passthrough off for this mount: the kernel refused a backing file ({e}); the daemon serves reads"
             );
         }
+        let passed = matches!(mode, Mode::Passthrough(_));
         if offer.is_some() {
-            self.core.count_passthrough(matches!(mode, Mode::Passthrough(_)));
+            self.core.count_passthrough(passed);
+            if !passed {
+                self.core.passthrough_declined(o.fh);
+            }
         }
         match mode {
-            Mode::Passthrough(id) => (flags, Some(id)),
-            Mode::Direct => {
+            Mode::Passthrough(id) => {
+                // The kernel refuses passthrough opens with other flags.
                 flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
-                (flags | FopenFlags::FOPEN_DIRECT_IO, None)
+                (flags, Some(id))
             }
             Mode::Cached => (flags, None),
         }

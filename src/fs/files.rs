@@ -8,7 +8,10 @@
 //! version what later lookups and opens see.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a writer waits for passthrough readers of its file to close.
+const UNPIN_WAIT: Duration = Duration::from_secs(1);
 
 use log::debug;
 
@@ -41,6 +44,7 @@ impl ModelFs {
         }
         if write {
             self.check_writable(&inode.entry().uri)?;
+            self.wait_unpinned(&inode)?;
             return self.open_writer(&inode, truncate, opener);
         }
         let NodeState::File(meta) = node else {
@@ -53,9 +57,16 @@ impl ModelFs {
             // A new file not committed yet reads as empty.
             return Ok(self.open_generated(&inode, Vec::new()));
         }
-        let existing = inode.lock().version.clone();
-        let version = match existing {
-            Some(v) if v.file().meta().same_data(&meta) => v,
+        let (existing, pinned) = {
+            let c = inode.lock();
+            (c.version.clone(), c.pinned_version())
+        };
+        let version = match (existing, pinned) {
+            // Every open of an inode the kernel passes through to a cache
+            // file must name that file: until the next lookup gives the
+            // name a new inode, it is the version served.
+            (_, Some(v)) => v,
+            (Some(v), None) if v.file().meta().same_data(&meta) => v,
             _ => {
                 let file = self.store.open_version(&inode.entry().uri, meta)?;
                 let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -75,23 +86,31 @@ impl ModelFs {
         Counters::add(&self.counters.opens, 1);
         let source: Arc<dyn ChunkSource> = version.clone();
         let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
-        let fh = self.handles.insert(Handle::File(FileHandle {
-            ino,
-            source,
-            prefetch: std::sync::Mutex::new(prefetch),
-        }));
-        let local = version.file().local_file();
-        let passthrough = match local {
-            Some(file) if self.config.passthrough => Some(Backing {
-                file,
-                version: version.id(),
-            }),
+        let passthrough = match version.file().local_file() {
+            Some(file) if self.config.passthrough => {
+                let mut c = inode.lock();
+                let n = match &c.pinned {
+                    Some((v, n)) if v.id() == version.id() => *n,
+                    _ => 0,
+                };
+                c.pinned = Some((version.clone(), n + 1));
+                Some(Backing {
+                    file,
+                    version: version.id(),
+                })
+            }
             Some(_) => {
                 Counters::add(&self.counters.passthrough_fallbacks, 1);
                 None
             }
             None => None,
         };
+        let fh = self.handles.insert(Handle::File(FileHandle {
+            ino,
+            source,
+            prefetch: std::sync::Mutex::new(prefetch),
+            pinned: std::sync::atomic::AtomicBool::new(passthrough.is_some()),
+        }));
         debug!(
             "open ino={} fh={} keep_cache={keep_cache} passthrough={}",
             ino.0,
@@ -186,6 +205,7 @@ impl ModelFs {
                     self.inodes.upsert(parent, entry, node, Seen::Read)
                 }
             };
+            self.wait_unpinned(&inode)?;
             let opened = self.open_writer(&inode, true, opener)?;
             self.inodes.remember(&inode);
             return Ok((self.getattr(inode.ino)?, opened));
@@ -334,7 +354,12 @@ impl ModelFs {
     pub fn release(&self, fh: Fh) {
         let Some(h) = self.handles.remove(fh) else { return };
         let ino = match h.as_ref() {
-            Handle::File(f) => f.ino,
+            Handle::File(f) => {
+                if f.pinned.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    self.unpin(f.ino);
+                }
+                f.ino
+            }
             Handle::Write(w) => {
                 let dirty = lock(&w.writer).needs_commit();
                 if dirty && let Err(e) = self.commit(w) {
@@ -355,6 +380,44 @@ impl ModelFs {
                 self.delete_unlinked(&dir, &inode.entry());
             }
         }
+    }
+
+    /// The adapter answered open `fh` without passthrough although it was
+    /// offered: the handle no longer holds its inode's pinned version.
+    pub fn passthrough_declined(&self, fh: Fh) {
+        if let Some(h) = self.handles.get(fh)
+            && let Handle::File(f) = h.as_ref()
+            && f.pinned.swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.unpin(f.ino);
+        }
+    }
+
+    fn unpin(&self, ino: Ino) {
+        if let Some(inode) = self.inodes.get(ino) {
+            let mut c = inode.lock();
+            if let Some((_, n)) = &mut c.pinned {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.pinned = None;
+                }
+            }
+        }
+    }
+
+    /// Waits a little for the handles reading `inode` through passthrough
+    /// to close (the kernel sends their release after `close()` returns),
+    /// then refuses a writer: the kernel would send its writes to the
+    /// cache file (ETXTBSY, as for a running executable).
+    fn wait_unpinned(&self, inode: &Inode) -> Result<()> {
+        let start = Instant::now();
+        while inode.lock().pinned_version().is_some() {
+            if start.elapsed() > UNPIN_WAIT {
+                return Err(CoreError::PassedThrough { uri: inode.entry().uri }.into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Reads up to `size` bytes at `offset`; short only at the end.

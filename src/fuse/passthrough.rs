@@ -1,19 +1,22 @@
-//! FUSE passthrough: which open file of which inode the kernel reads
+//! FUSE passthrough: which open files of which inode the kernel reads
 //! itself from a disk cache file, and which go through the daemon.
 //!
-//! The kernel (6.9+, fs/fuse/iomode.c) keeps one I/O mode per inode: while
-//! a file of it is open with passthrough, every other passthrough open must
-//! name the same backing file, and an open in cached mode (the page cache
-//! of the FUSE inode) fails with EIO; while one is open in cached mode, a
-//! passthrough open fails. Direct I/O opens mix with both. So per inode
-//! this keeps the backing file in use and how many handles use it and how
-//! many use the page cache, and picks each open's mode so that no open
-//! fails: passthrough when offered and nothing conflicts, direct I/O when
-//! another version is passed through, cached mode otherwise.
+//! The kernel (fs/fuse/iomode.c, Linux 6.9+) keeps one I/O mode per
+//! inode. While a file of it is open with passthrough, every other open of
+//! it must be a passthrough open naming the same backing file (anything
+//! else, direct I/O included, fails with EIO); while one is open in cached
+//! mode (the FUSE inode's page cache), a passthrough open fails. A
+//! passthrough open may carry no other flag than direct I/O (`KEEP_CACHE`
+//! makes it fail). So per inode this keeps the backing file in use, with
+//! how many handles use it, and how many handles use the page cache, and
+//! answers each open so that none fails: passthrough when offered and
+//! nothing conflicts, or when the inode is passed through already;
+//! cached mode otherwise. The core makes sure a writer never opens an
+//! inode passed through (it would write into the cache file).
 //!
-//! This state only ever counts more open handles than the kernel has (the
-//! kernel drops a file's mode before the daemon sees its release), so it
-//! errs towards the daemon serving a read, never towards a failed open.
+//! These counts only ever lag behind the kernel's (the kernel drops a
+//! file's mode before the daemon sees its release), so the daemon errs
+//! towards serving a read itself, never towards a failed open.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +28,7 @@ use fuser::BackingId;
 pub enum Mode {
     /// The kernel reads the backing file.
     Passthrough(Arc<BackingId>),
-    /// Through the daemon, without the page cache.
-    Direct,
-    /// Through the daemon and the page cache (today's path).
+    /// Through the daemon and the page cache.
     Cached,
 }
 
@@ -40,7 +41,6 @@ struct InodeIo {
 enum Held {
     Cached,
     Passthrough,
-    Direct,
 }
 
 /// Modes of open handles, per inode and per handle.
@@ -94,11 +94,12 @@ impl IoModes {
         let io = st.inodes.entry(ino).or_default();
         let mut refused = None;
         let (mode, held) = match (&mut io.passthrough, offer) {
-            (Some((v, id, n)), Some(version)) if *v == version && io.cached == 0 => {
+            // The kernel allows nothing else while the inode is passed
+            // through (the core serves only that version to new opens).
+            (Some((_, id, n)), _) => {
                 *n += 1;
                 (Mode::Passthrough(id.clone()), Held::Passthrough)
             }
-            (Some(_), _) => (Mode::Direct, Held::Direct),
             (None, Some(version)) if io.cached == 0 && self.available() => match open_backing() {
                 Ok(id) => {
                     let id = Arc::new(id);
@@ -139,7 +140,6 @@ impl IoModes {
                     }
                 }
             }
-            Held::Direct => {}
         }
         if io.cached == 0 && io.passthrough.is_none() {
             st.inodes.remove(&ino);

@@ -37,6 +37,26 @@ impl Ranges {
         let before = self.parts.range(..r.end).next_back();
         before.is_some_and(|(_, (end, _))| *end > r.start)
     }
+
+    /// The parts of `r` no recorded range covers, in order.
+    fn uncovered(&self, r: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut at = r.start;
+        // The range starting before `r` may reach into it.
+        if let Some((_, (end, _))) = self.parts.range(..r.start).next_back() {
+            at = at.max(*end);
+        }
+        for (start, (end, _)) in self.parts.range(r.start..r.end) {
+            if *start > at {
+                out.push(at..*start);
+            }
+            at = at.max(*end);
+        }
+        if at < r.end {
+            out.push(at..r.end);
+        }
+        out
+    }
 }
 
 impl Fill {
@@ -59,27 +79,30 @@ impl Fill {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes `bytes`, the version's bytes at `offset`. A failed write makes
-    /// the fill useless (it is never committed), not the read that fed it.
+    /// Writes `bytes`, the version's bytes at `offset`: the parts of them
+    /// not recorded yet. A failed write makes the fill useless (it is never
+    /// committed), not the read that fed it.
     pub fn record(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let end = offset.saturating_add(bytes.len() as u64);
         if bytes.is_empty() || end > self.size {
             return Ok(());
         }
-        if self.lock().overlaps(&(offset..end)) {
-            return Ok(());
-        }
-        if let Err(e) = self.file.write_all_at(bytes, offset) {
-            self.lock().failed = true;
-            return Err(e);
-        }
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(bytes);
-        let mut st = self.lock();
-        // Another thread may have recorded the same range meanwhile.
-        if !st.overlaps(&(offset..end)) {
-            st.parts.insert(offset, (end, crc));
-            st.covered += end - offset;
+        let todo = self.lock().uncovered(offset..end);
+        for r in todo {
+            let part = &bytes[(r.start - offset) as usize..(r.end - offset) as usize];
+            if let Err(e) = self.file.write_all_at(part, r.start) {
+                self.lock().failed = true;
+                return Err(e);
+            }
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(part);
+            let mut st = self.lock();
+            // Another thread may have recorded some of it meanwhile; what
+            // is left uncovered is read again before the commit.
+            if !st.overlaps(&r) {
+                st.parts.insert(r.start, (r.end, crc));
+                st.covered += r.end - r.start;
+            }
         }
         Ok(())
     }
@@ -175,6 +198,20 @@ mod tests {
             prop_assert_eq!(f.checksum(), Some(crc32fast::hash(&data)));
             prop_assert_eq!(std::fs::read(&f.path).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn overlapping_records_fill_only_what_is_missing() {
+        let (_dir, f) = fill(100);
+        f.record(10, &[1; 20]).unwrap();
+        f.record(50, &[2; 10]).unwrap();
+        f.record(0, &[3; 100]).unwrap();
+        assert!(f.missing().is_empty());
+        let mut want = vec![3u8; 100];
+        want[10..30].fill(1);
+        want[50..60].fill(2);
+        assert_eq!(std::fs::read(&f.path).unwrap(), want);
+        assert_eq!(f.checksum(), Some(crc32fast::hash(&want)));
     }
 
     #[test]

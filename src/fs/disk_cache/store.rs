@@ -154,14 +154,30 @@ impl CachedVersion {
 /// Reads the ranges `fill` lacks from the registry.
 fn complete(inner: &dyn StoredVersion, fill: &Fill) -> std::result::Result<(), String> {
     let mut buf = Vec::new();
-    for gap in fill.missing() {
+    // A range another thread was recording while this one looked may be
+    // left partly uncovered: look again.
+    for _ in 0..3 {
+        let missing = fill.missing();
+        if missing.is_empty() {
+            break;
+        }
+        read_into(inner, fill, &missing, &mut buf)?;
+    }
+    Ok(())
+}
+
+fn read_into(
+    inner: &dyn StoredVersion,
+    fill: &Fill,
+    missing: &[std::ops::Range<u64>],
+    buf: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    for gap in missing.iter().cloned() {
         let mut at = gap.start;
         while at < gap.end {
             let len = (gap.end - at).min(GAP_READ_BYTES) as usize;
             buf.resize(len, 0);
-            let n = inner
-                .read_at(at, &mut buf)
-                .map_err(|e| format!("reading the rest: {e}"))?;
+            let n = inner.read_at(at, buf).map_err(|e| format!("reading the rest: {e}"))?;
             if n == 0 {
                 return Err(format!("the registry gave nothing at byte {at}"));
             }
