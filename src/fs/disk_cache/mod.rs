@@ -183,7 +183,9 @@ impl DiskCache {
     pub fn key(&self, uri: &str, timestamp: u64, size: u64) -> VersionKey {
         VersionKey {
             namespace: self.namespace.clone(),
-            uri: uri.to_string(),
+            // One spelling per array: a file written through the mount is
+            // named without `file://`, the same file listed with it.
+            uri: crate::registry::uri::canonical(uri).to_string(),
             timestamp,
             size,
         }
@@ -305,6 +307,9 @@ impl DiskCache {
     /// is filling already, one larger than the whole cache, or no room
     /// left by parts in flight, gives `None`.
     pub fn begin_fill(&self, tag: &str, size: u64) -> Option<Arc<Fill>> {
+        if size == 0 {
+            return None;
+        }
         if size > self.limit_bytes {
             debug!("disk cache: {tag}: {size} bytes is more than the cache holds");
             return None;
