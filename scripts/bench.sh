@@ -51,6 +51,8 @@
 #   KEEP=1 scripts/bench.sh              # keep bench-out/model-*.safetensors
 #                                        # (reused next time) and the registry
 #   ML_ONLY=1 scripts/bench.sh           # the TileDB-ML column alone
+#   S3_DIRS=0 scripts/bench.sh           # S3 column without the registries
+#                                        # of 10 and 1,000 directories
 # Other load on the machine (compiles) makes the figures noisy.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -54,18 +54,38 @@ enum Local {
 
 /// One version: its local file when complete, the registry otherwise.
 struct CachedVersion {
-    inner: Arc<dyn StoredVersion>,
+    /// The version in the registry, opened at the first read the local
+    /// file cannot serve: a version found in the cache costs no request.
+    inner: Mutex<Option<Arc<dyn StoredVersion>>>,
+    store: Arc<dyn Store>,
+    uri: String,
+    meta: FileMeta,
     cache: Arc<DiskCache>,
     counters: Arc<Counters>,
     key: Option<VersionKey>,
     local: Arc<Mutex<Local>>,
 }
 
-fn lock(m: &Mutex<Local>) -> std::sync::MutexGuard<'_, Local> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The tile assumed for a version read from its local file, whose array
+/// is not opened (the tile only sizes the chunks of registry reads).
+const LOCAL_TILE_BYTES: u64 = 256 << 10;
+
 impl CachedVersion {
+    /// The version in the registry, opened now if it was not.
+    fn inner(&self) -> Result<Arc<dyn StoredVersion>> {
+        let mut inner = lock(&self.inner);
+        if let Some(v) = &*inner {
+            return Ok(v.clone());
+        }
+        let v: Arc<dyn StoredVersion> = Arc::from(self.store.open_version(&self.uri, self.meta.clone())?);
+        *inner = Some(v.clone());
+        Ok(v)
+    }
+
     /// Reads from the local file: `None` when there is none, or when it
     /// failed (the cache is then left out for this version).
     fn read_local(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
@@ -73,7 +93,7 @@ impl CachedVersion {
             Local::Ready(f) => f.clone(),
             _ => return None,
         };
-        let size = self.inner.size();
+        let size = self.meta.size;
         let want = (size.saturating_sub(offset)).min(buf.len() as u64) as usize;
         match file.read_exact_at(&mut buf[..want], offset) {
             Ok(()) => {
@@ -83,7 +103,7 @@ impl CachedVersion {
             Err(e) => {
                 warn!(
                     "disk cache: reading {} from its cache file failed ({e}); reading the registry",
-                    self.inner.uri()
+                    self.uri
                 );
                 *lock(&self.local) = Local::Off;
                 None
@@ -92,7 +112,7 @@ impl CachedVersion {
     }
 
     /// Keeps `bytes`, read from the registry at `offset`, in the entry.
-    fn tee(&self, offset: u64, bytes: &[u8]) {
+    fn tee(&self, inner: &Arc<dyn StoredVersion>, offset: u64, bytes: &[u8]) {
         let Some(key) = &self.key else { return };
         let end = offset.saturating_add(bytes.len() as u64);
         let fill = {
@@ -115,19 +135,18 @@ impl CachedVersion {
             }
         };
         if let Err(e) = fill.record(offset, bytes) {
-            warn!("disk cache: writing {} into the cache failed: {e}", self.inner.uri());
+            warn!("disk cache: writing {} into the cache failed: {e}", self.uri);
             *lock(&self.local) = Local::Off;
             return;
         }
         if fill.covered().saturating_add(FILL_GAP_BYTES) >= key.size && fill.claim() {
-            self.finish(fill, key.clone());
+            self.finish(inner.clone(), fill, key.clone());
         }
     }
 
     /// Completes and commits the entry on a thread of its own: the read
     /// that got here returns at once.
-    fn finish(&self, fill: Arc<Fill>, key: VersionKey) {
-        let inner = self.inner.clone();
+    fn finish(&self, inner: Arc<dyn StoredVersion>, fill: Arc<Fill>, key: VersionKey) {
         let cache = self.cache.clone();
         let local = self.local.clone();
         let spawned = std::thread::Builder::new()
@@ -190,23 +209,27 @@ fn read_into(
 
 impl StoredVersion for CachedVersion {
     fn meta(&self) -> &FileMeta {
-        self.inner.meta()
+        &self.meta
     }
 
     fn tile_bytes(&self) -> u64 {
-        self.inner.tile_bytes()
+        match &*lock(&self.inner) {
+            Some(v) => v.tile_bytes(),
+            None => LOCAL_TILE_BYTES,
+        }
     }
 
     fn uri(&self) -> &str {
-        self.inner.uri()
+        &self.uri
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if let Some(n) = self.read_local(offset, buf) {
             return Ok(n);
         }
-        let n = self.inner.read_at(offset, buf)?;
-        self.tee(offset, &buf[..n]);
+        let inner = self.inner()?;
+        let n = inner.read_at(offset, buf)?;
+        self.tee(&inner, offset, &buf[..n]);
         Ok(n)
     }
 
@@ -279,14 +302,21 @@ impl Store for CachingStore {
         // Versions without a timestamp (written by other tools) are read as
         // of now: nothing identifies them, so they are never cached.
         let key = meta.timestamp.map(|ts| self.cache.key(uri, ts, meta.size));
-        let inner: Arc<dyn StoredVersion> = Arc::from(self.inner.open_version(uri, meta)?);
         let local = match key.as_ref().map(|k| self.cache.lookup(k)) {
             Some(Some(file)) => Local::Ready(file),
             Some(None) => Local::Idle,
             None => Local::Off,
         };
+        // Opened now unless cached, so an unreadable array fails the open.
+        let inner = match local {
+            Local::Ready(_) => None,
+            _ => Some(Arc::from(self.inner.open_version(uri, meta.clone())?)),
+        };
         Ok(Box::new(CachedVersion {
-            inner,
+            inner: Mutex::new(inner),
+            store: self.inner.clone(),
+            uri: uri.to_string(),
+            meta,
             cache: self.cache.clone(),
             counters: self.counters.clone(),
             key,
