@@ -20,7 +20,7 @@ use super::error::{CoreError, Result};
 use super::handles::{FileHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
 use super::namespace::Listed;
-use super::read::{ChunkSource, FileVersion, Prefetcher};
+use super::read::{ChunkSource, Data, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
 use super::{Attr, Backing, Fh, Ino, ModelFs, Opened, invalid_name, lock};
@@ -421,7 +421,7 @@ impl ModelFs {
     }
 
     /// Reads up to `size` bytes at `offset`; short only at the end.
-    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Data> {
         let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
         let out = match handle.as_ref() {
             Handle::File(f) if f.source.is_local() => {
@@ -433,7 +433,7 @@ impl ModelFs {
                     offset,
                     error: Box::new(e),
                 })?;
-                buf
+                Data::from(buf)
             }
             Handle::File(f) => {
                 let plan = f
@@ -444,31 +444,27 @@ impl ModelFs {
                 if let Some(range) = plan {
                     self.prefetch.submit(&f.source, range);
                 }
-                let mut buf = vec![0u8; size as usize];
-                let n = self
-                    .cache
-                    .read(f.source.as_ref(), offset, &mut buf)
+                self.cache
+                    .read_data(f.source.as_ref(), offset, size)
                     .map_err(|e| CoreError::Read {
                         what: f.source.describe().to_string(),
                         offset,
                         error: Box::new(e),
-                    })?;
-                buf.truncate(n);
-                buf
+                    })?
             }
-            Handle::Write(w) => lock(&w.writer).read(self.store.as_ref(), offset, size)?,
+            Handle::Write(w) => Data::from(lock(&w.writer).read(self.store.as_ref(), offset, size)?),
             Handle::View(file) => {
                 let mut buf = vec![0u8; size as usize];
                 let n = file
                     .read_at(offset, &mut buf)
                     .map_err(|error| CoreError::ViewSpillRead { offset, error })?;
                 buf.truncate(n);
-                buf
+                Data::from(buf)
             }
             Handle::Generated(bytes) => {
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
-                bytes[start..end].to_vec()
+                Data::from(bytes[start..end].to_vec())
             }
             Handle::Dir { .. } => return Err(CoreError::ReadOfDirectory.into()),
         };
