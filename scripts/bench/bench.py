@@ -546,6 +546,7 @@ def report(res, size, a):
         ("header-only open on a mount that is up (first open, cold), ms", m["mount_header_first_ms"], "<", 50),
         ("daemon peak RSS during reads, MiB", rss["reads"] / 1024, "<", 256),
         ("daemon peak RSS during cp, MiB", rss["cp"] / 1024, "<", 256),
+        ("daemon peak RSS during reads, MiB (--cache-size 64 + 128)", rss["reads"] / 1024, "<=", 192),
         ("direct TileDB read / cold local read (t_local/t_direct)",
          m["local_read_cold_s"] / m["direct_export_cold_s"], None, None),
         ("warm re-read, passthrough / warm local read (t_local/t_pt)",
@@ -571,7 +572,7 @@ def report(res, size, a):
         if op is None:
             verdict, tgt = "info", ""
         else:
-            ok = v >= target if op == ">=" else v < target
+            ok = {">=": v >= target, "<": v < target, "<=": v <= target}[op]
             verdict, tgt = ("PASS" if ok else "FAIL"), f"{op} {target}"
         res["targets"].append({"what": label, "value": v, "target": tgt, "verdict": verdict})
         print(f"{label:72} {v:8.2f}  {tgt:>7}  {verdict}")

@@ -152,6 +152,13 @@ impl Fill {
     }
 }
 
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // A committed part was renamed away; an abandoned one goes.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

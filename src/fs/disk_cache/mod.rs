@@ -466,12 +466,5 @@ fn crc_of(file: &File, size: u64) -> io::Result<u32> {
     Ok(crc.finalize())
 }
 
-impl Drop for Fill {
-    fn drop(&mut self) {
-        // A committed part was renamed away; an abandoned one goes.
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests;
