@@ -22,6 +22,8 @@ use modelfs::registry::Registry;
 /// Set in the child's environment: report readiness on stdout.
 const READY_ENV: &str = "MODELFS_REPORT_READY";
 const READY_LINE: &str = "modelfs-mounted";
+/// glibc's limit on malloc arenas, set for the daemon.
+const ARENA_ENV: &str = "MALLOC_ARENA_MAX";
 
 pub struct Args {
     pub tiledb_config: Vec<String>,
@@ -173,13 +175,17 @@ fn spawn_daemon() -> Result<()> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     args.push("--foreground".into());
     let mut cmd = Command::new(exe);
+    cmd.args(&args).env(READY_ENV, "1");
+    // glibc gives each thread that allocates an arena of its own; the
+    // daemon's read-ahead, TileDB and FUSE threads then hold freed query
+    // buffers in many arenas: two keep the peak of a cold 1 GiB read near
+    // 160-180 MiB instead of ~186-225 MiB, at no cost in time measured.
+    if std::env::var_os(ARENA_ENV).is_none() {
+        cmd.env(ARENA_ENV, "2");
+    }
     // Its own process group, so a Ctrl-C meant for the caller's terminal
     // does not unmount it.
-    cmd.args(&args)
-        .env(READY_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut line = String::new();
