@@ -77,13 +77,13 @@ const LOCAL_TILE_BYTES: u64 = 256 << 10;
 impl CachedVersion {
     /// The version in the registry, opened now if it was not.
     fn inner(&self) -> Result<Arc<dyn StoredVersion>> {
-        let mut inner = lock(&self.inner);
-        if let Some(v) = &*inner {
+        if let Some(v) = &*lock(&self.inner) {
             return Ok(v.clone());
         }
+        // Opened without the lock (no lock is held across TileDB I/O); of
+        // two racing opens the first one kept wins.
         let v: Arc<dyn StoredVersion> = Arc::from(self.store.open_version(&self.uri, self.meta.clone())?);
-        *inner = Some(v.clone());
-        Ok(v)
+        Ok(lock(&self.inner).get_or_insert(v).clone())
     }
 
     /// Reads from the local file: `None` when there is none, or when it
