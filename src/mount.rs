@@ -56,7 +56,14 @@ fn disk_cache(args: &Args) -> Option<DiskCacheConfig> {
     let dir = match &args.disk_cache {
         Some(dir) => dir.clone(),
         None if args.registry.contains("://") && !args.registry.starts_with("file://") => {
-            modelfs::fs::disk_cache::default_dir()
+            let dir = modelfs::fs::disk_cache::default_dir();
+            // Asked for, a cache that cannot be made fails the mount; the
+            // default one is left out, with a warning.
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                warn!("disk cache {}: {e}; mounting without one", dir.display());
+                return None;
+            }
+            dir
         }
         None => return None,
     };
