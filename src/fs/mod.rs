@@ -169,13 +169,21 @@ impl ModelFs {
                     }
                 })?;
                 info!(
-                    "disk cache in {}, up to {} bytes",
+                    "disk cache in {}, up to {} bytes; FUSE passthrough {}",
                     cache.dir().display(),
-                    cache.limit_bytes()
+                    cache.limit_bytes(),
+                    if config.passthrough {
+                        "when the kernel allows it"
+                    } else {
+                        "off (--no-passthrough): the daemon serves cached versions"
+                    }
                 );
                 Arc::new(CachingStore::new(store, cache, counters.clone()))
             }
-            None => store,
+            None => {
+                info!("no disk cache: every read goes to the registry");
+                store
+            }
         };
         let staging =
             StagingArea::new(&config.staging_dir, config.staging_limit_bytes, counters.clone()).map_err(|error| {
