@@ -65,14 +65,17 @@ impl FuseAdapter {
         &self,
         ino: INodeNo,
         o: &Opened,
+        writing: bool,
         open_backing: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
-    ) -> (FopenFlags, Option<Arc<fuser::BackingId>>) {
+    ) -> Result<(FopenFlags, Option<Arc<fuser::BackingId>>), Error> {
         let mut flags = fopen_flags(o);
         let offer = o.passthrough.as_ref();
-        let (mode, refused) = self.io.open(ino.0, o.fh.0, offer.map(|b| b.version), || match offer {
-            Some(b) => open_backing(&b.file),
-            None => Err(io::Error::other("nothing to pass through")),
-        });
+        let (mode, refused) = self
+            .io
+            .open(ino.0, o.fh.0, offer.map(|b| b.version), writing, || match offer {
+                Some(b) => open_backing(&b.file),
+                None => Err(io::Error::other("nothing to pass through")),
+            });
         if let Some(e) = refused {
             warn!(
                 "FUSE passthrough off for this mount: the kernel refused a backing file ({e}); the daemon serves reads"
@@ -89,9 +92,10 @@ impl FuseAdapter {
             Mode::Passthrough(id) => {
                 // The kernel refuses passthrough opens with other flags.
                 flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
-                (flags, Some(id))
+                Ok((flags, Some(id)))
             }
-            Mode::Cached => (flags, None),
+            Mode::Cached => Ok((flags, None)),
+            Mode::Refused => Err(self.core.abandon_writer(o.fh, ino.0)),
         }
     }
 }
@@ -280,9 +284,10 @@ impl Filesystem for FuseAdapter {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let opener = if write { process_of(req.pid()) } else { None };
         match guarded("open", || self.core.open(Ino(ino.0), write, truncate, opener)) {
-            Ok(o) => match self.io_mode(ino, &o, |f| reply.open_backing(f)) {
-                (flags, Some(id)) => reply.opened_passthrough(FileHandle(o.fh.0), flags, &id),
-                (flags, None) => reply.opened(FileHandle(o.fh.0), flags),
+            Ok(o) => match self.io_mode(ino, &o, write, |f| reply.open_backing(f)) {
+                Ok((flags, Some(id))) => reply.opened_passthrough(FileHandle(o.fh.0), flags, &id),
+                Ok((flags, None)) => reply.opened(FileHandle(o.fh.0), flags),
+                Err(e) => fail(reply, "open", e),
             },
             Err(e) => fail(reply, "open", e),
         }
@@ -314,14 +319,16 @@ impl Filesystem for FuseAdapter {
             // Not cached by the kernel: the file exists only if its first
             // commit succeeds.
             Ok((attr, o)) => {
-                let (flags, _) = self.io_mode(INodeNo(attr.ino.0), &o, |_| Err(io::Error::other("not offered")));
-                reply.created(
-                    &Duration::ZERO,
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(o.fh.0),
-                    flags,
-                )
+                match self.io_mode(INodeNo(attr.ino.0), &o, true, |_| Err(io::Error::other("not offered"))) {
+                    Ok((flags, _)) => reply.created(
+                        &Duration::ZERO,
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(o.fh.0),
+                        flags,
+                    ),
+                    Err(e) => fail(reply, "create", e),
+                }
             }
             Err(e) => fail(reply, "create", e),
         }

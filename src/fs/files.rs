@@ -393,6 +393,20 @@ impl ModelFs {
         }
     }
 
+    /// The adapter refuses the writer `fh` just opened on inode `ino`
+    /// (the kernel passes that inode through to a cache file): it is closed
+    /// without committing anything. Returns the error to answer with.
+    pub fn abandon_writer(&self, fh: Fh, ino: u64) -> super::Error {
+        if let Some(h) = self.handles.get(fh)
+            && let Handle::Write(w) = h.as_ref()
+        {
+            lock(&w.writer).discard();
+        }
+        self.release(fh);
+        let uri = self.inodes.get(Ino(ino)).map(|i| i.entry().uri).unwrap_or_default();
+        CoreError::PassedThrough { uri }.into()
+    }
+
     fn unpin(&self, ino: Ino) {
         if let Some(inode) = self.inodes.get(ino) {
             let mut c = inode.lock();

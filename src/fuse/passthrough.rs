@@ -30,6 +30,8 @@ pub enum Mode {
     Passthrough(Arc<BackingId>),
     /// Through the daemon and the page cache.
     Cached,
+    /// Not at all: a writer of an inode passed through.
+    Refused,
 }
 
 #[derive(Default)]
@@ -88,11 +90,17 @@ impl IoModes {
         ino: u64,
         fh: u64,
         offer: Option<u64>,
+        writing: bool,
         open_backing: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> (Mode, Option<std::io::Error>) {
         let mut st = self.lock();
         let io = st.inodes.entry(ino).or_default();
         let mut refused = None;
+        if writing && io.passthrough.is_some() {
+            // The core refuses these first; were one to come, passing it
+            // through would send its writes into the cache file.
+            return (Mode::Refused, None);
+        }
         let (mode, held) = match (&mut io.passthrough, offer) {
             // The kernel allows nothing else while the inode is passed
             // through (the core serves only that version to new opens).
