@@ -16,6 +16,10 @@
 #   - cp of the file into a read-write mount, `modelfs import` of it into a
 #     fresh path, and cp to local disk (source in the page cache; the `sync`
 #     right after each is timed apart);
+#   - with a disk cache (issue 14): the first cold read filling it, the warm
+#     re-read and a warm mmap-based load_file through FUSE passthrough, and a
+#     read and a load_file on a fresh daemon with the page cache dropped but
+#     the disk cache warm, beside the local file's, with the daemon's CPU;
 #   - the mount daemon's peak RSS (VmHWM) during the reads and during the cp,
 #     each phase with its own mounts, at the default --cache-size, and its
 #     CPU time during the cold read and the cp.
@@ -26,8 +30,11 @@
 # scripts/garage.sh (built first if missing: about 12 minutes): the cold
 # sequential read through the mount against the library's direct read, the
 # S3 requests of a mount start, of `ls -l` of a 10-file model directory and
-# of a full read, and `ls` and mount start-up on registries of 10 and 1,000
-# model directories (scripts/bench/bench_s3.py; bench-out/bench-s3.json).
+# of a full read, the disk cache's first cold read and a fresh daemon reading
+# it (with its S3 requests), the same file as a plain object read cold
+# through s3fs and rclone mount (Debian packages, installed by setup.sh), and
+# `ls` and mount start-up on registries of 10 and 1,000 model directories
+# (scripts/bench/bench_s3.py; bench-out/bench-s3.json).
 #
 # Then the TileDB-ML column (unless ML=0), when torch and tiledb-ml are in
 # .venv (`pip install torch tiledb-ml tensorboard`; skipped with a note
@@ -54,6 +61,8 @@
 #   KEEP=1 scripts/bench.sh              # keep bench-out/model-*.safetensors
 #                                        # (reused next time) and the registry
 #   ML_ONLY=1 scripts/bench.sh           # the TileDB-ML column alone
+#   S3_DIRS=0 scripts/bench.sh           # S3 column without the registries
+#                                        # of 10 and 1,000 directories
 # Other load on the machine (compiles) makes the figures noisy.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -107,7 +116,8 @@ cleanup() {
     trap - EXIT INT TERM
     unmount_all
     rmdir "$out"/mnt-* 2>/dev/null || true  # never rm -r: one could still be mounted
-    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part" "$out/s3-model" "$out/scale"
+    rm -rf "$out/scratch" "$out/cp-local.safetensors" "$file.part" "$out/s3-model" "$out/scale" \
+        "$out/disk-cache" "$out/disk-cache-s3" "$out/s3fs-passwd"
     scripts/garage.sh stop "$garage_state" 2>/dev/null || true
     rm -rf "$garage_state"
     if [ "$KEEP" = 1 ]; then

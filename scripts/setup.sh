@@ -2,6 +2,8 @@
 # Set up everything modelfs needs on a fresh Debian machine, idempotently:
 #   - Debian's fuse3 (fusermount3), for mounts as a non-root user, and
 #     rsync, which tests/fuse_tools.rs runs against a mount;
+#   - Debian's s3fs and rclone, the peers the S3 column of scripts/bench.sh
+#     reads the same file through;
 #   - Debian's libacl1-dev, which the POSIX suite pjdfstest links (built by
 #     scripts/posix_suites.sh on first use);
 #   - a project-local virtual environment .venv with TileDB-Py 0.36.1, which
@@ -21,6 +23,9 @@ say() { echo "setup: $*" >&2; }
 missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+# The S3 column of scripts/bench.sh reads the same file through both.
+command -v s3fs >/dev/null 2>&1 || missing+=(s3fs)
+command -v rclone >/dev/null 2>&1 || missing+=(rclone)
 if command -v dpkg-query >/dev/null 2>&1 &&
     ! dpkg-query -W -f='${Status}' libacl1-dev 2>/dev/null | grep -q "ok installed"; then
     missing+=(libacl1-dev)
@@ -31,7 +36,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        say "warning: missing ${missing[*]}; fuse3 (fusermount3) mounts as a non-root user, rsync is needed by tests/fuse_tools.rs, libacl1-dev to build pjdfstest (scripts/posix_suites.sh)"
+        say "warning: missing ${missing[*]}; fuse3 (fusermount3) mounts as a non-root user, rsync is needed by tests/fuse_tools.rs, libacl1-dev to build pjdfstest (scripts/posix_suites.sh), s3fs and rclone by scripts/bench.sh's S3 column"
     fi
 fi
 

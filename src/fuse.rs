@@ -15,16 +15,18 @@ use std::time::SystemTime;
 
 use fuser::{
     BsdFileFlags, Config as FuseConfig, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
-use log::{debug, info, log};
+use log::{debug, info, log, warn};
 
 use crate::fs::{Attr, CoreError, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
 
 mod guard;
+mod passthrough;
 use guard::guarded;
+use passthrough::{IoModes, Mode};
 
 /// Largest readahead the kernel may ask for in one request, in bytes. The
 /// kernel's default (128 KiB) splits a page-cache read of a large file into
@@ -43,12 +45,58 @@ pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 pub struct FuseAdapter {
     core: Arc<ModelFs>,
     ttl: Duration,
+    io: IoModes,
 }
 
 impl FuseAdapter {
     pub fn new(core: Arc<ModelFs>) -> Self {
         let ttl = core.config().metadata_ttl;
-        FuseAdapter { core, ttl }
+        FuseAdapter {
+            core,
+            ttl,
+            io: IoModes::default(),
+        }
+    }
+
+    /// Picks the I/O mode of an open the core answered (see
+    /// [`passthrough`]) and adds it to `flags`; the backing file to name
+    /// when it is passthrough.
+    fn io_mode(
+        &self,
+        ino: INodeNo,
+        o: &Opened,
+        writing: bool,
+        open_backing: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
+    ) -> Result<(FopenFlags, Option<Arc<fuser::BackingId>>), Error> {
+        let mut flags = fopen_flags(o);
+        let offer = o.passthrough.as_ref();
+        let (mode, refused) = self
+            .io
+            .open(ino.0, o.fh.0, offer.map(|b| b.version), writing, || match offer {
+                Some(b) => open_backing(&b.file),
+                None => Err(io::Error::other("nothing to pass through")),
+            });
+        if let Some(e) = refused {
+            warn!(
+                "FUSE passthrough off for this mount: the kernel refused a backing file ({e}); the daemon serves reads"
+            );
+        }
+        let passed = matches!(mode, Mode::Passthrough(_));
+        if offer.is_some() {
+            self.core.count_passthrough(passed);
+            if !passed {
+                self.core.passthrough_declined(o.fh);
+            }
+        }
+        match mode {
+            Mode::Passthrough(id) => {
+                // The kernel refuses passthrough opens with other flags.
+                flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
+                Ok((flags, Some(id)))
+            }
+            Mode::Cached => Ok((flags, None)),
+            Mode::Refused => Err(self.core.abandon_writer(o.fh, ino.0)),
+        }
     }
 }
 
@@ -180,6 +228,20 @@ impl Filesystem for FuseAdapter {
         if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
             let _ = config.set_max_write(max);
         }
+        if self.core.config().passthrough && self.core.config().disk_cache.is_some() {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                // Depth 2: the cache may itself be on a stacked filesystem
+                // (overlayfs in containers); the price is that the mount
+                // cannot be stacked under one.
+                Ok(()) => match config.set_max_stack_depth(2) {
+                    Ok(_) => self.io.set_available(true),
+                    Err(max) => warn!("FUSE passthrough off: stack depth 2 refused (at most {max})"),
+                },
+                Err(_) => warn!(
+                    "FUSE passthrough off: the kernel does not offer it (Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH); the daemon serves reads from the disk cache"
+                ),
+            }
+        }
         Ok(())
     }
 
@@ -222,7 +284,11 @@ impl Filesystem for FuseAdapter {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let opener = if write { process_of(req.pid()) } else { None };
         match guarded("open", || self.core.open(Ino(ino.0), write, truncate, opener)) {
-            Ok(o) => reply.opened(FileHandle(o.fh.0), fopen_flags(&o)),
+            Ok(o) => match self.io_mode(ino, &o, write, |f| reply.open_backing(f)) {
+                Ok((flags, Some(id))) => reply.opened_passthrough(FileHandle(o.fh.0), flags, &id),
+                Ok((flags, None)) => reply.opened(FileHandle(o.fh.0), flags),
+                Err(e) => fail(reply, "open", e),
+            },
             Err(e) => fail(reply, "open", e),
         }
     }
@@ -252,13 +318,18 @@ impl Filesystem for FuseAdapter {
         match result {
             // Not cached by the kernel: the file exists only if its first
             // commit succeeds.
-            Ok((attr, o)) => reply.created(
-                &Duration::ZERO,
-                &file_attr(&attr),
-                Generation(0),
-                FileHandle(o.fh.0),
-                fopen_flags(&o),
-            ),
+            Ok((attr, o)) => {
+                match self.io_mode(INodeNo(attr.ino.0), &o, true, |_| Err(io::Error::other("not offered"))) {
+                    Ok((flags, _)) => reply.created(
+                        &Duration::ZERO,
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(o.fh.0),
+                        flags,
+                    ),
+                    Err(e) => fail(reply, "create", e),
+                }
+            }
             Err(e) => fail(reply, "create", e),
         }
     }
@@ -448,6 +519,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.io.release(fh.0);
         let released = guarded("release", || {
             self.core.release(Fh(fh.0));
             Ok(())

@@ -144,6 +144,25 @@ enum Command {
         /// stderr only until the mount is up.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Keep whole file versions in this directory, across remounts and
+        /// shared by the user's mounts on this host (default: `modelfs`
+        /// under the user's cache directory, used for object-store
+        /// registries; local registries use it only when this is given).
+        /// Versions complete in it are read from local disk, through FUSE
+        /// passthrough when the kernel allows it.
+        #[arg(long, conflicts_with = "no_disk_cache")]
+        disk_cache: Option<PathBuf>,
+        /// Most bytes the disk cache keeps, over all mounts sharing it;
+        /// least recently used versions are evicted first.
+        #[arg(long, default_value = "32G", value_parser = parse_size)]
+        disk_cache_size: u64,
+        /// No disk cache (and so no passthrough).
+        #[arg(long)]
+        no_disk_cache: bool,
+        /// Serve reads of cached versions through the daemon instead of
+        /// FUSE passthrough.
+        #[arg(long)]
+        no_passthrough: bool,
     },
     /// Unmount a modelfs mount.
     ///
@@ -225,6 +244,19 @@ fn main() -> ExitCode {
 
 /// A TileDB context with modelfs's settings and the user's `--tiledb-config`.
 pub fn tiledb_context(overrides: &[String]) -> Result<Context> {
+    let config = tiledb_config(overrides)?;
+    Context::with_config(&config).context("creating a TileDB context")
+}
+
+/// The S3 endpoint the settings name, if any (part of what tells one
+/// registry's versions from another's in a shared disk cache).
+pub fn storage_endpoint(overrides: &[String]) -> Result<Option<String>> {
+    let config = tiledb_config(overrides)?;
+    Ok(config.get("vfs.s3.endpoint_override")?.filter(|e| !e.is_empty()))
+}
+
+/// modelfs's TileDB settings and the user's `--tiledb-config`.
+fn tiledb_config(overrides: &[String]) -> Result<tiledb::Config> {
     let mut config = tiledb::Config::tuned().context("creating a TileDB configuration")?;
     config
         .apply_aws_environment()
@@ -237,7 +269,7 @@ pub fn tiledb_context(overrides: &[String]) -> Result<Context> {
             .set(key.trim(), value.trim())
             .with_context(|| format!("--tiledb-config {}", key.trim()))?;
     }
-    Context::with_config(&config).context("creating a TileDB context")
+    Ok(config)
 }
 
 fn registry(overrides: &[String]) -> Result<Registry> {
@@ -298,6 +330,10 @@ fn run(cli: Cli) -> Result<()> {
             staging_limit,
             view_memory,
             log_file,
+            disk_cache,
+            disk_cache_size,
+            no_disk_cache,
+            no_passthrough,
         } => mount::run(mount::Args {
             tiledb_config: config,
             registry: registry::uri::normalize(&registry),
@@ -312,6 +348,10 @@ fn run(cli: Cli) -> Result<()> {
             staging_limit,
             view_memory,
             log_file,
+            disk_cache,
+            disk_cache_size,
+            no_disk_cache,
+            passthrough: !no_passthrough,
         }),
         Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),
         Command::Info { uri } => info(&config, &registry::uri::normalize(&uri)),

@@ -66,13 +66,26 @@ pub fn push_dir_item(items: &mut Vec<DirItem>, ino: Ino, kind: Kind, name: Strin
 }
 
 /// What an open returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Opened {
     pub fh: Fh,
     /// The file is unchanged since it was last cached: keep the page cache.
     pub keep_cache: bool,
     /// Bypass the page cache (generated files whose size is not known).
     pub direct_io: bool,
+    /// A local file holding exactly the version opened, which the kernel
+    /// may read itself (FUSE passthrough); reads through the handle serve
+    /// the same bytes when it does not.
+    pub passthrough: Option<Backing>,
+}
+
+/// A local file holding one version's bytes, for passthrough.
+#[derive(Debug, Clone)]
+pub struct Backing {
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Tells versions apart within the mount: every passthrough open of an
+    /// inode at the same time must share one backing file.
+    pub version: u64,
 }
 
 /// What `statfs` reports.

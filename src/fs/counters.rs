@@ -75,6 +75,25 @@ counters! {
     view_bytes_spilled,
     /// Bytes charged to `--view-memory` now (a gauge, set when read).
     view_memory_used,
+    /// Versions found complete and verified in the disk cache at open.
+    disk_cache_hits,
+    /// Versions written into the disk cache (read or written through the mount).
+    disk_cache_fills,
+    /// Bytes of the versions written into the disk cache.
+    disk_cache_fill_bytes,
+    /// Bytes the daemon read from disk cache files for readers.
+    disk_cache_read_bytes,
+    /// Versions evicted from the disk cache to stay within its size.
+    disk_cache_evictions,
+    /// Disk cache files found damaged (size or checksum), removed and read again.
+    disk_cache_damaged,
+    /// Opens handed to the kernel's FUSE passthrough (reads and mmap go to
+    /// the disk cache file without the daemon).
+    passthrough_opens,
+    /// Opens of a version complete in the disk cache that could not use
+    /// passthrough (turned off, refused by the kernel, or the file is open
+    /// in another mode); the daemon serves them.
+    passthrough_fallbacks,
 }
 
 impl Counters {

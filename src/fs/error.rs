@@ -179,6 +179,13 @@ pub enum CoreError {
     RegistryNotADirectory { uri: String },
     #[error("staging directory {}: {error}", dir.display())]
     StagingDir { dir: PathBuf, error: std::io::Error },
+    /// A writer of a file the kernel reads from a disk cache file for open
+    /// handles (FUSE passthrough).
+    #[error("{uri}: open for reading through passthrough; close those first")]
+    PassedThrough { uri: String },
+    /// The disk cache directory cannot be made or locked.
+    #[error("disk cache {}: {error}", dir.display())]
+    DiskCacheDir { dir: PathBuf, error: std::io::Error },
 
     // Requests the adapter refuses before they reach the core.
     /// `mknod`, or `create` of a special file.
@@ -236,7 +243,8 @@ impl CoreError {
             E::Staging { error, .. } => (error.raw_os_error().unwrap_or(libc::EIO), Level::Warn),
             E::NoRegistry { .. } => (libc::ENOENT, Level::Error),
             E::RegistryNotADirectory { .. } => (libc::ENOTDIR, Level::Error),
-            E::StagingDir { .. } | E::Panicked { .. } => (libc::EIO, Level::Error),
+            E::PassedThrough { .. } => (libc::ETXTBSY, Level::Info),
+            E::StagingDir { .. } | E::DiskCacheDir { .. } | E::Panicked { .. } => (libc::EIO, Level::Error),
             E::SpecialFile { .. } => (libc::EPERM, Level::Debug),
             E::Unsupported { .. } => (libc::ENOTSUP, Level::Debug),
         }

@@ -8,7 +8,10 @@
 //! version what later lookups and opens see.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a writer waits for passthrough readers of its file to close.
+const UNPIN_WAIT: Duration = Duration::from_secs(1);
 
 use log::debug;
 
@@ -16,10 +19,10 @@ use super::counters::Counters;
 use super::error::{CoreError, Result};
 use super::handles::{FileHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
-use super::read::{ChunkSource, FileVersion, Prefetcher};
+use super::read::{ChunkSource, Data, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
-use super::{Attr, Fh, Ino, ModelFs, Opened, invalid_name, lock};
+use super::{Attr, Backing, Fh, Ino, ModelFs, Opened, invalid_name, lock};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
 use crate::registry::{Entry, NameSlot, Node};
@@ -40,6 +43,7 @@ impl ModelFs {
         }
         if write {
             self.check_writable(&inode.entry().uri)?;
+            self.wait_unpinned(&inode)?;
             return self.open_writer(&inode, truncate, opener);
         }
         let NodeState::File(meta) = node else {
@@ -52,9 +56,16 @@ impl ModelFs {
             // A new file not committed yet reads as empty.
             return Ok(self.open_generated(&inode, Vec::new()));
         }
-        let existing = inode.lock().version.clone();
-        let version = match existing {
-            Some(v) if v.file().meta().same_data(&meta) => v,
+        let (existing, pinned) = {
+            let c = inode.lock();
+            (c.version.clone(), c.pinned_version())
+        };
+        let version = match (existing, pinned) {
+            // Every open of an inode the kernel passes through to a cache
+            // file must name that file: until the next lookup gives the
+            // name a new inode, it is the version served.
+            (_, Some(v)) => v,
+            (Some(v), None) if v.file().meta().same_data(&meta) => v,
             _ => {
                 let file = self.store.open_version(&inode.entry().uri, meta)?;
                 let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -72,18 +83,44 @@ impl ModelFs {
             keep
         };
         Counters::add(&self.counters.opens, 1);
-        let source: Arc<dyn ChunkSource> = version;
+        let source: Arc<dyn ChunkSource> = version.clone();
         let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
+        let passthrough = match version.file().local_file() {
+            Some(file) if self.config.passthrough => {
+                let mut c = inode.lock();
+                let n = match &c.pinned {
+                    Some((v, n)) if v.id() == version.id() => *n,
+                    _ => 0,
+                };
+                c.pinned = Some((version.clone(), n + 1));
+                Some(Backing {
+                    file,
+                    version: version.id(),
+                })
+            }
+            Some(_) => {
+                Counters::add(&self.counters.passthrough_fallbacks, 1);
+                None
+            }
+            None => None,
+        };
         let fh = self.handles.insert(Handle::File(FileHandle {
             ino,
             source,
             prefetch: std::sync::Mutex::new(prefetch),
+            pinned: std::sync::atomic::AtomicBool::new(passthrough.is_some()),
         }));
-        debug!("open ino={} fh={} keep_cache={keep_cache}", ino.0, fh.0);
+        debug!(
+            "open ino={} fh={} keep_cache={keep_cache} passthrough={}",
+            ino.0,
+            fh.0,
+            passthrough.is_some()
+        );
         Ok(Opened {
             fh,
             keep_cache,
             direct_io: false,
+            passthrough,
         })
     }
 
@@ -93,6 +130,7 @@ impl ModelFs {
             fh: self.handles.insert(Handle::Generated(bytes)),
             keep_cache: false,
             direct_io: false,
+            passthrough: None,
         }
     }
 
@@ -132,6 +170,7 @@ impl ModelFs {
             fh,
             keep_cache: false,
             direct_io: false,
+            passthrough: None,
         })
     }
 
@@ -224,6 +263,7 @@ impl ModelFs {
                 self.inodes.upsert(parent, entry, node, Seen::Read)
             }
         };
+        self.wait_unpinned(&inode)?;
         let opened = self.open_writer(&inode, true, opener)?;
         self.inodes.remember(&inode);
         Ok((self.getattr(inode.ino)?, opened))
@@ -332,7 +372,12 @@ impl ModelFs {
     pub fn release(&self, fh: Fh) {
         let Some(h) = self.handles.remove(fh) else { return };
         let ino = match h.as_ref() {
-            Handle::File(f) => f.ino,
+            Handle::File(f) => {
+                if f.pinned.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    self.unpin(f.ino);
+                }
+                f.ino
+            }
             Handle::Write(w) => {
                 let dirty = lock(&w.writer).needs_commit();
                 if dirty && let Err(e) = self.commit(w) {
@@ -355,10 +400,73 @@ impl ModelFs {
         }
     }
 
+    /// The adapter answered open `fh` without passthrough although it was
+    /// offered: the handle no longer holds its inode's pinned version.
+    pub fn passthrough_declined(&self, fh: Fh) {
+        if let Some(h) = self.handles.get(fh)
+            && let Handle::File(f) = h.as_ref()
+            && f.pinned.swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.unpin(f.ino);
+        }
+    }
+
+    /// The adapter refuses the writer `fh` just opened on inode `ino`
+    /// (the kernel passes that inode through to a cache file): it is closed
+    /// without committing anything. Returns the error to answer with.
+    pub fn abandon_writer(&self, fh: Fh, ino: u64) -> super::Error {
+        if let Some(h) = self.handles.get(fh)
+            && let Handle::Write(w) = h.as_ref()
+        {
+            lock(&w.writer).discard();
+        }
+        self.release(fh);
+        let uri = self.inodes.get(Ino(ino)).map(|i| i.entry().uri).unwrap_or_default();
+        CoreError::PassedThrough { uri }.into()
+    }
+
+    fn unpin(&self, ino: Ino) {
+        if let Some(inode) = self.inodes.get(ino) {
+            let mut c = inode.lock();
+            if let Some((_, n)) = &mut c.pinned {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.pinned = None;
+                }
+            }
+        }
+    }
+
+    /// Waits a little for the handles reading `inode` through passthrough
+    /// to close (the kernel sends their release after `close()` returns),
+    /// then refuses a writer: the kernel would send its writes to the
+    /// cache file (ETXTBSY, as for a running executable).
+    fn wait_unpinned(&self, inode: &Inode) -> Result<()> {
+        let start = Instant::now();
+        while inode.lock().pinned_version().is_some() {
+            if start.elapsed() > UNPIN_WAIT {
+                return Err(CoreError::PassedThrough { uri: inode.entry().uri }.into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Reads up to `size` bytes at `offset`; short only at the end.
-    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Data> {
         let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
         let out = match handle.as_ref() {
+            Handle::File(f) if f.source.is_local() => {
+                // The page cache of the local file is the cache here.
+                let len = f.source.size().saturating_sub(offset).min(size as u64);
+                let mut buf = vec![0u8; len as usize];
+                f.source.read_exact_at(offset, &mut buf).map_err(|e| CoreError::Read {
+                    what: f.source.describe().to_string(),
+                    offset,
+                    error: Box::new(e),
+                })?;
+                Data::from(buf)
+            }
             Handle::File(f) => {
                 let plan = f
                     .prefetch
@@ -368,31 +476,27 @@ impl ModelFs {
                 if let Some(range) = plan {
                     self.prefetch.submit(&f.source, range);
                 }
-                let mut buf = vec![0u8; size as usize];
-                let n = self
-                    .cache
-                    .read(f.source.as_ref(), offset, &mut buf)
+                self.cache
+                    .read_data(f.source.as_ref(), offset, size)
                     .map_err(|e| CoreError::Read {
                         what: f.source.describe().to_string(),
                         offset,
                         error: Box::new(e),
-                    })?;
-                buf.truncate(n);
-                buf
+                    })?
             }
-            Handle::Write(w) => lock(&w.writer).read(self.store.as_ref(), offset, size)?,
+            Handle::Write(w) => Data::from(lock(&w.writer).read(self.store.as_ref(), offset, size)?),
             Handle::View(file) => {
                 let mut buf = vec![0u8; size as usize];
                 let n = file
                     .read_at(offset, &mut buf)
                     .map_err(|error| CoreError::ViewSpillRead { offset, error })?;
                 buf.truncate(n);
-                buf
+                Data::from(buf)
             }
             Handle::Generated(bytes) => {
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
-                bytes[start..end].to_vec()
+                Data::from(bytes[start..end].to_vec())
             }
             Handle::Dir { .. } => return Err(CoreError::ReadOfDirectory.into()),
         };

@@ -15,6 +15,9 @@ pub struct FileHandle {
     pub ino: Ino,
     pub source: Arc<dyn ChunkSource>,
     pub prefetch: Mutex<Prefetcher>,
+    /// Offered for passthrough and not declined: counted in the inode's
+    /// `pinned`.
+    pub pinned: std::sync::atomic::AtomicBool,
 }
 
 /// A file open for writing; the inode refers to the same writer.

@@ -90,6 +90,11 @@ pub struct Cached {
     /// Removed while open: its storage is deleted when the last handle
     /// closes.
     pub delete_on_close: bool,
+    /// The version the kernel reads from a disk cache file (FUSE
+    /// passthrough) and how many open handles use it. While any does, every
+    /// open of this inode must name that file (the kernel's rule): a newer
+    /// version gets a new inode at the next lookup, and writers wait.
+    pub pinned: Option<(Arc<FileVersion>, u32)>,
     /// A directory's entries and when they were listed: lookups and
     /// listings within the metadata TTL use them instead of asking the
     /// registry (one group read on object stores is several requests).
@@ -109,6 +114,21 @@ impl Cached {
             lookups: 0,
             delete_on_close: false,
             listing: None,
+            pinned: None,
+        }
+    }
+
+    /// The version passed through to open handles, if any handle uses it.
+    pub fn pinned_version(&self) -> Option<Arc<FileVersion>> {
+        self.pinned.as_ref().filter(|(_, n)| *n > 0).map(|(v, _)| v.clone())
+    }
+
+    /// Whether `node` holds other bytes than the version passed through.
+    pub fn pinned_differs(&self, node: &NodeState) -> bool {
+        match (self.pinned_version(), node) {
+            (Some(v), NodeState::File(meta)) => !v.file().meta().same_data(meta),
+            (Some(_), _) => true,
+            (None, _) => false,
         }
     }
 
@@ -192,6 +212,7 @@ impl InodeTable {
         if let Some(ino) = by_name.get(&key)
             && let Some(inode) = by_ino.get(ino)
             && crate::registry::uri::same(&inode.entry().uri, &entry.uri)
+            && !inode.lock().pinned_differs(&node)
         {
             let inode = inode.clone();
             drop((by_name, by_ino));

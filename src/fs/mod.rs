@@ -32,6 +32,7 @@
 pub mod attr;
 pub mod counters;
 mod dirs;
+pub mod disk_cache;
 pub mod error;
 mod files;
 mod handles;
@@ -51,7 +52,7 @@ use std::time::{Duration, SystemTime};
 
 use log::{debug, info, warn};
 
-pub use attr::{Attr, DirItem, Fh, FsStats, Ino, Kind, Opened};
+pub use attr::{Attr, Backing, DirItem, Fh, FsStats, Ino, Kind, Opened};
 pub use counters::{Counters, Snapshot};
 pub use error::{CoreError, Error, Result};
 pub use stat::{Owner, SetAttr};
@@ -59,6 +60,7 @@ pub use store::{FailingStore, MemStore, Store};
 pub use views::STATS_NAME;
 
 use crate::registry::tiledb_ml::{MemoryPool, ModelOptions, SPILL_MIN_BYTES, ViewLimits};
+use disk_cache::{CachingStore, DiskCache, DiskCacheConfig};
 use handles::HandleTable;
 use inode::{Inode, InodeTable};
 use ml_models::MlModels;
@@ -92,6 +94,14 @@ pub struct Config {
     pub view_memory_bytes: u64,
     pub uid: u32,
     pub gid: u32,
+    /// Keep whole versions in a local directory; `None` for no disk cache.
+    pub disk_cache: Option<DiskCacheConfig>,
+    /// What tells this registry's versions from another's in a shared disk
+    /// cache (the registry URI and the storage endpoint).
+    pub disk_cache_namespace: String,
+    /// Offer versions complete in the disk cache to the kernel for FUSE
+    /// passthrough.
+    pub passthrough: bool,
 }
 
 impl Default for Config {
@@ -112,6 +122,9 @@ impl Default for Config {
             view_memory_bytes: 2 << 30,
             uid: 0,
             gid: 0,
+            disk_cache: None,
+            disk_cache_namespace: String::new(),
+            passthrough: true,
         }
     }
 }
@@ -147,6 +160,31 @@ impl ModelFs {
             .into());
         }
         let counters = Arc::new(Counters::default());
+        let store: Arc<dyn Store> = match &config.disk_cache {
+            Some(dc) => {
+                let cache = DiskCache::open(dc, &config.disk_cache_namespace, counters.clone()).map_err(|error| {
+                    CoreError::DiskCacheDir {
+                        dir: dc.dir.clone(),
+                        error,
+                    }
+                })?;
+                info!(
+                    "disk cache in {}, up to {} bytes; FUSE passthrough {}",
+                    cache.dir().display(),
+                    cache.limit_bytes(),
+                    if config.passthrough {
+                        "when the kernel allows it"
+                    } else {
+                        "off (--no-passthrough): the daemon serves cached versions"
+                    }
+                );
+                Arc::new(CachingStore::new(store, cache, counters.clone()))
+            }
+            None => {
+                info!("no disk cache: every read goes to the registry");
+                store
+            }
+        };
         let staging =
             StagingArea::new(&config.staging_dir, config.staging_limit_bytes, counters.clone()).map_err(|error| {
                 CoreError::StagingDir {
@@ -197,6 +235,16 @@ impl ModelFs {
         c.view_memory_used.store(self.ml_models.memory().0, relaxed);
         c.ml_models_alive.store(self.ml_models.alive() as u64, relaxed);
         c.snapshot()
+    }
+
+    /// Records whether an open offered for passthrough got it.
+    pub fn count_passthrough(&self, used: bool) {
+        let c = if used {
+            &self.counters.passthrough_opens
+        } else {
+            &self.counters.passthrough_fallbacks
+        };
+        Counters::add(c, 1);
     }
 
     /// Open handles (files and directories).

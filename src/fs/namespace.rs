@@ -300,6 +300,14 @@ impl ModelFs {
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
         if let Some(inode) = known {
             let node = self.shown_node(&inode)?;
+            // The kernel reads an older version of it from a disk cache
+            // file: the name gets a new inode, which the kernel opens anew.
+            let pinned = inode.lock().pinned_differs(&node);
+            let inode = if pinned {
+                self.inodes.upsert(parent, entry, node.clone(), Seen::Read)
+            } else {
+                inode
+            };
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         if let Some(node) = self.known_node(parent, &entry) {

@@ -227,6 +227,7 @@ impl ModelFs {
                     fh: self.handles.insert(Handle::View(file.clone())),
                     keep_cache: true,
                     direct_io: false,
+                    passthrough: None,
                 })
             }
             Some(ViewEntry::Failed(e)) => Err(crate::registry::Error::from(e.clone()).into()),
@@ -284,6 +285,7 @@ impl ModelFs {
             fh,
             keep_cache: false,
             direct_io: true,
+            passthrough: None,
         })
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::data::Data;
 use super::source::ChunkSource;
 use crate::fs::counters::Counters;
 use crate::fs::error::{CoreError, Result};
@@ -114,6 +115,43 @@ impl ChunkCache {
             .into());
         }
         Ok(copied)
+    }
+
+    /// Reads up to `len` bytes at `offset` of `src` through the cache, as
+    /// [`ChunkCache::read`] does, sharing the cached bytes rather than
+    /// copying them when they lie in one buffer.
+    pub fn read_data(&self, src: &dyn ChunkSource, offset: u64, len: u32) -> Result<Data> {
+        let size = src.size();
+        if offset >= size || len == 0 {
+            return Ok(Data::from(Vec::new()));
+        }
+        let len = (size - offset).min(len as u64);
+        let cb = src.chunk_bytes();
+        let first = offset / cb;
+        let last = (offset + len - 1) / cb;
+        let chunks = self.load(src, first, last + 1, Want::Demand)?;
+        let from = (offset - first * cb) as usize;
+        if let Some(data) = one_buffer(&chunks, from, len as usize) {
+            return Ok(data);
+        }
+        // Spread over buffers of several queries: copied, not zeroed first.
+        let mut out = Vec::with_capacity(len as usize);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let bytes = chunk.as_ref().map(Chunk::bytes).unwrap_or_default();
+            let skip = if i == 0 { from.min(bytes.len()) } else { 0 };
+            let want = (len as usize - out.len()).min(bytes.len() - skip);
+            out.extend_from_slice(&bytes[skip..skip + want]);
+        }
+        if out.len() as u64 != len {
+            return Err(CoreError::ShortAssembly {
+                what: src.describe().to_string(),
+                got: out.len(),
+                wanted: len,
+                offset,
+            }
+            .into());
+        }
+        Ok(Data::from(out))
     }
 
     /// Starts loading chunks `[first, end)` of `src` that are neither cached
@@ -288,6 +326,22 @@ impl ChunkCache {
     }
 }
 
+/// `len` bytes from `from` in the first chunk on, when the chunks are
+/// consecutive windows of one buffer.
+fn one_buffer(chunks: &[Option<Chunk>], from: usize, len: usize) -> Option<Data> {
+    let first = chunks.first()?.as_ref()?;
+    let mut end = first.start;
+    for c in chunks {
+        let c = c.as_ref()?;
+        if !Arc::ptr_eq(&c.buf, &first.buf) || c.start != end {
+            return None;
+        }
+        end += c.len;
+    }
+    let start = first.start.checked_add(from)?;
+    (start.checked_add(len)? <= end).then(|| Data::shared(first.buf.clone(), start, len))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -317,6 +371,40 @@ mod tests {
         c.read(src.as_ref(), 2000, &mut buf).unwrap();
         assert_eq!(counters.snapshot().cache_hits, 1);
         assert_eq!(src.reads.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn read_data_shares_one_query_and_copies_across_queries() {
+        let src = MemSource::new(1, data(10_000), 1000);
+        let (c, _) = cache(1 << 20);
+        // Chunks 2 and 3 come from one query: shared.
+        let d = c.read_data(src.as_ref(), 2500, 1000).unwrap();
+        assert_eq!(&d[..], &src.data[2500..3500]);
+        // Chunk 4 from another query: the read spanning 3 and 4 is copied.
+        c.read_data(src.as_ref(), 4000, 10).unwrap();
+        assert_eq!(
+            &c.read_data(src.as_ref(), 3900, 200).unwrap()[..],
+            &src.data[3900..4100]
+        );
+        assert_eq!(&c.read_data(src.as_ref(), 9990, 100).unwrap()[..], &src.data[9990..]);
+        assert!(c.read_data(src.as_ref(), 10_000, 100).unwrap().is_empty());
+    }
+
+    proptest! {
+        /// Whatever was loaded before and how, read_data returns the bytes.
+        #[test]
+        fn read_data_returns_the_bytes(
+            reads in proptest::collection::vec((0u64..5000, 1u32..3000), 1..20),
+        ) {
+            let src = MemSource::new(1, data(4321), 700);
+            let (c, _) = cache(2000);
+            for (off, len) in reads {
+                let d = c.read_data(src.as_ref(), off, len).unwrap();
+                let end = (off + len as u64).min(4321);
+                let want = if off >= 4321 { &[][..] } else { &src.data[off as usize..end as usize] };
+                prop_assert_eq!(&d[..], want);
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub trait ChunkSource: Send + Sync {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Names the file in log lines.
     fn describe(&self) -> &str;
+    /// Whether the bytes come from a local file (a complete disk cache
+    /// entry): read directly, neither cached in memory nor read ahead.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Smallest cache chunk: arrays with small tiles (TileDB's filestore uses
@@ -85,6 +90,10 @@ impl ChunkSource for FileVersion {
 
     fn describe(&self) -> &str {
         &self.uri
+    }
+
+    fn is_local(&self) -> bool {
+        self.file.local_file().is_some()
     }
 }
 

@@ -35,6 +35,11 @@ pub trait StoredVersion: Send + Sync {
     fn uri(&self) -> &str;
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// A local file holding exactly this version's bytes, when there is one
+    /// (a complete disk cache entry).
+    fn local_file(&self) -> Option<std::sync::Arc<std::fs::File>> {
+        None
+    }
 }
 
 /// A new version being written, bytes in order; nothing is visible before

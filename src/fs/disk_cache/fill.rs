@@ -1,0 +1,235 @@
+//! One cache entry being written: a temporary file, the byte ranges written
+//! into it so far and a CRC-32 of each, combined in file order once the
+//! ranges cover the whole version. Ranges arrive in any order and from
+//! several threads (read-ahead loads chunks in parallel); a range that
+//! overlaps one already recorded is skipped, since both hold the same bytes
+//! of the same version.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A temporary entry file and what it holds so far.
+pub struct Fill {
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    size: u64,
+    state: Mutex<Ranges>,
+    /// Set once by whoever takes the fill to completion.
+    finishing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Ranges {
+    /// start -> (end, CRC-32 of the bytes in `[start, end)`).
+    parts: BTreeMap<u64, (u64, crc32fast::Hasher)>,
+    covered: u64,
+    failed: bool,
+}
+
+impl Ranges {
+    fn overlaps(&self, r: &Range<u64>) -> bool {
+        let before = self.parts.range(..r.end).next_back();
+        before.is_some_and(|(_, (end, _))| *end > r.start)
+    }
+
+    /// The parts of `r` no recorded range covers, in order.
+    fn uncovered(&self, r: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut at = r.start;
+        // The range starting before `r` may reach into it.
+        if let Some((_, (end, _))) = self.parts.range(..r.start).next_back() {
+            at = at.max(*end);
+        }
+        for (start, (end, _)) in self.parts.range(r.start..r.end) {
+            if *start > at {
+                out.push(at..*start);
+            }
+            at = at.max(*end);
+        }
+        if at < r.end {
+            out.push(at..r.end);
+        }
+        out
+    }
+}
+
+impl Fill {
+    pub(super) fn new(path: PathBuf, file: File, size: u64) -> Self {
+        Fill {
+            path,
+            file,
+            size,
+            state: Mutex::new(Ranges::default()),
+            finishing: AtomicBool::new(false),
+        }
+    }
+
+    /// The version's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ranges> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `bytes`, the version's bytes at `offset`: the parts of them
+    /// not recorded yet. A failed write makes the fill useless (it is never
+    /// committed), not the read that fed it.
+    pub fn record(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if bytes.is_empty() || end > self.size {
+            return Ok(());
+        }
+        let todo = self.lock().uncovered(offset..end);
+        for r in todo {
+            let part = &bytes[(r.start - offset) as usize..(r.end - offset) as usize];
+            if let Err(e) = self.file.write_all_at(part, r.start) {
+                self.lock().failed = true;
+                return Err(e);
+            }
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(part);
+            let mut st = self.lock();
+            // Another thread may have recorded some of it meanwhile; what
+            // is left uncovered is read again before the commit.
+            if !st.overlaps(&r) {
+                st.parts.insert(r.start, (r.end, crc));
+                st.covered += r.end - r.start;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes recorded so far.
+    pub fn covered(&self) -> u64 {
+        self.lock().covered
+    }
+
+    pub fn failed(&self) -> bool {
+        self.lock().failed
+    }
+
+    /// The ranges not recorded yet, in file order.
+    pub fn missing(&self) -> Vec<Range<u64>> {
+        let st = self.lock();
+        let mut gaps = Vec::new();
+        let mut at = 0;
+        for (start, (end, _)) in &st.parts {
+            if *start > at {
+                gaps.push(at..*start);
+            }
+            at = at.max(*end);
+        }
+        if at < self.size {
+            gaps.push(at..self.size);
+        }
+        gaps
+    }
+
+    /// Claims the right to complete this fill; true for the first caller.
+    pub fn claim(&self) -> bool {
+        !self.finishing.swap(true, Ordering::AcqRel)
+    }
+
+    /// The CRC-32 of the whole version, once every byte is recorded.
+    pub fn checksum(&self) -> Option<u32> {
+        let st = self.lock();
+        if st.failed || st.covered != self.size {
+            return None;
+        }
+        let mut whole = crc32fast::Hasher::new();
+        for (_, part) in st.parts.values() {
+            whole.combine(part);
+        }
+        Some(whole.finalize())
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // A committed part was renamed away; an abandoned one goes.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fill(size: u64) -> (tempfile::TempDir, Fill) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        (dir, Fill::new(path, file, size))
+    }
+
+    proptest! {
+        /// Whatever the order and overlap of the ranges recorded, once they
+        /// cover the file the checksum is the CRC-32 of the bytes, and the
+        /// file holds them.
+        #[test]
+        fn ranges_in_any_order_give_the_file_and_its_crc(
+            data in proptest::collection::vec(any::<u8>(), 1..4096),
+            cuts in proptest::collection::vec(any::<u16>(), 0..12),
+            order in any::<u64>(),
+        ) {
+            let size = data.len() as u64;
+            let mut bounds: Vec<u64> = cuts.iter().map(|c| *c as u64 % size).collect();
+            bounds.push(0);
+            bounds.push(size);
+            bounds.sort();
+            bounds.dedup();
+            let mut ranges: Vec<Range<u64>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+            // A duplicate of one range, as a retried load would record.
+            ranges.push(ranges[0].clone());
+            let n = ranges.len();
+            ranges.rotate_left((order % n as u64) as usize);
+            let (_dir, f) = fill(size);
+            for r in &ranges {
+                f.record(r.start, &data[r.start as usize..r.end as usize]).unwrap();
+            }
+            prop_assert!(f.missing().is_empty());
+            prop_assert_eq!(f.checksum(), Some(crc32fast::hash(&data)));
+            prop_assert_eq!(std::fs::read(&f.path).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn overlapping_records_fill_only_what_is_missing() {
+        let (_dir, f) = fill(100);
+        f.record(10, &[1; 20]).unwrap();
+        f.record(50, &[2; 10]).unwrap();
+        f.record(0, &[3; 100]).unwrap();
+        assert!(f.missing().is_empty());
+        let mut want = vec![3u8; 100];
+        want[10..30].fill(1);
+        want[50..60].fill(2);
+        assert_eq!(std::fs::read(&f.path).unwrap(), want);
+        assert_eq!(f.checksum(), Some(crc32fast::hash(&want)));
+    }
+
+    #[test]
+    fn missing_lists_the_gaps() {
+        let (_dir, f) = fill(100);
+        f.record(10, &[1; 20]).unwrap();
+        f.record(50, &[2; 10]).unwrap();
+        assert_eq!(f.missing(), vec![0..10, 30..50, 60..100]);
+        assert_eq!(f.covered(), 30);
+        assert!(f.checksum().is_none());
+        assert!(f.claim());
+        assert!(!f.claim());
+    }
+}

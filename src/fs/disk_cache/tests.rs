@@ -1,0 +1,199 @@
+//! The cache directory on its own: entries, verification, eviction, parts.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn cache(dir: &Path, limit_bytes: u64) -> Arc<DiskCache> {
+    let config = DiskCacheConfig {
+        dir: dir.to_path_buf(),
+        limit_bytes,
+    };
+    DiskCache::open(&config, "test-registry", Arc::new(Counters::default())).unwrap()
+}
+
+/// Writes `bytes` as the entry of `key` through a fill, in two pieces.
+fn put(c: &DiskCache, key: &VersionKey, bytes: &[u8]) -> Option<Arc<File>> {
+    let fill = c.begin_fill(&key.file_name(), bytes.len() as u64)?;
+    let half = bytes.len() / 2;
+    fill.record(half as u64, &bytes[half..]).unwrap();
+    fill.record(0, &bytes[..half]).unwrap();
+    Some(c.commit(&fill, key).unwrap())
+}
+
+fn read_all(f: &File) -> Vec<u8> {
+    let mut out = vec![0u8; f.metadata().unwrap().len() as usize];
+    f.read_exact_at(&mut out, 0).unwrap();
+    out
+}
+
+#[test]
+fn an_entry_is_found_by_its_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let key = c.key("file:///r/a", 10, 5);
+    assert!(c.lookup(&key).is_none());
+    put(&c, &key, b"hello").unwrap();
+    assert_eq!(read_all(&c.lookup(&key).unwrap()), b"hello");
+    // Another version, size or registry of the same array is another entry.
+    assert!(c.lookup(&c.key("file:///r/a", 11, 5)).is_none());
+    assert!(c.lookup(&c.key("file:///r/a", 10, 6)).is_none());
+    let other = DiskCache::open(
+        &DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            limit_bytes: 1 << 20,
+        },
+        "another-registry",
+        Arc::new(Counters::default()),
+    )
+    .unwrap();
+    assert!(other.lookup(&other.key("file:///r/a", 10, 5)).is_none());
+    // A second cache object on the directory (another mount) finds it.
+    let again = cache(dir.path(), 1 << 20);
+    assert_eq!(read_all(&again.lookup(&key).unwrap()), b"hello");
+}
+
+#[test]
+fn a_damaged_entry_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let key = c.key("file:///r/a", 1, 4096);
+    put(&c, &key, &[7u8; 4096]).unwrap();
+    let path = c.data_path(&key.file_name());
+    // One byte changed in place: same size, new mtime and ctime.
+    std::thread::sleep(Duration::from_millis(10));
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[8], 100)
+        .unwrap();
+    assert!(c.lookup(&key).is_none());
+    assert!(!path.exists());
+    assert_eq!(c.counters.disk_cache_damaged.load(Ordering::Relaxed), 1);
+    // Truncated.
+    put(&c, &key, &[7u8; 4096]).unwrap();
+    File::options().write(true).open(&path).unwrap().set_len(10).unwrap();
+    assert!(c.lookup(&key).is_none());
+    assert_eq!(c.counters.disk_cache_damaged.load(Ordering::Relaxed), 2);
+    // Copied back unchanged (a restore): verified again, then served.
+    put(&c, &key, &[7u8; 4096]).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, &bytes).unwrap();
+    assert_eq!(read_all(&c.lookup(&key).unwrap()), bytes);
+    assert_eq!(c.counters.disk_cache_damaged.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn an_incomplete_fill_is_never_committed_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let key = c.key("file:///r/a", 1, 100);
+    let fill = c.begin_fill(&key.file_name(), 100).unwrap();
+    fill.record(0, &[1; 50]).unwrap();
+    assert!(c.commit(&fill, &key).is_err());
+    drop(fill);
+    assert!(c.lookup(&key).is_none());
+    assert_eq!(c.usage_bytes().unwrap(), 0);
+    assert_eq!(fs::read_dir(c.dir()).unwrap().count(), 1, "only the lock file is left");
+}
+
+#[test]
+fn a_version_being_filled_by_another_mount_is_not_filled_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = cache(dir.path(), 1 << 20);
+    let b = cache(dir.path(), 1 << 20);
+    let key = a.key("file:///r/a", 1, 100);
+    let fill = a.begin_fill(&key.file_name(), 100).unwrap();
+    assert!(b.begin_fill(&key.file_name(), 100).is_none());
+    drop(fill);
+    assert!(b.begin_fill(&key.file_name(), 100).is_some());
+}
+
+#[test]
+fn parts_left_by_a_dead_writer_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1000);
+    // As a crashed process leaves it: no one holds its lock.
+    fs::write(c.dir().join("abc.999999.0.900.part"), b"x").unwrap();
+    assert!(c.begin_fill("def", 500).is_some());
+    assert!(!c.dir().join("abc.999999.0.900.part").exists());
+}
+
+#[test]
+fn too_big_for_the_cache_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 100);
+    assert!(c.begin_fill("a", 101).is_none());
+    let held = c.begin_fill("b", 60).unwrap();
+    // Parts in flight count: no room for another 60 bytes.
+    assert!(c.begin_fill("c", 60).is_none());
+    drop(held);
+    assert!(c.begin_fill("c", 60).is_some());
+}
+
+#[test]
+fn the_least_recently_used_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 300);
+    let keys: Vec<VersionKey> = (0..3).map(|i| c.key(&format!("file:///r/{i}"), 1, 100)).collect();
+    for k in &keys {
+        put(&c, k, &[1; 100]).unwrap();
+    }
+    // Uses: 0 most recently, then 2; 1 is the oldest.
+    let now = SystemTime::now();
+    for (k, age) in [(&keys[1], 30), (&keys[2], 20), (&keys[0], 10)] {
+        let meta = File::options().write(true).open(c.meta_path(&k.file_name())).unwrap();
+        meta.set_modified(now - Duration::from_secs(age)).unwrap();
+    }
+    let new = c.key("file:///r/new", 1, 150);
+    put(&c, &new, &[2; 150]).unwrap();
+    assert!(c.lookup(&keys[1]).is_none());
+    assert!(c.lookup(&keys[2]).is_none());
+    assert!(c.lookup(&keys[0]).is_some());
+    assert!(c.lookup(&new).is_some());
+    assert_eq!(c.usage_bytes().unwrap(), 250);
+}
+
+#[test]
+fn an_open_entry_stays_readable_after_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 100);
+    let old = c.key("file:///r/a", 1, 100);
+    let file = put(&c, &old, &[3; 100]).unwrap();
+    put(&c, &c.key("file:///r/a", 2, 100), &[4; 100]).unwrap();
+    assert!(c.lookup(&old).is_none());
+    assert_eq!(read_all(&file), vec![3; 100]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Whatever is put, in whatever sizes, the data kept never exceeds the
+    /// limit and every entry found holds its own bytes.
+    #[test]
+    fn the_limit_holds_and_entries_hold_their_bytes(sizes in proptest::collection::vec(1u64..400, 1..24)) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1000);
+        let mut kept = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let key = c.key("file:///r/x", i as u64, *size);
+            let bytes: Vec<u8> = (0..*size).map(|b| (b as u8).wrapping_add(i as u8)).collect();
+            if put(&c, &key, &bytes).is_some() {
+                kept.push((key, bytes));
+            }
+            prop_assert!(c.usage_bytes().unwrap() <= 1000);
+        }
+        for (key, bytes) in &kept {
+            if let Some(f) = c.lookup(key) {
+                prop_assert_eq!(&read_all(&f), bytes);
+            }
+        }
+        // The most recent one always fits (each is under the limit).
+        let (last, _) = kept.last().unwrap();
+        prop_assert!(c.lookup(last).is_some());
+    }
+}
