@@ -306,7 +306,7 @@ impl From<registry::Error> for Error {
             R::InvalidSafetensors { .. } => (libc::EINVAL, Level::Warn),
             R::Unsupported { .. } => (libc::EPERM, Level::Info),
             R::PathTooLong { .. } => (libc::ENAMETOOLONG, Level::Info),
-            R::SizeMismatch { .. } => (libc::EIO, Level::Warn),
+            R::SizeMismatch { .. } | R::VersionGone { .. } => (libc::EIO, Level::Warn),
             // A local path past the OS's limit (TileDB passes strerror on).
             R::TileDB(t) if t.message.contains("File name too long") => (libc::ENAMETOOLONG, Level::Info),
             R::TileDB(_) | R::NotAFileArray { .. } | R::Corrupt { .. } | R::Io { .. } => (libc::EIO, Level::Warn),

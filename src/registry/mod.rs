@@ -14,9 +14,12 @@ pub mod tiledb_ml;
 pub mod transfer;
 mod tree;
 pub mod uri;
+pub mod version_time;
+pub mod versions;
 
 pub use attrs::Attrs;
 pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
 pub use safetensors_index::{TensorEntry, TensorIndex};
+pub use versions::{History, Version};
 pub use tree::{Entry, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};

@@ -63,6 +63,10 @@ pub struct Registry {
     /// Metadata writes this process made to each group since its metadata
     /// was last consolidated.
     stamps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// A snapshot's time (ms): arrays are read as of it. Its groups are
+    /// read as of it through the context's `sm.group.timestamp_end` (see
+    /// [`Registry::snapshot`]).
+    at: Option<u64>,
 }
 
 /// Metadata writes to one group after which its metadata is consolidated:
@@ -78,6 +82,43 @@ impl Registry {
             ctx,
             vfs,
             stamps: Default::default(),
+            at: None,
+        })
+    }
+
+    /// The registry as it was at `at` (ms), for reading only: directories
+    /// list the members they had then, files show the version current
+    /// then, and a file's history ends there. `config` is the context's
+    /// configuration; groups are read as of `at` through its
+    /// `sm.group.timestamp_end`.
+    pub fn snapshot(mut config: tiledb::Config, at: u64) -> Result<Self> {
+        config.set("sm.group.timestamp_end", &at.to_string())?;
+        let mut reg = Registry::new(Context::with_config(&config)?)?;
+        reg.at = Some(at);
+        Ok(reg)
+    }
+
+    /// The snapshot time, for a registry made by [`Registry::snapshot`].
+    pub fn snapshot_time(&self) -> Option<u64> {
+        self.at
+    }
+
+    /// Opens the array at `uri` for reading: with every write there is, or
+    /// as of the snapshot time.
+    fn open_array(&self, uri: &str) -> Result<Array> {
+        Ok(match self.at {
+            Some(at) => Array::open_at(&self.ctx, uri, tiledb::Mode::Read, Some(at))?,
+            None => Array::open_latest(&self.ctx, uri)?,
+        })
+    }
+
+    /// The versions and tags of the file array at `uri` (up to the snapshot
+    /// time in a snapshot).
+    pub fn history(&self, uri: &str) -> Result<super::versions::History> {
+        let history = super::versions::history(&self.ctx, &self.vfs, uri)?;
+        Ok(match self.at {
+            Some(at) => history.until(at),
+            None => history,
         })
     }
 
@@ -214,7 +255,7 @@ impl Registry {
             Storage::PlainDir => return Ok(Node::Dir(Attrs::default())),
             Storage::Array => {}
         }
-        let mut array = Array::open_latest(&self.ctx, &entry.uri)?;
+        let mut array = self.open_array(&entry.uri)?;
         let schema = array.schema()?;
         let meta = array.metadata()?;
         match file_array::check_schema(&schema) {
@@ -579,7 +620,7 @@ impl Registry {
 
     /// Every metadata key and value of the array at `uri`, latest version.
     pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
-        Ok(Array::open_latest(&self.ctx, uri)?.metadata()?)
+        Ok(self.open_array(uri)?.metadata()?)
     }
 }
 

@@ -121,6 +121,17 @@ impl Array {
     /// fragment and metadata write after it; for writes, every fragment and
     /// metadata write through this handle gets the timestamp `end_ms`.
     pub fn open_at(ctx: &Context, uri: &str, mode: Mode, end_ms: Option<u64>) -> Result<Self> {
+        Self::open_range(ctx, uri, mode, None, end_ms)
+    }
+
+    /// Opens the array at `uri` for reading with only the fragments and
+    /// metadata writes stamped in `[start_ms, end_ms]` (inclusive): one
+    /// version's own writes when both are its timestamp.
+    pub fn open_between(ctx: &Context, uri: &str, start_ms: u64, end_ms: u64) -> Result<Self> {
+        Self::open_range(ctx, uri, Mode::Read, Some(start_ms), Some(end_ms))
+    }
+
+    fn open_range(ctx: &Context, uri: &str, mode: Mode, start_ms: Option<u64>, end_ms: Option<u64>) -> Result<Self> {
         let c_uri = cstring("tiledb_array_alloc", uri)?;
         let mut raw = ptr::null_mut();
         // SAFETY: valid URI and out-pointer.
@@ -134,6 +145,12 @@ impl Array {
             uri: uri.to_string(),
             mode,
         };
+        if let Some(start) = start_ms {
+            // SAFETY: live, not yet open.
+            ctx.call("tiledb_array_set_open_timestamp_start", |c| unsafe {
+                ffi::tiledb_array_set_open_timestamp_start(c, array.raw, start)
+            })?;
+        }
         if let Some(end) = end_ms {
             // SAFETY: live, not yet open.
             ctx.call("tiledb_array_set_open_timestamp_end", |c| unsafe {

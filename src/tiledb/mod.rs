@@ -21,7 +21,7 @@ pub use context::{Config, Context, now_ms, version};
 pub use datatype::{Datatype, format_values};
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterType};
-pub use fragment_info::{Fragment, fragments};
+pub use fragment_info::{Fragment, delete_fragments, fragments};
 pub use group::{Group, GroupMode, Member};
 pub use object::{ObjectType, object_move, object_remove, object_type};
 pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};

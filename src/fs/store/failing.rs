@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, Node, Result};
+use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, History, Node, Result};
 
 /// Counts changes and refuses those from `crash_at` on.
 #[derive(Default)]
@@ -118,6 +118,14 @@ impl<S: Store> Store for FailingStore<S> {
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
         self.inner.open_version(uri, meta)
+    }
+
+    fn history(&self, uri: &str) -> Result<History> {
+        self.inner.history(uri)
+    }
+
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        self.inner.open_past_version(uri, meta)
     }
 
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {

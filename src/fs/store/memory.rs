@@ -16,7 +16,7 @@ use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::names::{last_component, storage_name};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::uri::join;
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, Node, Result, Storage};
+use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, History, Node, Result, Storage, Version};
 
 /// Tile of in-memory files: small, so reads cross many cache chunks.
 const TILE_BYTES: u64 = 4096;
@@ -347,6 +347,34 @@ impl Store for MemStore {
             uri: uri.to_string(),
             reason: "the in-memory store holds no TileDB-ML arrays".into(),
         })
+    }
+
+    fn history(&self, uri: &str) -> Result<History> {
+        let s = self.lock();
+        let Some(Object::File { versions, kind, .. }) = s.objects.get(uri) else {
+            return Err(Inner::missing(uri));
+        };
+        let versions = versions
+            .iter()
+            .map(|(t, bytes)| Version {
+                timestamp: *t,
+                meta: FileMeta {
+                    size: bytes.len() as u64,
+                    timestamp: Some(*t),
+                    kind: kind.clone(),
+                    tensors: None,
+                    attrs: Attrs::default(),
+                },
+            })
+            .collect();
+        Ok(History {
+            versions,
+            tags: Vec::new(),
+        })
+    }
+
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        self.open_version(uri, meta)
     }
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {

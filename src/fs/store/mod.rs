@@ -18,7 +18,7 @@ mod memory;
 mod registry;
 
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileKind, FileMeta, Node, Result};
+use crate::registry::{Attrs, Entry, FileKind, FileMeta, History, Node, Result};
 
 pub use failing::FailingStore;
 pub use memory::MemStore;
@@ -67,6 +67,12 @@ pub trait Store: Send + Sync {
     fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel>;
     /// The version of the file at `uri` that `meta` describes.
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
+    /// The committed versions (oldest first) and tags of the file at `uri`.
+    fn history(&self, uri: &str) -> Result<History>;
+    /// Past version `meta` (as [`Store::history`] lists it) of the file at
+    /// `uri`, read from that version's own storage only;
+    /// [`crate::registry::Error::VersionGone`] once it was pruned.
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
     /// A storage URI for a new entry `name` in `dir`, where nothing is.
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String>;
     /// Makes an empty, unlinked file named `name` at `uri`.

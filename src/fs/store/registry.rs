@@ -2,7 +2,7 @@
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, Node, Registry, Result};
+use crate::registry::{Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, History, Node, Registry, Result};
 
 impl StoredVersion for FileArray {
     fn meta(&self) -> &FileMeta {
@@ -67,6 +67,14 @@ impl Store for Registry {
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
         Ok(Box::new(FileArray::open_version(self.context(), uri, meta)?))
+    }
+
+    fn history(&self, uri: &str) -> Result<History> {
+        Registry::history(self, uri)
+    }
+
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        Ok(Box::new(FileArray::open_past(self.context(), uri, meta)?))
     }
 
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
