@@ -43,6 +43,7 @@ impl ModelFs {
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, who: Owner) -> Result<Attr> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
+        self.refuse_versions_name(&dir, name, "mkdir")?;
         if self.child(&dir, name, Listed::Fresh)?.is_some() {
             return Err(CoreError::Exists { what: name.to_string() }.into());
         }
@@ -68,6 +69,7 @@ impl ModelFs {
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "unlink")?;
+        self.refuse_versions_name(&dir, name, "unlink")?;
         let (entry, known) = self
             .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
@@ -155,6 +157,7 @@ impl ModelFs {
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rmdir")?;
+        self.refuse_versions_name(&dir, name, "rmdir")?;
         let (entry, _) = self
             .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
@@ -202,6 +205,8 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rename")?;
         let new_dir = self.changeable_dir(new_parent, "rename")?;
+        self.refuse_versions_name(&dir, name, "rename")?;
+        self.refuse_versions_name(&new_dir, new_name, "rename")?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(new_name) {
             return Err(invalid_name(new_name, reason));
         }

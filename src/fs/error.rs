@@ -83,6 +83,9 @@ pub enum CoreError {
     /// where ("create in", "rmdir of").
     #[error("{change} {uri}: TileDB-ML model arrays are shown read-only")]
     ReadOnlyView { change: String, uri: String },
+    /// A change inside a `.versions` directory.
+    #[error("{change} {uri}: versions are read-only (restore one by copying it over the file)")]
+    ReadOnlyVersions { change: String, uri: String },
 
     // Handles and writers.
     #[error("no open handle {fh}")]
@@ -216,7 +219,7 @@ impl CoreError {
             E::InvalidName { .. } | E::MoveIntoItself | E::UnstorableTime { .. } | E::RenameFlags { .. } => {
                 (libc::EINVAL, Level::Debug)
             }
-            E::ReadOnlyMount { .. } | E::ReadOnlyView { .. } => (libc::EROFS, Level::Info),
+            E::ReadOnlyMount { .. } | E::ReadOnlyView { .. } | E::ReadOnlyVersions { .. } => (libc::EROFS, Level::Info),
             E::BadHandle { .. } => (libc::EBADF, Level::Warn),
             E::NotOpenForWriting => (libc::EBADF, Level::Debug),
             E::AlreadyOpenForWriting { .. }

@@ -21,5 +21,5 @@ pub use attrs::Attrs;
 pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
 pub use safetensors_index::{TensorEntry, TensorIndex};
-pub use versions::{History, Version};
 pub use tree::{Entry, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};
+pub use versions::{History, Version};

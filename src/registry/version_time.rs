@@ -115,7 +115,10 @@ fn split_offset(rest: &str) -> Option<(&str, i64)> {
         return None;
     }
     let h: i64 = digits.get(..2)?.parse().ok()?;
-    let m: i64 = digits.get(2..).filter(|s| !s.is_empty()).map_or(Some(0), |s| s.parse().ok())?;
+    let m: i64 = digits
+        .get(2..)
+        .filter(|s| !s.is_empty())
+        .map_or(Some(0), |s| s.parse().ok())?;
     Some((clock.trim(), sign * (h * 60 + m)))
 }
 
@@ -196,7 +199,14 @@ mod tests {
         assert_eq!(parse("2026-12-02T07:26Z"), Some(t - 36_224));
         assert_eq!(parse("2026-12-02"), Some(t - 26_796_224));
         assert_eq!(parse("ms:1796196396224"), Some(t));
-        for bad in ["", "production", "2026-13-01", "2026-02-30", "2026-12-02T25:00Z", "2026-12-02Tnoon"] {
+        for bad in [
+            "",
+            "production",
+            "2026-13-01",
+            "2026-02-30",
+            "2026-12-02T25:00Z",
+            "2026-12-02Tnoon",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

@@ -81,7 +81,10 @@ impl History {
 
     /// Tags naming the version at `t`.
     pub fn tags_of(&self, t: u64) -> impl Iterator<Item = &str> {
-        self.tags.iter().filter(move |(_, at)| *at == t).map(|(n, _)| n.as_str())
+        self.tags
+            .iter()
+            .filter(move |(_, at)| *at == t)
+            .map(|(n, _)| n.as_str())
     }
 
     /// Only what existed at `at`: versions committed then or before.
@@ -352,7 +355,14 @@ mod tests {
     fn tags_that_read_as_times_or_paths_are_refused() {
         assert!(invalid_tag_reason("production").is_none());
         assert!(invalid_tag_reason("v1.2").is_none());
-        for bad in ["", ".hidden", "a/b", "2026-12-01", "2026-12-01T21:28:59.119Z", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "2026-12-01",
+            "2026-12-01T21:28:59.119Z",
+            &"x".repeat(129),
+        ] {
             assert!(invalid_tag_reason(bad).is_some(), "{bad}");
         }
     }
