@@ -81,7 +81,7 @@ pub(super) struct Histories {
 impl ModelFs {
     /// The `.versions` directory of directory inode `dir`.
     pub(super) fn lookup_versions_index(&self, dir: &Inode) -> Result<(Attr, Option<Arc<Inode>>)> {
-        let node = NodeState::View(ViewNode::Versions(VersionNode::Index { dir: dir.entry() }));
+        let node = NodeState::View(ViewNode::Versions(Box::new(VersionNode::Index { dir: dir.entry() })));
         let inode = self
             .inodes
             .upsert(dir.ino, view_entry(dir, VERSIONS_NAME), node.clone(), Seen::Read);
@@ -124,7 +124,7 @@ impl ModelFs {
             }
             VersionNode::Version { .. } => return Err(missing()),
         };
-        let node = NodeState::View(ViewNode::Versions(node));
+        let node = NodeState::View(ViewNode::Versions(Box::new(node)));
         let inode = self
             .inodes
             .upsert(dir.ino, view_entry(dir, name), node.clone(), Seen::Read);
@@ -168,7 +168,7 @@ impl ModelFs {
                     if !matches!(node, Some((NodeState::File(_), _))) {
                         continue;
                     }
-                    let node = NodeState::View(ViewNode::Versions(VersionNode::File { file: entry.clone() }));
+                    let node = NodeState::View(ViewNode::Versions(Box::new(VersionNode::File { file: entry.clone() })));
                     let child = self
                         .inodes
                         .upsert(dir.ino, view_entry(dir, &entry.name), node, Seen::Read);
@@ -186,10 +186,10 @@ impl ModelFs {
                         Some((tag.clone(), v))
                     }));
                 for (name, version) in named {
-                    let node = NodeState::View(ViewNode::Versions(VersionNode::Version {
+                    let node = NodeState::View(ViewNode::Versions(Box::new(VersionNode::Version {
                         file: file.clone(),
                         version: version.clone(),
-                    }));
+                    })));
                     let child = self.inodes.upsert(dir.ino, view_entry(dir, &name), node, Seen::Read);
                     push_dir_item(items, child.ino, Kind::File, name);
                 }

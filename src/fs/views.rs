@@ -39,8 +39,9 @@ pub enum ViewNode {
     Dir { model: Arc<TileDbMlModel>, prefix: String },
     /// A file of the view, at `path` in it.
     File { model: Arc<TileDbMlModel>, path: String },
-    /// A node of a `.versions` directory (see `versions.rs`).
-    Versions(VersionNode),
+    /// A node of a `.versions` directory (see `versions.rs`), boxed: a
+    /// version carries its metadata.
+    Versions(Box<VersionNode>),
 }
 
 impl ViewNode {
