@@ -144,6 +144,12 @@ enum Command {
         /// stderr only until the mount is up.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Mount a read-only snapshot: the whole registry as it was at TIME
+        /// (ISO 8601 like 2026-12-01T21:28:59.119Z, as `modelfs log`
+        /// prints it; `2026-12-01` is midnight UTC; `ms:<milliseconds>`), or
+        /// at the version a tag names (searched in every file's tags).
+        #[arg(long, value_name = "TIME|TAG")]
+        at: Option<String>,
     },
     /// Unmount a modelfs mount.
     ///
@@ -155,6 +161,63 @@ enum Command {
         /// Detach now even if files are open.
         #[arg(long)]
         lazy: bool,
+    },
+    /// List the versions of a file, or of every file under a directory.
+    ///
+    /// One line per version, oldest first: its time (the name it has under
+    /// `.versions/` in a mount, and what `--at` takes), size, kind and tags;
+    /// for safetensors files, the tensors it added (+), removed (-) and
+    /// changed (~: dtype, shape or values) against the version before.
+    Log {
+        /// Registry URI of a file or directory.
+        uri: String,
+        /// Compare tensors by dtype and shape only, not by their bytes.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Name a version of a file (the current one, or the one current at
+    /// --at), or delete a name with --delete.
+    ///
+    /// Tags are stored in the file's metadata in the registry: every mount
+    /// shows them within its --metadata-ttl, as files under
+    /// `.versions/<file>/` beside the version times, and `mount --at TAG`
+    /// mounts the registry as of the tagged version. Pruning keeps tagged
+    /// versions.
+    Tag {
+        /// Registry URI of a file.
+        uri: String,
+        /// The tag, e.g. `production` or `v1.2` (not a time, no `/`, not
+        /// starting with `.`).
+        name: String,
+        /// Tag the version current at this time (or the version this tag or
+        /// version time names) instead of the current one.
+        #[arg(long, value_name = "TIME|TAG", conflicts_with = "delete")]
+        at: Option<String>,
+        /// Delete the tag.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Free the storage of old versions of a file, or of every file under a
+    /// directory.
+    ///
+    /// Keeps the current version always, the newest N with --keep N, those
+    /// younger than DURATION with --older-than DURATION (with both, a
+    /// version either keeps is kept), and every tagged version unless its
+    /// tags are named with --untag. Prints each version pruned and the
+    /// bytes freed. Reading a pruned version through a mount gives EIO.
+    Prune {
+        /// Registry URI of a file or directory.
+        uri: String,
+        /// Keep the newest N versions.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Prune versions older than this (90s, 12h, 7d, 2w, 1d12h).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Let versions with this tag be pruned too, deleting the tag
+        /// (repeatable).
+        #[arg(long, value_name = "TAG")]
+        untag: Vec<String>,
     },
     /// Describe a file, directory or any TileDB array.
     ///
@@ -168,8 +231,6 @@ enum Command {
     },
 }
 
-mod mount;
-
 /// `println!` that returns an error instead of panicking when stdout is
 /// closed (`modelfs info ... | head`).
 macro_rules! out {
@@ -178,6 +239,9 @@ macro_rules! out {
         writeln!(std::io::stdout(), $($arg)*)?
     }};
 }
+
+mod mount;
+mod versions_cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -206,6 +270,11 @@ fn main() -> ExitCode {
 
 /// A TileDB context with modelfs's settings and the user's `--tiledb-config`.
 pub fn tiledb_context(overrides: &[String]) -> Result<Context> {
+    Context::with_config(&tiledb_config(overrides)?).context("creating a TileDB context")
+}
+
+/// modelfs's TileDB settings and the user's `--tiledb-config`.
+pub fn tiledb_config(overrides: &[String]) -> Result<tiledb::Config> {
     let mut config = tiledb::Config::tuned().context("creating a TileDB configuration")?;
     config
         .apply_aws_environment()
@@ -218,7 +287,7 @@ pub fn tiledb_context(overrides: &[String]) -> Result<Context> {
             .set(key.trim(), value.trim())
             .with_context(|| format!("--tiledb-config {}", key.trim()))?;
     }
-    Context::with_config(&config).context("creating a TileDB context")
+    Ok(config)
 }
 
 fn registry(overrides: &[String]) -> Result<Registry> {
@@ -279,6 +348,7 @@ fn run(cli: Cli) -> Result<()> {
             staging_limit,
             view_memory,
             log_file,
+            at,
         } => mount::run(mount::Args {
             tiledb_config: config,
             registry: registry::uri::normalize(&registry),
@@ -293,7 +363,28 @@ fn run(cli: Cli) -> Result<()> {
             staging_limit,
             view_memory,
             log_file,
+            at,
         }),
+        Command::Log { uri, quick } => {
+            let reg = registry(&config)?;
+            let entry = resolve(&reg, &registry::uri::normalize(&uri))?;
+            versions_cli::log(&reg, &entry, !quick)
+        }
+        Command::Tag { uri, name, at, delete } => {
+            let reg = registry(&config)?;
+            let entry = resolve(&reg, &registry::uri::normalize(&uri))?;
+            versions_cli::tag(&reg, &entry, &name, at.as_deref(), delete)
+        }
+        Command::Prune {
+            uri,
+            keep,
+            older_than,
+            untag,
+        } => {
+            let reg = registry(&config)?;
+            let entry = resolve(&reg, &registry::uri::normalize(&uri))?;
+            versions_cli::prune(&reg, &entry, keep, older_than.as_deref(), untag)
+        }
         Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),
         Command::Info { uri } => info(&config, &registry::uri::normalize(&uri)),
     }

@@ -36,6 +36,8 @@ pub struct Args {
     pub staging_limit: u64,
     pub view_memory: u64,
     pub log_file: Option<PathBuf>,
+    /// A snapshot mount's time or tag (`--at`).
+    pub at: Option<String>,
 }
 
 fn check_mountpoint(path: &Path) -> Result<()> {
@@ -59,9 +61,20 @@ pub fn run(args: Args) -> Result<()> {
         redirect_stderr(path)?;
     }
     let ctx = crate::tiledb_context(&args.tiledb_config)?;
-    let registry = Registry::new(ctx)?;
+    let mut registry = Registry::new(ctx)?;
+    let read_only = args.read_only || args.at.is_some();
+    if let Some(at) = &args.at {
+        let t = crate::versions_cli::snapshot_time(&registry, &args.registry, at)?;
+        info!(
+            "snapshot of {} as of {}, read-only",
+            args.registry,
+            modelfs::registry::version_time::format_ms(t)
+        );
+        registry = Registry::snapshot(crate::tiledb_config(&args.tiledb_config)?, t)
+            .with_context(|| format!("snapshot of {}", args.registry))?;
+    }
     let config = Config {
-        read_only: args.read_only,
+        read_only,
         cache_bytes: args.cache_bytes,
         metadata_ttl: args.metadata_ttl,
         staging_dir: args
@@ -80,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let options = MountOptions {
         fs_name: args.registry.clone(),
-        read_only: args.read_only,
+        read_only,
         allow_other: args.allow_other,
         threads: args.threads,
     };
