@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 
 use modelfs::registry::version_time::{self, format_ms};
 use modelfs::registry::versions::{self, PrunePolicy};
-use modelfs::registry::{Entry, FileArray, History, Node, Registry, Storage, TensorEntry, Version};
+use modelfs::registry::{Entry, FileArray, Node, Registry, Storage, TensorEntry, Version};
 
 /// Bytes compared at a time when telling whether a tensor changed.
 const COMPARE_BYTES: usize = 8 << 20;
@@ -218,36 +218,46 @@ fn parse_time_only(text: &str) -> Result<u64> {
     })
 }
 
-/// The time `--at` names for a mount of `root`: a time, or a tag of a
-/// file under it (each file's tags are searched; a tag naming different
-/// times on different files is refused, naming two of them).
+/// The time `--at` names for a mount of `root`: a time, or for a tag the
+/// last instant the version it names was current on every file under
+/// `root` holding that tag (a new file joins its directory a moment after
+/// its first version's commit, so the tagged version's own commit time
+/// may not show it yet). Tags naming versions that were never current
+/// together are refused, naming two of the files.
 pub fn snapshot_time(reg: &Registry, root: &str, at: &str) -> Result<u64> {
     if let Some(t) = version_time::parse(at) {
         return Ok(t);
     }
     let entry = crate::resolve(reg, root)?;
-    let mut found: Vec<(String, u64)> = Vec::new();
+    // For each file holding the tag: [tagged version, last instant current].
+    let mut spans: Vec<(String, u64, u64)> = Vec::new();
     for file in files_under(reg, &entry)? {
-        let history: History = match reg.history(&file.uri) {
-            Ok(h) => h,
-            Err(_) => continue,
+        let Ok(history) = reg.history(&file.uri) else {
+            continue;
         };
-        if let Some((_, t)) = history.tags.iter().find(|(n, _)| n == at) {
-            found.push((file.uri.clone(), *t));
-        }
+        let Some((_, t)) = history.tags.iter().find(|(n, _)| n == at) else {
+            continue;
+        };
+        let until = history
+            .versions
+            .iter()
+            .find(|v| v.timestamp > *t)
+            .map_or_else(modelfs::tiledb::now_ms, |v| v.timestamp - 1);
+        spans.push((file.uri.clone(), *t, until));
     }
-    match found.as_slice() {
-        [] => Err(parse_time_only(at).unwrap_err()),
-        [(_, t), rest @ ..] => {
-            if let Some((other, u)) = rest.iter().find(|(_, u)| u != t) {
-                bail!(
-                    "tag {at:?} names {} on {} but {} on {other}",
-                    format_ms(*t),
-                    found[0].0,
-                    format_ms(*u)
-                );
-            }
-            Ok(*t)
-        }
+    let Some(latest_start) = spans.iter().max_by_key(|s| s.1) else {
+        return Err(parse_time_only(at).unwrap_err());
+    };
+    let earliest_end = spans.iter().min_by_key(|s| s.2).unwrap_or(latest_start);
+    if earliest_end.2 < latest_start.1 {
+        bail!(
+            "tag {at:?} names versions never current together: {} on {} was replaced at {}, before {} on {}",
+            format_ms(earliest_end.1),
+            earliest_end.0,
+            format_ms(earliest_end.2 + 1),
+            format_ms(latest_start.1),
+            latest_start.0
+        );
     }
+    Ok(earliest_end.2)
 }

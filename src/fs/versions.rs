@@ -214,20 +214,21 @@ impl ModelFs {
     /// The history of the file at `uri`, read again once older than the
     /// metadata TTL.
     fn history_of(&self, uri: &str) -> Result<Arc<History>> {
-        if let Some((at, history)) = lock(&self.histories.map).get(uri)
+        let key = crate::registry::uri::canonical(uri);
+        if let Some((at, history)) = lock(&self.histories.map).get(key)
             && at.elapsed() < self.config.metadata_ttl
         {
             return Ok(history.clone());
         }
         let history = Arc::new(self.store.history(uri)?);
-        lock(&self.histories.map).insert(uri.to_string(), (Instant::now(), history.clone()));
+        lock(&self.histories.map).insert(key.to_string(), (Instant::now(), history.clone()));
         Ok(history)
     }
 
     /// Drops the cached history of the file at `uri`: this mount just
     /// committed a version of it.
     pub(super) fn forget_history(&self, uri: &str) {
-        lock(&self.histories.map).remove(uri);
+        lock(&self.histories.map).remove(crate::registry::uri::canonical(uri));
     }
 }
 
