@@ -372,6 +372,7 @@ fn the_current_version_reads_correctly_while_a_prune_runs_beside_a_reader() {
     stop.store(true, Ordering::Relaxed);
     reader.join().expect("the reader saw wrong bytes or an error");
     assert!(out.contains("11 versions pruned"), "{out}");
+    assert!(after_prune > during, "no read ran beside the prune");
     eprintln!(
         "{} whole reads in all, {} while the prune ran",
         reads.load(Ordering::Relaxed),
