@@ -37,6 +37,10 @@ use super::version_time::format_ms;
 /// Prefix of the metadata keys holding tags.
 pub const TAG_KEY_PREFIX: &str = "modelfs.tag.";
 
+/// Versions opened at once when listing a file's history: on an object
+/// store each open is a few round trips, so they overlap.
+const OPENS_IN_FLIGHT: usize = 8;
+
 /// Longest tag name, in bytes.
 pub const TAG_MAX_BYTES: usize = 128;
 
@@ -137,11 +141,36 @@ pub fn history(ctx: &Context, vfs: &Vfs, uri: &str) -> Result<History> {
         .map(|f| f.timestamp_range.0)
         .collect();
     candidates.extend(metadata_write_times(vfs, uri)?);
+    let candidates: Vec<u64> = candidates.into_iter().collect();
+    let per_thread = candidates.len().div_ceil(OPENS_IN_FLIGHT).max(1);
+    let found: Vec<Result<Vec<Version>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = candidates
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    for &t in chunk {
+                        out.extend(version_at(ctx, uri, t)?);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(Error::Corrupt {
+                        uri: uri.to_string(),
+                        reason: "listing its versions failed (a reader thread panicked)".into(),
+                    })
+                })
+            })
+            .collect()
+    });
     let mut versions = Vec::new();
-    for t in candidates {
-        if let Some(v) = version_at(ctx, uri, t)? {
-            versions.push(v);
-        }
+    for chunk in found {
+        versions.extend(chunk?);
     }
     let tags = parse_tags(&Array::open_latest(ctx, uri)?.metadata()?);
     Ok(History { versions, tags })
