@@ -300,7 +300,18 @@ pub fn prune_plan(history: &History, policy: &PrunePolicy) -> Vec<u64> {
 /// instant: no fragment of theirs is touched.
 pub fn prune(ctx: &Context, vfs: &Vfs, uri: &str, policy: &PrunePolicy) -> Result<PruneReport> {
     let history = history(ctx, vfs, uri)?;
-    let pruned = prune_plan(&history, policy);
+    // A version of 0 bytes stores no data: nothing to free, and it would
+    // stay listed (found by its metadata write), so it is kept.
+    let empty: Vec<u64> = history
+        .versions
+        .iter()
+        .filter(|v| v.meta.size == 0)
+        .map(|v| v.timestamp)
+        .collect();
+    let pruned: Vec<u64> = prune_plan(&history, policy)
+        .into_iter()
+        .filter(|t| !empty.contains(t))
+        .collect();
     let bytes_before = vfs.dir_size(uri)?;
     let doomed: Vec<String> = tiledb::fragments(ctx, uri)?
         .into_iter()
