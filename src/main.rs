@@ -203,8 +203,11 @@ enum Command {
     /// Keeps the current version always, the newest N with --keep N, those
     /// younger than DURATION with --older-than DURATION (with both, a
     /// version either keeps is kept), and every tagged version unless its
-    /// tags are named with --untag. Prints each version pruned and the
-    /// bytes freed. Reading a pruned version through a mount gives EIO.
+    /// tags are named with --untag. Under a directory, also frees files and
+    /// directories deleted through a mount (kept for snapshot mounts) that
+    /// were deleted before DURATION ago (all of them with --keep alone).
+    /// Prints each version pruned, each deleted entry freed and the bytes
+    /// freed. Reading a pruned version through a mount gives EIO.
     Prune {
         /// Registry URI of a file or directory.
         uri: String,

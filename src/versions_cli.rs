@@ -207,8 +207,39 @@ pub fn prune(
             );
         }
     }
-    out!("{pruned} versions pruned, {freed} bytes freed");
+    // Files and directories deleted (through a mount) under a directory:
+    // their storage was kept for snapshots; freed when deleted before the
+    // --older-than cutoff (all of them with --keep alone).
+    let mut removed = 0usize;
+    for dir in groups_under(reg, entry)? {
+        for (name, uri, when) in reg.deleted(&dir).with_context(|| dir.uri.clone())? {
+            if newer_than.is_some_and(|cutoff| when >= cutoff) {
+                continue;
+            }
+            let bytes = reg.free_deleted(&dir, &name).with_context(|| uri.clone())?;
+            out!("freed {uri} (deleted {}): {bytes} bytes", format_ms(when));
+            removed += 1;
+            freed += bytes;
+        }
+    }
+    out!("{pruned} versions pruned, {removed} deleted entries freed, {freed} bytes freed");
     Ok(())
+}
+
+/// Every TileDB group at or under `entry`, parents first.
+fn groups_under(reg: &Registry, entry: &Entry) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    if entry.storage == Storage::Group {
+        out.push(entry.clone());
+    }
+    if entry.is_dir() {
+        for child in reg.list(entry).with_context(|| entry.uri.clone())? {
+            if child.is_dir() {
+                out.extend(groups_under(reg, &child)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A time as `--at` takes it, not a tag.

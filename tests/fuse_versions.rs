@@ -178,6 +178,7 @@ fn a_snapshot_mount_shows_the_tree_as_it_was() {
     std::fs::write(dir.join("a.bin"), b"first a").unwrap();
     std::fs::write(dir.join("dropped.txt"), b"dropped later").unwrap();
     std::fs::write(dir.join("unlinked.txt"), b"unlinked later").unwrap();
+    std::fs::write(dir.join("replaced.txt"), b"replaced later").unwrap();
     std::thread::sleep(Duration::from_millis(30));
     let between = tiledb::now_ms();
     std::thread::sleep(Duration::from_millis(30));
@@ -185,6 +186,10 @@ fn a_snapshot_mount_shows_the_tree_as_it_was() {
     std::fs::write(dir.join("new.txt"), b"made later").unwrap();
     std::fs::create_dir(mnt.dir.join("later")).unwrap();
     std::fs::remove_file(dir.join("unlinked.txt")).unwrap();
+    // A write-then-rename saver replaces a file: the replaced one's storage
+    // stays too.
+    std::fs::write(dir.join("tmp~"), b"renamed over").unwrap();
+    std::fs::rename(dir.join("tmp~"), dir.join("replaced.txt")).unwrap();
     // Another tool takes `dropped.txt` out of the directory, leaving its
     // storage: a snapshot from before still shows it.
     let group_uri = storage_uri(&format!("{reg}/m"));
@@ -206,18 +211,22 @@ fn a_snapshot_mount_shows_the_tree_as_it_was() {
         let names: Vec<String> = listing(&m).into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
-            vec!["a.bin", "dropped.txt"],
-            "{at}: unlinked.txt's storage was deleted by its unlink\n{}",
+            vec!["a.bin", "dropped.txt", "replaced.txt", "unlinked.txt"],
+            "{at}\n{}",
             snap.log_text()
         );
         assert_eq!(std::fs::read(m.join("a.bin")).unwrap(), b"first a");
         assert_eq!(std::fs::read(m.join("dropped.txt")).unwrap(), b"dropped later");
+        assert_eq!(std::fs::read(m.join("unlinked.txt")).unwrap(), b"unlinked later");
+        assert_eq!(std::fs::read(m.join("replaced.txt")).unwrap(), b"replaced later");
         assert_eq!(version_names(&m.join(".versions").join("a.bin")).len(), 1);
         assert_eq!(errno(std::fs::write(m.join("a.bin"), b"x")), Some(libc::EROFS));
         assert_eq!(errno(std::fs::create_dir(snap.dir.join("d"))), Some(libc::EROFS));
     }
     // The live mount is unchanged by all this.
     assert_eq!(std::fs::read(dir.join("a.bin")).unwrap(), b"second version of a");
+    assert_eq!(std::fs::read(dir.join("replaced.txt")).unwrap(), b"renamed over");
+    assert!(!dir.join("unlinked.txt").exists());
     assert!(
         modelfs(&["mount", "--at", "no-such-tag", &reg, s(&tmp.path().join("snap"))])
             .status
@@ -435,4 +444,58 @@ fn log_lists_every_file_under_a_directory_with_tensor_changes() {
     assert_eq!(body.matches("~ a").count(), 1, "{log}");
     let quick = modelfs_ok(&["log", "--quick", &format!("{reg}/bert/model.safetensors")]);
     assert!(!quick.contains("(values)"), "{quick}");
+}
+
+#[test]
+fn deleted_files_stay_for_snapshots_until_a_prune_frees_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let dir = mnt.dir.join("d");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let old = pseudo_random(9, 1 << 20);
+    std::fs::write(dir.join("old.bin"), &old).unwrap();
+    std::fs::write(dir.join("sub").join("inner.txt"), b"inner").unwrap();
+    let storage = storage_uri(&format!("{reg}/d/old.bin"));
+    let sub_storage = storage_uri(&format!("{reg}/d/sub"));
+    std::thread::sleep(Duration::from_millis(30));
+    let before = tiledb::now_ms();
+    std::thread::sleep(Duration::from_millis(30));
+    std::fs::remove_file(dir.join("old.bin")).unwrap();
+    std::fs::remove_file(dir.join("sub").join("inner.txt")).unwrap();
+    std::fs::remove_dir(dir.join("sub")).unwrap();
+    // A new file of the same name gets storage of its own.
+    std::fs::write(dir.join("old.bin"), b"new one").unwrap();
+    let ctx = Context::new().unwrap();
+    assert_eq!(tiledb::object_type(&ctx, &storage).unwrap(), tiledb::ObjectType::Array);
+    assert_ne!(storage_uri(&format!("{reg}/d/old.bin")), storage);
+
+    let at = version_time::format_ms(before);
+    {
+        let snap = MountGuard::new(&reg, &tmp.path().join("snap"), &["--at", &at]);
+        assert_eq!(std::fs::read(snap.dir.join("d/old.bin")).unwrap(), old);
+        assert_eq!(std::fs::read(snap.dir.join("d/sub/inner.txt")).unwrap(), b"inner");
+    }
+    let stored = stored_bytes(&storage);
+    // Not yet: deleted less than an hour ago.
+    let out = modelfs_ok(&["prune", &reg, "--older-than", "1h"]);
+    assert!(out.contains("0 deleted entries freed"), "{out}");
+    let out = modelfs_ok(&["prune", &reg, "--keep", "1"]);
+    assert!(out.contains("2 deleted entries freed"), "{out}");
+    assert!(out.contains(&format!("freed {storage} (deleted ")), "{out}");
+    assert!(out.contains(&format!("{stored} bytes")), "{out}");
+    assert_eq!(
+        tiledb::object_type(&ctx, &storage).unwrap(),
+        tiledb::ObjectType::Invalid
+    );
+    assert_eq!(
+        tiledb::object_type(&ctx, &sub_storage).unwrap(),
+        tiledb::ObjectType::Invalid
+    );
+    // The live tree is untouched; the snapshot no longer has them.
+    assert_eq!(std::fs::read(dir.join("old.bin")).unwrap(), b"new one");
+    let snap = MountGuard::new(&reg, &tmp.path().join("snap2"), &["--at", &at]);
+    let names: Vec<String> = listing(&snap.dir.join("d")).into_iter().map(|(n, _)| n).collect();
+    assert!(names.is_empty(), "{names:?}");
+    let again = modelfs_ok(&["prune", &reg, "--keep", "1"]);
+    assert!(again.contains("0 deleted entries freed"), "{again}");
 }

@@ -146,7 +146,7 @@ impl ModelFs {
                 return;
             }
         }
-        if let Err(e) = self.store.delete_storage(entry) {
+        if let Err(e) = self.store.retire(&dir_entry, entry) {
             warn!("{}: removed, but deleting its storage failed: {e}", entry.uri);
         }
     }

@@ -205,6 +205,12 @@ impl Registry {
                     continue;
                 }
             };
+            // A snapshot's member whose storage went since (freed by a
+            // prune) is not shown.
+            if self.at.is_some() && tiledb::object_type(&self.ctx, &m.uri)? == ObjectType::Invalid {
+                debug!("{}: member {name:?} ({}) is no longer stored", dir.uri, m.uri);
+                continue;
+            }
             out.push(Entry {
                 name,
                 uri: m.uri,
@@ -385,7 +391,107 @@ impl Registry {
         let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
         group.remove_member(&old.name)?;
         self.add_member(&mut group, dir, new)?;
+        if !canonical(&old.uri).eq(canonical(&new.uri)) {
+            mark_deleted(&mut group, dir, old)?;
+        }
         self.close_changed(group)
+    }
+
+    /// Deletes `entry` from `dir`: the member goes and, in the same group
+    /// write, the group records when (`modelfs.deleted.<storage name>`),
+    /// so [`Registry::retire`] keeps its storage for snapshots until a
+    /// prune frees it ([`Registry::free_deleted`]). In a plain directory
+    /// nothing happens here (the entry is its storage).
+    pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        if dir.storage != Storage::Group {
+            return Ok(());
+        }
+        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+        group.remove_member(&entry.name)?;
+        mark_deleted(&mut group, dir, entry)?;
+        self.close_changed(group)
+    }
+
+    /// What happens to the storage of `entry` once it was removed from
+    /// `dir` and nothing refers to it: kept when the removal recorded it
+    /// (a group member whose storage is in the group's folder: snapshot
+    /// mounts of earlier times show it, and `modelfs prune` frees it),
+    /// deleted otherwise (a file never linked, or a plain directory's).
+    pub fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        if dir.storage == Storage::Group
+            && let Some(key) = deleted_key(dir, entry)
+        {
+            let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
+            if group.metadata()?.iter().any(|(k, _)| *k == key) {
+                debug!("{}: removed from {}, storage kept for snapshots", entry.uri, dir.uri);
+                return Ok(());
+            }
+        }
+        self.delete_storage(entry)
+    }
+
+    /// The entries removed from group `dir` whose storage was kept, with
+    /// when they were removed (ms): `(storage name, storage URI, time)`.
+    pub fn deleted(&self, dir: &Entry) -> Result<Vec<(String, String, u64)>> {
+        if dir.storage != Storage::Group {
+            return Ok(Vec::new());
+        }
+        let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
+        Ok(group
+            .metadata()?
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix(DELETED_KEY_PREFIX)?;
+                Some((name.to_string(), join(&dir.uri, name), v.as_u64()?))
+            })
+            .collect())
+    }
+
+    /// Frees the kept storage `name` of an entry removed from group `dir`
+    /// (see [`Registry::remove`]) and forgets the record; returns the bytes
+    /// freed. Storage a member of `dir` names again is only forgotten. A
+    /// directory goes with what was removed from it.
+    pub fn free_deleted(&self, dir: &Entry, name: &str) -> Result<u64> {
+        let uri = join(&dir.uri, name);
+        let named = self
+            .list_group(dir)?
+            .iter()
+            .any(|e| canonical(&e.uri) == canonical(&uri));
+        let mut freed = 0;
+        if !named {
+            freed = self.free_storage(&uri)?;
+        }
+        let mut group = Group::open(&self.ctx, &dir.uri, GroupMode::Write)?;
+        group.delete_metadata(&format!("{DELETED_KEY_PREFIX}{name}"))?;
+        group.close()?;
+        Ok(freed)
+    }
+
+    /// Deletes the array or group stored at `uri` (a group with what was
+    /// removed from it); returns the bytes it held.
+    fn free_storage(&self, uri: &str) -> Result<u64> {
+        let bytes = if self.vfs.is_dir(uri)? {
+            self.vfs.dir_size(uri)?
+        } else {
+            0
+        };
+        match tiledb::object_type(&self.ctx, uri)? {
+            ObjectType::Array => tiledb::object_remove(&self.ctx, uri)?,
+            ObjectType::Group => {
+                let dir = Entry {
+                    name: last_component(uri).to_string(),
+                    uri: uri.to_string(),
+                    storage: Storage::Group,
+                };
+                for (name, _, _) in self.deleted(&dir)? {
+                    let child = join(uri, &name);
+                    self.free_storage(&child)?;
+                }
+                Group::remove_own_files(&self.ctx, uri)?;
+            }
+            ObjectType::Invalid => {}
+        }
+        Ok(bytes)
     }
 
     /// Takes `entry` out of `dir` without deleting its storage (a group
@@ -458,6 +564,7 @@ impl Registry {
         let mut group = Group::open(&self.ctx, &new_dir.uri, GroupMode::Write)?;
         if let Some(old) = replaced {
             group.remove_member(&old.name)?;
+            mark_deleted(&mut group, new_dir, old)?;
         }
         if dir.uri == new_dir.uri {
             group.remove_member(&entry.name)?;
@@ -507,6 +614,7 @@ impl Registry {
             let mut group = Group::open(&self.ctx, &new_dir.uri, GroupMode::Write)?;
             if let Some(old) = replaced {
                 group.remove_member(&old.name)?;
+                mark_deleted(&mut group, new_dir, old)?;
             }
             self.add_member(&mut group, new_dir, &moved)?;
             self.close_changed(group)?;
@@ -622,6 +730,28 @@ impl Registry {
     pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
         Ok(self.open_array(uri)?.metadata()?)
     }
+}
+
+/// Prefix of the group metadata keys recording entries removed from the
+/// group whose storage is kept: `modelfs.deleted.<storage name>` = when
+/// (ms since the epoch, UINT64).
+pub const DELETED_KEY_PREFIX: &str = "modelfs.deleted.";
+
+/// The key recording the removal of `entry` from group `dir`, when its
+/// storage lies right in the group's folder (others are not kept).
+fn deleted_key(dir: &Entry, entry: &Entry) -> Option<String> {
+    let prefix = format!("{}/", canonical(&dir.uri));
+    let name = canonical(&entry.uri).strip_prefix(&prefix)?;
+    (!name.is_empty() && !name.contains('/')).then(|| format!("{DELETED_KEY_PREFIX}{name}"))
+}
+
+/// Records in the open group `group` (of `dir`) that `entry` was removed
+/// now, keeping its storage.
+fn mark_deleted(group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
+    if let Some(key) = deleted_key(dir, entry) {
+        group.put_metadata(&key, &MetaValue::u64(tiledb::now_ms()))?;
+    }
+    Ok(())
 }
 
 /// Room kept for TileDB's own files inside an array or group folder

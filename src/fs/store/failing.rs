@@ -174,6 +174,11 @@ impl<S: Store> Store for FailingStore<S> {
         self.inner.delete_storage(entry)
     }
 
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        self.countdown.step("retire storage", &entry.uri)?;
+        self.inner.retire(dir, entry)
+    }
+
     fn rename(
         &self,
         dir: &Entry,

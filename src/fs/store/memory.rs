@@ -515,6 +515,10 @@ impl Store for MemStore {
         Ok(self.list(dir)?.is_empty())
     }
 
+    fn retire(&self, _dir: &Entry, entry: &Entry) -> Result<()> {
+        self.delete_storage(entry)
+    }
+
     fn delete_storage(&self, entry: &Entry) -> Result<()> {
         let mut s = self.lock();
         Inner::step(&mut s, "delete", &entry.uri)?;

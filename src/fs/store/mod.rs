@@ -91,6 +91,11 @@ pub trait Store: Send + Sync {
     fn is_empty_dir(&self, dir: &Entry) -> Result<bool>;
     /// Deletes what `entry` stores (a directory's own files only).
     fn delete_storage(&self, entry: &Entry) -> Result<()>;
+    /// What becomes of the storage of `entry`, taken out of `dir` and named
+    /// by nothing: deleted, or kept for snapshot mounts until a prune (the
+    /// TileDB registry keeps what `unlink` and a replacing `rename` took out
+    /// of a group; see [`crate::registry::Registry::retire`]).
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()>;
     /// Renames `entry` of `dir` to `new_name` in `new_dir`, in place of
     /// `replaced`; see [`crate::registry::Registry::rename`].
     fn rename(

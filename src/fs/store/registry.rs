@@ -102,7 +102,7 @@ impl Store for Registry {
     }
 
     fn unlink(&self, dir: &Entry, entry: &Entry) -> Result<()> {
-        Registry::unlink(self, dir, entry)
+        Registry::remove(self, dir, entry)
     }
 
     fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
@@ -111,6 +111,10 @@ impl Store for Registry {
 
     fn delete_storage(&self, entry: &Entry) -> Result<()> {
         Registry::delete_storage(self, entry)
+    }
+
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        Registry::retire(self, dir, entry)
     }
 
     fn rename(
