@@ -63,9 +63,10 @@ impl ModelFs {
         Ok(self.attr_of(inode.ino, &node))
     }
 
-    /// Removes file `name` from `parent`. Its storage is deleted now, or
-    /// when the last open handle closes. A new file not committed yet has
-    /// none: its handles keep their bytes and commit nothing.
+    /// Removes file `name` from `parent`. Its storage is retired (see
+    /// [`super::Store::retire`]: kept for snapshots by the TileDB registry) now,
+    /// or when the last open handle closes. A new file not committed yet
+    /// has none: its handles keep their bytes and commit nothing.
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "unlink")?;
@@ -116,10 +117,11 @@ impl ModelFs {
         })
     }
 
-    /// Deletes the storage of `entry`, just taken out of directory `dir`,
-    /// unless it lies outside the registry or another entry of `dir` still
-    /// names it (written so by another tool). Failures are logged: the
-    /// entry is gone either way.
+    /// Retires the storage of `entry`, just taken out of directory `dir`
+    /// (deleted, or kept for snapshots: [`super::Store::retire`]), unless it lies
+    /// outside the registry or another entry of `dir` still names it
+    /// (written so by another tool), which leaves it alone. Failures are
+    /// logged: the entry is gone either way.
     pub(super) fn delete_unlinked(&self, dir: &Inode, entry: &Entry) {
         let root = self.inodes.get(Ino::ROOT).map(|r| r.entry().uri).unwrap_or_default();
         if !crate::registry::uri::is_inside(&entry.uri, &root) {
