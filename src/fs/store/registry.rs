@@ -62,7 +62,7 @@ impl Store for Registry {
     }
 
     fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel> {
-        TileDbMlModel::open_with(self.context(), uri, None, options)
+        TileDbMlModel::open_with(self.context(), uri, self.snapshot_time(), options)
     }
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
