@@ -208,14 +208,26 @@ impl FileArray {
     ///
     /// A version modelfs wrote is read from its own writes only (the array
     /// opened at `[T, T]`, see `versions.rs`), so older fragments, pruned
-    /// or not, are never touched; when those do not hold it (an array
-    /// another tool consolidated or stamped), it is read as of `T`.
+    /// or not, are never touched. When they do not hold it, it is read as
+    /// of `T` only if modelfs did not commit it at `T` (another tool set
+    /// `modelfs.timestamp`) or a consolidated fragment ends at `T` (another
+    /// tool merged the versions up to it); otherwise the version was pruned
+    /// and [`Error::VersionGone`] is returned: as of `T`, an older
+    /// version's cells would show.
     pub fn open_version(ctx: &Context, uri: &str, meta: FileMeta) -> Result<Self> {
         if let Some(t) = meta.timestamp
-            && let Ok(own) = Array::open_between(ctx, uri, t, t)
-            && covers(meta.size, own.non_empty_domain_u64(0)?)
+            && let Ok(mut own) = Array::open_between(ctx, uri, t, t)
         {
-            return Self::from_array(uri, own, meta);
+            if covers(meta.size, own.non_empty_domain_u64(0)?) {
+                return Self::from_array(uri, own, meta);
+            }
+            let committed_at_t = parse_meta(uri, &own.metadata()?).is_ok_and(|m| m.timestamp == Some(t));
+            let merged_up_to_t = tiledb::fragments(ctx, uri)?
+                .iter()
+                .any(|f| f.timestamp_range.0 < f.timestamp_range.1 && f.timestamp_range.1 == t);
+            if committed_at_t && !merged_up_to_t {
+                return Err(super::versions::gone(uri, t));
+            }
         }
         let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp)?;
         Self::from_array(uri, array, meta)
