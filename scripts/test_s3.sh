@@ -22,7 +22,7 @@ scripts/garage.sh start "$state/single" 1
     # shellcheck disable=SC1091
     source "$state/single/env"
     cargo test --quiet --test tiledb_import_export --test fuse_read --test fuse_write --test fuse_attrs \
-        --test fuse_namespace --test tiledb_crash --test fuse_tools --test fuse_versions 2>&1
+        --test fuse_namespace --test tiledb_crash --test fuse_tools --test fuse_versions --test tiledb_versions 2>&1
     MODELFS_BIN="$root/target/debug/modelfs" .venv/bin/python -m pytest -q \
         tests/python/test_interop.py tests/python/test_mount.py tests/python/test_write.py \
         tests/python/test_versions.py
