@@ -100,7 +100,9 @@ enum Command {
     /// `.safetensors` files are validated then. Without
     /// --foreground the command returns once the mount is up (or fails with
     /// the reason and a non-zero exit). SIGINT or SIGTERM unmount. The root
-    /// holds a hidden file `.modelfs-stats` with the mount's counters (JSON).
+    /// holds a hidden file `.modelfs-stats` with the mount's counters (JSON),
+    /// and every directory a hidden, read-only `.versions/<file>/` listing
+    /// each version of its files by commit time, and their tags.
     Mount {
         /// Registry URI: a directory (TileDB group or plain directory) holding models.
         registry: String,
