@@ -21,7 +21,8 @@
 //!   every earlier write, with the ctime);
 //! - **pruning**: deleting a version's fragments (`delete_fragments`), which
 //!   no other version reads; the current version is never pruned, and the
-//!   metadata writes stay (a few hundred bytes each). A reader of a pruned
+//!   metadata writes stay (a few hundred bytes each), their times recorded
+//!   in `modelfs.pruned` so listings skip them. A reader of a pruned
 //!   version finds its cells gone and gets [`Error::VersionGone`], never
 //!   another version's bytes.
 
@@ -36,6 +37,11 @@ use super::version_time::format_ms;
 
 /// Prefix of the metadata keys holding tags.
 pub const TAG_KEY_PREFIX: &str = "modelfs.tag.";
+
+/// Metadata key listing the timestamps of pruned versions (UINT64 list):
+/// their metadata writes stay, and listing the history skips them rather
+/// than open each to find its cells gone.
+pub const PRUNED_KEY: &str = "modelfs.pruned";
 
 /// Versions opened at once when listing a file's history: on an object
 /// store each open is a few round trips, so they overlap.
@@ -141,6 +147,10 @@ pub fn history(ctx: &Context, vfs: &Vfs, uri: &str) -> Result<History> {
         .map(|f| f.timestamp_range.0)
         .collect();
     candidates.extend(metadata_write_times(vfs, uri)?);
+    let latest = Array::open_latest(ctx, uri)?.metadata()?;
+    for t in pruned_times(&latest) {
+        candidates.remove(&t);
+    }
     let candidates: Vec<u64> = candidates.into_iter().collect();
     let per_thread = candidates.len().div_ceil(OPENS_IN_FLIGHT).max(1);
     let found: Vec<Result<Vec<Version>>> = std::thread::scope(|scope| {
@@ -172,8 +182,34 @@ pub fn history(ctx: &Context, vfs: &Vfs, uri: &str) -> Result<History> {
     for chunk in found {
         versions.extend(chunk?);
     }
-    let tags = parse_tags(&Array::open_latest(ctx, uri)?.metadata()?);
+    let tags = parse_tags(&latest);
     Ok(History { versions, tags })
+}
+
+/// The timestamps of pruned versions a metadata list records.
+fn pruned_times(meta: &[(String, MetaValue)]) -> Vec<u64> {
+    meta.iter()
+        .find(|(k, _)| k == PRUNED_KEY)
+        .and_then(|(_, v)| v.as_u64s())
+        .unwrap_or_default()
+}
+
+/// Records that the versions at `times` of the file array at `uri` were
+/// pruned, beside those recorded before; stamped after every earlier write.
+fn record_pruned(ctx: &Context, uri: &str, times: &[u64]) -> Result<()> {
+    if times.is_empty() {
+        return Ok(());
+    }
+    let mut all: BTreeSet<u64> = pruned_times(&Array::open_latest(ctx, uri)?.metadata()?)
+        .into_iter()
+        .collect();
+    all.extend(times);
+    let all: Vec<u64> = all.into_iter().collect();
+    let at = file_array::next_timestamp(ctx, uri)?;
+    let mut array = Array::open_at(ctx, uri, Mode::Write, Some(at))?;
+    array.put_metadata(PRUNED_KEY, &MetaValue::u64s(&all))?;
+    array.close()?;
+    Ok(())
 }
 
 /// The version committed at exactly `t`, if one was and its cells are all
@@ -319,6 +355,9 @@ pub fn prune(ctx: &Context, vfs: &Vfs, uri: &str, policy: &PrunePolicy) -> Resul
         .map(|f| f.uri)
         .collect();
     tiledb::delete_fragments(ctx, uri, &doomed)?;
+    // Recorded after: a crash in between only leaves the history to find
+    // their cells gone, never versions unlisted whose fragments stay.
+    record_pruned(ctx, uri, &pruned)?;
     for (tag, t) in &history.tags {
         if pruned.contains(t) {
             set_tag(ctx, uri, tag, None)?;

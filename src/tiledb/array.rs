@@ -38,6 +38,34 @@ impl MetaValue {
         }
     }
 
+    /// Several UINT64 values (at least one element is stored: an empty
+    /// list is written as `[0]`, which no caller uses as a value).
+    pub fn u64s(values: &[u64]) -> Self {
+        let values = if values.is_empty() { &[0][..] } else { values };
+        MetaValue {
+            datatype: Datatype::UINT64,
+            num: u32::try_from(values.len()).unwrap_or(u32::MAX),
+            bytes: values
+                .iter()
+                .take(u32::MAX as usize)
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// The values of a UINT64 list (`None` for another type).
+    pub fn as_u64s(&self) -> Option<Vec<u64>> {
+        if self.datatype != Datatype::UINT64 {
+            return None;
+        }
+        Some(
+            self.bytes
+                .chunks_exact(8)
+                .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
+                .collect(),
+        )
+    }
+
     pub fn i64(v: i64) -> Self {
         MetaValue {
             datatype: Datatype::INT64,
