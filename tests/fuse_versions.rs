@@ -128,6 +128,21 @@ fn three_versions_written_through_the_mount_are_listed_and_read_back() {
         Some(libc::EROFS)
     );
     assert_eq!(errno(std::fs::remove_file(&v0)), Some(libc::EROFS));
+    assert_eq!(
+        errno(std::fs::set_permissions(
+            &v0,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600)
+        )),
+        Some(libc::EROFS)
+    );
+    // truncate(2) by path: a setattr of the size (root passes the mode).
+    let c_path = std::ffi::CString::new(s(&v0)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::truncate(c_path.as_ptr(), 0) };
+    assert_eq!(
+        (rc, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EROFS))
+    );
     assert_eq!(errno(std::fs::rename(&v0, vdir.join("x"))), Some(libc::EROFS));
     assert_eq!(errno(std::fs::create_dir(vdir.join("d"))), Some(libc::EROFS));
     assert_eq!(errno(std::fs::remove_dir(dir.join(".versions"))), Some(libc::EROFS));

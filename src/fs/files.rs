@@ -400,6 +400,10 @@ impl ModelFs {
 
     pub(super) fn truncate(&self, inode: &Arc<Inode>, size: u64, fh: Option<Fh>) -> Result<()> {
         self.check_writable(&inode.entry().uri)?;
+        // A generated file (a version, a TileDB-ML view's): EROFS.
+        if matches!(inode.lock().node, NodeState::View(_)) {
+            self.refuse_view_change(inode, "truncate")?;
+        }
         // Through the handle it came with, or the file's open writer (the
         // kernel truncates for `O_TRUNC` without naming the handle).
         let writer = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
