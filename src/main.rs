@@ -100,7 +100,9 @@ enum Command {
     /// `.safetensors` files are validated then. Without
     /// --foreground the command returns once the mount is up (or fails with
     /// the reason and a non-zero exit). SIGINT or SIGTERM unmount. The root
-    /// holds a hidden file `.modelfs-stats` with the mount's counters (JSON).
+    /// holds a hidden file `.modelfs-stats` with the mount's counters (JSON),
+    /// and every directory a hidden, read-only `.versions/<file>/` listing
+    /// each version of its files by commit time, and their tags.
     Mount {
         /// Registry URI: a directory (TileDB group or plain directory) holding models.
         registry: String,
@@ -163,6 +165,12 @@ enum Command {
         /// FUSE passthrough.
         #[arg(long)]
         no_passthrough: bool,
+        /// Mount a read-only snapshot: the whole registry as it was at TIME
+        /// (ISO 8601 like 2026-12-01T21:28:59.119Z, as `modelfs log`
+        /// prints it; `2026-12-01` is midnight UTC; `ms:<milliseconds>`), or
+        /// at the version a tag names (searched in every file's tags).
+        #[arg(long, value_name = "TIME|TAG")]
+        at: Option<String>,
     },
     /// Unmount a modelfs mount.
     ///
@@ -174,6 +182,66 @@ enum Command {
         /// Detach now even if files are open.
         #[arg(long)]
         lazy: bool,
+    },
+    /// List the versions of a file, or of every file under a directory.
+    ///
+    /// One line per version, oldest first: its time (the name it has under
+    /// `.versions/` in a mount, and what `--at` takes), size, kind and tags;
+    /// for safetensors files, the tensors it added (+), removed (-) and
+    /// changed (~: dtype, shape or values) against the version before.
+    Log {
+        /// Registry URI of a file or directory.
+        uri: String,
+        /// Compare tensors by dtype and shape only, not by their bytes.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Name a version of a file (the current one, or the one current at
+    /// --at), or delete a name with --delete.
+    ///
+    /// Tags are stored in the file's metadata in the registry: every mount
+    /// shows them within its --metadata-ttl, as files under
+    /// `.versions/<file>/` beside the version times, and `mount --at TAG`
+    /// mounts the registry as of the tagged version. Pruning keeps tagged
+    /// versions.
+    Tag {
+        /// Registry URI of a file.
+        uri: String,
+        /// The tag, e.g. `production` or `v1.2` (not a time, no `/`, not
+        /// starting with `.`).
+        name: String,
+        /// Tag the version current at this time (or the version this tag or
+        /// version time names) instead of the current one.
+        #[arg(long, value_name = "TIME|TAG", conflicts_with = "delete")]
+        at: Option<String>,
+        /// Delete the tag.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Free the storage of old versions of a file, or of every file under a
+    /// directory.
+    ///
+    /// Keeps the current version always, the newest N with --keep N, those
+    /// younger than DURATION with --older-than DURATION (with both, a
+    /// version either keeps is kept), and every tagged version unless its
+    /// tags are named with --untag. Under a directory, also frees files and
+    /// directories deleted through a mount (kept for snapshot mounts) that
+    /// were deleted before DURATION ago (all of them with --keep alone).
+    /// Prints each version pruned, each deleted entry freed and the bytes
+    /// freed. Reading a pruned version through a mount gives EIO.
+    Prune {
+        /// Registry URI of a file or directory.
+        uri: String,
+        /// Keep the newest N versions.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Prune versions older than this (90s, 12h, 7d, 2w, 1d12h).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Let versions with this tag be pruned too, deleting the tag
+        /// (repeatable).
+        #[arg(long, value_name = "TAG")]
+        untag: Vec<String>,
     },
     /// Describe a file, directory or any TileDB array.
     ///
@@ -206,8 +274,6 @@ enum Command {
     },
 }
 
-mod mount;
-
 /// `println!` that returns an error instead of panicking when stdout is
 /// closed (`modelfs info ... | head`).
 macro_rules! out {
@@ -216,6 +282,9 @@ macro_rules! out {
         writeln!(std::io::stdout(), $($arg)*)?
     }};
 }
+
+mod mount;
+mod versions_cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -256,7 +325,7 @@ pub fn storage_endpoint(overrides: &[String]) -> Result<Option<String>> {
 }
 
 /// modelfs's TileDB settings and the user's `--tiledb-config`.
-fn tiledb_config(overrides: &[String]) -> Result<tiledb::Config> {
+pub fn tiledb_config(overrides: &[String]) -> Result<tiledb::Config> {
     let mut config = tiledb::Config::tuned().context("creating a TileDB configuration")?;
     config
         .apply_aws_environment()
@@ -334,6 +403,7 @@ fn run(cli: Cli) -> Result<()> {
             disk_cache_size,
             no_disk_cache,
             no_passthrough,
+            at,
         } => mount::run(mount::Args {
             tiledb_config: config,
             registry: registry::uri::normalize(&registry),
@@ -352,7 +422,28 @@ fn run(cli: Cli) -> Result<()> {
             disk_cache_size,
             no_disk_cache,
             passthrough: !no_passthrough,
+            at,
         }),
+        Command::Log { uri, quick } => {
+            let reg = registry(&config)?;
+            let entry = resolve(&reg, &registry::uri::normalize(&uri))?;
+            versions_cli::log(&reg, &entry, !quick)
+        }
+        Command::Tag { uri, name, at, delete } => {
+            let reg = registry(&config)?;
+            let entry = resolve(&reg, &registry::uri::normalize(&uri))?;
+            versions_cli::tag(&reg, &entry, &name, at.as_deref(), delete)
+        }
+        Command::Prune {
+            uri,
+            keep,
+            older_than,
+            untag,
+        } => {
+            let reg = registry(&config)?;
+            let entry = resolve(&reg, &registry::uri::normalize(&uri))?;
+            versions_cli::prune(&reg, &entry, keep, older_than.as_deref(), untag)
+        }
         Command::Unmount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy),
         Command::Info { uri } => info(&config, &registry::uri::normalize(&uri)),
         Command::Compact { uri, recursive, grace } => compact(

@@ -43,6 +43,8 @@ pub struct Args {
     pub disk_cache_size: u64,
     pub no_disk_cache: bool,
     pub passthrough: bool,
+    /// A snapshot mount's time or tag (`--at`).
+    pub at: Option<String>,
 }
 
 /// The disk cache a mount uses: the one asked for, else the default one
@@ -95,11 +97,22 @@ pub fn run(args: Args) -> Result<()> {
     }
     let ctx = crate::tiledb_context(&args.tiledb_config)?;
     let mut registry = Registry::new(ctx)?;
-    if !args.read_only {
+    let read_only = args.read_only || args.at.is_some();
+    if let Some(at) = &args.at {
+        let t = crate::versions_cli::snapshot_time(&registry, &args.registry, at)?;
+        info!(
+            "snapshot of {} as of {}, read-only",
+            args.registry,
+            modelfs::registry::version_time::format_ms(t)
+        );
+        registry = Registry::snapshot(crate::tiledb_config(&args.tiledb_config)?, t)
+            .with_context(|| format!("snapshot of {}", args.registry))?;
+    }
+    if !read_only {
         registry.tidy_directories_when_listed();
     }
     let config = Config {
-        read_only: args.read_only,
+        read_only,
         cache_bytes: args.cache_bytes,
         metadata_ttl: args.metadata_ttl,
         staging_dir: args
@@ -125,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let options = MountOptions {
         fs_name: args.registry.clone(),
-        read_only: args.read_only,
+        read_only,
         allow_other: args.allow_other,
         threads: args.threads,
     };

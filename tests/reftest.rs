@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use modelfs::fs::{Config, Fh, Ino, Kind, MemStore, ModelFs, Owner, SetAttr, Store};
+use modelfs::fs::{Config, Fh, Ino, Kind, MemStore, ModelFs, Owner, SetAttr, Store, VERSIONS_NAME};
 use modelfs::registry::{Entry, FileKind, Node, Storage};
 use proptest::prelude::*;
 
@@ -257,6 +257,25 @@ impl Model {
 
     /// Every path with what it holds: `None` for a directory, bytes for a
     /// file.
+    /// Paths of the files committed at least once that no handle writes.
+    fn closed_committed(&self) -> std::collections::BTreeSet<String> {
+        fn walk(m: &Model, d: &BTreeMap<String, MNode>, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+            for (n, node) in d {
+                let p = format!("{prefix}/{n}");
+                match node {
+                    MNode::Dir(sub) => walk(m, sub, &p, out),
+                    MNode::File(f) if m.files[*f].committed.is_some() && m.files[*f].writer.is_none() => {
+                        out.insert(p);
+                    }
+                    MNode::File(_) => {}
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(self, &self.root, "", &mut out);
+        out
+    }
+
     fn flatten(&self) -> BTreeMap<String, Option<Vec<u8>>> {
         fn walk(m: &Model, d: &BTreeMap<String, MNode>, prefix: &str, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
             for (n, node) in d {
@@ -412,6 +431,32 @@ impl Sut {
         }
         let mut out = BTreeMap::new();
         walk(self, Ino::ROOT, "", &mut out);
+        out
+    }
+
+    /// For each file at a path in `paths`, the bytes of the newest version
+    /// its directory's `.versions/<name>/` lists.
+    fn newest_versions(&self, paths: &std::collections::BTreeSet<String>) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for p in paths {
+            let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
+            let (name, parent) = parts.split_last().unwrap();
+            let dir = self.resolve(parent).unwrap_or_else(|e| panic!("{p}: parent errno {e}"));
+            let index = self.fs.lookup(dir, VERSIONS_NAME).expect(".versions");
+            let versions = self
+                .fs
+                .lookup(index.ino, name)
+                .unwrap_or_else(|e| panic!("{p}: .versions/{name}: {e}"));
+            let listed = self
+                .list(versions.ino)
+                .unwrap_or_else(|e| panic!("{p}: versions errno {e}"));
+            let (newest, _) = listed.last().unwrap_or_else(|| panic!("{p}: no version listed"));
+            let file = self.fs.lookup(versions.ino, newest).expect("version");
+            let bytes = self
+                .read_all(file.ino)
+                .unwrap_or_else(|e| panic!("{p}: version {newest}: errno {e}"));
+            out.insert(p.clone(), bytes);
+        }
         out
     }
 
@@ -979,6 +1024,17 @@ fn run_with(ops: &[Op], ttl: std::time::Duration) -> usize {
         let want = m.flatten();
         let seen = s.flatten();
         assert_eq!(seen, want, "tree after step {step} {op:?}\nops: {ops:?}");
+        // Every committed file nobody writes lists its bytes as its newest
+        // version.
+        let closed = m.closed_committed();
+        let newest = s.newest_versions(&closed);
+        for (path, bytes) in &newest {
+            assert_eq!(
+                Some(&Some(bytes.clone())),
+                seen.get(path),
+                "step {step} {op:?}: {path}'s newest version differs from the file\nops: {ops:?}"
+            );
+        }
     }
     restarts
 }

@@ -55,6 +55,7 @@ impl ModelFs {
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, who: Owner) -> Result<Attr> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
+        self.refuse_versions_name(&dir, name, "mkdir")?;
         // The registry refuses a name it holds; one being created is known
         // here alone.
         if self.creating_child(&dir, name).is_some() {
@@ -76,12 +77,14 @@ impl ModelFs {
         Ok(self.attr_of(inode.ino, &node))
     }
 
-    /// Removes file `name` from `parent`. Its storage is deleted now, or
-    /// when the last open handle closes. A new file not committed yet has
-    /// none: its handles keep their bytes and commit nothing.
+    /// Removes file `name` from `parent`. Its storage is retired (see
+    /// [`super::Store::retire`]: kept for snapshots by the TileDB registry) now,
+    /// or when the last open handle closes. A new file not committed yet
+    /// has none: its handles keep their bytes and commit nothing.
     pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "unlink")?;
+        self.refuse_versions_name(&dir, name, "unlink")?;
         // A group's listing also tells whether another entry names the same
         // storage, so it is read once, not again before the deletion.
         let listing = match (self.creating_child(&dir, name), dir.entry().storage) {
@@ -136,12 +139,12 @@ impl ModelFs {
         })
     }
 
-    /// Deletes the storage of `entry`, just taken out of directory `dir`,
-    /// unless it lies outside the registry or another entry of `dir` still
-    /// names it (written so by another tool). Failures are logged: the
-    /// entry is gone either way.
-    /// `listing` is the directory's, read just before the entry was taken
-    /// out, when the caller has it.
+    /// Retires the storage of `entry`, just taken out of directory `dir`
+    /// (deleted, or kept for snapshots: [`super::Store::retire`]), unless it lies
+    /// outside the registry or another entry of `dir` still names it
+    /// (written so by another tool), which leaves it alone. Failures are
+    /// logged: the entry is gone either way. `listing` is the directory's,
+    /// read just before the entry was taken out, when the caller has it.
     pub(super) fn delete_unlinked(&self, dir: &Inode, entry: &Entry, listing: Option<&[Entry]>) {
         let root = self.inodes.get(Ino::ROOT).map(|r| r.entry().uri).unwrap_or_default();
         if !crate::registry::uri::is_inside(&entry.uri, &root) {
@@ -169,7 +172,7 @@ impl ModelFs {
                 return;
             }
         }
-        if let Err(e) = self.store.delete_storage(entry) {
+        if let Err(e) = self.store.retire(&dir_entry, entry) {
             warn!("{}: removed, but deleting its storage failed: {e}", entry.uri);
         }
     }
@@ -180,6 +183,7 @@ impl ModelFs {
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rmdir")?;
+        self.refuse_versions_name(&dir, name, "rmdir")?;
         let (entry, _) = self
             .child(&dir, name, Listed::Fresh)?
             .ok_or_else(|| Error::not_found(name))?;
@@ -227,6 +231,8 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "rename")?;
         let new_dir = self.changeable_dir(new_parent, "rename")?;
+        self.refuse_versions_name(&dir, name, "rename")?;
+        self.refuse_versions_name(&new_dir, new_name, "rename")?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(new_name) {
             return Err(invalid_name(new_name, reason));
         }

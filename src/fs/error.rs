@@ -83,6 +83,9 @@ pub enum CoreError {
     /// where ("create in", "rmdir of").
     #[error("{change} {uri}: TileDB-ML model arrays are shown read-only")]
     ReadOnlyView { change: String, uri: String },
+    /// A change inside a `.versions` directory.
+    #[error("{change} {uri}: versions are read-only (restore one by copying it over the file)")]
+    ReadOnlyVersions { change: String, uri: String },
 
     // Handles and writers.
     #[error("no open handle {fh}")]
@@ -223,7 +226,7 @@ impl CoreError {
             E::InvalidName { .. } | E::MoveIntoItself | E::UnstorableTime { .. } | E::RenameFlags { .. } => {
                 (libc::EINVAL, Level::Debug)
             }
-            E::ReadOnlyMount { .. } | E::ReadOnlyView { .. } => (libc::EROFS, Level::Info),
+            E::ReadOnlyMount { .. } | E::ReadOnlyView { .. } | E::ReadOnlyVersions { .. } => (libc::EROFS, Level::Info),
             E::BadHandle { .. } => (libc::EBADF, Level::Warn),
             E::NotOpenForWriting => (libc::EBADF, Level::Debug),
             E::AlreadyOpenForWriting { .. }
@@ -314,7 +317,7 @@ impl From<registry::Error> for Error {
             R::InvalidSafetensors { .. } => (libc::EINVAL, Level::Warn),
             R::Unsupported { .. } => (libc::EPERM, Level::Info),
             R::PathTooLong { .. } => (libc::ENAMETOOLONG, Level::Info),
-            R::SizeMismatch { .. } => (libc::EIO, Level::Warn),
+            R::SizeMismatch { .. } | R::VersionGone { .. } => (libc::EIO, Level::Warn),
             // A local path past the OS's limit (TileDB passes strerror on).
             R::TileDB(t) if t.message.contains("File name too long") => (libc::ENAMETOOLONG, Level::Info),
             R::TileDB(_) | R::NotAFileArray { .. } | R::Corrupt { .. } | R::Io { .. } => (libc::EIO, Level::Warn),

@@ -25,7 +25,7 @@ use super::write::{Target, Writer};
 use super::{Attr, Backing, Fh, Ino, ModelFs, Opened, invalid_name, lock};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
-use crate::registry::{Entry, NameSlot, Node};
+use crate::registry::{Entry, FileMeta, NameSlot, Node};
 
 impl ModelFs {
     /// Opens a file; `write` for writing (`truncate` for `O_TRUNC`). A
@@ -56,6 +56,15 @@ impl ModelFs {
             // A new file not committed yet reads as empty.
             return Ok(self.open_generated(&inode, Vec::new()));
         }
+        self.open_read(&inode, &inode.entry().uri, meta, false)
+    }
+
+    /// Opens version `meta` of the file stored at `uri` for reading, as
+    /// inode `inode`: the current version, or (`past`) one of its
+    /// `.versions`, read from its own storage only. The open version is
+    /// kept by the inode and shared by its handles.
+    pub(super) fn open_read(&self, inode: &Arc<Inode>, uri: &str, meta: FileMeta, past: bool) -> Result<Opened> {
+        let ino = inode.ino;
         let (existing, pinned) = {
             let c = inode.lock();
             (c.version.clone(), c.pinned_version())
@@ -67,7 +76,11 @@ impl ModelFs {
             (_, Some(v)) => v,
             (Some(v), None) if v.file().meta().same_data(&meta) => v,
             _ => {
-                let file = self.store.open_version(&inode.entry().uri, meta)?;
+                let file = if past {
+                    self.store.open_past_version(uri, meta)?
+                } else {
+                    self.store.open_version(uri, meta)?
+                };
                 let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let tile = file.tile_bytes();
                 let v = FileVersion::new(id, file, tile);
@@ -188,6 +201,7 @@ impl ModelFs {
     ) -> Result<(Attr, Opened)> {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "create")?;
+        self.refuse_versions_name(&dir, name, "create")?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
             return Err(invalid_name(name, reason));
         }
@@ -336,6 +350,7 @@ impl ModelFs {
                 self.forget_listing(inode.parent());
             }
             let entry = lock(&w.writer).target().entry.clone();
+            self.forget_history(&entry.uri);
             // The new version becomes what lookups and opens see, also
             // through the inode now holding the name if it is another one
             // for the same storage (a file renamed over this one while
@@ -507,6 +522,10 @@ impl ModelFs {
 
     pub(super) fn truncate(&self, inode: &Arc<Inode>, size: u64, fh: Option<Fh>) -> Result<()> {
         self.check_writable(&inode.entry().uri)?;
+        // A generated file (a version, a TileDB-ML view's): EROFS.
+        if matches!(inode.lock().node, NodeState::View(_)) {
+            self.refuse_view_change(inode, "truncate")?;
+        }
         // Through the handle it came with, or the file's open writer (the
         // kernel truncates for `O_TRUNC` without naming the handle).
         let writer = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {

@@ -10,6 +10,8 @@
 //! - `views.rs`: nodes the core generates rather than stores: TileDB-ML
 //!   model arrays shown as read-only directories of files, and the root's
 //!   `.modelfs-stats` file;
+//! - `versions.rs`: the hidden `.versions` directory of every directory,
+//!   each file's committed versions as read-only files;
 //! - `stat.rs`: what `stat` shows, and `setattr` (modes, owners, times);
 //! - `files.rs`: open, create, read, write, commits at flush and fsync,
 //!   release, truncate;
@@ -42,6 +44,7 @@ mod namespace;
 pub mod read;
 mod stat;
 pub mod store;
+mod versions;
 mod views;
 pub mod write;
 
@@ -57,6 +60,7 @@ pub use counters::{Counters, Snapshot};
 pub use error::{CoreError, Error, Result};
 pub use stat::{Owner, SetAttr};
 pub use store::{FailingStore, MemStore, Store};
+pub use versions::VERSIONS_NAME;
 pub use views::STATS_NAME;
 
 use crate::registry::tiledb_ml::{MemoryPool, ModelOptions, SPILL_MIN_BYTES, ViewLimits};
@@ -145,6 +149,8 @@ pub struct ModelFs {
     ml_models: MlModels,
     /// URIs already warned about, so a bad entry logs once, not per listing.
     warned: Mutex<HashSet<String>>,
+    /// Files' histories read within the metadata TTL (`.versions`).
+    histories: versions::Histories,
 }
 
 impl ModelFs {
@@ -221,6 +227,7 @@ impl ModelFs {
             next_version: std::sync::atomic::AtomicU64::new(1),
             started: SystemTime::now(),
             warned: Mutex::new(HashSet::new()),
+            histories: Default::default(),
             ml_models,
         })
     }

@@ -19,7 +19,7 @@ use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
 use super::inode::{Inode, NodeState, Seen};
 use super::views::ViewNode;
-use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, invalid_name, lock};
+use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, VERSIONS_NAME, invalid_name, lock};
 use crate::registry::{Attrs, Entry, Node, Storage};
 
 /// Entries of one listing whose arrays are opened at once: on an object
@@ -212,7 +212,7 @@ impl ModelFs {
     /// unreadable, each with whether it was just read. Nodes not known
     /// within the TTL are read several at a time, since on object stores
     /// each is a few round trips.
-    fn nodes_of(&self, parent: Ino, entries: &[Entry]) -> Vec<Option<(NodeState, Seen)>> {
+    pub(super) fn nodes_of(&self, parent: Ino, entries: &[Entry]) -> Vec<Option<(NodeState, Seen)>> {
         let mut out: Vec<Option<Option<(NodeState, Seen)>>> = entries
             .iter()
             .map(|e| {
@@ -295,6 +295,9 @@ impl ModelFs {
         if let NodeState::View(view) = dir_node {
             return self.lookup_in_view(&dir, &view, name);
         }
+        if name == VERSIONS_NAME {
+            return self.lookup_versions_index(&dir);
+        }
         let (entry, known) = self
             .child(&dir, name, Listed::Cached)?
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
@@ -331,7 +334,7 @@ impl ModelFs {
         push_dir_item(&mut items, dir.parent(), Kind::Dir, "..".into());
         let dir_node = dir.lock().node.clone();
         if let NodeState::View(view) = dir_node {
-            self.list_view(&dir, &view, &mut items);
+            self.list_view(&dir, &view, &mut items)?;
             return Ok(self.handles.insert(Handle::Dir { items }));
         }
         let mut names = HashSet::new();

@@ -7,7 +7,9 @@
 //!   `list_view`, `open_view` and [`ViewNode::attr`], and refuse changes
 //!   inside them with `refuse_view_change` (EROFS);
 //! - the root's `.modelfs-stats` file: the mount's counters as JSON, made
-//!   at each open (`stats_attr`, `open_stats`).
+//!   at each open (`stats_attr`, `open_stats`);
+//! - the `.versions` directories, whose nodes are `ViewNode::Versions`
+//!   (`versions.rs`).
 //!
 //! Decoded models are kept by `ml_models.rs`, within the `--view-memory`
 //! budget, while their array has no newer write. A view's nodes hold their
@@ -21,6 +23,7 @@ use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
 use super::inode::{Inode, NodeState, Seen};
+use super::versions::VersionNode;
 use super::{Attr, DirItem, Ino, Kind, ModelFs, Opened, read_only};
 use crate::registry::Entry;
 use crate::registry::tiledb_ml::{TileDbMlModel, ViewEntry};
@@ -36,6 +39,9 @@ pub enum ViewNode {
     Dir { model: Arc<TileDbMlModel>, prefix: String },
     /// A file of the view, at `path` in it.
     File { model: Arc<TileDbMlModel>, path: String },
+    /// A node of a `.versions` directory (see `versions.rs`), boxed: a
+    /// version carries its metadata.
+    Versions(Box<VersionNode>),
 }
 
 impl ViewNode {
@@ -49,7 +55,10 @@ impl ViewNode {
 
     /// The model array or a folder of its view.
     pub fn is_dir(&self) -> bool {
-        matches!(self, ViewNode::Dir { .. })
+        match self {
+            ViewNode::Versions(v) => v.is_dir(),
+            _ => matches!(self, ViewNode::Dir { .. }),
+        }
     }
 
     /// Inside the view rather than the model array itself: refreshed
@@ -57,7 +66,7 @@ impl ViewNode {
     pub fn is_inside(&self) -> bool {
         match self {
             ViewNode::Dir { prefix, .. } => !prefix.is_empty(),
-            ViewNode::File { .. } => true,
+            ViewNode::File { .. } | ViewNode::Versions(_) => true,
         }
     }
 
@@ -109,7 +118,10 @@ impl ViewNode {
     /// What `stat` shows: `base` made read-only and timed at the model's
     /// version, with a file's size.
     pub fn attr(&self, base: Attr) -> Attr {
-        let (ViewNode::Dir { model, .. } | ViewNode::File { model, .. }) = self;
+        let model = match self {
+            ViewNode::Dir { model, .. } | ViewNode::File { model, .. } => model,
+            ViewNode::Versions(v) => return v.attr(base),
+        };
         let t = UNIX_EPOCH + Duration::from_millis(model.version());
         let timed = Attr {
             mtime: t,
@@ -124,6 +136,7 @@ impl ViewNode {
                 nlink: 2,
                 ..timed
             },
+            ViewNode::Versions(_) => timed,
             ViewNode::File { model, path } => Attr {
                 size: match model.entry(path) {
                     Some(ViewEntry::Ready(f)) => f.len(),
@@ -144,6 +157,7 @@ impl PartialEq for ViewNode {
             | (ViewNode::File { model: a, path: p }, ViewNode::File { model: b, path: q }) => {
                 Arc::ptr_eq(a, b) && p == q
             }
+            (ViewNode::Versions(a), ViewNode::Versions(b)) => a == b,
             _ => false,
         }
     }
@@ -183,10 +197,13 @@ impl ModelFs {
         view: &ViewNode,
         name: &str,
     ) -> Result<(Attr, Option<Arc<Inode>>)> {
+        if let ViewNode::Versions(v) = view {
+            return self.lookup_in_versions(dir, v, name);
+        }
         let node = view.child(name).ok_or_else(|| {
             let prefix = match view {
                 ViewNode::Dir { prefix, .. } => prefix.as_str(),
-                ViewNode::File { .. } => "",
+                ViewNode::File { .. } | ViewNode::Versions(_) => "",
             };
             Error::not_found(format!("{}/{prefix}{name}", dir.entry().uri))
         })?;
@@ -199,20 +216,27 @@ impl ModelFs {
 
     /// Adds what `view`, the node of directory inode `dir`, holds to a
     /// listing.
-    pub(super) fn list_view(&self, dir: &Inode, view: &ViewNode, items: &mut Vec<DirItem>) {
+    pub(super) fn list_view(&self, dir: &Inode, view: &ViewNode, items: &mut Vec<DirItem>) -> Result<()> {
+        if let ViewNode::Versions(v) = view {
+            return self.list_versions(dir, v, items);
+        }
         for (name, node) in view.children() {
             let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
             let entry = view_entry(dir, &name);
             let child = self.inodes.upsert(dir.ino, entry, NodeState::View(node), Seen::Read);
             push_dir_item(items, child.ino, kind, name);
         }
+        Ok(())
     }
 
     /// Opens `view`, the node of file inode `inode`; EROFS for writing,
     /// EIO when its field could not be decoded.
-    pub(super) fn open_view(&self, inode: &Inode, view: &ViewNode, write: bool) -> Result<Opened> {
+    pub(super) fn open_view(&self, inode: &Arc<Inode>, view: &ViewNode, write: bool) -> Result<Opened> {
         if write {
             self.refuse_view_change(inode, "open for writing")?;
+        }
+        if let ViewNode::Versions(v) = view {
+            return self.open_version_file(inode, v);
         }
         let ViewNode::File { model, path } = view else {
             return Err(CoreError::IsADirectory {
@@ -246,6 +270,13 @@ impl ModelFs {
     /// EROFS for changes inside a TileDB-ML model's view, with a log line.
     pub(super) fn refuse_view_change(&self, dir: &Inode, what: &str) -> Result<()> {
         let node = dir.lock().node.clone();
+        if let NodeState::View(ViewNode::Versions(_)) = node {
+            return Err(CoreError::ReadOnlyVersions {
+                change: format!("{what} in"),
+                uri: dir.entry().uri,
+            }
+            .into());
+        }
         if let NodeState::View(_) = node {
             return Err(CoreError::ReadOnlyView {
                 change: format!("{what} in"),

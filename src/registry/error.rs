@@ -51,6 +51,8 @@ pub enum Error {
     InvalidSafetensors { name: String, problem: SafetensorsProblem },
     #[error("{uri}: {reason}")]
     Corrupt { uri: String, reason: String },
+    #[error("{uri}: version {version} is no longer stored (pruned)")]
+    VersionGone { uri: String, version: String },
     #[error("{uri}: written {written} bytes but {expected} were declared")]
     SizeMismatch { uri: String, written: u64, expected: u64 },
     #[error("{}: {source}", path.display())]

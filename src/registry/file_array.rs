@@ -205,8 +205,52 @@ impl FileArray {
     /// [`Error::Corrupt`] when the tile extent is over [`MAX_TILE_BYTES`] or
     /// `file_size` runs past the cells the version holds (its non-empty
     /// domain), both checked before anything is read.
+    ///
+    /// A version modelfs wrote is read from its own writes only (the array
+    /// opened at `[T, T]`, see `versions.rs`), so older fragments, pruned
+    /// or not, are never touched. When they do not hold it, it is read as
+    /// of `T` only if modelfs did not commit it at `T` (another tool set
+    /// `modelfs.timestamp`) or a consolidated fragment ends at `T` (another
+    /// tool merged the versions up to it); otherwise the version was pruned
+    /// and [`Error::VersionGone`] is returned: as of `T`, an older
+    /// version's cells would show.
     pub fn open_version(ctx: &Context, uri: &str, meta: FileMeta) -> Result<Self> {
+        if let Some(t) = meta.timestamp
+            && let Ok(mut own) = Array::open_between(ctx, uri, t, t)
+        {
+            if covers(meta.size, own.non_empty_domain_u64(0)?) {
+                return Self::from_array(uri, own, meta);
+            }
+            let committed_at_t = parse_meta(uri, &own.metadata()?).is_ok_and(|m| m.timestamp == Some(t));
+            let merged_up_to_t = tiledb::fragments(ctx, uri)?
+                .iter()
+                .any(|f| f.timestamp_range.0 < f.timestamp_range.1 && f.timestamp_range.1 == t);
+            if committed_at_t && !merged_up_to_t {
+                return Err(super::versions::gone(uri, t));
+            }
+        }
         let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp)?;
+        Self::from_array(uri, array, meta)
+    }
+
+    /// Opens past version `meta` (its `timestamp` set), from its own writes
+    /// only.
+    ///
+    /// # Errors
+    /// [`Error::VersionGone`] when its cells are no longer all stored (the
+    /// version was pruned): never another version's bytes.
+    pub fn open_past(ctx: &Context, uri: &str, meta: FileMeta) -> Result<Self> {
+        let Some(t) = meta.timestamp else {
+            return Self::open_version(ctx, uri, meta);
+        };
+        let own = Array::open_between(ctx, uri, t, t)?;
+        if !covers(meta.size, own.non_empty_domain_u64(0)?) {
+            return Err(super::versions::gone(uri, t));
+        }
+        Self::from_array(uri, own, meta)
+    }
+
+    fn from_array(uri: &str, array: Array, meta: FileMeta) -> Result<Self> {
         let tile_bytes = array
             .schema()?
             .dimensions()?
@@ -273,12 +317,7 @@ pub fn check_tile_bytes(uri: &str, tile_bytes: u64) -> Result<()> {
 /// lie inside the non-empty domain `written` (`None` when no cell is
 /// written), or the bytes past it would read as fill.
 fn check_size_written(uri: &str, size: u64, written: Option<(u64, u64)>) -> Result<()> {
-    let holds = match written {
-        _ if size == 0 => true,
-        None => false,
-        Some((lo, hi)) => lo == 0 && size - 1 <= hi,
-    };
-    if holds {
+    if covers(size, written) {
         return Ok(());
     }
     let cells = written.map_or_else(|| "no cells".to_string(), |(lo, hi)| format!("cells [{lo}, {hi}]"));
@@ -286,6 +325,16 @@ fn check_size_written(uri: &str, size: u64, written: Option<(u64, u64)>) -> Resu
         uri: uri.to_string(),
         reason: format!("`{KEY_FILE_SIZE}` is {size} bytes but the array holds {cells}"),
     })
+}
+
+/// Whether cells `written` (a non-empty domain, `None` when no cell is
+/// written) hold all of a file of `size` bytes.
+pub fn covers(size: u64, written: Option<(u64, u64)>) -> bool {
+    match written {
+        _ if size == 0 => true,
+        None => false,
+        Some((lo, hi)) => lo == 0 && size - 1 <= hi,
+    }
 }
 
 /// Creates an empty file array at `uri` with the layout above.
@@ -311,7 +360,7 @@ pub fn create(ctx: &Context, uri: &str) -> Result<()> {
 
 /// A timestamp for a new version of the array at `uri`: now, or later than
 /// every fragment and metadata write already there when clocks disagree.
-fn next_timestamp(ctx: &Context, uri: &str) -> Result<u64> {
+pub(crate) fn next_timestamp(ctx: &Context, uri: &str) -> Result<u64> {
     let latest_fragment = tiledb::fragments(ctx, uri)?
         .iter()
         .map(|f| f.timestamp_range.1)

@@ -15,6 +15,8 @@ pub mod tiledb_ml;
 pub mod transfer;
 mod tree;
 pub mod uri;
+pub mod version_time;
+pub mod versions;
 
 pub use attrs::Attrs;
 pub use compaction::DirCompaction;
@@ -22,3 +24,4 @@ pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
 pub use safetensors_index::{TensorEntry, TensorIndex};
 pub use tree::{Entry, NameSlot, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};
+pub use versions::{History, Version};

@@ -38,6 +38,34 @@ impl MetaValue {
         }
     }
 
+    /// Several UINT64 values (at least one element is stored: an empty
+    /// list is written as `[0]`, which no caller uses as a value).
+    pub fn u64s(values: &[u64]) -> Self {
+        let values = if values.is_empty() { &[0][..] } else { values };
+        MetaValue {
+            datatype: Datatype::UINT64,
+            num: u32::try_from(values.len()).unwrap_or(u32::MAX),
+            bytes: values
+                .iter()
+                .take(u32::MAX as usize)
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// The values of a UINT64 list (`None` for another type).
+    pub fn as_u64s(&self) -> Option<Vec<u64>> {
+        if self.datatype != Datatype::UINT64 {
+            return None;
+        }
+        Some(
+            self.bytes
+                .chunks_exact(8)
+                .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
+                .collect(),
+        )
+    }
+
     pub fn i64(v: i64) -> Self {
         MetaValue {
             datatype: Datatype::INT64,
@@ -121,6 +149,17 @@ impl Array {
     /// fragment and metadata write after it; for writes, every fragment and
     /// metadata write through this handle gets the timestamp `end_ms`.
     pub fn open_at(ctx: &Context, uri: &str, mode: Mode, end_ms: Option<u64>) -> Result<Self> {
+        Self::open_range(ctx, uri, mode, None, end_ms)
+    }
+
+    /// Opens the array at `uri` for reading with only the fragments and
+    /// metadata writes stamped in `[start_ms, end_ms]` (inclusive): one
+    /// version's own writes when both are its timestamp.
+    pub fn open_between(ctx: &Context, uri: &str, start_ms: u64, end_ms: u64) -> Result<Self> {
+        Self::open_range(ctx, uri, Mode::Read, Some(start_ms), Some(end_ms))
+    }
+
+    fn open_range(ctx: &Context, uri: &str, mode: Mode, start_ms: Option<u64>, end_ms: Option<u64>) -> Result<Self> {
         let c_uri = cstring("tiledb_array_alloc", uri)?;
         let mut raw = ptr::null_mut();
         // SAFETY: valid URI and out-pointer.
@@ -134,6 +173,12 @@ impl Array {
             uri: uri.to_string(),
             mode,
         };
+        if let Some(start) = start_ms {
+            // SAFETY: live, not yet open.
+            ctx.call("tiledb_array_set_open_timestamp_start", |c| unsafe {
+                ffi::tiledb_array_set_open_timestamp_start(c, array.raw, start)
+            })?;
+        }
         if let Some(end) = end_ms {
             // SAFETY: live, not yet open.
             ctx.call("tiledb_array_set_open_timestamp_end", |c| unsafe {

@@ -316,6 +316,17 @@ unsafe extern "C" {
         array: *mut tiledb_array_t,
         ts: u64,
     ) -> capi_return_t;
+    pub fn tiledb_array_set_open_timestamp_start(
+        ctx: *mut tiledb_ctx_t,
+        array: *mut tiledb_array_t,
+        ts: u64,
+    ) -> capi_return_t;
+    pub fn tiledb_array_delete_fragments_list(
+        ctx: *mut tiledb_ctx_t,
+        uri: *const c_char,
+        fragment_uris: *const *const c_char,
+        num_fragments: usize,
+    ) -> capi_return_t;
     pub fn tiledb_array_get_open_timestamp_end(
         ctx: *mut tiledb_ctx_t,
         array: *mut tiledb_array_t,
@@ -545,6 +556,12 @@ unsafe extern "C" {
         is_file: *mut i32,
     ) -> capi_return_t;
     pub fn tiledb_vfs_file_size(
+        ctx: *mut tiledb_ctx_t,
+        vfs: *mut tiledb_vfs_t,
+        uri: *const c_char,
+        size: *mut u64,
+    ) -> capi_return_t;
+    pub fn tiledb_vfs_dir_size(
         ctx: *mut tiledb_ctx_t,
         vfs: *mut tiledb_vfs_t,
         uri: *const c_char,

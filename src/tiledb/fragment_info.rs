@@ -65,6 +65,27 @@ pub fn fragments(ctx: &Context, uri: &str) -> Result<Vec<Fragment>> {
     Ok(out)
 }
 
+/// Deletes the committed fragments `fragment_uris` (as [`fragments`] names
+/// them) of the array at `uri`, with their commit files: readers opening
+/// the array afterwards no longer see them. Nothing else is touched.
+pub fn delete_fragments(ctx: &Context, uri: &str, fragment_uris: &[String]) -> Result<()> {
+    if fragment_uris.is_empty() {
+        return Ok(());
+    }
+    let c_uri = cstring("tiledb_array_delete_fragments_list", uri)?;
+    let owned = fragment_uris
+        .iter()
+        .map(|f| cstring("tiledb_array_delete_fragments_list", f))
+        .collect::<Result<Vec<_>>>()?;
+    let ptrs: Vec<*const std::ffi::c_char> = owned.iter().map(|c| c.as_ptr()).collect();
+    // SAFETY: valid URI; `ptrs` holds `ptrs.len()` NUL-terminated strings
+    // that `owned` keeps alive for the call.
+    ctx.call("tiledb_array_delete_fragments_list", |c| unsafe {
+        ffi::tiledb_array_delete_fragments_list(c, c_uri.as_ptr(), ptrs.as_ptr(), ptrs.len())
+    })
+    .map_err(|e| Error::new(e.op, format!("{uri}: {}", e.message)))
+}
+
 struct Info(*mut ffi::tiledb_fragment_info_t);
 
 impl Drop for Info {

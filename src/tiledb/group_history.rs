@@ -163,7 +163,7 @@ pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
 /// current then, so a directory's last this many changes can be looked back
 /// on; before them it lists as empty. Each is the whole list, so this
 /// bounds a directory's storage at this many times its list.
-pub const HISTORY_KEPT: usize = 8;
+pub const HISTORY_KEPT: usize = 16;
 
 /// A membership change that also retires the list files it makes
 /// redundant. The folder is listed before the group is opened for writing,

@@ -22,7 +22,7 @@ pub use context::{Config, Context, now_ms, version};
 pub use datatype::{Datatype, format_values};
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterType};
-pub use fragment_info::{Fragment, fragments};
+pub use fragment_info::{Fragment, delete_fragments, fragments};
 pub use group::{Group, GroupMode, Member};
 pub use group_history::{
     Compaction, HISTORY_KEPT, MembersChange, RETIRE_GRACE, Retired, Vacuumed, compact_members, live_list_files,

@@ -66,6 +66,19 @@ impl Vfs {
         Ok(size)
     }
 
+    /// The bytes of every file under directory `uri`, recursively.
+    pub fn dir_size(&self, uri: &str) -> Result<u64> {
+        let c_uri = cstring("tiledb_vfs_dir_size", uri)?;
+        let mut size = 0u64;
+        self.ctx
+            // SAFETY: live handles, valid URI and out-pointer.
+            .call("tiledb_vfs_dir_size", |c| unsafe {
+                ffi::tiledb_vfs_dir_size(c, self.raw, c_uri.as_ptr(), &mut size)
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(size)
+    }
+
     /// Creates a directory and its parents (a no-op on object stores).
     pub fn create_dir(&self, uri: &str) -> Result<()> {
         let c_uri = cstring("tiledb_vfs_create_dir", uri)?;

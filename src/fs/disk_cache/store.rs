@@ -15,7 +15,7 @@ use super::{DiskCache, Fill, VersionKey};
 use crate::fs::counters::Counters;
 use crate::fs::store::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileKind, FileMeta, NameSlot, Node, Result};
+use crate::registry::{Attrs, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
 
 /// A reader starts an entry once it reads past this offset (or at once
 /// for smaller files): a reader of a header alone (`safe_open`) must not
@@ -322,6 +322,20 @@ impl Store for CachingStore {
             key,
             local: Arc::new(Mutex::new(local)),
         }))
+    }
+
+    fn history(&self, uri: &str) -> Result<History> {
+        self.inner.history(uri)
+    }
+
+    /// Past versions are read from storage: they are rarely read twice, and
+    /// a pruned one must give its error, not bytes a cache kept.
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        self.inner.open_past_version(uri, meta)
+    }
+
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        self.inner.retire(dir, entry)
     }
 
     fn begin_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {

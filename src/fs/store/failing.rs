@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, NameSlot, Node, Result};
+use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, History, NameSlot, Node, Result};
 
 /// Counts changes and refuses those from `crash_at` on.
 #[derive(Default)]
@@ -120,6 +120,14 @@ impl<S: Store> Store for FailingStore<S> {
         self.inner.open_version(uri, meta)
     }
 
+    fn history(&self, uri: &str) -> Result<History> {
+        self.inner.history(uri)
+    }
+
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        self.inner.open_past_version(uri, meta)
+    }
+
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         self.inner.new_child_uri(dir, name)
     }
@@ -172,6 +180,11 @@ impl<S: Store> Store for FailingStore<S> {
     fn delete_storage(&self, entry: &Entry) -> Result<()> {
         self.countdown.step("delete storage", &entry.uri)?;
         self.inner.delete_storage(entry)
+    }
+
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        self.countdown.step("retire storage", &entry.uri)?;
+        self.inner.retire(dir, entry)
     }
 
     fn rename(

@@ -16,7 +16,7 @@ use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::names::{last_component, storage_name};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::uri::join;
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, Node, Result, Storage};
+use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, History, Node, Result, Storage, Version};
 
 /// Tile of in-memory files: small, so reads cross many cache chunks.
 const TILE_BYTES: u64 = 4096;
@@ -349,6 +349,34 @@ impl Store for MemStore {
         })
     }
 
+    fn history(&self, uri: &str) -> Result<History> {
+        let s = self.lock();
+        let Some(Object::File { versions, kind, .. }) = s.objects.get(uri) else {
+            return Err(Inner::missing(uri));
+        };
+        let versions = versions
+            .iter()
+            .map(|(t, bytes)| Version {
+                timestamp: *t,
+                meta: FileMeta {
+                    size: bytes.len() as u64,
+                    timestamp: Some(*t),
+                    kind: kind.clone(),
+                    tensors: None,
+                    attrs: Attrs::default(),
+                },
+            })
+            .collect();
+        Ok(History {
+            versions,
+            tags: Vec::new(),
+        })
+    }
+
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        self.open_version(uri, meta)
+    }
+
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
         let s = self.lock();
         let Some(Object::File { versions, .. }) = s.objects.get(uri) else {
@@ -485,6 +513,10 @@ impl Store for MemStore {
 
     fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
         Ok(self.list(dir)?.is_empty())
+    }
+
+    fn retire(&self, _dir: &Entry, entry: &Entry) -> Result<()> {
+        self.delete_storage(entry)
     }
 
     fn delete_storage(&self, entry: &Entry) -> Result<()> {

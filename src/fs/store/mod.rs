@@ -18,7 +18,7 @@ mod memory;
 mod registry;
 
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileKind, FileMeta, NameSlot, Node, Result};
+use crate::registry::{Attrs, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
 
 pub use failing::FailingStore;
 pub use memory::MemStore;
@@ -81,6 +81,12 @@ pub trait Store: Send + Sync {
     fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel>;
     /// The version of the file at `uri` that `meta` describes.
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
+    /// The committed versions (oldest first) and tags of the file at `uri`.
+    fn history(&self, uri: &str) -> Result<History>;
+    /// Past version `meta` (as [`Store::history`] lists it) of the file at
+    /// `uri`, read from that version's own storage only;
+    /// [`crate::registry::Error::VersionGone`] once it was pruned.
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>>;
     /// A storage URI for a new entry `name` in `dir`, where nothing is.
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String>;
     /// The entry named `name` in `dir`, or else a storage URI for a new
@@ -108,6 +114,11 @@ pub trait Store: Send + Sync {
     fn is_empty_dir(&self, dir: &Entry) -> Result<bool>;
     /// Deletes what `entry` stores (a directory's own files only).
     fn delete_storage(&self, entry: &Entry) -> Result<()>;
+    /// What becomes of the storage of `entry`, taken out of `dir` and named
+    /// by nothing: deleted, or kept for snapshot mounts until a prune (the
+    /// TileDB registry keeps what `unlink` and a replacing `rename` took out
+    /// of a group; see [`crate::registry::Registry::retire`]).
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()>;
     /// Renames `entry` of `dir` to `new_name` in `new_dir`, in place of
     /// `replaced`; see [`crate::registry::Registry::rename`].
     fn rename(

@@ -2,7 +2,9 @@
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, NameSlot, Node, Registry, Result};
+use crate::registry::{
+    Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, History, NameSlot, Node, Registry, Result,
+};
 
 impl StoredVersion for FileArray {
     fn meta(&self) -> &FileMeta {
@@ -66,11 +68,19 @@ impl Store for Registry {
     }
 
     fn tiledb_ml_model(&self, uri: &str, options: &ModelOptions) -> Result<TileDbMlModel> {
-        TileDbMlModel::open_with(self.context(), uri, None, options)
+        TileDbMlModel::open_with(self.context(), uri, self.snapshot_time(), options)
     }
 
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
         Ok(Box::new(FileArray::open_version(self.context(), uri, meta)?))
+    }
+
+    fn history(&self, uri: &str) -> Result<History> {
+        Registry::history(self, uri)
+    }
+
+    fn open_past_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
+        Ok(Box::new(FileArray::open_past(self.context(), uri, meta)?))
     }
 
     fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
@@ -102,7 +112,7 @@ impl Store for Registry {
     }
 
     fn unlink(&self, dir: &Entry, entry: &Entry) -> Result<()> {
-        Registry::unlink(self, dir, entry)
+        Registry::remove(self, dir, entry)
     }
 
     fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
@@ -111,6 +121,10 @@ impl Store for Registry {
 
     fn delete_storage(&self, entry: &Entry) -> Result<()> {
         Registry::delete_storage(self, entry)
+    }
+
+    fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        Registry::retire(self, dir, entry)
     }
 
     fn rename(

@@ -543,7 +543,7 @@ impl Writer {
             match self.replaces.take() {
                 Some(old) => {
                     store.replace_member(&self.target.dir, &old, &self.target.entry)?;
-                    if let Err(e) = store.delete_storage(&old) {
+                    if let Err(e) = store.retire(&self.target.dir, &old) {
                         warn!("{}: deleting the replaced file's storage failed: {e}", old.uri);
                     }
                 }
