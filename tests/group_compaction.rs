@@ -120,10 +120,11 @@ fn every_change_keeps_the_members_exact_and_the_list_files_few() {
         vacs.len()
     );
     assert_eq!(fresh_names(&dir.uri), model);
-    // Storage follows the entries, not the changes made.
+    // Storage follows the entries, not the changes made (without retiring,
+    // the lists alone would take about 700 KB).
     let bytes = reg.dir_own_bytes(&dir).unwrap();
     assert!(
-        bytes < 64 * 1024,
+        bytes < 300 * 1024,
         "{bytes} bytes of member lists and metadata after {steps} changes"
     );
 }
@@ -175,7 +176,7 @@ fn compact_shrinks_a_directory_grown_elsewhere_and_keeps_its_entries() {
     );
     assert_eq!(fresh_names(&uri), model);
     let after = reg.dir_own_bytes(&dir).unwrap();
-    assert!(after * 3 < before, "{before} bytes before, {after} after");
+    assert!(after * 2 < before, "{before} bytes before, {after} after");
 }
 
 #[test]
@@ -422,5 +423,10 @@ fn an_open_as_of_a_recent_time_sees_the_members_of_then() {
     }
     std::thread::sleep(tiledb::RETIRE_GRACE * 3);
     assert!(at(then).is_empty(), "history older than the kept lists is gone");
+    // A snapshot mount of then shows the oldest kept list instead (less
+    // files made later), not an empty directory.
+    let snapshot = Registry::snapshot(modelfs::tiledb::Config::new().unwrap(), then).unwrap();
+    let shown: BTreeSet<String> = snapshot.list(&dir).unwrap().into_iter().map(|e| e.name).collect();
+    assert!(shown.contains("e0") && shown.contains("e2"), "{shown:?}");
     assert_eq!(fresh_names(&dir.uri).len(), 5 + tiledb::HISTORY_KEPT + 1);
 }

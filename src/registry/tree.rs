@@ -213,8 +213,36 @@ impl Registry {
         self.group_entries(dir, &group)
     }
 
-    /// The entries group `dir` (open for reading as `group`) shows.
+    /// The entries group `dir` (open for reading as `group`) shows. In a
+    /// snapshot older than the directory's kept member lists (see
+    /// [`tiledb::HISTORY_KEPT`]), those of its oldest kept list that
+    /// existed at the snapshot's time, with a warning.
     fn group_entries(&self, dir: &Entry, group: &Group) -> Result<Vec<Entry>> {
+        let out = self.members_shown(dir, group)?;
+        let Some(at) = self.at else { return Ok(out) };
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        let lists = tiledb::list_files(&self.ctx, &dir.uri)?;
+        let Some(oldest) = lists.oldest.filter(|&o| o > at) else {
+            return Ok(out);
+        };
+        warn!(
+            "{}: its member lists before {} are compacted away; shown as of then, without the files made after the snapshot's time",
+            dir.uri,
+            super::version_time::format_ms(oldest)
+        );
+        let then = Group::open_at(&self.ctx, &dir.uri, GroupMode::Read, Some(oldest))?;
+        let mut out = self.members_shown(dir, &then)?;
+        out.retain(|e| {
+            e.storage != Storage::Array
+                || tiledb::fragments(&self.ctx, &e.uri).is_ok_and(|f| f.iter().any(|f| f.timestamp_range.0 <= at))
+        });
+        Ok(out)
+    }
+
+    /// The members of `group` (of `dir`) that can be shown.
+    fn members_shown(&self, dir: &Entry, group: &Group) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for m in group.members()? {
             let name = m.name.clone().unwrap_or_else(|| last_component(&m.uri).to_string());
@@ -744,9 +772,9 @@ impl Registry {
     /// every open reads).
     fn dir_attrs(&self, uri: &str, group: &Group) -> Result<Attrs> {
         let mut attrs = Attrs::parse(&group.metadata()?);
-        let (newest, list_files) = tiledb::members_changed_ms(&self.ctx, uri)?;
-        self.tidy_if_grown(uri, list_files);
-        let Some(changed_ms) = newest else {
+        let lists = tiledb::list_files(&self.ctx, uri)?;
+        self.tidy_if_grown(uri, lists.count);
+        let Some(changed_ms) = lists.newest else {
             return Ok(attrs);
         };
         let changed = changed_ms.saturating_mul(1_000_000);

@@ -398,14 +398,23 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
     Ok(done)
 }
 
-/// When the members of the group at `uri` last changed (ms): the newest
-/// member-list file's timestamp, read from the names alone; and how many
-/// list files there are (retired or not).
-pub fn members_changed_ms(ctx: &Context, uri: &str) -> Result<(Option<u64>, usize)> {
+/// The member-list files of a group, from their names alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListFiles {
+    /// The newest one's timestamp (ms): when the members last changed.
+    pub newest: Option<u64>,
+    /// The oldest one's: the history kept reaches back to it.
+    pub oldest: Option<u64>,
+    /// How many there are, retired or not.
+    pub count: usize,
+}
+
+/// The member-list files of the group at `uri` (see [`ListFiles`]).
+pub fn list_files(ctx: &Context, uri: &str) -> Result<ListFiles> {
     let vfs = Vfs::new(ctx)?;
     let dir = details_dir(uri);
     if !vfs.is_dir(&dir)? {
-        return Ok((None, 0));
+        return Ok(ListFiles::default());
     }
     let stamps: Vec<u64> = vfs
         .ls(&dir)?
@@ -413,7 +422,11 @@ pub fn members_changed_ms(ctx: &Context, uri: &str) -> Result<(Option<u64>, usiz
         .filter(|f| !f.ends_with(VACUUM_SUFFIX))
         .filter_map(|f| timestamps(last_part(f)).map(|t| t.1))
         .collect();
-    Ok((stamps.iter().copied().max(), stamps.len()))
+    Ok(ListFiles {
+        newest: stamps.iter().copied().max(),
+        oldest: stamps.iter().copied().min(),
+        count: stamps.len(),
+    })
 }
 
 /// Bytes of the group's own files at `uri`: its member lists and
