@@ -120,8 +120,8 @@ fn every_change_keeps_the_members_exact_and_the_list_files_few() {
         vacs.len()
     );
     assert_eq!(fresh_names(&dir.uri), model);
-    // Storage follows the entries, not the changes made (without retiring,
-    // the lists alone would take about 700 KB).
+    // Storage follows the entries and the kept history, not the changes
+    // made (without retiring, every change's whole list would stay).
     let bytes = reg.dir_own_bytes(&dir).unwrap();
     assert!(
         bytes < 300 * 1024,
