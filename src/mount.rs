@@ -110,6 +110,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !read_only {
         registry.tidy_directories_when_listed();
+        registry.retire_in_background();
     }
     let config = Config {
         read_only,

@@ -20,6 +20,14 @@ fn registry() -> Registry {
     Registry::new(Context::new().unwrap()).unwrap()
 }
 
+/// A registry as a mount has it: replaced member lists are deleted in the
+/// background once their grace period is over.
+fn mount_registry() -> Registry {
+    let mut reg = registry();
+    reg.retire_in_background();
+    reg
+}
+
 fn names(reg: &Registry, dir: &Entry) -> BTreeSet<String> {
     reg.list(dir).unwrap().into_iter().map(|e| e.name).collect()
 }
@@ -65,7 +73,7 @@ fn fresh_names(uri: &str) -> BTreeSet<String> {
 #[test]
 fn every_change_keeps_the_members_exact_and_the_list_files_few() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = registry();
+    let reg = mount_registry();
     let dir = root(&reg, tmp.path());
     let mut model = BTreeSet::new();
     let mut rng = 0x5eed_u64;
@@ -252,7 +260,7 @@ fn a_listing_racing_a_compaction_beside_a_mount_is_always_whole() {
 
 fn listing_race(with_compactor: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let writer = Arc::new(registry());
+    let writer = Arc::new(mount_registry());
     let dir = root(&writer, tmp.path());
     let rounds = if on_s3() { 40 } else { 150 };
     // Name i is added at round i; odd ones are removed at round i + 10.
@@ -394,7 +402,7 @@ fn a_mount_compacts_a_directory_grown_elsewhere_when_it_first_lists_it() {
 #[test]
 fn an_open_as_of_a_recent_time_sees_the_members_of_then() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = registry();
+    let reg = mount_registry();
     let dir = root(&reg, tmp.path());
     for i in 0..4 {
         reg.mkdir(&dir, &format!("e{i}"), &Attrs::default()).unwrap();

@@ -36,11 +36,31 @@ pub struct DirCompaction {
 #[derive(Default)]
 pub(super) struct Retiring {
     pending: Mutex<HashSet<String>>,
-    worker: Mutex<bool>,
+    /// Set by [`Registry::retire_in_background`]: without it (a command
+    /// that exits when done) the next change deletes what is due.
+    enabled: std::sync::atomic::AtomicBool,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the registry goes: the worker ends, and is waited for, so
+    /// it never touches storage while the process exits (the S3 client is
+    /// torn down then).
+    stop: Mutex<bool>,
+    wake: std::sync::Condvar,
     dir_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Retiring {
+    /// Stops the worker, if one runs, and waits for it.
+    pub(super) fn stop_worker(&self) {
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_all();
+        let handle = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            warn!("the thread deleting retired member lists panicked");
+        }
+    }
+
     /// The lock of directory `uri`.
     pub(super) fn dir_lock(&self, uri: &str) -> Arc<Mutex<()>> {
         let mut locks = self.dir_locks.lock().unwrap_or_else(PoisonError::into_inner);
@@ -93,28 +113,34 @@ impl Registry {
     /// Deletes the list files group `uri` retired once their grace period
     /// is over, from a background thread that ends with the registry.
     pub(super) fn retire_later(&self, uri: &str) {
-        self.retiring
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(uri.to_string());
-        let mut started = self
-            .retiring
-            .worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *started {
+        let r = &self.retiring;
+        if !r.enabled.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let weak = std::sync::Arc::downgrade(&self.retiring);
+        r.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uri.to_string());
+        let mut worker = r.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        if worker.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(r);
         let ctx = self.context().clone();
         let spawned = std::thread::Builder::new()
             .name("modelfs-retire".into())
             .spawn(move || retire_worker(weak, ctx));
         match spawned {
-            Ok(_) => *started = true,
+            Ok(h) => *worker = Some(h),
             Err(e) => warn!("cannot start the thread deleting retired member lists: {e}"),
         }
+    }
+
+    /// From now on, member lists replaced by changes are deleted by a
+    /// background thread once their grace period is over, even in a
+    /// directory left alone after (for mounts: a command exits first).
+    pub fn retire_in_background(&mut self) {
+        self.retiring.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes of directory `dir`'s own files (member lists and metadata).
@@ -172,7 +198,17 @@ impl Registry {
 /// enough ago; ends when the registry is gone.
 fn retire_worker(retiring: std::sync::Weak<Retiring>, ctx: tiledb::Context) {
     loop {
-        std::thread::sleep(tiledb::RETIRE_GRACE);
+        {
+            let Some(r) = retiring.upgrade() else { return };
+            let stop = r.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stop, _) = r
+                .wake
+                .wait_timeout_while(stop, tiledb::RETIRE_GRACE, |stop| !*stop)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *stop {
+                return;
+            }
+        }
         let Some(r) = retiring.upgrade() else { return };
         let dirs: Vec<String> = r
             .pending
@@ -181,6 +217,9 @@ fn retire_worker(retiring: std::sync::Weak<Retiring>, ctx: tiledb::Context) {
             .drain()
             .collect();
         for uri in dirs {
+            if *r.stop.lock().unwrap_or_else(PoisonError::into_inner) {
+                return;
+            }
             let lock = r.dir_lock(&uri);
             let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
             match tiledb::vacuum_members(&ctx, &uri, tiledb::RETIRE_GRACE) {

@@ -82,6 +82,12 @@ pub struct Registry {
     at: Option<u64>,
 }
 
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.retiring.stop_worker();
+    }
+}
+
 /// Metadata writes to one group after which its metadata is consolidated
 /// (measured: 24 ms to open a group after 500 writes, 4 ms once
 /// consolidated).
