@@ -184,7 +184,9 @@ fn compact_shrinks_a_directory_grown_elsewhere_and_keeps_its_entries() {
     );
     assert_eq!(fresh_names(&uri), model);
     let after = reg.dir_own_bytes(&dir).unwrap();
-    assert!(after * 2 < before, "{before} bytes before, {after} after");
+    // The newest lists stay as history: on S3 (fewer changes) that is most.
+    let factor = if on_s3() { 1 } else { 2 };
+    assert!(after * factor < before, "{before} bytes before, {after} after");
 }
 
 #[test]
