@@ -159,7 +159,20 @@ impl Array {
         Self::open_range(ctx, uri, Mode::Read, Some(start_ms), Some(end_ms))
     }
 
+    /// An open lists the array's fragments and metadata files, then reads
+    /// them: one deleted in between (a prune, a vacuum) fails it, and a new
+    /// attempt lists again.
     fn open_range(ctx: &Context, uri: &str, mode: Mode, start_ms: Option<u64>, end_ms: Option<u64>) -> Result<Self> {
+        super::error::retry_vanished(|| Self::open_range_once(ctx, uri, mode, start_ms, end_ms))
+    }
+
+    fn open_range_once(
+        ctx: &Context,
+        uri: &str,
+        mode: Mode,
+        start_ms: Option<u64>,
+        end_ms: Option<u64>,
+    ) -> Result<Self> {
         let c_uri = cstring("tiledb_array_alloc", uri)?;
         let mut raw = ptr::null_mut();
         // SAFETY: valid URI and out-pointer.
