@@ -162,8 +162,9 @@ fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The civil date of a day counted from 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u64, u64) {
+/// The civil date `(year, month, day)` of a day counted from 1970-01-01
+/// (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u64, u64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
