@@ -549,7 +549,7 @@ fn info(config: &[String], uri: &str) -> Result<()> {
             };
             out!("kind:       {kind}");
             out!("entries:    {}", reg.list(&entry)?.len());
-            print_attrs(&attrs)?;
+            print_attrs(&attrs, true)?;
             return Ok(());
         }
         Node::File(meta) => {
@@ -561,7 +561,7 @@ fn info(config: &[String], uri: &str) -> Result<()> {
             if let Some(ts) = meta.timestamp {
                 out!("version:    {ts} ({})", format_utc_ms(ts));
             }
-            print_attrs(&meta.attrs)?;
+            print_attrs(&meta.attrs, false)?;
             if let Some(index) = &meta.tensors {
                 print_tensors(index)?;
             }
@@ -580,7 +580,11 @@ fn info(config: &[String], uri: &str) -> Result<()> {
 
 /// The modes, owners and times tools stored (a version's own time is its
 /// `version` line).
-fn print_attrs(attrs: &registry::Attrs) -> Result<()> {
+/// The mode, owner and mtime stored for an entry. A file's mtime shows
+/// only when a tool set one (its version's time is printed apart); a
+/// directory's is the last change of its entries unless a tool set one
+/// since.
+fn print_attrs(attrs: &registry::Attrs, dir: bool) -> Result<()> {
     if let Some(m) = attrs.mode {
         out!("mode:       {m:04o}");
     }
@@ -588,8 +592,10 @@ fn print_attrs(attrs: &registry::Attrs) -> Result<()> {
         let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         out!("owner:      {}:{}", show(attrs.uid), show(attrs.gid));
     }
-    if let Some(ns) = attrs.mtime_ns {
-        out!("mtime:      {} (set by a tool)", format_utc_ms(ns / 1_000_000));
+    match attrs.mtime_ns {
+        Some(ns) if dir => out!("mtime:      {}", format_utc_ms(ns / 1_000_000)),
+        Some(ns) => out!("mtime:      {} (set by a tool)", format_utc_ms(ns / 1_000_000)),
+        None => {}
     }
     Ok(())
 }
