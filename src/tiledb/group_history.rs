@@ -108,27 +108,19 @@ fn vacuum_name(first: u64, last: u64, now: u64) -> String {
     format!("__{first}_{last}_{now:016x}{salt:016x}_2{VACUUM_SUFFIX}")
 }
 
-fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
+/// The group's `__group/` folder as named: its list files, oldest first,
+/// and its vacuum files (their URIs as TileDB's listing spells them).
+fn list_folder(vfs: &Vfs, uri: &str) -> Result<(Vec<ListFile>, Vec<String>)> {
     let dir = details_dir(uri);
-    if !vfs.is_dir(&dir)? {
-        return Ok(History::default());
-    }
     let mut files = Vec::new();
     let mut vacuum = Vec::new();
+    if !vfs.is_dir(&dir)? {
+        return Ok((files, vacuum));
+    }
     for child in vfs.ls(&dir)? {
         let name = last_part(&child);
-        if let Some(stem) = name.strip_suffix(VACUUM_SUFFIX) {
-            let text = match vfs.read_file(&child) {
-                Ok(t) => t,
-                // Deleted by another pass since the listing.
-                Err(_) if !vfs.is_file(&child)? => continue,
-                Err(e) => return Err(e),
-            };
-            vacuum.push(VacuumFile {
-                written_ms: vacuum_written_ms(stem).unwrap_or_else(super::now_ms),
-                uri: child,
-                names: String::from_utf8_lossy(&text).lines().map(str::to_string).collect(),
-            });
+        if name.ends_with(VACUUM_SUFFIX) {
+            vacuum.push(child);
         } else if let Some((_, last)) = timestamps(name) {
             files.push(ListFile {
                 uri: child,
@@ -136,13 +128,33 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
             });
         }
     }
+    files.sort_by(|a, b| (a.timestamp, &a.uri).cmp(&(b.timestamp, &b.uri)));
+    Ok((files, vacuum))
+}
+
+fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
+    let (files, vacuum_uris) = list_folder(vfs, uri)?;
+    let mut vacuum = Vec::new();
+    for child in vacuum_uris {
+        let text = match vfs.read_file(&child) {
+            Ok(t) => t,
+            // Deleted by another pass since the listing.
+            Err(_) if !vfs.is_file(&child)? => continue,
+            Err(e) => return Err(e),
+        };
+        let stem = last_part(&child).strip_suffix(VACUUM_SUFFIX).unwrap_or_default();
+        vacuum.push(VacuumFile {
+            written_ms: vacuum_written_ms(stem).unwrap_or_else(super::now_ms),
+            names: String::from_utf8_lossy(&text).lines().map(str::to_string).collect(),
+            uri: child,
+        });
+    }
     let replaced: HashSet<&str> = vacuum.iter().flat_map(|v| v.names.iter().map(String::as_str)).collect();
-    let mut live: Vec<ListFile> = files
+    let live: Vec<ListFile> = files
         .iter()
         .filter(|f| !replaced.contains(f.uri.as_str()))
         .cloned()
         .collect();
-    live.sort_by(|a, b| (a.timestamp, &a.uri).cmp(&(b.timestamp, &b.uri)));
     Ok(History {
         all: files,
         live,
@@ -180,24 +192,7 @@ pub struct MembersChange {
 impl MembersChange {
     /// Lists the group's `__group/` folder, then opens it for writing.
     pub fn begin(ctx: &Context, uri: &str) -> Result<Self> {
-        let vfs = Vfs::new(ctx)?;
-        let dir = details_dir(uri);
-        let mut before = Vec::new();
-        let mut vacuum_before = Vec::new();
-        if vfs.is_dir(&dir)? {
-            for child in vfs.ls(&dir)? {
-                let name = last_part(&child);
-                if name.ends_with(VACUUM_SUFFIX) {
-                    vacuum_before.push(child);
-                } else if let Some((_, last)) = timestamps(name) {
-                    before.push(ListFile {
-                        uri: child,
-                        timestamp: last,
-                    });
-                }
-            }
-        }
-        before.sort_by(|a, b| (a.timestamp, &a.uri).cmp(&(b.timestamp, &b.uri)));
+        let (before, vacuum_before) = list_folder(&Vfs::new(ctx)?, uri)?;
         let group = Group::open(ctx, uri, GroupMode::Write)?;
         Ok(MembersChange {
             ctx: ctx.clone(),
@@ -411,21 +406,11 @@ pub struct ListFiles {
 
 /// The member-list files of the group at `uri` (see [`ListFiles`]).
 pub fn list_files(ctx: &Context, uri: &str) -> Result<ListFiles> {
-    let vfs = Vfs::new(ctx)?;
-    let dir = details_dir(uri);
-    if !vfs.is_dir(&dir)? {
-        return Ok(ListFiles::default());
-    }
-    let stamps: Vec<u64> = vfs
-        .ls(&dir)?
-        .iter()
-        .filter(|f| !f.ends_with(VACUUM_SUFFIX))
-        .filter_map(|f| timestamps(last_part(f)).map(|t| t.1))
-        .collect();
+    let (files, _) = list_folder(&Vfs::new(ctx)?, uri)?;
     Ok(ListFiles {
-        newest: stamps.iter().copied().max(),
-        oldest: stamps.iter().copied().min(),
-        count: stamps.len(),
+        newest: files.last().map(|f| f.timestamp),
+        oldest: files.first().map(|f| f.timestamp),
+        count: files.len(),
     })
 }
 
