@@ -521,6 +521,9 @@ fn compact(config: &[String], uri: &str, recursive: bool, grace: std::time::Dura
         let after = reg.dir_own_bytes(d).with_context(|| d.uri.clone())?;
         total_before += bytes;
         total_after += after;
+        if c.merged > 0 {
+            out!("{}: {} new entries merged into its member list", d.uri, c.merged);
+        }
         if c.replaced > 0 || after < bytes {
             out!(
                 "{}: {} member-list files to 1, {bytes} to {after} bytes",

@@ -26,19 +26,28 @@ pub struct DirCompaction {
     pub list_files_before: usize,
     /// Of those, the ones an open no longer reads.
     pub replaced: usize,
+    /// Recorded new entries merged into the member list.
+    pub merged: usize,
 }
 
-/// Directories whose replaced list files wait for their grace period
-/// ([`tiledb::RETIRE_GRACE`]), deleted by one background thread so that a
-/// directory left alone does not keep them until its next change.
-/// Also the lock each directory's changes and clean-ups take in this
-/// process.
+/// The upkeep of directories' own storage in one process: the lock each
+/// directory's changes and clean-ups take; directories whose recorded new
+/// entries wait to be merged into their member lists ([`super::journal`]);
+/// directories whose replaced list files wait for their grace period
+/// ([`tiledb::RETIRE_GRACE`]); one background thread doing both, so that a
+/// directory left alone does not keep them until its next change. Also
+/// the caches that make reading a directory cost O(1) in its entries.
 #[derive(Default)]
-pub(super) struct Retiring {
+pub(super) struct Upkeep {
     pending: Mutex<HashSet<String>>,
+    /// Directories with records to merge.
+    merging: Mutex<HashSet<String>>,
     /// Set by [`Registry::retire_in_background`]: without it (a command
-    /// that exits when done) the next change deletes what is due.
+    /// that exits when done) the next change deletes what is due, and new
+    /// entries are linked at once.
     enabled: std::sync::atomic::AtomicBool,
+    pub(super) members: super::members::MemberCache,
+    pub(super) parsed: super::journal::Parsed,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the registry goes: the worker ends, and is waited for, so
     /// it never touches storage while the process exits (the S3 client is
@@ -48,7 +57,81 @@ pub(super) struct Retiring {
     dir_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
-impl Retiring {
+impl Upkeep {
+    /// Whether new entries are recorded (and merged in the background)
+    /// rather than linked at once.
+    pub(super) fn journaling(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Deletes the list files group `uri` retired once their grace period
+    /// is over, from the background thread.
+    pub(super) fn retire_later(self: &Arc<Self>, ctx: &tiledb::Context, uri: &str) {
+        if !self.journaling() {
+            return;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uri.to_string());
+        self.ensure_worker(ctx);
+    }
+
+    /// Merges the records of directory `uri` from the background thread,
+    /// [`MERGE_DELAY`] from now.
+    pub(super) fn merge_later(self: &Arc<Self>, ctx: &tiledb::Context, uri: &str) {
+        self.merging
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uri.to_string());
+        self.ensure_worker(ctx);
+        self.wake.notify_all();
+    }
+
+    fn ensure_worker(self: &Arc<Self>, ctx: &tiledb::Context) {
+        let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        if worker.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("modelfs-upkeep".into())
+            .spawn(move || upkeep_worker(weak, ctx));
+        match spawned {
+            Ok(h) => *worker = Some(h),
+            Err(e) => warn!("cannot start the thread merging new entries and deleting retired member lists: {e}"),
+        }
+    }
+
+    /// Merges every directory's records now (the worker is stopped: a
+    /// command ends, a mount goes).
+    pub(super) fn merge_all_now(self: &Arc<Self>, ctx: &tiledb::Context) {
+        let dirs: Vec<String> = self
+            .merging
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        if dirs.is_empty() {
+            return;
+        }
+        let Ok(vfs) = tiledb::Vfs::new(ctx) else { return };
+        for uri in dirs {
+            self.merge_one(ctx, &vfs, &uri);
+        }
+    }
+
+    fn merge_one(self: &Arc<Self>, ctx: &tiledb::Context, vfs: &tiledb::Vfs, uri: &str) {
+        let lock = self.dir_lock(uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = super::members::merge_journal(ctx, vfs, self, uri) {
+            // The records stay: readers still see them, the next change
+            // or `modelfs compact` merges them.
+            warn!("{uri}: merging new entries into its member list failed: {e}");
+        }
+    }
+
     /// Stops the worker, if one runs, and waits for it.
     pub(super) fn stop_worker(&self) {
         *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
@@ -84,14 +167,18 @@ impl Registry {
             return Ok(DirCompaction::default());
         }
         let ctx = self.context();
-        let lock = self.retiring.dir_lock(&dir.uri);
+        let lock = self.upkeep.dir_lock(&dir.uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // New entries a mount recorded and did not merge (it stopped) go
+        // into the list first.
+        let merged = super::members::merge_journal(ctx, self.vfs(), &self.upkeep, &dir.uri)?;
         let before = tiledb::live_list_files(ctx, &dir.uri)?;
         let done = tiledb::compact_members(ctx, &dir.uri)?;
         Group::consolidate_metadata(ctx, &dir.uri)?;
         Ok(DirCompaction {
             list_files_before: before,
             replaced: done.replaced,
+            merged,
         })
     }
 
@@ -105,42 +192,19 @@ impl Registry {
             return Ok(Vacuumed::default());
         }
         let ctx = self.context();
-        let lock = self.retiring.dir_lock(&dir.uri);
+        let lock = self.upkeep.dir_lock(&dir.uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(tiledb::vacuum_members(ctx, &dir.uri, grace)?.deleted)
     }
 
-    /// Deletes the list files group `uri` retired once their grace period
-    /// is over, from a background thread that ends with the registry.
-    pub(super) fn retire_later(&self, uri: &str) {
-        let r = &self.retiring;
-        if !r.enabled.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        r.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(uri.to_string());
-        let mut worker = r.worker.lock().unwrap_or_else(PoisonError::into_inner);
-        if worker.is_some() {
-            return;
-        }
-        let weak = Arc::downgrade(r);
-        let ctx = self.context().clone();
-        let spawned = std::thread::Builder::new()
-            .name("modelfs-retire".into())
-            .spawn(move || retire_worker(weak, ctx));
-        match spawned {
-            Ok(h) => *worker = Some(h),
-            Err(e) => warn!("cannot start the thread deleting retired member lists: {e}"),
-        }
-    }
-
-    /// From now on, member lists replaced by changes are deleted by a
-    /// background thread once their grace period is over, even in a
-    /// directory left alone after (for mounts: a command exits first).
+    /// From now on, new entries are recorded and merged into their
+    /// directory's member list by a background thread (see
+    /// [`super::journal`]), and member lists replaced by changes are
+    /// deleted by it once their grace period is over, even in a directory
+    /// left alone after. What is left to merge when the registry goes is
+    /// merged then.
     pub fn retire_in_background(&mut self) {
-        self.retiring.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.upkeep.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes of directory `dir`'s own files (member lists and metadata).
@@ -178,13 +242,13 @@ impl Registry {
             return;
         }
         let ctx = self.context();
-        let lock = self.retiring.dir_lock(uri);
+        let lock = self.upkeep.dir_lock(uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
         match tiledb::live_list_files(ctx, uri) {
             Ok(n) if n > LIST_FILES_TOLERATED => match tiledb::compact_members(ctx, uri) {
                 Ok(c) => {
                     info!("{uri}: compacted its member list ({} list files to one)", c.replaced);
-                    self.retire_later(uri);
+                    self.upkeep.retire_later(ctx, uri);
                 }
                 Err(e) => warn!("{uri}: compacting its member list failed: {e}"),
             },
@@ -194,46 +258,92 @@ impl Registry {
     }
 }
 
-/// Every grace period, deletes what the pending directories retired long
-/// enough ago; ends when the registry is gone.
-fn retire_worker(retiring: std::sync::Weak<Retiring>, ctx: tiledb::Context) {
+/// How long new entries wait before the worker merges them, so that one
+/// group write takes the entries of a burst (`cp -r`, `tar x`).
+const MERGE_DELAY: Duration = Duration::from_millis(200);
+
+/// Merges recorded entries [`MERGE_DELAY`] after they come, and every grace
+/// period deletes what the pending directories retired long enough ago;
+/// ends when the registry is gone.
+fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
+    let Ok(vfs) = tiledb::Vfs::new(&ctx) else {
+        warn!("cannot start merging new entries: no VFS");
+        return;
+    };
+    let mut last_retire = std::time::Instant::now();
     loop {
         {
-            let Some(r) = retiring.upgrade() else { return };
+            let Some(r) = upkeep.upgrade() else { return };
+            let merges = |r: &Upkeep| !r.merging.lock().unwrap_or_else(PoisonError::into_inner).is_empty();
             let stop = r.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            // Until new entries come or a retiring round is due...
+            let wait = tiledb::RETIRE_GRACE.saturating_sub(last_retire.elapsed());
             let (stop, _) = r
                 .wake
-                .wait_timeout_while(stop, tiledb::RETIRE_GRACE, |stop| !*stop)
+                .wait_timeout_while(stop, wait, |stop| !*stop && !merges(&r))
                 .unwrap_or_else(PoisonError::into_inner);
             if *stop {
                 return;
             }
+            // ...then a little longer, for the rest of a burst.
+            if merges(&r) {
+                let (stop, _) = r
+                    .wake
+                    .wait_timeout_while(stop, MERGE_DELAY, |stop| !*stop)
+                    .unwrap_or_else(PoisonError::into_inner);
+                if *stop {
+                    return;
+                }
+            }
         }
-        let Some(r) = retiring.upgrade() else { return };
-        let dirs: Vec<String> = r
-            .pending
+        let Some(r) = upkeep.upgrade() else { return };
+        let merging: Vec<String> = r
+            .merging
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .collect();
-        for uri in dirs {
+        for uri in merging {
             if *r.stop.lock().unwrap_or_else(PoisonError::into_inner) {
-                return;
+                // Put back: the registry merges what is left as it goes.
+                r.merging.lock().unwrap_or_else(PoisonError::into_inner).insert(uri);
+                continue;
             }
-            let lock = r.dir_lock(&uri);
-            let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
-            match tiledb::vacuum_members(&ctx, &uri, tiledb::RETIRE_GRACE) {
-                Ok(v) => {
-                    if v.deleted.files > 0 {
-                        log::debug!("{uri}: deleted {} retired member-list files", v.deleted.files);
-                    }
-                    // Files retired since are left for the next round.
-                    if v.pending {
-                        r.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(uri);
-                    }
+            r.merge_one(&ctx, &vfs, &uri);
+        }
+        if last_retire.elapsed() < tiledb::RETIRE_GRACE {
+            continue;
+        }
+        last_retire = std::time::Instant::now();
+        retire_round(&r, &ctx);
+    }
+}
+
+/// Deletes what the pending directories retired long enough ago.
+fn retire_round(r: &Arc<Upkeep>, ctx: &tiledb::Context) {
+    let dirs: Vec<String> = r
+        .pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+        .collect();
+    for uri in dirs {
+        if *r.stop.lock().unwrap_or_else(PoisonError::into_inner) {
+            return;
+        }
+        let lock = r.dir_lock(&uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        match tiledb::vacuum_members(ctx, &uri, tiledb::RETIRE_GRACE) {
+            Ok(v) => {
+                if v.deleted.files > 0 {
+                    log::debug!("{uri}: deleted {} retired member-list files", v.deleted.files);
                 }
-                Err(e) => warn!("{uri}: deleting retired member-list files failed: {e}"),
+                // Files retired since are left for the next round.
+                if v.pending {
+                    r.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(uri);
+                }
             }
+            Err(e) => warn!("{uri}: deleting retired member-list files failed: {e}"),
         }
     }
 }

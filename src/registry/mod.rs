@@ -9,6 +9,8 @@ pub mod attrs;
 mod compaction;
 mod error;
 pub mod file_array;
+mod journal;
+mod members;
 pub mod names;
 pub mod safetensors_index;
 pub mod tiledb_ml;

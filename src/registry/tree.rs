@@ -70,7 +70,7 @@ pub struct Registry {
     ctx: Context,
     vfs: Vfs,
     /// Directories with replaced list files to delete once old enough.
-    pub(super) retiring: std::sync::Arc<super::compaction::Retiring>,
+    pub(super) upkeep: std::sync::Arc<super::compaction::Upkeep>,
     /// Set on writable mounts: see [`Registry::tidy_directories_when_listed`].
     pub(super) tidying: Option<super::compaction::Tidying>,
     /// Metadata writes this process made to each group since its metadata
@@ -84,7 +84,8 @@ pub struct Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        self.retiring.stop_worker();
+        self.upkeep.stop_worker();
+        self.upkeep.merge_all_now(&self.ctx);
     }
 }
 
@@ -99,7 +100,7 @@ impl Registry {
         Ok(Registry {
             ctx,
             vfs,
-            retiring: Default::default(),
+            upkeep: Default::default(),
             tidying: None,
             stamps: Default::default(),
             at: None,
@@ -204,9 +205,9 @@ impl Registry {
     pub fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
         match dir.storage {
             Storage::Group => {
-                let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
-                let attrs = self.dir_attrs(&dir.uri, &group)?;
-                let entries = self.group_entries(dir, &group)?;
+                let mut view = self.view(&dir.uri)?;
+                let attrs = self.dir_attrs(&dir.uri, &mut view)?;
+                let entries = self.group_entries(dir, &view)?;
                 Ok((attrs, sorted_unique(dir, entries)))
             }
             Storage::PlainDir => Ok((Attrs::default(), self.list(dir)?)),
@@ -215,22 +216,40 @@ impl Registry {
     }
 
     fn list_group(&self, dir: &Entry) -> Result<Vec<Entry>> {
-        let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
-        self.group_entries(dir, &group)
+        let view = self.view(&dir.uri)?;
+        self.group_entries(dir, &view)
     }
 
-    /// The entries group `dir` (open for reading as `group`) shows. In a
-    /// snapshot older than the directory's kept member lists (see
+    /// Group `uri` as this registry reads it: its member list (cached while
+    /// its list files stay the same) and the new entries recorded beside.
+    fn view(&self, uri: &str) -> Result<super::members::View> {
+        super::members::view(&self.ctx, &self.vfs, &self.upkeep, uri, self.at)
+    }
+
+    /// The entries group `dir` (read as `view`) shows. In a snapshot older
+    /// than the directory's kept member lists (see
     /// [`tiledb::HISTORY_KEPT`]), those of its oldest kept list that
     /// existed at the snapshot's time, with a warning.
-    fn group_entries(&self, dir: &Entry, group: &Group) -> Result<Vec<Entry>> {
-        let out = self.members_shown(dir, group)?;
+    fn group_entries(&self, dir: &Entry, view: &super::members::View) -> Result<Vec<Entry>> {
+        let mut out = self.members_shown(dir, &view.members)?;
+        for a in &view.added {
+            if let Some(reason) = invalid_name_reason(&a.name) {
+                warn!("{}: new entry {:?} left out: name {reason}", dir.uri, a.name);
+                continue;
+            }
+            out.retain(|e| e.name != a.name);
+            out.push(Entry {
+                name: a.name.clone(),
+                uri: super::members::added_uri(&dir.uri, a),
+                storage: a.storage,
+            });
+        }
         let Some(at) = self.at else { return Ok(out) };
         if !out.is_empty() {
             return Ok(out);
         }
-        let lists = tiledb::list_files(&self.ctx, &dir.uri)?;
-        let Some(oldest) = lists.oldest.filter(|&o| o > at) else {
+        let lists = &view.lists;
+        let Some(oldest) = lists.oldest().filter(|&o| o > at) else {
             return Ok(out);
         };
         warn!(
@@ -239,7 +258,7 @@ impl Registry {
             super::version_time::format_ms(oldest)
         );
         let then = Group::open_at(&self.ctx, &dir.uri, GroupMode::Read, Some(oldest))?;
-        let mut out = self.members_shown(dir, &then)?;
+        let mut out = self.members_shown(dir, &then.members()?)?;
         out.retain(|e| {
             e.storage != Storage::Array
                 || tiledb::fragments(&self.ctx, &e.uri).is_ok_and(|f| f.iter().any(|f| f.timestamp_range.0 <= at))
@@ -247,10 +266,10 @@ impl Registry {
         Ok(out)
     }
 
-    /// The members of `group` (of `dir`) that can be shown.
-    fn members_shown(&self, dir: &Entry, group: &Group) -> Result<Vec<Entry>> {
+    /// The members (of `dir`) that can be shown.
+    fn members_shown(&self, dir: &Entry, members: &[tiledb::Member]) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for m in group.members()? {
+        for m in members.iter().cloned() {
             let name = m.name.clone().unwrap_or_else(|| last_component(&m.uri).to_string());
             if let Some(reason) = invalid_name_reason(&name) {
                 warn!("{}: member {:?} ({}) left out: name {reason}", dir.uri, name, m.uri);
@@ -317,8 +336,8 @@ impl Registry {
     pub fn node(&self, entry: &Entry) -> Result<Node> {
         match entry.storage {
             Storage::Group => {
-                let group = Group::open(&self.ctx, &entry.uri, GroupMode::Read)?;
-                return Ok(Node::Dir(self.dir_attrs(&entry.uri, &group)?));
+                let mut view = self.view(&entry.uri)?;
+                return Ok(Node::Dir(self.dir_attrs(&entry.uri, &mut view)?));
             }
             Storage::PlainDir => return Ok(Node::Dir(Attrs::default())),
             Storage::Array => {}
@@ -437,25 +456,37 @@ impl Registry {
 
     /// Makes `entry` a member of `dir` when `dir` is a group (entries of a
     /// plain directory are found by listing it).
+    /// In a mount, the new member is recorded in the directory's journal,
+    /// which costs the same however many entries it has, and merged into
+    /// its member list soon after (see [`super::journal`]).
     pub fn link(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage != Storage::Group {
             return Ok(());
         }
-        self.change_members(&dir.uri, |g| self.add_member(g, dir, entry))
+        if !self.upkeep.journaling() {
+            return self.change_members(&dir.uri, |g| self.add_member(g, dir, entry));
+        }
+        {
+            let lock = self.upkeep.dir_lock(&dir.uri);
+            let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // After the newest list, or a reader would take it as merged.
+            let newest = tiledb::list_files(&self.ctx, &dir.uri)?.newest().unwrap_or(0);
+            let time = tiledb::now_ms().max(newest + 1);
+            let (uri, relative) = super::members::member_uri(&dir.uri, &entry.uri);
+            super::journal::write(&self.vfs, &dir.uri, time, &entry.name, &uri, relative, entry.storage)?;
+        }
+        self.upkeep.merge_later(&self.ctx, &dir.uri);
+        Ok(())
     }
 
     fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
-        let dir_prefix = format!("{}/", dir.uri.trim_end_matches('/'));
-        let relative = entry.uri.strip_prefix(&dir_prefix).filter(|r| !r.contains('/'));
         let ty = if entry.storage == Storage::Array {
             ObjectType::Array
         } else {
             ObjectType::Group
         };
-        match relative {
-            Some(rel) => group.add_member(rel, true, &entry.name, ty)?,
-            None => group.add_member(&entry.uri, false, &entry.name, ty)?,
-        }
+        let (uri, relative) = super::members::member_uri(&dir.uri, &entry.uri);
+        group.add_member(&uri, relative, &entry.name, ty)?;
         Ok(())
     }
 
@@ -569,6 +600,7 @@ impl Registry {
                     let child = join(uri, &name);
                     self.free_storage(&child)?;
                 }
+                super::journal::remove_all(&self.vfs, uri)?;
                 Group::remove_own_files(&self.ctx, uri)?;
             }
             ObjectType::Invalid => {}
@@ -590,7 +622,10 @@ impl Registry {
     /// or not), or a plain directory with nothing in it at all.
     pub fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
         match dir.storage {
-            Storage::Group => Ok(Group::open(&self.ctx, &dir.uri, GroupMode::Read)?.members()?.is_empty()),
+            Storage::Group => {
+                let view = self.view(&dir.uri)?;
+                Ok(view.members.is_empty() && view.added.is_empty())
+            }
             Storage::PlainDir => Ok(self.vfs.ls(&dir.uri)?.is_empty()),
             Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),
         }
@@ -609,6 +644,7 @@ impl Registry {
                 }
             }
             Storage::Group => {
+                super::journal::remove_all(&self.vfs, &entry.uri)?;
                 Group::remove_own_files(&self.ctx, &entry.uri)?;
             }
             Storage::Array => tiledb::object_remove(&self.ctx, &entry.uri)?,
@@ -711,36 +747,15 @@ impl Registry {
     /// Changes the members of group `uri` with `f`: one change at a time
     /// per directory within this process (TileDB groups have no locking; two
     /// writers of one group at once can undo each other's removals).
+    /// Recorded new entries are merged first, in a write of their own, so
+    /// the change applies to the list they make.
     fn change_members(&self, uri: &str, f: impl FnOnce(&mut Group) -> Result<()>) -> Result<()> {
-        let lock = self.retiring.dir_lock(uri);
+        let lock = self.upkeep.dir_lock(uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        super::members::merge_journal(&self.ctx, &self.vfs, &self.upkeep, uri)?;
         let mut change = MembersChange::begin(&self.ctx, uri)?;
         f(change.group())?;
-        self.close_changed(change)
-    }
-
-    /// Writes a membership change of a group. Its time is the directory's
-    /// mtime and ctime from then on (see [`Registry::dir_attrs`]); the
-    /// change retires the member-list files it makes redundant (see
-    /// [`MembersChange`]), deleted once their grace period is over.
-    fn close_changed(&self, change: MembersChange) -> Result<()> {
-        let uri = change.uri().to_string();
-        match change.commit()? {
-            Ok(r) => {
-                if r.deleted.files > 0 {
-                    debug!(
-                        "{uri}: deleted {} old member-list files ({} bytes)",
-                        r.deleted.files, r.deleted.bytes
-                    );
-                }
-                if r.pending {
-                    self.retire_later(&uri);
-                }
-            }
-            // Only slower opens follow; the change itself is done.
-            Err(e) => warn!("{uri}: retiring old member-list files failed: {e}"),
-        }
-        Ok(())
+        commit_change(&self.upkeep, change)
     }
 
     /// A change of group `uri` also wrote metadata (a removal's record):
@@ -763,7 +778,7 @@ impl Registry {
         if !due {
             return;
         }
-        let lock = self.retiring.dir_lock(uri);
+        let lock = self.upkeep.dir_lock(uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = Group::consolidate_metadata(&self.ctx, uri) {
             warn!("{uri}: consolidating its metadata failed: {e}");
@@ -776,11 +791,14 @@ impl Registry {
     /// time is read from the member-list files' names, so a change of
     /// entries writes no metadata (each metadata write is one more file
     /// every open reads).
-    fn dir_attrs(&self, uri: &str, group: &Group) -> Result<Attrs> {
+    fn dir_attrs(&self, uri: &str, view: &mut super::members::View) -> Result<Attrs> {
+        let group = match view.group.take() {
+            Some(g) => g,
+            None => Group::open(&self.ctx, uri, GroupMode::Read)?,
+        };
         let mut attrs = Attrs::parse(&group.metadata()?);
-        let lists = tiledb::list_files(&self.ctx, uri)?;
-        self.tidy_if_grown(uri, lists.count);
-        let Some(changed_ms) = lists.newest else {
+        self.tidy_if_grown(uri, view.lists.count());
+        let Some(changed_ms) = view.changed_ms() else {
             return Ok(attrs);
         };
         let changed = changed_ms.saturating_mul(1_000_000);
@@ -867,6 +885,31 @@ impl Registry {
     pub fn array_metadata(&self, uri: &str) -> Result<Vec<(String, MetaValue)>> {
         Ok(self.open_array(uri)?.metadata()?)
     }
+}
+
+/// Writes a membership change of a group. Its time is the directory's
+/// mtime and ctime from then on (see [`Registry::dir_attrs`]); the change
+/// retires the member-list files it makes redundant (see
+/// [`MembersChange`]), deleted once their grace period is over.
+pub(super) fn commit_change(upkeep: &std::sync::Arc<super::compaction::Upkeep>, change: MembersChange) -> Result<()> {
+    let uri = change.uri().to_string();
+    let ctx = change.context().clone();
+    match change.commit()? {
+        Ok(r) => {
+            if r.deleted.files > 0 {
+                debug!(
+                    "{uri}: deleted {} old member-list files ({} bytes)",
+                    r.deleted.files, r.deleted.bytes
+                );
+            }
+            if r.pending {
+                upkeep.retire_later(&ctx, &uri);
+            }
+        }
+        // Only slower opens follow; the change itself is done.
+        Err(e) => warn!("{uri}: retiring old member-list files failed: {e}"),
+    }
+    Ok(())
 }
 
 /// Prefix of the group metadata keys recording entries removed from the

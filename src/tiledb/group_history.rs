@@ -192,8 +192,19 @@ pub struct MembersChange {
 impl MembersChange {
     /// Lists the group's `__group/` folder, then opens it for writing.
     pub fn begin(ctx: &Context, uri: &str) -> Result<Self> {
+        Self::begin_at(ctx, uri, None)
+    }
+
+    /// As [`MembersChange::begin`], the change stamped `timestamp` (ms)
+    /// instead of now: it must be later than every list file there is.
+    pub fn begin_at(ctx: &Context, uri: &str, timestamp: Option<u64>) -> Result<Self> {
         let (before, vacuum_before) = list_folder(&Vfs::new(ctx)?, uri)?;
-        let group = Group::open(ctx, uri, GroupMode::Write)?;
+        // Later than every list there is, even one written this very
+        // millisecond (or by a clock ahead): TileDB orders lists by their
+        // time, and two of one time in no set order.
+        let after_newest = before.last().map_or(0, |f| f.timestamp + 1);
+        let stamp = timestamp.unwrap_or_else(super::now_ms).max(after_newest);
+        let group = Group::open_at(ctx, uri, GroupMode::Write, Some(stamp))?;
         Ok(MembersChange {
             ctx: ctx.clone(),
             uri: uri.to_string(),
@@ -209,6 +220,10 @@ impl MembersChange {
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 
     /// Writes the change (the outer result), then names the list files it
@@ -394,23 +409,50 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
 }
 
 /// The member-list files of a group, from their names alone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFiles {
+    /// Each one's timestamp (ms), oldest first, retired or not.
+    pub timestamps: Vec<u64>,
+    /// A hash of every name in the folder (lists and vacuum files): it
+    /// changes whenever what an open reads may have, and only then (files
+    /// are never rewritten in place).
+    pub fingerprint: u64,
+}
+
+impl ListFiles {
     /// The newest one's timestamp (ms): when the members last changed.
-    pub newest: Option<u64>,
+    pub fn newest(&self) -> Option<u64> {
+        self.timestamps.last().copied()
+    }
+
     /// The oldest one's: the history kept reaches back to it.
-    pub oldest: Option<u64>,
-    /// How many there are, retired or not.
-    pub count: usize,
+    pub fn oldest(&self) -> Option<u64> {
+        self.timestamps.first().copied()
+    }
+
+    pub fn count(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    /// The newest timestamp up to `at` (ms): the list an open as of `at`
+    /// reads last.
+    pub fn newest_until(&self, at: u64) -> Option<u64> {
+        self.timestamps.iter().rev().find(|&&t| t <= at).copied()
+    }
 }
 
 /// The member-list files of the group at `uri` (see [`ListFiles`]).
 pub fn list_files(ctx: &Context, uri: &str) -> Result<ListFiles> {
-    let (files, _) = list_folder(&Vfs::new(ctx)?, uri)?;
+    use std::hash::{Hash, Hasher};
+    let (files, vacuum) = list_folder(&Vfs::new(ctx)?, uri)?;
+    let mut names: Vec<&str> = files.iter().map(|f| last_part(&f.uri)).collect();
+    names.extend(vacuum.iter().map(|v| last_part(v)));
+    names.sort_unstable();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    names.hash(&mut hasher);
     Ok(ListFiles {
-        newest: files.last().map(|f| f.timestamp),
-        oldest: files.first().map(|f| f.timestamp),
-        count: files.len(),
+        timestamps: files.iter().map(|f| f.timestamp).collect(),
+        fingerprint: hasher.finish(),
     })
 }
 

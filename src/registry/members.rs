@@ -1,0 +1,240 @@
+//! What a group directory holds: its member list, read through a cache that
+//! one listing of its `__group/` folder validates (opening a group reads
+//! its whole list, O(entries); the listing is O(1) in them), plus the new
+//! entries its journal records ([`super::journal`]), and the merge of those
+//! into the list.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use log::debug;
+
+use crate::tiledb::{self, Context, Group, GroupMode, ListFiles, Member, MembersChange, ObjectType, Vfs};
+
+use super::compaction::Upkeep;
+use super::error::Result;
+use super::journal::{self, Added};
+use super::tree::Storage;
+use super::uri::{canonical, join};
+
+/// Members the listing cache holds at most, over all directories, unless
+/// set otherwise (`--listing-cache-entries`): about 100 bytes each.
+pub const DEFAULT_LISTING_CACHE_ENTRIES: usize = 200_000;
+
+/// Member lists by directory URI, each valid while the `__group/` folder
+/// lists the same names.
+pub(super) struct MemberCache {
+    map: Mutex<CacheMap>,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct CacheMap {
+    lists: HashMap<String, Cached>,
+    members: usize,
+    clock: u64,
+}
+
+struct Cached {
+    fingerprint: u64,
+    members: Arc<Vec<Member>>,
+    used: u64,
+}
+
+impl Default for MemberCache {
+    fn default() -> Self {
+        MemberCache::new(DEFAULT_LISTING_CACHE_ENTRIES)
+    }
+}
+
+impl MemberCache {
+    pub(super) fn new(limit: usize) -> Self {
+        MemberCache {
+            map: Mutex::default(),
+            limit,
+        }
+    }
+
+    fn get(&self, uri: &str, fingerprint: u64) -> Option<Arc<Vec<Member>>> {
+        let mut m = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        m.clock += 1;
+        let now = m.clock;
+        let c = m.lists.get_mut(uri).filter(|c| c.fingerprint == fingerprint)?;
+        c.used = now;
+        Some(c.members.clone())
+    }
+
+    fn put(&self, uri: &str, fingerprint: u64, members: Arc<Vec<Member>>) {
+        if members.len() > self.limit {
+            return;
+        }
+        let mut m = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        m.clock += 1;
+        let used = m.clock;
+        let n = members.len();
+        if let Some(old) = m.lists.insert(
+            uri.to_string(),
+            Cached {
+                fingerprint,
+                members,
+                used,
+            },
+        ) {
+            m.members -= old.members.len();
+        }
+        m.members += n;
+        // Least recently used first, until within the limit.
+        while m.members > self.limit {
+            let Some(oldest) = m.lists.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            if let Some(c) = m.lists.remove(&oldest) {
+                m.members -= c.members.len();
+            }
+        }
+    }
+}
+
+/// A group directory as a reader sees it.
+pub(super) struct View {
+    pub members: Arc<Vec<Member>>,
+    pub lists: ListFiles,
+    /// Recorded new entries not in `members` yet, oldest first.
+    pub added: Vec<Added>,
+    /// Record files already merged (or made pointless by a later change).
+    pub stale: Vec<String>,
+    /// The group, when reading the view opened it.
+    pub group: Option<Group>,
+}
+
+impl View {
+    /// When its entries last changed (ms).
+    pub fn changed_ms(&self) -> Option<u64> {
+        self.added.last().map(|a| a.time).max(self.lists.newest())
+    }
+}
+
+/// Group `uri` as of now, or as of `at` (ms) for a snapshot (whose context
+/// opens groups as of then).
+pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u64>) -> Result<View> {
+    // Records first: one deleted before the lists are listed was merged
+    // into one of them.
+    let records = upkeep.parsed.read(vfs, uri)?;
+    let (members, lists, group) = match at {
+        Some(_) => {
+            let g = Group::open(ctx, uri, GroupMode::Read)?;
+            (Arc::new(g.members()?), tiledb::list_files(ctx, uri)?, Some(g))
+        }
+        None => cached_members(ctx, upkeep, uri)?,
+    };
+    let newest = match at {
+        Some(at) => lists.newest_until(at),
+        None => lists.newest(),
+    }
+    .unwrap_or(0);
+    let (added, stale): (Vec<Added>, Vec<Added>) = records
+        .into_iter()
+        .filter(|a| at.is_none_or(|at| a.time <= at))
+        .partition(|a| a.time > newest);
+    Ok(View {
+        members,
+        lists,
+        added,
+        stale: stale.into_iter().map(|a| a.file).collect(),
+        group,
+    })
+}
+
+/// The current member list of group `uri`, its lists as listed just before
+/// it was read, and the group if it was opened: from the cache when the
+/// lists match, else read (and cached if the folder did not change
+/// meanwhile).
+fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Vec<Member>>, ListFiles, Option<Group>)> {
+    let mut attempt = 0;
+    loop {
+        let lists = tiledb::list_files(ctx, uri)?;
+        if let Some(m) = upkeep.members.get(uri, lists.fingerprint) {
+            return Ok((m, lists, None));
+        }
+        let group = Group::open(ctx, uri, GroupMode::Read)?;
+        let members = Arc::new(group.members()?);
+        let after = tiledb::list_files(ctx, uri)?;
+        if after.fingerprint == lists.fingerprint {
+            upkeep.members.put(uri, lists.fingerprint, members.clone());
+            return Ok((members, lists, Some(group)));
+        }
+        attempt += 1;
+        if attempt == 3 {
+            // Changing under every read: the list read lies between the
+            // two listings; the earlier one may show an entry merged since
+            // twice, never miss one.
+            return Ok((members, lists, Some(group)));
+        }
+    }
+}
+
+/// The member URI group `dir_uri` stores for an entry at `uri`: relative
+/// when it lies right in the group's folder.
+pub(super) fn member_uri(dir_uri: &str, uri: &str) -> (String, bool) {
+    let dir_prefix = format!("{}/", dir_uri.trim_end_matches('/'));
+    match uri.strip_prefix(&dir_prefix).filter(|r| !r.contains('/')) {
+        Some(rel) => (rel.to_string(), true),
+        None => (uri.to_string(), false),
+    }
+}
+
+/// The absolute URI of a recorded entry of directory `dir_uri`.
+pub(super) fn added_uri(dir_uri: &str, a: &Added) -> String {
+    if a.relative { join(dir_uri, &a.uri) } else { a.uri.clone() }
+}
+
+fn object_type(storage: Storage) -> ObjectType {
+    if storage == Storage::Array {
+        ObjectType::Array
+    } else {
+        ObjectType::Group
+    }
+}
+
+/// Merges directory `uri`'s recorded new entries into its member list in
+/// one group write, stamped with the newest record's time (so the
+/// directory's mtime stays when it was changed), then deletes the records.
+/// The caller holds the directory's lock. Returns how many were merged.
+pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri: &str) -> Result<usize> {
+    let v = view(ctx, vfs, upkeep, uri, None)?;
+    let mut files = v.stale.clone();
+    files.extend(v.added.iter().map(|a| a.file.clone()));
+    let Some(stamp) = v.added.last().map(|a| a.time) else {
+        journal::remove(vfs, &files)?;
+        return Ok(0);
+    };
+    // The last record of a name wins; one the list already holds is done.
+    let mut last: HashMap<&str, &Added> = HashMap::new();
+    for a in &v.added {
+        last.insert(a.name.as_str(), a);
+    }
+    let mut todo: Vec<&Added> = last
+        .into_values()
+        .filter(|a| {
+            let want = added_uri(uri, a);
+            !v.members.iter().any(|m| {
+                m.name.as_deref() == Some(a.name.as_str()) && canonical(&m.uri) == canonical(&want)
+            })
+        })
+        .collect();
+    todo.sort_by_key(|a| a.time);
+    if !todo.is_empty() {
+        let mut change = MembersChange::begin_at(ctx, uri, Some(stamp))?;
+        let g = change.group();
+        for a in &todo {
+            if v.members.iter().any(|m| m.name.as_deref() == Some(a.name.as_str())) {
+                g.remove_member(&a.name)?;
+            }
+            g.add_member(&a.uri, a.relative, &a.name, object_type(a.storage))?;
+        }
+        super::tree::commit_change(upkeep, change)?;
+    }
+    journal::remove(vfs, &files)?;
+    debug!("{uri}: merged {} new entries into its member list", todo.len());
+    Ok(todo.len())
+}
