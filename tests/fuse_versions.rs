@@ -209,6 +209,7 @@ fn a_snapshot_mount_shows_the_tree_as_it_was() {
     // storage: a snapshot from before still shows it.
     let group_uri = storage_uri(&format!("{reg}/m"));
     let ctx = Context::new().unwrap();
+    wait_member(&group_uri, "dropped.txt");
     let mut group = Group::open(&ctx, &group_uri, GroupMode::Write).unwrap();
     group.remove_member("dropped.txt").unwrap();
     group.close().unwrap();

@@ -7,16 +7,16 @@
 //! once, and merges the records into the member list in the background,
 //! many per group write ([`super::Registry::merge_journal`]).
 //!
-//! A record counts while its time is later than the group's newest member
-//! list: the merge stamps the list it writes with the newest record's time,
-//! and deletes the records after, so a record still there once merged is
-//! ignored, as is one whose entry a later change removed. Readers list the
-//! records before the group's lists, so a record deleted in between was
-//! merged into a list they see. Records are written only while holding
-//! the directory's lock, stamped after the newest list, so a merge never
-//! writes a list that hides a record it did not read. TileDB tools reading
-//! the group see an entry once it is merged (within a second in a mount;
-//! `modelfs compact` merges what a stopped mount left).
+//! A merge writes the member list (stamped with its newest record's time,
+//! so the directory's mtime stays when it changed), then a marker file
+//! naming the records it merged and that time. A record no marker names
+//! counts; one merged does not, even if a later change removed its entry.
+//! A snapshot as of T counts the records made by T that were not merged by
+//! T, so it shows the entries exactly. Records and markers are deleted
+//! once their list is older than the oldest list kept as history
+//! ([`crate::tiledb::HISTORY_KEPT`]). TileDB tools reading the group see an
+//! entry once it is merged (within a second in a mount; `modelfs compact`
+//! merges what a stopped mount left).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +32,7 @@ use super::tree::Storage;
 /// The folder inside a group's folder holding its records.
 pub(super) const JOURNAL_DIR: &str = "__modelfs_journal";
 const RECORD_SUFFIX: &str = ".json";
+const MARKER_SUFFIX: &str = ".merged";
 
 /// One entry added to a directory and not yet merged (maybe).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,25 @@ pub(super) struct Added {
     pub uri: String,
     pub relative: bool,
     pub storage: Storage,
+    /// The time of the member list that merged it, if one did.
+    pub merged: Option<u64>,
+}
+
+/// A directory's journal as listed.
+#[derive(Debug, Default)]
+pub(super) struct Journal {
+    /// Records, oldest first.
+    pub added: Vec<Added>,
+    /// Marker files with the time of the list each wrote, and the record
+    /// files each names.
+    pub markers: Vec<Marker>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Marker {
+    pub file: String,
+    pub time: u64,
+    pub records: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,12 +81,16 @@ pub(super) fn journal_dir(dir_uri: &str) -> String {
 }
 
 fn record_name(time: u64) -> String {
+    timed_name(time, RECORD_SUFFIX)
+}
+
+fn timed_name(time: u64, suffix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let salt = (u64::from(nanos) << 20) ^ u64::from(std::process::id()) ^ rand_bits();
-    format!("{time:013}_{salt:016x}{RECORD_SUFFIX}")
+    format!("{time:013}_{salt:016x}{suffix}")
 }
 
 /// A few bits that differ between calls within one nanosecond and process.
@@ -76,11 +100,34 @@ fn rand_bits() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The time a record's file name carries.
-fn record_time(file: &str) -> Option<u64> {
-    let name = file.trim_end_matches('/').rsplit('/').next()?;
-    let stem = name.strip_suffix(RECORD_SUFFIX)?;
+fn last_part(file: &str) -> &str {
+    file.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}
+
+/// The time a record's or marker's file name carries.
+fn name_time(file: &str, suffix: &str) -> Option<u64> {
+    let stem = last_part(file).strip_suffix(suffix)?;
     stem.split('_').next()?.parse().ok()
+}
+
+fn record_time(file: &str) -> Option<u64> {
+    name_time(file, RECORD_SUFFIX)
+}
+
+/// Writes the marker of a merge into the list of `time` (ms) of the
+/// records `files`.
+pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, files: &[String]) -> Result<()> {
+    let lines: String = files.iter().map(|f| format!("{}\n", last_part(f))).collect();
+    let file = format!("{}/{}", journal_dir(dir_uri), timed_name(time, MARKER_SUFFIX));
+    vfs.write_file(&file, lines.as_bytes())?;
+    Ok(())
+}
+
+/// A parsed journal file (they never change).
+#[derive(Clone)]
+enum Parsed1 {
+    Record(Added),
+    Marker(Marker),
 }
 
 /// Records that entry `name` (member URI `uri`, relative to the directory
@@ -113,7 +160,7 @@ pub(super) fn write(
 /// directory: the listing tells which are still there.
 #[derive(Default)]
 pub(super) struct Parsed {
-    by_dir: Mutex<HashMap<String, HashMap<String, Added>>>,
+    by_dir: Mutex<HashMap<String, HashMap<String, Parsed1>>>,
 }
 
 /// Directories whose parsed records are kept at most; beyond that the
@@ -121,10 +168,10 @@ pub(super) struct Parsed {
 const PARSED_DIRS: usize = 4096;
 
 impl Parsed {
-    /// The records in directory `dir_uri`, oldest first. One that cannot
-    /// be read yet (being written on a local disk) or at all is left out
-    /// with a warning; one deleted since the listing was merged.
-    pub(super) fn read(&self, vfs: &Vfs, dir_uri: &str) -> Result<Vec<Added>> {
+    /// The journal of directory `dir_uri`. A file that cannot be read yet
+    /// (being written on a local disk) or at all is left out with a
+    /// warning; one deleted since the listing is left out.
+    pub(super) fn read(&self, vfs: &Vfs, dir_uri: &str) -> Result<Journal> {
         let folder = journal_dir(dir_uri);
         let files = match vfs.ls(&folder) {
             Ok(f) => f,
@@ -139,9 +186,13 @@ impl Parsed {
             .unwrap_or_default();
         let mut now = HashMap::new();
         for file in files {
-            let Some(time) = record_time(&file) else { continue };
-            if let Some(a) = known.remove(&file) {
-                now.insert(file, a);
+            let (record, time) = match (record_time(&file), name_time(&file, MARKER_SUFFIX)) {
+                (Some(t), _) => (true, t),
+                (None, Some(t)) => (false, t),
+                (None, None) => continue,
+            };
+            if let Some(p) = known.remove(&file) {
+                now.insert(file, p);
                 continue;
             }
             let bytes = match vfs.read_file(&file) {
@@ -149,6 +200,16 @@ impl Parsed {
                 Err(_) if !vfs.is_file(&file)? => continue,
                 Err(e) => return Err(e.into()),
             };
+            if !record {
+                let records = String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect();
+                let m = Marker {
+                    file: file.clone(),
+                    time,
+                    records,
+                };
+                now.insert(file, Parsed1::Marker(m));
+                continue;
+            }
             match serde_json::from_slice::<Body>(&bytes) {
                 Ok(b) => {
                     let added = Added {
@@ -158,14 +219,30 @@ impl Parsed {
                         uri: b.uri,
                         relative: b.relative,
                         storage: if b.dir { Storage::Group } else { Storage::Array },
+                        merged: None,
                     };
-                    now.insert(file, added);
+                    now.insert(file, Parsed1::Record(added));
                 }
                 Err(e) => warn!("{file}: not a record of a new entry ({e}); ignored"),
             }
         }
-        let mut out: Vec<Added> = now.values().cloned().collect();
-        out.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
+        let mut out = Journal::default();
+        for p in now.values() {
+            match p {
+                Parsed1::Record(a) => out.added.push(a.clone()),
+                Parsed1::Marker(m) => out.markers.push(m.clone()),
+            }
+        }
+        let merged: HashMap<&str, u64> = out
+            .markers
+            .iter()
+            .flat_map(|m| m.records.iter().map(move |r| (r.as_str(), m.time)))
+            .collect();
+        for a in &mut out.added {
+            a.merged = merged.get(last_part(&a.file)).copied();
+        }
+        out.added.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
+        out.markers.sort_by_key(|m| m.time);
         let mut by_dir = self.by_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if by_dir.len() >= PARSED_DIRS {
             by_dir.clear();
@@ -177,8 +254,22 @@ impl Parsed {
     }
 }
 
-/// Deletes the record files `files`; one already gone is no error.
-pub(super) fn remove(vfs: &Vfs, files: &[String]) -> Result<()> {
+/// Deletes the markers of merges into lists older than `horizon` (ms),
+/// and the records they name, which no reader counts any more: the
+/// current lists hold them, and snapshots before the oldest kept list
+/// cannot be exact anyway.
+pub(super) fn forget_before(vfs: &Vfs, dir_uri: &str, journal: &Journal, horizon: u64) -> Result<()> {
+    let folder = journal_dir(dir_uri);
+    for m in journal.markers.iter().filter(|m| m.time < horizon) {
+        let records: Vec<String> = m.records.iter().map(|r| format!("{folder}/{r}")).collect();
+        remove(vfs, &records)?;
+        remove(vfs, std::slice::from_ref(&m.file))?;
+    }
+    Ok(())
+}
+
+/// Deletes the files `files`; one already gone is no error.
+fn remove(vfs: &Vfs, files: &[String]) -> Result<()> {
     for f in files {
         if let Err(e) = vfs.remove_file(f)
             && vfs.is_file(f)?

@@ -21,6 +21,36 @@ use super::uri::{canonical, join};
 /// set otherwise (`--listing-cache-entries`): about 100 bytes each.
 pub const DEFAULT_LISTING_CACHE_ENTRIES: usize = 200_000;
 
+/// A group's member list, with its members by name.
+pub(super) struct Members {
+    pub list: Vec<Member>,
+    /// Canonical URI by name.
+    by_name: HashMap<String, String>,
+}
+
+impl Members {
+    fn new(list: Vec<Member>) -> Self {
+        let by_name = list
+            .iter()
+            .filter_map(|m| Some((m.name.clone()?, canonical(&m.uri).to_string())))
+            .collect();
+        Members { list, by_name }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn has_name(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Whether a member named `name` names `uri`.
+    fn holds(&self, name: &str, uri: &str) -> bool {
+        self.by_name.get(name).is_some_and(|u| u == canonical(uri))
+    }
+}
+
 /// Member lists by directory URI, each valid while the `__group/` folder
 /// lists the same names.
 pub(super) struct MemberCache {
@@ -37,7 +67,7 @@ struct CacheMap {
 
 struct Cached {
     fingerprint: u64,
-    members: Arc<Vec<Member>>,
+    members: Arc<Members>,
     used: u64,
 }
 
@@ -55,7 +85,7 @@ impl MemberCache {
         }
     }
 
-    fn get(&self, uri: &str, fingerprint: u64) -> Option<Arc<Vec<Member>>> {
+    fn get(&self, uri: &str, fingerprint: u64) -> Option<Arc<Members>> {
         let mut m = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         m.clock += 1;
         let now = m.clock;
@@ -64,7 +94,7 @@ impl MemberCache {
         Some(c.members.clone())
     }
 
-    fn put(&self, uri: &str, fingerprint: u64, members: Arc<Vec<Member>>) {
+    fn put(&self, uri: &str, fingerprint: u64, members: Arc<Members>) {
         if members.len() > self.limit {
             return;
         }
@@ -97,12 +127,12 @@ impl MemberCache {
 
 /// A group directory as a reader sees it.
 pub(super) struct View {
-    pub members: Arc<Vec<Member>>,
+    pub members: Arc<Members>,
     pub lists: ListFiles,
     /// Recorded new entries not in `members` yet, oldest first.
     pub added: Vec<Added>,
-    /// Record files already merged (or made pointless by a later change).
-    pub stale: Vec<String>,
+    /// The journal they come from.
+    pub journal: journal::Journal,
     /// The group, when reading the view opened it.
     pub group: Option<Group>,
 }
@@ -119,28 +149,28 @@ impl View {
 pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u64>) -> Result<View> {
     // Records first: one deleted before the lists are listed was merged
     // into one of them.
-    let records = upkeep.parsed.read(vfs, uri)?;
+    let journal = upkeep.parsed.read(vfs, uri)?;
     let (members, lists, group) = match at {
         Some(_) => {
             let g = Group::open(ctx, uri, GroupMode::Read)?;
-            (Arc::new(g.members()?), tiledb::list_files(ctx, uri)?, Some(g))
+            (Arc::new(Members::new(g.members()?)), tiledb::list_files(ctx, uri)?, Some(g))
         }
         None => cached_members(ctx, upkeep, uri)?,
     };
-    let newest = match at {
-        Some(at) => lists.newest_until(at),
-        None => lists.newest(),
-    }
-    .unwrap_or(0);
-    let (added, stale): (Vec<Added>, Vec<Added>) = records
-        .into_iter()
-        .filter(|a| at.is_none_or(|at| a.time <= at))
-        .partition(|a| a.time > newest);
+    let added = journal
+        .added
+        .iter()
+        .filter(|a| match at {
+            None => a.merged.is_none(),
+            Some(at) => a.time <= at && a.merged.is_none_or(|m| m > at),
+        })
+        .cloned()
+        .collect();
     Ok(View {
         members,
         lists,
         added,
-        stale: stale.into_iter().map(|a| a.file).collect(),
+        journal,
         group,
     })
 }
@@ -149,7 +179,7 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
 /// it was read, and the group if it was opened: from the cache when the
 /// lists match, else read (and cached if the folder did not change
 /// meanwhile).
-fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Vec<Member>>, ListFiles, Option<Group>)> {
+fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Members>, ListFiles, Option<Group>)> {
     let mut attempt = 0;
     loop {
         let lists = tiledb::list_files(ctx, uri)?;
@@ -157,7 +187,7 @@ fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Vec<
             return Ok((m, lists, None));
         }
         let group = Group::open(ctx, uri, GroupMode::Read)?;
-        let members = Arc::new(group.members()?);
+        let members = Arc::new(Members::new(group.members()?));
         let after = tiledb::list_files(ctx, uri)?;
         if after.fingerprint == lists.fingerprint {
             upkeep.members.put(uri, lists.fingerprint, members.clone());
@@ -183,9 +213,15 @@ pub(super) fn member_uri(dir_uri: &str, uri: &str) -> (String, bool) {
     }
 }
 
-/// The absolute URI of a recorded entry of directory `dir_uri`.
+/// The absolute URI of a recorded entry of directory `dir_uri`,
+/// spelled as TileDB spells its members (local paths as `file://` URIs),
+/// so an entry's URI does not change when it is merged.
 pub(super) fn added_uri(dir_uri: &str, a: &Added) -> String {
-    if a.relative { join(dir_uri, &a.uri) } else { a.uri.clone() }
+    let uri = if a.relative { join(dir_uri, &a.uri) } else { a.uri.clone() };
+    if super::uri::is_local(&uri) && !uri.starts_with("file://") {
+        return format!("file://{}", super::uri::normalize(&uri));
+    }
+    uri
 }
 
 fn object_type(storage: Storage) -> ObjectType {
@@ -202,39 +238,39 @@ fn object_type(storage: Storage) -> ObjectType {
 /// The caller holds the directory's lock. Returns how many were merged.
 pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri: &str) -> Result<usize> {
     let v = view(ctx, vfs, upkeep, uri, None)?;
-    let mut files = v.stale.clone();
-    files.extend(v.added.iter().map(|a| a.file.clone()));
-    let Some(stamp) = v.added.last().map(|a| a.time) else {
-        journal::remove(vfs, &files)?;
-        return Ok(0);
-    };
-    // The last record of a name wins; one the list already holds is done.
-    let mut last: HashMap<&str, &Added> = HashMap::new();
-    for a in &v.added {
-        last.insert(a.name.as_str(), a);
-    }
-    let mut todo: Vec<&Added> = last
-        .into_values()
-        .filter(|a| {
-            let want = added_uri(uri, a);
-            !v.members.iter().any(|m| {
-                m.name.as_deref() == Some(a.name.as_str()) && canonical(&m.uri) == canonical(&want)
-            })
-        })
-        .collect();
-    todo.sort_by_key(|a| a.time);
-    if !todo.is_empty() {
-        let mut change = MembersChange::begin_at(ctx, uri, Some(stamp))?;
-        let g = change.group();
-        for a in &todo {
-            if v.members.iter().any(|m| m.name.as_deref() == Some(a.name.as_str())) {
-                g.remove_member(&a.name)?;
-            }
-            g.add_member(&a.uri, a.relative, &a.name, object_type(a.storage))?;
+    let mut merged = 0;
+    if let Some(newest) = v.added.last().map(|a| a.time) {
+        // The last record of a name wins; one the list holds already (a
+        // merge that stopped before its marker) needs no write.
+        let mut last: HashMap<&str, &Added> = HashMap::new();
+        for a in &v.added {
+            last.insert(a.name.as_str(), a);
         }
-        super::tree::commit_change(upkeep, change)?;
+        let mut todo: Vec<&Added> = last
+            .into_values()
+            .filter(|a| !v.members.holds(&a.name, &added_uri(uri, a)))
+            .collect();
+        todo.sort_by_key(|a| a.time);
+        let mut stamp = newest;
+        if !todo.is_empty() {
+            let mut change = MembersChange::begin_at(ctx, uri, Some(newest))?;
+            stamp = change.stamp();
+            let g = change.group();
+            for a in &todo {
+                if v.members.has_name(&a.name) {
+                    g.remove_member(&a.name)?;
+                }
+                g.add_member(&a.uri, a.relative, &a.name, object_type(a.storage))?;
+            }
+            super::tree::commit_change(upkeep, change)?;
+        }
+        let files: Vec<String> = v.added.iter().map(|a| a.file.clone()).collect();
+        journal::write_marker(vfs, uri, stamp, &files)?;
+        merged = todo.len();
+        debug!("{uri}: merged {merged} new entries into its member list");
     }
-    journal::remove(vfs, &files)?;
-    debug!("{uri}: merged {} new entries into its member list", todo.len());
-    Ok(todo.len())
+    if let Some(oldest) = v.lists.oldest() {
+        journal::forget_before(vfs, uri, &v.journal, oldest)?;
+    }
+    Ok(merged)
 }

@@ -222,7 +222,11 @@ impl Registry {
 
     /// Group `uri` as this registry reads it: its member list (cached while
     /// its list files stay the same) and the new entries recorded beside.
+    /// Read under the directory's lock, so that no change of this process
+    /// lands between its records' listing and its lists'.
     fn view(&self, uri: &str) -> Result<super::members::View> {
+        let lock = self.upkeep.dir_lock(uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         super::members::view(&self.ctx, &self.vfs, &self.upkeep, uri, self.at)
     }
 
@@ -231,7 +235,7 @@ impl Registry {
     /// [`tiledb::HISTORY_KEPT`]), those of its oldest kept list that
     /// existed at the snapshot's time, with a warning.
     fn group_entries(&self, dir: &Entry, view: &super::members::View) -> Result<Vec<Entry>> {
-        let mut out = self.members_shown(dir, &view.members)?;
+        let mut out = self.members_shown(dir, &view.members.list)?;
         for a in &view.added {
             if let Some(reason) = invalid_name_reason(&a.name) {
                 warn!("{}: new entry {:?} left out: name {reason}", dir.uri, a.name);
@@ -624,7 +628,7 @@ impl Registry {
         match dir.storage {
             Storage::Group => {
                 let view = self.view(&dir.uri)?;
-                Ok(view.members.is_empty() && view.added.is_empty())
+                Ok(view.members.list.is_empty() && view.added.is_empty())
             }
             Storage::PlainDir => Ok(self.vfs.ls(&dir.uri)?.is_empty()),
             Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),

@@ -184,6 +184,7 @@ pub const HISTORY_KEPT: usize = 16;
 pub struct MembersChange {
     ctx: Context,
     uri: String,
+    stamp: u64,
     group: Group,
     before: Vec<ListFile>,
     vacuum_before: Vec<String>,
@@ -208,6 +209,7 @@ impl MembersChange {
         Ok(MembersChange {
             ctx: ctx.clone(),
             uri: uri.to_string(),
+            stamp,
             group,
             before,
             vacuum_before,
@@ -224,6 +226,11 @@ impl MembersChange {
 
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// The time (ms) the change's list file is stamped with.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Writes the change (the outer result), then names the list files it

@@ -315,3 +315,19 @@ impl Drop for MountGuard {
         }
     }
 }
+
+/// Waits until group `group_uri` names member `name` for TileDB tools: a
+/// mount records new entries first and merges them into the member list
+/// within a second (the README's "Scale" section).
+pub fn wait_member(group_uri: &str, name: &str) {
+    let ctx = modelfs::tiledb::Context::new().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let g = modelfs::tiledb::Group::open(&ctx, group_uri, modelfs::tiledb::GroupMode::Read).unwrap();
+        if g.members().unwrap().iter().any(|m| m.name.as_deref() == Some(name)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{group_uri}: {name} not merged in 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
