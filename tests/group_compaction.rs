@@ -362,6 +362,7 @@ fn listing_race(with_compactor: bool) {
         c.join().unwrap();
     }
     assert!(listings > 5, "only {listings} listings raced the changes");
+    wait_merged(&dir.uri);
     let expected: BTreeSet<String> = (0..rounds)
         .filter(|&i| !removes(i))
         .map(|i| format!("e{i:04}"))
@@ -426,10 +427,13 @@ fn an_open_as_of_a_recent_time_sees_the_members_of_then() {
     };
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     assert_eq!(at(then), names(&["e0", "e1", "e2", "e3"]));
+    wait_merged(&dir.uri);
     assert_eq!(fresh_names(&dir.uri), names(&["e0", "e2", "e3", "e4", "e5"]));
-    // Older than the kept history: the lists of then are gone.
+    // Older than the kept history: the lists of then are gone. (New
+    // entries are merged a burst at a time: one list each, here.)
     for i in 6..(7 + tiledb::HISTORY_KEPT) {
         reg.mkdir(&dir, &format!("e{i}"), &Attrs::default()).unwrap();
+        wait_merged(&dir.uri);
     }
     std::thread::sleep(tiledb::RETIRE_GRACE * 3);
     assert!(at(then).is_empty(), "history older than the kept lists is gone");
@@ -439,4 +443,121 @@ fn an_open_as_of_a_recent_time_sees_the_members_of_then() {
     let shown: BTreeSet<String> = snapshot.list(&dir).unwrap().into_iter().map(|e| e.name).collect();
     assert!(shown.contains("e0") && shown.contains("e2"), "{shown:?}");
     assert_eq!(fresh_names(&dir.uri).len(), 5 + tiledb::HISTORY_KEPT + 1);
+}
+
+/// The records of new entries in directory `uri` not merged yet, as a
+/// fresh registry (nothing cached) sees them: what it lists beyond what
+/// TileDB's own member list holds.
+fn unmerged(uri: &str) -> BTreeSet<String> {
+    let listed = names(&registry(), &group_at(uri));
+    let members = fresh_names(uri);
+    listed.difference(&members).cloned().collect()
+}
+
+fn wait_merged(uri: &str) {
+    let start = std::time::Instant::now();
+    while !unmerged(uri).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not merged: {:?}",
+            unmerged(uri)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// In a mount, a new entry is a record beside the member list: adding one
+/// writes no member list (what made a `mkdir` cost O(entries)), shows at
+/// once to every reader, and is merged into the member list soon after,
+/// where TileDB tools see it.
+#[test]
+fn new_entries_are_recorded_then_merged_into_the_member_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = mount_registry();
+    let dir = root(&reg, tmp.path());
+    reg.mkdir(&dir, "first", &Attrs::default()).unwrap();
+    wait_merged(&dir.uri);
+    let (lists_before, _) = list_folder(&dir.uri);
+    let made: BTreeSet<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    for name in &made {
+        reg.mkdir(&dir, name, &Attrs::default()).unwrap();
+    }
+    // No list written by the adds themselves (a merge may have begun).
+    let (lists_now, _) = list_folder(&dir.uri);
+    assert!(
+        lists_now.len() <= lists_before.len() + 1,
+        "{} list files after 20 adds, {} before",
+        lists_now.len(),
+        lists_before.len()
+    );
+    let mut expected = made.clone();
+    expected.insert("first".into());
+    assert_eq!(
+        names(&registry(), &dir),
+        expected,
+        "a fresh reader lists every new entry"
+    );
+    wait_merged(&dir.uri);
+    assert_eq!(fresh_names(&dir.uri), expected);
+    // Merged in a few group writes, not one per entry.
+    let (lists_after, _) = list_folder(&dir.uri);
+    assert!(lists_after.len() < lists_before.len() + 10, "{lists_after:?}");
+}
+
+/// A TileDB tool changing the group while new entries wait to be merged
+/// (its list is newer than their records) loses none of them.
+#[test]
+fn a_tool_writing_the_group_while_entries_wait_loses_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = mount_registry();
+    let dir = root(&reg, tmp.path());
+    reg.mkdir(&dir, "a", &Attrs::default()).unwrap();
+    reg.mkdir(&dir, "b", &Attrs::default()).unwrap();
+    let ctx = Context::new().unwrap();
+    let other = format!("{}/made-elsewhere", dir.uri);
+    Group::create(&ctx, &other).unwrap();
+    let mut g = Group::open(&ctx, &dir.uri, GroupMode::Write).unwrap();
+    g.add_member("made-elsewhere", true, "ext", ObjectType::Group).unwrap();
+    g.close().unwrap();
+    let expected: BTreeSet<String> = ["a", "b", "ext"].map(String::from).into();
+    assert_eq!(names(&registry(), &dir), expected);
+    wait_merged(&dir.uri);
+    assert_eq!(fresh_names(&dir.uri), expected);
+}
+
+/// A mount killed before it merged its new entries loses none: every
+/// reader lists them from their records, and `modelfs compact` (or the
+/// next change) merges them.
+#[test]
+fn entries_a_killed_mount_did_not_merge_show_and_compact_merges_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg_uri, mnt) = mounted(tmp.path(), &[]);
+    let made: BTreeSet<String> = (0..15).map(|i| format!("k{i:02}")).collect();
+    for name in &made {
+        std::fs::create_dir(mnt.dir.join(name)).unwrap();
+    }
+    std::fs::write(mnt.dir.join("k-file.txt"), b"recorded").unwrap();
+    // Within the merge delay.
+    std::process::Command::new("kill")
+        .args(["-9", &mnt.pid().to_string()])
+        .status()
+        .unwrap();
+    drop(mnt);
+    let reg = registry();
+    let dir = reg.resolve(&reg_uri).unwrap().unwrap();
+    let listed = names(&reg, &dir);
+    assert!(made.is_subset(&listed) && listed.contains("k-file.txt"), "{listed:?}");
+    let waiting = unmerged(&dir.uri);
+    let out = modelfs_ok(&["compact", &reg_uri, "--grace", "0"]);
+    if !waiting.is_empty() {
+        assert!(out.contains("new entries merged"), "{out}");
+    }
+    assert!(unmerged(&dir.uri).is_empty());
+    let members = fresh_names(&dir.uri);
+    assert!(
+        made.is_subset(&members) && members.contains("k-file.txt"),
+        "{members:?}"
+    );
+    let again = MountGuard::new(&reg_uri, &tmp.path().join("again"), &[]);
+    assert_eq!(std::fs::read(again.dir.join("k-file.txt")).unwrap(), b"recorded");
 }

@@ -298,7 +298,10 @@ mod tests {
         let a = record_name(1_796_207_933_572);
         let b = record_name(1_796_207_933_572);
         assert_ne!(a, b);
-        assert_eq!(record_time(&format!("s3://b/d/{JOURNAL_DIR}/{a}")), Some(1_796_207_933_572));
+        assert_eq!(
+            record_time(&format!("s3://b/d/{JOURNAL_DIR}/{a}")),
+            Some(1_796_207_933_572)
+        );
         assert_eq!(record_time("file:///d/__modelfs_journal/x.tmp"), None);
         // Zero-padded: names sort as their times do.
         assert!(record_name(99) < record_name(100));

@@ -153,7 +153,11 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
     let (members, lists, group) = match at {
         Some(_) => {
             let g = Group::open(ctx, uri, GroupMode::Read)?;
-            (Arc::new(Members::new(g.members()?)), tiledb::list_files(ctx, uri)?, Some(g))
+            (
+                Arc::new(Members::new(g.members()?)),
+                tiledb::list_files(ctx, uri)?,
+                Some(g),
+            )
         }
         None => cached_members(ctx, upkeep, uri)?,
     };
@@ -217,7 +221,11 @@ pub(super) fn member_uri(dir_uri: &str, uri: &str) -> (String, bool) {
 /// spelled as TileDB spells its members (local paths as `file://` URIs),
 /// so an entry's URI does not change when it is merged.
 pub(super) fn added_uri(dir_uri: &str, a: &Added) -> String {
-    let uri = if a.relative { join(dir_uri, &a.uri) } else { a.uri.clone() };
+    let uri = if a.relative {
+        join(dir_uri, &a.uri)
+    } else {
+        a.uri.clone()
+    };
     if super::uri::is_local(&uri) && !uri.starts_with("file://") {
         return format!("file://{}", super::uri::normalize(&uri));
     }

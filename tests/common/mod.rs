@@ -327,7 +327,10 @@ pub fn wait_member(group_uri: &str, name: &str) {
         if g.members().unwrap().iter().any(|m| m.name.as_deref() == Some(name)) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{group_uri}: {name} not merged in 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{group_uri}: {name} not merged in 10 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
