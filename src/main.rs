@@ -125,6 +125,11 @@ enum Command {
         /// cache time). Changes made by other writers show after this.
         #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
         metadata_ttl: f64,
+        /// Most directory members kept in memory over all directories, so
+        /// that a change or a name check in a large directory does not read
+        /// its whole member list again (about 100 bytes each; 0 keeps none).
+        #[arg(long, default_value_t = modelfs::registry::DEFAULT_LISTING_CACHE_ENTRIES)]
+        listing_cache_entries: usize,
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
@@ -394,6 +399,7 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             cache_size,
             metadata_ttl,
+            listing_cache_entries,
             allow_other,
             staging_dir,
             staging_limit,
@@ -413,6 +419,7 @@ fn run(cli: Cli) -> Result<()> {
             threads: threads as usize,
             cache_bytes: cache_size,
             metadata_ttl: std::time::Duration::from_secs_f64(metadata_ttl),
+            listing_cache_entries,
             allow_other,
             staging_dir,
             staging_limit,

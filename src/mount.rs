@@ -34,6 +34,7 @@ pub struct Args {
     pub threads: usize,
     pub cache_bytes: u64,
     pub metadata_ttl: std::time::Duration,
+    pub listing_cache_entries: usize,
     pub allow_other: bool,
     pub staging_dir: Option<PathBuf>,
     pub staging_limit: u64,
@@ -108,6 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         registry = Registry::snapshot(crate::tiledb_config(&args.tiledb_config)?, t)
             .with_context(|| format!("snapshot of {}", args.registry))?;
     }
+    registry.set_listing_cache_entries(args.listing_cache_entries);
     if !read_only {
         registry.tidy_directories_when_listed();
         registry.retire_in_background();

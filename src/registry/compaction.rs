@@ -207,6 +207,15 @@ impl Registry {
         self.upkeep.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Keeps at most `entries` directory members in memory (see
+    /// [`super::members::MemberCache`]). Before the registry is first used.
+    pub fn set_listing_cache_entries(&mut self, entries: usize) {
+        match std::sync::Arc::get_mut(&mut self.upkeep) {
+            Some(u) => u.members = super::members::MemberCache::new(entries),
+            None => warn!("the listing cache is in use; its size stays"),
+        }
+    }
+
     /// Bytes of directory `dir`'s own files (member lists and metadata).
     pub fn dir_own_bytes(&self, dir: &Entry) -> Result<u64> {
         match dir.storage {
