@@ -359,11 +359,16 @@ fn run(cli: Cli) -> Result<()> {
             force,
             quiet,
         } => {
-            let reg = registry(&config)?;
+            let mut reg = registry(&config)?;
+            // New entries are recorded, merged in the background and the
+            // rest when the registry goes, below: adding one costs the same
+            // in a directory of any size.
+            reg.retire_in_background();
             let dest = registry::uri::normalize(&dest);
             let mut progress = Bar::new(quiet);
             let totals = transfer::import(&reg, &src, &dest, force, &mut progress)
                 .with_context(|| format!("import into {dest}"))?;
+            drop(reg);
             if !quiet {
                 eprintln!("imported {} files ({} bytes) into {dest}", totals.files, totals.bytes);
             }

@@ -173,10 +173,17 @@ impl Parsed {
     /// warning; one deleted since the listing is left out.
     pub(super) fn read(&self, vfs: &Vfs, dir_uri: &str) -> Result<Journal> {
         let folder = journal_dir(dir_uri);
-        let files = match vfs.ls(&folder) {
-            Ok(f) => f,
-            Err(_) if !vfs.is_dir(&folder)? => Vec::new(),
-            Err(e) => return Err(e.into()),
+        // Locally one stat answers for the many directories without one;
+        // on an object store a listing of nothing costs the same.
+        let local = super::uri::is_local(dir_uri);
+        let files = if local && !vfs.is_dir(&folder)? {
+            Vec::new()
+        } else {
+            match vfs.ls(&folder) {
+                Ok(f) => f,
+                Err(_) if !vfs.is_dir(&folder)? => Vec::new(),
+                Err(e) => return Err(e.into()),
+            }
         };
         let mut known = self
             .by_dir

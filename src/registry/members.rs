@@ -21,33 +21,47 @@ use super::uri::{canonical, join};
 /// set otherwise (`--listing-cache-entries`): about 100 bytes each.
 pub const DEFAULT_LISTING_CACHE_ENTRIES: usize = 200_000;
 
-/// A group's member list, with its members by name.
+/// A group's member list, indexed by name and by storage.
 pub(super) struct Members {
     pub list: Vec<Member>,
-    /// Canonical URI by name.
-    by_name: HashMap<String, String>,
+    /// Index in `list` by name.
+    by_name: HashMap<String, usize>,
+    /// Every member's canonical URI.
+    uris: std::collections::HashSet<String>,
 }
 
 impl Members {
     fn new(list: Vec<Member>) -> Self {
         let by_name = list
             .iter()
-            .filter_map(|m| Some((m.name.clone()?, canonical(&m.uri).to_string())))
+            .enumerate()
+            .filter_map(|(i, m)| Some((m.name.clone()?, i)))
             .collect();
-        Members { list, by_name }
+        let uris = list.iter().map(|m| canonical(&m.uri).to_string()).collect();
+        Members { list, by_name, uris }
     }
 
     fn len(&self) -> usize {
         self.list.len()
     }
 
-    fn has_name(&self, name: &str) -> bool {
+    pub fn has_name(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// The member named `name`.
+    pub fn named(&self, name: &str) -> Option<&Member> {
+        self.by_name.get(name).map(|&i| &self.list[i])
+    }
+
+    /// Whether a member's storage is at `uri`.
+    pub fn names_storage(&self, uri: &str) -> bool {
+        self.uris.contains(canonical(uri))
     }
 
     /// Whether a member named `name` names `uri`.
     fn holds(&self, name: &str, uri: &str) -> bool {
-        self.by_name.get(name).is_some_and(|u| u == canonical(uri))
+        self.named(name).is_some_and(|m| canonical(&m.uri) == canonical(uri))
     }
 }
 
@@ -125,6 +139,10 @@ impl MemberCache {
     }
 }
 
+/// Member lists shorter than this are not cached: checking one costs a
+/// listing more than reading it.
+const CACHED_FROM: usize = 64;
+
 /// A group directory as a reader sees it.
 pub(super) struct View {
     pub members: Arc<Members>,
@@ -192,6 +210,10 @@ fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Memb
         }
         let group = Group::open(ctx, uri, GroupMode::Read)?;
         let members = Arc::new(Members::new(group.members()?));
+        // A short list is read again as cheaply as it is checked.
+        if members.len() < CACHED_FROM {
+            return Ok((members, lists, Some(group)));
+        }
         let after = tiledb::list_files(ctx, uri)?;
         if after.fingerprint == lists.fingerprint {
             upkeep.members.put(uri, lists.fingerprint, members.clone());

@@ -235,8 +235,19 @@ impl Registry {
     /// [`tiledb::HISTORY_KEPT`]), those of its oldest kept list that
     /// existed at the snapshot's time, with a warning.
     fn group_entries(&self, dir: &Entry, view: &super::members::View) -> Result<Vec<Entry>> {
-        let mut out = self.members_shown(dir, &view.members.list)?;
-        for a in &view.added {
+        let out = self.group_entries_of(dir, &view.members.list, &view.added)?;
+        self.snapshot_fallback(dir, view, out)
+    }
+
+    /// The entries shown of `members` and, over them, of `added`.
+    fn group_entries_of(
+        &self,
+        dir: &Entry,
+        members: &[tiledb::Member],
+        added: &[super::journal::Added],
+    ) -> Result<Vec<Entry>> {
+        let mut out = self.members_shown(dir, members)?;
+        for a in added {
             if let Some(reason) = invalid_name_reason(&a.name) {
                 warn!("{}: new entry {:?} left out: name {reason}", dir.uri, a.name);
                 continue;
@@ -248,6 +259,12 @@ impl Registry {
                 storage: a.storage,
             });
         }
+        Ok(out)
+    }
+
+    /// In a snapshot older than the directory's kept member lists, `out`
+    /// is empty: see [`Registry::group_entries`].
+    fn snapshot_fallback(&self, dir: &Entry, view: &super::members::View, out: Vec<Entry>) -> Result<Vec<Entry>> {
         let Some(at) = self.at else { return Ok(out) };
         if !out.is_empty() {
             return Ok(out);
@@ -268,6 +285,18 @@ impl Registry {
                 || tiledb::fragments(&self.ctx, &e.uri).is_ok_and(|f| f.iter().any(|f| f.timestamp_range.0 <= at))
         });
         Ok(out)
+    }
+
+    /// The entry named `name` of group `dir` (read as `view`), found
+    /// through the view's index: the cost does not grow with the entries.
+    fn find_in_view(&self, dir: &Entry, view: &super::members::View, name: &str) -> Result<Option<Entry>> {
+        if let Some(a) = view.added.iter().rev().find(|a| a.name == name) {
+            return Ok(self.group_entries_of(dir, &[], std::slice::from_ref(a))?.pop());
+        }
+        match view.members.named(name) {
+            Some(m) => Ok(self.members_shown(dir, std::slice::from_ref(m))?.pop()),
+            None => Ok(None),
+        }
     }
 
     /// The members (of `dir`) that can be shown.
@@ -325,7 +354,13 @@ impl Registry {
     /// The entry named `name` in directory `dir`.
     pub fn lookup(&self, dir: &Entry, name: &str) -> Result<Option<Entry>> {
         match dir.storage {
-            Storage::Group => Ok(self.list_group(dir)?.into_iter().find(|e| e.name == name)),
+            Storage::Group => {
+                let view = self.view(&dir.uri)?;
+                if self.at.is_some() {
+                    return Ok(self.group_entries(dir, &view)?.into_iter().find(|e| e.name == name));
+                }
+                self.find_in_view(dir, &view, name)
+            }
             Storage::PlainDir => {
                 if invalid_name_reason(name).is_some() {
                     return Ok(None);
@@ -369,7 +404,7 @@ impl Registry {
     /// from one mount the two cannot be told apart.
     pub fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         match dir.storage {
-            Storage::Group => self.free_child_uri(dir, name, &self.list_group(dir)?),
+            Storage::Group => self.free_child_uri(dir, name, &self.view(&dir.uri)?),
             _ => plain_child_uri(dir, name),
         }
     }
@@ -383,20 +418,24 @@ impl Registry {
                 None => NameSlot::Free(plain_child_uri(dir, name)?),
             });
         }
-        let members = self.list_group(dir)?;
-        if let Some(e) = members.iter().find(|e| e.name == name) {
-            return Ok(NameSlot::Taken(e.clone()));
+        let view = self.view(&dir.uri)?;
+        if let Some(e) = self.find_in_view(dir, &view, name)? {
+            return Ok(NameSlot::Taken(e));
         }
-        Ok(NameSlot::Free(self.free_child_uri(dir, name, &members)?))
+        Ok(NameSlot::Free(self.free_child_uri(dir, name, &view)?))
     }
 
-    fn free_child_uri(&self, dir: &Entry, name: &str, members: &[Entry]) -> Result<String> {
+    fn free_child_uri(&self, dir: &Entry, name: &str, view: &super::members::View) -> Result<String> {
         let base = storage_name(name);
         // Members come back as `file:///...` where `dir.uri` may be a plain
         // path: compare both in one spelling.
-        let used: std::collections::HashSet<&str> = members.iter().map(|e| canonical(&e.uri)).collect();
         let taken = |uri: &str| -> Result<bool> {
-            Ok(used.contains(canonical(uri)) || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
+            Ok(view.members.names_storage(uri)
+                || view
+                    .added
+                    .iter()
+                    .any(|a| canonical(&super::members::added_uri(&dir.uri, a)) == canonical(uri))
+                || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
         };
         let mut uri = join(&dir.uri, &base);
         let mut n = 1u32;
