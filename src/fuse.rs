@@ -539,8 +539,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        // Entries have no extended attributes.
-        reply.error(Errno::from_i32(libc::ENODATA));
+        // Entries have no extended attributes. ENOSYS makes the kernel
+        // answer every later getxattr itself (EOPNOTSUPP): `ls -l` asks for
+        // two per entry, and the kernel for `security.capability` at every
+        // write, each a round trip through the daemon otherwise.
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

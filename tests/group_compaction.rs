@@ -458,7 +458,7 @@ fn wait_merged(uri: &str) {
     let start = std::time::Instant::now();
     while !unmerged(uri).is_empty() {
         assert!(
-            start.elapsed() < Duration::from_secs(15),
+            start.elapsed() < Duration::from_secs(60),
             "not merged: {:?}",
             unmerged(uri)
         );
@@ -477,19 +477,21 @@ fn new_entries_are_recorded_then_merged_into_the_member_list() {
     let dir = root(&reg, tmp.path());
     reg.mkdir(&dir, "first", &Attrs::default()).unwrap();
     wait_merged(&dir.uri);
+    // Long enough for the adds below to end before a merge begins, on S3
+    // too (a mount merges 0.2 s after the first).
+    let delay = Duration::from_secs(if on_s3() { 30 } else { 5 });
+    reg.set_merge_delay(delay);
     let (lists_before, _) = list_folder(&dir.uri);
     let made: BTreeSet<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    let start = std::time::Instant::now();
     for name in &made {
         reg.mkdir(&dir, name, &Attrs::default()).unwrap();
     }
-    // No list written by the adds themselves (a merge may have begun).
+    // No list written by the adds themselves.
     let (lists_now, _) = list_folder(&dir.uri);
-    assert!(
-        lists_now.len() <= lists_before.len() + 1,
-        "{} list files after 20 adds, {} before",
-        lists_now.len(),
-        lists_before.len()
-    );
+    if start.elapsed() < delay {
+        assert_eq!(lists_now, lists_before, "list files written by 20 adds");
+    }
     let mut expected = made.clone();
     expected.insert("first".into());
     assert_eq!(
@@ -499,9 +501,11 @@ fn new_entries_are_recorded_then_merged_into_the_member_list() {
     );
     wait_merged(&dir.uri);
     assert_eq!(fresh_names(&dir.uri), expected);
-    // Merged in a few group writes, not one per entry.
+    // Merged in one group write, not one per entry.
     let (lists_after, _) = list_folder(&dir.uri);
-    assert!(lists_after.len() < lists_before.len() + 10, "{lists_after:?}");
+    if start.elapsed() < delay {
+        assert!(lists_after.len() <= lists_before.len() + 1, "{lists_after:?}");
+    }
 }
 
 /// A TileDB tool changing the group while new entries wait to be merged

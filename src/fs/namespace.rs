@@ -148,11 +148,11 @@ impl ModelFs {
         let listed =
             how == Listed::Cached && (dir_entry.storage == Storage::Group || self.fresh_listing(dir).is_some());
         if listed {
-            return Ok(self
-                .entries(dir)?
-                .iter()
-                .find(|e| e.name == name)
-                .map(|e| (e.clone(), None)));
+            // Listings are sorted by name (`Store::list`): `ls -l` of a
+            // directory of N entries looks each up, so a scan would cost N².
+            let list = self.entries(dir)?;
+            let found = list.binary_search_by(|e| e.name.as_str().cmp(name)).ok();
+            return Ok(found.map(|i| (list[i].clone(), None)));
         }
         Ok(self.store.lookup(&dir_entry, name)?.map(|e| (e, None)))
     }

@@ -42,6 +42,9 @@ pub(super) struct Upkeep {
     pending: Mutex<HashSet<String>>,
     /// Directories with records to merge.
     merging: Mutex<HashSet<String>>,
+    /// How long new entries wait to be merged, ms ([`MERGE_DELAY`] unless
+    /// set: see [`Registry::set_merge_delay`]).
+    merge_delay_ms: std::sync::atomic::AtomicU64,
     /// Set by [`Registry::retire_in_background`]: without it (a command
     /// that exits when done) the next change deletes what is due, and new
     /// entries are linked at once.
@@ -58,6 +61,13 @@ pub(super) struct Upkeep {
 }
 
 impl Upkeep {
+    fn merge_delay(&self) -> Duration {
+        match self.merge_delay_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => MERGE_DELAY,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     /// Whether new entries are recorded (and merged in the background)
     /// rather than linked at once.
     pub(super) fn journaling(&self) -> bool {
@@ -207,6 +217,15 @@ impl Registry {
         self.upkeep.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// New entries wait `delay` (at least 1 ms) before the background
+    /// thread merges them, instead of [`MERGE_DELAY`].
+    pub fn set_merge_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.upkeep
+            .merge_delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Keeps at most `entries` directory members in memory (see
     /// [`super::members::MemberCache`]). Before the registry is first used.
     pub fn set_listing_cache_entries(&mut self, entries: usize) {
@@ -298,7 +317,7 @@ fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
             if merges(&r) {
                 let (stop, _) = r
                     .wake
-                    .wait_timeout_while(stop, MERGE_DELAY, |stop| !*stop)
+                    .wait_timeout_while(stop, r.merge_delay(), |stop| !*stop)
                     .unwrap_or_else(PoisonError::into_inner);
                 if *stop {
                     return;

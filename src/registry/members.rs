@@ -173,11 +173,11 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
             let g = Group::open(ctx, uri, GroupMode::Read)?;
             (
                 Arc::new(Members::new(g.members()?)),
-                tiledb::list_files(ctx, uri)?,
+                tiledb::list_files(vfs, uri)?,
                 Some(g),
             )
         }
-        None => cached_members(ctx, upkeep, uri)?,
+        None => cached_members(ctx, vfs, upkeep, uri)?,
     };
     let added = journal
         .added
@@ -201,10 +201,15 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
 /// it was read, and the group if it was opened: from the cache when the
 /// lists match, else read (and cached if the folder did not change
 /// meanwhile).
-fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Members>, ListFiles, Option<Group>)> {
+fn cached_members(
+    ctx: &Context,
+    vfs: &Vfs,
+    upkeep: &Upkeep,
+    uri: &str,
+) -> Result<(Arc<Members>, ListFiles, Option<Group>)> {
     let mut attempt = 0;
     loop {
-        let lists = tiledb::list_files(ctx, uri)?;
+        let lists = tiledb::list_files(vfs, uri)?;
         if let Some(m) = upkeep.members.get(uri, lists.fingerprint) {
             return Ok((m, lists, None));
         }
@@ -214,7 +219,7 @@ fn cached_members(ctx: &Context, upkeep: &Upkeep, uri: &str) -> Result<(Arc<Memb
         if members.len() < CACHED_FROM {
             return Ok((members, lists, Some(group)));
         }
-        let after = tiledb::list_files(ctx, uri)?;
+        let after = tiledb::list_files(vfs, uri)?;
         if after.fingerprint == lists.fingerprint {
             upkeep.members.put(uri, lists.fingerprint, members.clone());
             return Ok((members, lists, Some(group)));

@@ -513,7 +513,7 @@ impl Registry {
             let lock = self.upkeep.dir_lock(&dir.uri);
             let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             // After the newest list, or a reader would take it as merged.
-            let newest = tiledb::list_files(&self.ctx, &dir.uri)?.newest().unwrap_or(0);
+            let newest = tiledb::list_files(&self.vfs, &dir.uri)?.newest().unwrap_or(0);
             let time = tiledb::now_ms().max(newest + 1);
             let (uri, relative) = super::members::member_uri(&dir.uri, &entry.uri);
             super::journal::write(&self.vfs, &dir.uri, time, &entry.name, &uri, relative, entry.storage)?;

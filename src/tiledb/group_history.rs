@@ -114,10 +114,14 @@ fn list_folder(vfs: &Vfs, uri: &str) -> Result<(Vec<ListFile>, Vec<String>)> {
     let dir = details_dir(uri);
     let mut files = Vec::new();
     let mut vacuum = Vec::new();
-    if !vfs.is_dir(&dir)? {
-        return Ok((files, vacuum));
-    }
-    for child in vfs.ls(&dir)? {
+    // Every group has the folder: listing it first saves a check (a stat
+    // for each directory `ls -l` shows).
+    let listed = match vfs.ls(&dir) {
+        Ok(l) => l,
+        Err(_) if !vfs.is_dir(&dir)? => return Ok((files, vacuum)),
+        Err(e) => return Err(e),
+    };
+    for child in listed {
         let name = last_part(&child);
         if name.ends_with(VACUUM_SUFFIX) {
             vacuum.push(child);
@@ -449,9 +453,9 @@ impl ListFiles {
 }
 
 /// The member-list files of the group at `uri` (see [`ListFiles`]).
-pub fn list_files(ctx: &Context, uri: &str) -> Result<ListFiles> {
+pub fn list_files(vfs: &Vfs, uri: &str) -> Result<ListFiles> {
     use std::hash::{Hash, Hasher};
-    let (files, vacuum) = list_folder(&Vfs::new(ctx)?, uri)?;
+    let (files, vacuum) = list_folder(vfs, uri)?;
     let mut names: Vec<&str> = files.iter().map(|f| last_part(&f.uri)).collect();
     names.extend(vacuum.iter().map(|v| last_part(v)));
     names.sort_unstable();
