@@ -32,16 +32,20 @@ impl ModelFs {
         let Some(dir) = self.inodes.get(ino) else { return };
         let mut c = dir.lock();
         if let Some((_, list)) = &mut c.listing {
-            let mut edited: Vec<Entry> = list
-                .iter()
-                .filter(|e| !removed.contains(&e.name.as_str()) && added.is_none_or(|a| a.name != e.name))
-                .cloned()
-                .collect();
+            // In place unless a directory handle still reads it: copying
+            // a listing of 10,000 entries at every change would make a
+            // change cost O(entries). Listings are sorted by name.
+            let edited = Arc::make_mut(list);
+            let gone = removed.iter().copied().chain(added.map(|a| a.name.as_str()));
+            for name in gone.collect::<Vec<_>>() {
+                if let Ok(i) = edited.binary_search_by(|e| e.name.as_str().cmp(name)) {
+                    edited.remove(i);
+                }
+            }
             if let Some(a) = added {
                 let at = edited.partition_point(|e| e.name < a.name);
                 edited.insert(at, a.clone());
             }
-            *list = Arc::new(edited);
         }
         if let NodeState::Dir(a) = &mut c.node {
             let now = Some(now_ns());

@@ -165,8 +165,31 @@ impl View {
 /// Group `uri` as of now, or as of `at` (ms) for a snapshot (whose context
 /// opens groups as of then).
 pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u64>) -> Result<View> {
-    // Records first: one deleted before the lists are listed was merged
-    // into one of them.
+    let mut attempt = 0;
+    loop {
+        let v = view_once(ctx, vfs, upkeep, uri, at)?;
+        attempt += 1;
+        if at.is_some() || v.added.is_empty() || attempt == 3 {
+            return Ok(v);
+        }
+        // A record counted here but merged since may have been merged, and
+        // its entry removed, before the member list was read: then it
+        // would show again. Read again when one was.
+        let again = upkeep.parsed.read(vfs, uri)?;
+        let merged: std::collections::HashSet<&str> = again
+            .added
+            .iter()
+            .filter(|a| a.merged.is_some())
+            .map(|a| a.file.as_str())
+            .collect();
+        if !v.added.iter().any(|a| merged.contains(a.file.as_str())) {
+            return Ok(v);
+        }
+    }
+}
+
+fn view_once(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u64>) -> Result<View> {
+    // Records first: a merge writes its list before its marker.
     let journal = upkeep.parsed.read(vfs, uri)?;
     let (members, lists, group) = match at {
         Some(_) => {
