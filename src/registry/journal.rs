@@ -9,12 +9,12 @@
 //!
 //! A merge writes the member list (stamped with its newest record's time,
 //! so the directory's mtime stays when it changed), then a marker file
-//! naming the records it merged and that time. A record no marker names
-//! counts; one merged does not, even if a later change removed its entry.
-//! A snapshot as of T counts the records made by T that were not merged by
-//! T, so it shows the entries exactly. Records and markers are deleted
-//! once their list is older than the oldest list kept as history
-//! ([`crate::tiledb::HISTORY_KEPT`]). TileDB tools reading the group see an
+//! holding the records it merged and that time, then deletes their files.
+//! A record no marker names counts; one merged does not, even if a later
+//! change removed its entry. A snapshot as of T counts the records made by
+//! T that were not merged by T (from the markers), so it shows the entries
+//! exactly. Markers are deleted once their list is older than the oldest
+//! list kept as history ([`crate::tiledb::HISTORY_KEPT`]). TileDB tools reading the group see an
 //! entry once it is merged (within a second in a mount; `modelfs compact`
 //! merges what a stopped mount left).
 
@@ -65,7 +65,18 @@ pub(super) struct Journal {
 pub(super) struct Marker {
     pub file: String,
     pub time: u64,
-    pub records: Vec<String>,
+    /// The records it merged (their files are deleted after it is written).
+    pub records: Vec<Added>,
+}
+
+/// A merged record, one JSON line of a marker.
+#[derive(Serialize, Deserialize)]
+struct MergedLine {
+    /// The record file's name.
+    file: String,
+    time: u64,
+    #[serde(flatten)]
+    body: Body,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,10 +125,25 @@ fn record_time(file: &str) -> Option<u64> {
     name_time(file, RECORD_SUFFIX)
 }
 
-/// Writes the marker of a merge into the list of `time` (ms) of the
-/// records `files`.
-pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, files: &[String]) -> Result<()> {
-    let lines: String = files.iter().map(|f| format!("{}\n", last_part(f))).collect();
+/// Writes the marker of a merge of `records` into the list of `time` (ms),
+/// holding them whole: their files are deleted after, and snapshots of a
+/// time before the merge still count them.
+pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, records: &[Added]) -> Result<()> {
+    let mut lines = String::new();
+    for a in records {
+        let line = MergedLine {
+            file: last_part(&a.file).to_string(),
+            time: a.time,
+            body: Body {
+                name: a.name.clone(),
+                uri: a.uri.clone(),
+                relative: a.relative,
+                dir: a.storage == Storage::Group,
+            },
+        };
+        lines.push_str(&serde_json::to_string(&line).expect("a record serializes"));
+        lines.push('\n');
+    }
     let file = format!("{}/{}", journal_dir(dir_uri), timed_name(time, MARKER_SUFFIX));
     vfs.write_file(&file, lines.as_bytes())?;
     Ok(())
@@ -208,7 +234,23 @@ impl Parsed {
                 Err(e) => return Err(e.into()),
             };
             if !record {
-                let records = String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect();
+                let mut records = Vec::new();
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    match serde_json::from_str::<MergedLine>(line) {
+                        Ok(l) => records.push(Added {
+                            time: l.time,
+                            file: format!("{folder}/{}", l.file),
+                            name: l.body.name,
+                            uri: l.body.uri,
+                            relative: l.body.relative,
+                            storage: if l.body.dir { Storage::Group } else { Storage::Array },
+                            merged: Some(time),
+                        }),
+                        // Cut short by a crash: what it lists counts as
+                        // not merged (a merge again is harmless).
+                        Err(e) => warn!("{file}: a line is not a merged record ({e}); ignored"),
+                    }
+                }
                 let m = Marker {
                     file: file.clone(),
                     time,
@@ -240,14 +282,25 @@ impl Parsed {
                 Parsed1::Marker(m) => out.markers.push(m.clone()),
             }
         }
+        // A record file a marker names: merged, its deletion was cut short.
         let merged: HashMap<&str, u64> = out
             .markers
             .iter()
-            .flat_map(|m| m.records.iter().map(move |r| (r.as_str(), m.time)))
+            .flat_map(|m| m.records.iter().map(move |r| (last_part(&r.file), m.time)))
             .collect();
+        let files: std::collections::HashSet<String> =
+            out.added.iter().map(|a| last_part(&a.file).to_string()).collect();
         for a in &mut out.added {
             a.merged = merged.get(last_part(&a.file)).copied();
         }
+        let kept: Vec<Added> = out
+            .markers
+            .iter()
+            .flat_map(|m| m.records.iter())
+            .filter(|r| !files.contains(last_part(&r.file)))
+            .cloned()
+            .collect();
+        out.added.extend(kept);
         out.added.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
         out.markers.sort_by_key(|m| m.time);
         let mut by_dir = self.by_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -262,13 +315,12 @@ impl Parsed {
 }
 
 /// Deletes the markers of merges into lists older than `horizon` (ms),
-/// and the records they name, which no reader counts any more: the
-/// current lists hold them, and snapshots before the oldest kept list
-/// cannot be exact anyway.
-pub(super) fn forget_before(vfs: &Vfs, dir_uri: &str, journal: &Journal, horizon: u64) -> Result<()> {
-    let folder = journal_dir(dir_uri);
+/// which no reader counts any more: the current lists hold what they
+/// merged, and snapshots before the oldest kept list cannot be exact
+/// anyway.
+pub(super) fn forget_before(vfs: &Vfs, journal: &Journal, horizon: u64) -> Result<()> {
     for m in journal.markers.iter().filter(|m| m.time < horizon) {
-        let records: Vec<String> = m.records.iter().map(|r| format!("{folder}/{r}")).collect();
+        let records: Vec<String> = m.records.iter().map(|r| r.file.clone()).collect();
         remove(vfs, &records)?;
         remove(vfs, std::slice::from_ref(&m.file))?;
     }
@@ -276,7 +328,7 @@ pub(super) fn forget_before(vfs: &Vfs, dir_uri: &str, journal: &Journal, horizon
 }
 
 /// Deletes the files `files`; one already gone is no error.
-fn remove(vfs: &Vfs, files: &[String]) -> Result<()> {
+pub(super) fn remove(vfs: &Vfs, files: &[String]) -> Result<()> {
     for f in files {
         if let Err(e) = vfs.remove_file(f)
             && vfs.is_file(f)?

@@ -176,13 +176,10 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
         // its entry removed, before the member list was read: then it
         // would show again. Read again when one was.
         let again = upkeep.parsed.read(vfs, uri)?;
-        let merged: std::collections::HashSet<&str> = again
-            .added
-            .iter()
-            .filter(|a| a.merged.is_some())
-            .map(|a| a.file.as_str())
-            .collect();
-        if !v.added.iter().any(|a| merged.contains(a.file.as_str())) {
+        let name = |a: &Added| a.file.rsplit('/').next().unwrap_or_default().to_string();
+        let merged: std::collections::HashSet<String> =
+            again.added.iter().filter(|a| a.merged.is_some()).map(name).collect();
+        if !v.added.iter().any(|a| merged.contains(&name(a))) {
             return Ok(v);
         }
     }
@@ -322,13 +319,14 @@ pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri:
             }
             super::tree::commit_change(upkeep, change)?;
         }
+        journal::write_marker(vfs, uri, stamp, &v.added)?;
         let files: Vec<String> = v.added.iter().map(|a| a.file.clone()).collect();
-        journal::write_marker(vfs, uri, stamp, &files)?;
+        journal::remove(vfs, &files)?;
         merged = todo.len();
         debug!("{uri}: merged {merged} new entries into its member list");
     }
     if let Some(oldest) = v.lists.oldest() {
-        journal::forget_before(vfs, uri, &v.journal, oldest)?;
+        journal::forget_before(vfs, &v.journal, oldest)?;
     }
     Ok(merged)
 }
