@@ -45,6 +45,8 @@ pub(super) struct Upkeep {
     /// How long new entries wait to be merged, ms ([`MERGE_DELAY`] unless
     /// set: see [`Registry::set_merge_delay`]).
     merge_delay_ms: std::sync::atomic::AtomicU64,
+    /// New entries recorded so far: tells the worker a burst goes on.
+    adds: std::sync::atomic::AtomicU64,
     /// Set by [`Registry::retire_in_background`]: without it (a command
     /// that exits when done) the next change deletes what is due, and new
     /// entries are linked at once.
@@ -94,6 +96,7 @@ impl Upkeep {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(uri.to_string());
+        self.adds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.ensure_worker(ctx);
         self.wake.notify_all();
     }
@@ -290,6 +293,11 @@ impl Registry {
 /// group write takes the entries of a burst (`cp -r`, `tar x`).
 const MERGE_DELAY: Duration = Duration::from_millis(200);
 
+/// The longest new entries wait while a burst goes on. Measured, growing a
+/// directory to 10,000 one `mkdir` at a time: merging every 0.2 s took
+/// the 2 cores from the `mkdir`s (the last ten 2.3x those near the 100th).
+const MERGE_MAX_WAIT: Duration = Duration::from_secs(2);
+
 /// Merges recorded entries [`MERGE_DELAY`] after they come, and every grace
 /// period deletes what the pending directories retired long enough ago;
 /// ends when the registry is gone.
@@ -313,14 +321,25 @@ fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
             if *stop {
                 return;
             }
-            // ...then a little longer, for the rest of a burst.
+            // ...then until the burst pauses for the merge delay, or goes on
+            // for MERGE_MAX_WAIT: each merge writes the whole member list.
             if merges(&r) {
-                let (stop, _) = r
-                    .wake
-                    .wait_timeout_while(stop, r.merge_delay(), |stop| !*stop)
-                    .unwrap_or_else(PoisonError::into_inner);
-                if *stop {
-                    return;
+                let first = std::time::Instant::now();
+                let mut stop = stop;
+                loop {
+                    let seen = r.adds.load(std::sync::atomic::Ordering::Relaxed);
+                    let (s, _) = r
+                        .wake
+                        .wait_timeout_while(stop, r.merge_delay(), |stop| !*stop)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    stop = s;
+                    if *stop {
+                        return;
+                    }
+                    let quiet = r.adds.load(std::sync::atomic::Ordering::Relaxed) == seen;
+                    if quiet || first.elapsed() >= MERGE_MAX_WAIT.max(r.merge_delay()) {
+                        break;
+                    }
                 }
             }
         }
