@@ -14,9 +14,9 @@
 //! change removed its entry. A snapshot as of T counts the records made by
 //! T that were not merged by T (from the markers), so it shows the entries
 //! exactly. Markers are deleted once their list is older than the oldest
-//! list kept as history ([`crate::tiledb::HISTORY_KEPT`]). TileDB tools reading the group see an
-//! entry once it is merged (within a second in a mount; `modelfs compact`
-//! merges what a stopped mount left).
+//! list kept as history ([`crate::tiledb::HISTORY_KEPT`]). TileDB tools
+//! reading the group see an entry once it is merged (within 2 s in a
+//! mount; `modelfs compact` merges what a stopped mount left).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -318,7 +318,7 @@ impl Drop for MountGuard {
 
 /// Waits until group `group_uri` names member `name` for TileDB tools: a
 /// mount records new entries first and merges them into the member list
-/// within a second (the README's "Scale" section).
+/// within 2 s (the README's "Registry format" section).
 pub fn wait_member(group_uri: &str, name: &str) {
     let ctx = modelfs::tiledb::Context::new().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
