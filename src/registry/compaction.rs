@@ -90,7 +90,7 @@ impl Upkeep {
     }
 
     /// Merges the records of directory `uri` from the background thread,
-    /// [`MERGE_DELAY`] from now.
+    /// once the burst they belong to pauses (see [`upkeep_worker`]).
     pub(super) fn merge_later(self: &Arc<Self>, ctx: &tiledb::Context, uri: &str) {
         self.merging
             .lock()
@@ -120,12 +120,7 @@ impl Upkeep {
     /// Merges every directory's records now (the worker is stopped: a
     /// command ends, a mount goes).
     pub(super) fn merge_all_now(self: &Arc<Self>, ctx: &tiledb::Context) {
-        let dirs: Vec<String> = self
-            .merging
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .collect();
+        let dirs = take_all(&self.merging);
         if dirs.is_empty() {
             return;
         }
@@ -153,7 +148,7 @@ impl Upkeep {
         if let Some(h) = handle
             && h.join().is_err()
         {
-            warn!("the thread deleting retired member lists panicked");
+            warn!("the thread merging new entries and deleting retired member lists panicked");
         }
     }
 
@@ -298,9 +293,10 @@ const MERGE_DELAY: Duration = Duration::from_millis(200);
 /// the 2 cores from the `mkdir`s (the last ten 2.3x those near the 100th).
 const MERGE_MAX_WAIT: Duration = Duration::from_secs(2);
 
-/// Merges recorded entries [`MERGE_DELAY`] after they come, and every grace
-/// period deletes what the pending directories retired long enough ago;
-/// ends when the registry is gone.
+/// Merges recorded entries once their burst pauses for [`MERGE_DELAY`] (or
+/// after [`MERGE_MAX_WAIT`]), and every grace period deletes what the
+/// pending directories retired long enough ago; ends when the registry is
+/// gone.
 fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
     let Ok(vfs) = tiledb::Vfs::new(&ctx) else {
         warn!("cannot start merging new entries: no VFS");
@@ -344,13 +340,7 @@ fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
             }
         }
         let Some(r) = upkeep.upgrade() else { return };
-        let merging: Vec<String> = r
-            .merging
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .collect();
-        for uri in merging {
+        for uri in take_all(&r.merging) {
             if *r.stop.lock().unwrap_or_else(PoisonError::into_inner) {
                 // Put back: the registry merges what is left as it goes.
                 r.merging.lock().unwrap_or_else(PoisonError::into_inner).insert(uri);
@@ -366,15 +356,14 @@ fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
     }
 }
 
+/// Empties `set`, returning what it held.
+fn take_all(set: &Mutex<HashSet<String>>) -> Vec<String> {
+    set.lock().unwrap_or_else(PoisonError::into_inner).drain().collect()
+}
+
 /// Deletes what the pending directories retired long enough ago.
 fn retire_round(r: &Arc<Upkeep>, ctx: &tiledb::Context) {
-    let dirs: Vec<String> = r
-        .pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain()
-        .collect();
-    for uri in dirs {
+    for uri in take_all(&r.pending) {
         if *r.stop.lock().unwrap_or_else(PoisonError::into_inner) {
             return;
         }

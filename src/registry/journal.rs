@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::tiledb::Vfs;
 
 use super::error::Result;
+use super::names::last_component;
 use super::tree::Storage;
 
 /// The folder inside a group's folder holding its records.
@@ -87,6 +88,36 @@ struct Body {
     dir: bool,
 }
 
+impl Body {
+    fn of(a: &Added) -> Self {
+        Body {
+            name: a.name.clone(),
+            uri: a.uri.clone(),
+            relative: a.relative,
+            dir: a.storage == Storage::Group,
+        }
+    }
+
+    /// The record of file `file`, made at `time`.
+    fn into_added(self, time: u64, file: String, merged: Option<u64>) -> Added {
+        Added {
+            time,
+            file,
+            name: self.name,
+            uri: self.uri,
+            relative: self.relative,
+            storage: if self.dir { Storage::Group } else { Storage::Array },
+            merged,
+        }
+    }
+}
+
+/// The record file's name alone: records are compared by it, as listings
+/// and markers spell the folder differently.
+pub(super) fn record_id(a: &Added) -> &str {
+    last_component(&a.file)
+}
+
 pub(super) fn journal_dir(dir_uri: &str) -> String {
     format!("{}/{JOURNAL_DIR}", dir_uri.trim_end_matches('/'))
 }
@@ -111,13 +142,9 @@ fn rand_bits() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-fn last_part(file: &str) -> &str {
-    file.trim_end_matches('/').rsplit('/').next().unwrap_or("")
-}
-
 /// The time a record's or marker's file name carries.
 fn name_time(file: &str, suffix: &str) -> Option<u64> {
-    let stem = last_part(file).strip_suffix(suffix)?;
+    let stem = last_component(file).strip_suffix(suffix)?;
     stem.split('_').next()?.parse().ok()
 }
 
@@ -132,14 +159,9 @@ pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, records: &[Added
     let mut lines = String::new();
     for a in records {
         let line = MergedLine {
-            file: last_part(&a.file).to_string(),
+            file: record_id(a).to_string(),
             time: a.time,
-            body: Body {
-                name: a.name.clone(),
-                uri: a.uri.clone(),
-                relative: a.relative,
-                dir: a.storage == Storage::Group,
-            },
+            body: Body::of(a),
         };
         lines.push_str(&serde_json::to_string(&line).expect("a record serializes"));
         lines.push('\n');
@@ -237,15 +259,7 @@ impl Parsed {
                 let mut records = Vec::new();
                 for line in String::from_utf8_lossy(&bytes).lines() {
                     match serde_json::from_str::<MergedLine>(line) {
-                        Ok(l) => records.push(Added {
-                            time: l.time,
-                            file: format!("{folder}/{}", l.file),
-                            name: l.body.name,
-                            uri: l.body.uri,
-                            relative: l.body.relative,
-                            storage: if l.body.dir { Storage::Group } else { Storage::Array },
-                            merged: Some(time),
-                        }),
+                        Ok(l) => records.push(l.body.into_added(l.time, format!("{folder}/{}", l.file), Some(time))),
                         // Cut short by a crash: what it lists counts as
                         // not merged (a merge again is harmless).
                         Err(e) => warn!("{file}: a line is not a merged record ({e}); ignored"),
@@ -261,15 +275,7 @@ impl Parsed {
             }
             match serde_json::from_slice::<Body>(&bytes) {
                 Ok(b) => {
-                    let added = Added {
-                        time,
-                        file: file.clone(),
-                        name: b.name,
-                        uri: b.uri,
-                        relative: b.relative,
-                        storage: if b.dir { Storage::Group } else { Storage::Array },
-                        merged: None,
-                    };
+                    let added = b.into_added(time, file.clone(), None);
                     now.insert(file, Parsed1::Record(added));
                 }
                 Err(e) => warn!("{file}: not a record of a new entry ({e}); ignored"),
@@ -286,18 +292,17 @@ impl Parsed {
         let merged: HashMap<&str, u64> = out
             .markers
             .iter()
-            .flat_map(|m| m.records.iter().map(move |r| (last_part(&r.file), m.time)))
+            .flat_map(|m| m.records.iter().map(move |r| (record_id(r), m.time)))
             .collect();
-        let files: std::collections::HashSet<String> =
-            out.added.iter().map(|a| last_part(&a.file).to_string()).collect();
+        let files: std::collections::HashSet<String> = out.added.iter().map(|a| record_id(a).to_string()).collect();
         for a in &mut out.added {
-            a.merged = merged.get(last_part(&a.file)).copied();
+            a.merged = merged.get(record_id(a)).copied();
         }
         let kept: Vec<Added> = out
             .markers
             .iter()
             .flat_map(|m| m.records.iter())
-            .filter(|r| !files.contains(last_part(&r.file)))
+            .filter(|r| !files.contains(record_id(r)))
             .cloned()
             .collect();
         out.added.extend(kept);

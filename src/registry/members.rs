@@ -176,10 +176,13 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
         // its entry removed, before the member list was read: then it
         // would show again. Read again when one was.
         let again = upkeep.parsed.read(vfs, uri)?;
-        let name = |a: &Added| a.file.rsplit('/').next().unwrap_or_default().to_string();
-        let merged: std::collections::HashSet<String> =
-            again.added.iter().filter(|a| a.merged.is_some()).map(name).collect();
-        if !v.added.iter().any(|a| merged.contains(&name(a))) {
+        let merged: std::collections::HashSet<&str> = again
+            .added
+            .iter()
+            .filter(|a| a.merged.is_some())
+            .map(journal::record_id)
+            .collect();
+        if !v.added.iter().any(|a| merged.contains(journal::record_id(a))) {
             return Ok(v);
         }
     }
@@ -279,7 +282,8 @@ pub(super) fn added_uri(dir_uri: &str, a: &Added) -> String {
     uri
 }
 
-fn object_type(storage: Storage) -> ObjectType {
+/// The TileDB object a member of `storage` is.
+pub(super) fn object_type(storage: Storage) -> ObjectType {
     if storage == Storage::Array {
         ObjectType::Array
     } else {

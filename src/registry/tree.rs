@@ -69,7 +69,8 @@ pub enum NameSlot {
 pub struct Registry {
     ctx: Context,
     vfs: Vfs,
-    /// Directories with replaced list files to delete once old enough.
+    /// Directory locks, new entries to merge, replaced list files to
+    /// delete, and the listing caches (see [`super::compaction::Upkeep`]).
     pub(super) upkeep: std::sync::Arc<super::compaction::Upkeep>,
     /// Set on writable mounts: see [`Registry::tidy_directories_when_listed`].
     pub(super) tidying: Option<super::compaction::Tidying>,
@@ -517,12 +518,8 @@ impl Registry {
     }
 
     fn add_member(&self, group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
-        let ty = if entry.storage == Storage::Array {
-            ObjectType::Array
-        } else {
-            ObjectType::Group
-        };
         let (uri, relative) = super::members::member_uri(&dir.uri, &entry.uri);
+        let ty = super::members::object_type(entry.storage);
         group.add_member(&uri, relative, &entry.name, ty)?;
         Ok(())
     }
