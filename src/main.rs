@@ -130,6 +130,11 @@ enum Command {
         /// its whole member list again (about 100 bytes each; 0 keeps none).
         #[arg(long, default_value_t = modelfs::registry::DEFAULT_LISTING_CACHE_ENTRIES)]
         listing_cache_entries: usize,
+        /// Subdirectories read ahead, 16 at a time, of a program that stats
+        /// a directory's entries one after another (`ls -l`); 0 reads none
+        /// ahead.
+        #[arg(long, default_value_t = 64)]
+        stat_ahead: usize,
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
@@ -405,6 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             cache_size,
             metadata_ttl,
             listing_cache_entries,
+            stat_ahead,
             allow_other,
             staging_dir,
             staging_limit,
@@ -425,6 +431,7 @@ fn run(cli: Cli) -> Result<()> {
             cache_bytes: cache_size,
             metadata_ttl: std::time::Duration::from_secs_f64(metadata_ttl),
             listing_cache_entries,
+            stat_ahead,
             allow_other,
             staging_dir,
             staging_limit,

@@ -35,6 +35,7 @@ pub struct Args {
     pub cache_bytes: u64,
     pub metadata_ttl: std::time::Duration,
     pub listing_cache_entries: usize,
+    pub stat_ahead: usize,
     pub allow_other: bool,
     pub staging_dir: Option<PathBuf>,
     pub staging_limit: u64,
@@ -118,6 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         read_only,
         cache_bytes: args.cache_bytes,
         metadata_ttl: args.metadata_ttl,
+        stat_ahead: args.stat_ahead,
         staging_dir: args
             .staging_dir
             .clone()

@@ -565,3 +565,47 @@ fn entries_a_killed_mount_did_not_merge_show_and_compact_merges_them() {
     let again = MountGuard::new(&reg_uri, &tmp.path().join("again"), &[]);
     assert_eq!(std::fs::read(again.dir.join("k-file.txt")).unwrap(), b"recorded");
 }
+
+/// `ls -l` of a directory: what each entry's `lstat` shows, in listing order.
+fn long_listing(dir: &std::path::Path) -> Vec<(String, u32, u64, i64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, m.mode(), m.nlink(), m.mtime(), m.uid())
+        })
+        .collect()
+}
+
+/// A lister's stats of many subdirectories are read ahead of it, several
+/// at a time, and show exactly what they show one at a time.
+#[test]
+fn ls_l_of_many_directories_reads_them_ahead_and_shows_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    for i in 0..120 {
+        let d = mnt.dir.join(format!("m{i:03}"));
+        std::fs::create_dir(&d).unwrap();
+        if i % 3 == 0 {
+            std::fs::create_dir(d.join("sub")).unwrap();
+        }
+        if i % 5 == 0 {
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        }
+    }
+    std::fs::write(mnt.dir.join("notes.txt"), b"x").unwrap();
+    drop(mnt);
+    let ahead = MountGuard::new(&reg, &tmp.path().join("ahead"), &[]);
+    let listed = long_listing(&ahead.dir);
+    let used = ahead.stats()["stat_ahead_used"].as_u64().unwrap();
+    assert!(used >= 100, "{used} of 120 subdirectories read ahead");
+    drop(ahead);
+    let one_by_one = MountGuard::new(&reg, &tmp.path().join("one"), &["--stat-ahead", "0"]);
+    assert_eq!(listed, long_listing(&one_by_one.dir));
+    assert_eq!(one_by_one.stats()["stat_ahead_reads"], 0);
+    assert_eq!(listed.len(), 122, "120 directories, notes.txt and seed.txt");
+    assert!(listed.iter().any(|e| e.0 == "m000" && e.1 & 0o777 == 0o700 && e.2 == 3));
+}

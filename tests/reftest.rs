@@ -1251,3 +1251,82 @@ fn regression_writes_after_a_commit_go_on_from_the_latest_version() {
         );
     }
 }
+
+/// A mount of `store` with metadata trusted for `ttl`.
+fn core_with_ttl(store: &Arc<MemStore>, staging: &tempfile::TempDir, ttl: std::time::Duration) -> ModelFs {
+    let config = Config {
+        read_only: false,
+        metadata_ttl: ttl,
+        staging_dir: staging.path().to_path_buf(),
+        ..Config::default()
+    };
+    ModelFs::new(store.clone() as Arc<dyn Store>, store.root(), config).unwrap()
+}
+
+/// Waits until `fs` has read `n` subdirectories ahead of a lister.
+fn wait_read_ahead(fs: &ModelFs, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fs.counters().stat_ahead_reads < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} subdirectories never read ahead"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A lister's lookups take what was read ahead of them, and see what the
+/// mount itself changed since.
+#[test]
+fn subdirectories_read_ahead_of_a_lister_show_the_mounts_own_changes() {
+    let store = Arc::new(MemStore::new());
+    let staging = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let names: Vec<String> = (0..10).map(|i| format!("d{i:02}")).collect();
+    {
+        let fs = core_with_ttl(&store, &staging, ttl);
+        for n in &names {
+            fs.mkdir(Ino::ROOT, n, 0o755, owner()).unwrap();
+        }
+    }
+    let fs = core_with_ttl(&store, &staging, ttl);
+    let fh = fs.opendir(Ino::ROOT).unwrap();
+    let items = fs.readdir(fh, 0).unwrap();
+    fs.releasedir(fh);
+    let ino_of = |name: &str| items.iter().find(|i| i.name == name).unwrap().ino;
+    assert_eq!(fs.lookup(Ino::ROOT, "d00").unwrap().nlink, 2);
+    wait_read_ahead(&fs, 9);
+    // A change made here through an inode the kernel got from readdir.
+    fs.mkdir(ino_of("d05"), "y", 0o755, owner()).unwrap();
+    for n in &names[1..] {
+        let want = if n == "d05" { 3 } else { 2 };
+        assert_eq!(fs.lookup(Ino::ROOT, n).unwrap().nlink, want, "{n}");
+    }
+    assert!(fs.counters().stat_ahead_used >= 8, "{:?}", fs.counters());
+}
+
+/// What was read ahead is used only within the metadata TTL of its read:
+/// another mount's change shows after the TTL as it does without it.
+#[test]
+fn subdirectories_read_ahead_are_not_trusted_past_the_ttl() {
+    let store = Arc::new(MemStore::new());
+    let staging = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    let other = core_with_ttl(&store, &staging, ttl);
+    for i in 0..4 {
+        other.mkdir(Ino::ROOT, &format!("d{i}"), 0o755, owner()).unwrap();
+    }
+    let fs = core_with_ttl(&store, &staging, ttl);
+    fs.lookup(Ino::ROOT, "d0").unwrap();
+    wait_read_ahead(&fs, 3);
+    let d2 = other.lookup(Ino::ROOT, "d2").unwrap().ino;
+    other.mkdir(d2, "z", 0o755, owner()).unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    other.setattr(d2, chmod).unwrap();
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    let attr = fs.lookup(Ino::ROOT, "d2").unwrap();
+    assert_eq!((attr.perm, attr.nlink), (0o700, 3));
+}

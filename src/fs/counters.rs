@@ -54,6 +54,10 @@ counters! {
     /// Entries whose kind and size were read from the registry (an array
     /// open each), not taken from the TTL cache.
     registry_node_reads,
+    /// Subdirectories read ahead of a lister (`ls -l`), several at a time.
+    stat_ahead_reads,
+    /// Lookups answered by a read made ahead of them.
+    stat_ahead_used,
     /// Files opened.
     opens,
     /// Bytes taken by writes.

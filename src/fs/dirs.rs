@@ -29,6 +29,7 @@ impl ModelFs {
     /// registry stamped its own times as it changed the group; they show
     /// once the node is read again.
     pub(super) fn touch_dir(&self, ino: Ino, removed: &[&str], added: Option<&Entry>) {
+        self.stat_ahead.changed();
         let Some(dir) = self.inodes.get(ino) else { return };
         let mut c = dir.lock();
         if let Some((_, list)) = &mut c.listing {

@@ -43,6 +43,7 @@ mod ml_models;
 mod namespace;
 pub mod read;
 mod stat;
+mod stat_ahead;
 pub mod store;
 mod versions;
 mod views;
@@ -86,6 +87,9 @@ pub struct Config {
     pub prefetch_window_bytes: u64,
     /// Bytes one read-ahead query asks TileDB for.
     pub prefetch_fetch_bytes: u64,
+    /// Subdirectories read ahead of a lister, several at a time (0: none;
+    /// see `fs/stat_ahead.rs`).
+    pub stat_ahead: usize,
     /// Directory for staging files written out of order.
     pub staging_dir: PathBuf,
     /// Most bytes staged at once, over all files being written.
@@ -121,6 +125,7 @@ impl Default for Config {
             prefetch_threads: 4,
             prefetch_window_bytes: 32 << 20,
             prefetch_fetch_bytes: 4 << 20,
+            stat_ahead: 64,
             staging_dir: std::env::temp_dir().join("modelfs-staging"),
             staging_limit_bytes: 64 << 30,
             view_memory_bytes: 2 << 30,
@@ -141,6 +146,7 @@ pub struct ModelFs {
     handles: HandleTable,
     cache: Arc<ChunkCache>,
     prefetch: PrefetchPool,
+    stat_ahead: stat_ahead::StatAhead,
     counters: Arc<Counters>,
     staging: Arc<StagingArea>,
     next_version: std::sync::atomic::AtomicU64,
@@ -215,8 +221,11 @@ impl ModelFs {
             config.prefetch_fetch_bytes,
             256,
         );
+        let stat_ahead =
+            stat_ahead::StatAhead::new(store.clone(), counters.clone(), config.metadata_ttl, config.stat_ahead);
         Ok(ModelFs {
             store,
+            stat_ahead,
             inodes: InodeTable::new(root),
             handles: HandleTable::default(),
             cache,

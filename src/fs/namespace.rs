@@ -66,16 +66,38 @@ impl ModelFs {
 
     /// [`ModelFs::node_of`], and for a directory also its listing: a
     /// directory's stat wants both (the link count counts subdirectories),
-    /// and they come from one read.
-    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Listing>)> {
+    /// and they come from one read (made ahead of this lookup, when a
+    /// lister is going through the directory's parent). With when they
+    /// were read.
+    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Listing>, Instant)> {
         if !entry.is_dir() {
-            return Ok((self.node_of(entry)?, None));
+            let at = Instant::now();
+            return Ok((self.node_of(entry)?, None, at));
         }
+        if let Some(((attrs, list), at)) = self.stat_ahead.take(&entry.uri) {
+            return Ok((Some(NodeState::Dir(attrs)), Some(list), at));
+        }
+        let at = Instant::now();
         Counters::add(&self.counters.registry_listings, 1);
         let (attrs, list) = self.store.dir_with_entries(entry).inspect_err(|e| {
             self.warn_once(&entry.uri, format_args!("{}: cannot be read: {e}", entry.uri));
         })?;
-        Ok((Some(NodeState::Dir(attrs)), Some(Arc::new(list))))
+        Ok((Some(NodeState::Dir(attrs)), Some(Arc::new(list)), at))
+    }
+
+    /// A lookup reached subdirectory `entry` of `dir`: the next
+    /// subdirectories of `dir`'s listing are read ahead of the lookups a
+    /// lister makes next (see `fs/stat_ahead.rs`).
+    fn stat_ahead_of(&self, dir: &Inode, entry: &Entry) {
+        if !entry.is_dir() {
+            return;
+        }
+        let Some(listing) = self.fresh_listing(dir) else { return };
+        let Ok(at) = listing.binary_search_by(|e| e.name.as_str().cmp(&entry.name)) else {
+            return;
+        };
+        self.stat_ahead
+            .ahead(&listing, at, |e| self.known_node(dir.ino, e).is_some());
     }
 
     /// What `stat` shows of `inode`: its node, with the size its writer has
@@ -105,13 +127,13 @@ impl ModelFs {
             return Ok(node);
         }
         let entry = inode.entry();
-        let (node, listing) = match self.node_and_listing(&entry)? {
-            (Some(node), listing) => (node, listing),
-            (None, _) => return Err(CoreError::NoLongerShown { uri: entry.uri.clone() }.into()),
+        let (node, listing, at) = match self.node_and_listing(&entry)? {
+            (Some(node), listing, at) => (node, listing, at),
+            (None, ..) => return Err(CoreError::NoLongerShown { uri: entry.uri.clone() }.into()),
         };
         let mut c = inode.lock();
         if let Some(list) = listing {
-            c.listing = Some((Instant::now(), list));
+            c.listing = Some((at, list));
         }
         if c.read_at != read_at {
             // Refreshed while this read ran (a commit here): that is newer.
@@ -121,7 +143,7 @@ impl ModelFs {
             c.version = None;
         }
         c.node = node.clone();
-        c.read_at = Some(Instant::now());
+        c.read_at = Some(at);
         Ok(node)
     }
 
@@ -192,6 +214,7 @@ impl ModelFs {
 
     /// Drops directory `ino`'s listing: this mount just changed it.
     pub(super) fn forget_listing(&self, ino: Ino) {
+        self.stat_ahead.changed();
         if let Some(dir) = self.inodes.get(ino) {
             dir.lock().listing = None;
         }
@@ -301,6 +324,7 @@ impl ModelFs {
         let (entry, known) = self
             .child(&dir, name, Listed::Cached)?
             .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
+        self.stat_ahead_of(&dir, &entry);
         if let Some(inode) = known {
             let node = self.shown_node(&inode)?;
             // The kernel reads an older version of it from a disk cache
@@ -317,11 +341,16 @@ impl ModelFs {
             let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
-        let (node, listing) = self.node_and_listing(&entry)?;
+        let (node, listing, at) = self.node_and_listing(&entry)?;
         let node = node.ok_or_else(|| Error::not_found(&entry.uri))?;
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
-        if let Some(list) = listing {
-            inode.lock().listing = Some((Instant::now(), list));
+        {
+            // Trusted for the TTL from when it was read (maybe ahead).
+            let mut c = inode.lock();
+            c.read_at = Some(at);
+            if let Some(list) = listing {
+                c.listing = Some((at, list));
+            }
         }
         Ok((self.attr_of(inode.ino, &node), Some(inode)))
     }

@@ -132,7 +132,9 @@ impl ModelFs {
         // The ctime shown is the one stored, so it does not move when the
         // node is read again (tar checks it).
         let change = if committed {
-            self.store.set_attrs(&inode.entry(), &change)?
+            let stored = self.store.set_attrs(&inode.entry(), &change)?;
+            self.stat_ahead.changed();
+            stored
         } else {
             Attrs {
                 ctime_ns: Some(now_ns()),

@@ -1,0 +1,243 @@
+//! Reading subdirectories' stats ahead of a lister.
+//!
+//! `ls -l` of a directory looks its entries up one after another, in
+//! listing order. A subdirectory's stat is a read of its group (its
+//! attributes and, for the link count, its entries): a few round trips to
+//! storage, so 10,000 of them one at a time took minutes on S3. When a
+//! lookup reaches a subdirectory, the next ones of the same listing are
+//! read by a small pool of threads, a bounded window ahead; the lookups
+//! that follow take what was read.
+//!
+//! What was read is used only within the metadata TTL of its read, and
+//! never across a change this mount made meanwhile (any change discards
+//! what was read before it, so a mount always sees its own changes).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::counters::Counters;
+use super::store::Store;
+use crate::registry::{Attrs, Entry};
+
+/// A subdirectory's stat as read ahead: its attributes and entries.
+pub(super) type DirRead = (Attrs, Arc<Vec<Entry>>);
+
+/// Threads reading ahead, shared by all listers. On an object store each
+/// read waits on round trips, so more threads than cores pay off.
+const THREADS: usize = 16;
+
+/// Longest a lookup waits for a read of its entry already under way
+/// before reading it itself.
+const WAIT_FOR_READ: Duration = Duration::from_secs(30);
+
+pub(super) struct StatAhead {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<Sender<Job>>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Subdirectories kept read or being read ahead of one lister.
+    window: usize,
+}
+
+struct Job {
+    entry: Entry,
+    /// [`Shared::changes`] when the job was queued.
+    generation: u64,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    counters: Arc<Counters>,
+    ttl: Duration,
+    /// Bumped by every change this mount makes to a directory.
+    changes: AtomicU64,
+    /// Set at unmount: queued reads are dropped.
+    stopping: AtomicBool,
+    state: Mutex<State>,
+    read_done: Condvar,
+    /// Most reads kept waiting for their lookup.
+    keep: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// URIs queued or being read.
+    pending: HashSet<String>,
+    /// Reads done, by URI, until a lookup takes them.
+    ready: HashMap<String, Ready>,
+}
+
+struct Ready {
+    read: DirRead,
+    at: Instant,
+    generation: u64,
+}
+
+impl StatAhead {
+    /// A pool keeping up to `window` subdirectories read ahead of each
+    /// lister; 0 turns reading ahead off.
+    pub fn new(store: Arc<dyn Store>, counters: Arc<Counters>, ttl: Duration, window: usize) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            counters,
+            ttl,
+            changes: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            state: Mutex::default(),
+            read_done: Condvar::new(),
+            keep: window.saturating_mul(4),
+        });
+        if window == 0 {
+            return StatAhead {
+                shared,
+                sender: Mutex::new(None),
+                workers: Vec::new(),
+                window,
+            };
+        }
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..THREADS.min(window))
+            .map(|i| {
+                let (rx, shared) = (rx.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name(format!("modelfs-stat-ahead-{i}"))
+                    .spawn(move || worker(&rx, &shared))
+                    .expect("spawn a stat-ahead thread")
+            })
+            .collect();
+        StatAhead {
+            shared,
+            sender: Mutex::new(Some(tx)),
+            workers,
+            window,
+        }
+    }
+
+    /// Subdirectories to read ahead of a lookup of `listing[at]`: the
+    /// window's worth after it, less those `known` (fresh in the inode
+    /// table) or already read or being read.
+    pub fn ahead(&self, listing: &[Entry], at: usize, known: impl Fn(&Entry) -> bool) {
+        let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(tx) = guard.as_ref() else { return };
+        let generation = self.shared.changes.load(Ordering::SeqCst);
+        // `known` locks inodes: not under the state's lock.
+        let dirs: Vec<&Entry> = (listing.iter().skip(at + 1))
+            .filter(|e| e.is_dir())
+            .take(self.window)
+            .filter(|e| !known(e))
+            .collect();
+        let mut state = self.shared.lock();
+        for entry in dirs {
+            if state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
+                continue;
+            }
+            state.pending.insert(entry.uri.clone());
+            let job = Job {
+                entry: entry.clone(),
+                generation,
+            };
+            if tx.send(job).is_err() {
+                state.pending.remove(&entry.uri);
+                return;
+            }
+        }
+    }
+
+    /// What was read ahead of directory `uri`, with when it was read: it
+    /// waits for a read under way. `None` when there is none, it failed,
+    /// it is older than the TTL or a change was made since it started
+    /// (the lookup then reads the directory itself).
+    pub fn take(&self, uri: &str) -> Option<(DirRead, Instant)> {
+        let deadline = Instant::now() + WAIT_FOR_READ;
+        let mut state = self.shared.lock();
+        while state.pending.contains(uri) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .shared
+                .read_done
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let ready = state.ready.remove(uri)?;
+        let current = ready.generation == self.shared.changes.load(Ordering::SeqCst);
+        if !current || ready.at.elapsed() >= self.shared.ttl {
+            return None;
+        }
+        Counters::add(&self.shared.counters.stat_ahead_used, 1);
+        Some((ready.read, ready.at))
+    }
+
+    /// A directory changed through this mount: what was read before is not
+    /// used.
+    pub fn changed(&self) {
+        self.shared.changes.fetch_add(1, Ordering::SeqCst);
+        self.shared.lock().ready.clear();
+    }
+}
+
+impl Drop for StatAhead {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self, job: Job) {
+        let Job { entry, generation } = job;
+        let started = Instant::now();
+        let read = self.store.dir_with_entries(&entry);
+        Counters::add(&self.counters.stat_ahead_reads, 1);
+        let mut state = self.lock();
+        state.pending.remove(&entry.uri);
+        match read {
+            Ok((attrs, list)) if generation == self.changes.load(Ordering::SeqCst) => {
+                if state.ready.len() >= self.keep {
+                    // Nobody took them within a window: the lister went.
+                    let now = Instant::now();
+                    state.ready.retain(|_, r| now.duration_since(r.at) < self.ttl);
+                }
+                if state.ready.len() < self.keep {
+                    let ready = Ready {
+                        read: (attrs, Arc::new(list)),
+                        at: started,
+                        generation,
+                    };
+                    state.ready.insert(entry.uri, ready);
+                }
+            }
+            // The lookup reads it again and reports the error itself.
+            Ok(_) | Err(_) => {}
+        }
+        drop(state);
+        self.read_done.notify_all();
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
+    loop {
+        let job = match rx.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.read(job);
+    }
+}
