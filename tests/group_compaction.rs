@@ -445,13 +445,13 @@ fn an_open_as_of_a_recent_time_sees_the_members_of_then() {
     assert_eq!(fresh_names(&dir.uri).len(), 5 + tiledb::HISTORY_KEPT + 1);
 }
 
-/// The records of new entries in directory `uri` not merged yet, as a
-/// fresh registry (nothing cached) sees them: what it lists beyond what
-/// TileDB's own member list holds.
+/// The names of directory `uri` whose records (new or removed entries)
+/// are not merged yet, as a fresh registry (nothing cached) sees them:
+/// where its listing and TileDB's own member list differ.
 fn unmerged(uri: &str) -> BTreeSet<String> {
     let listed = names(&registry(), &group_at(uri));
     let members = fresh_names(uri);
-    listed.difference(&members).cloned().collect()
+    listed.symmetric_difference(&members).cloned().collect()
 }
 
 fn wait_merged(uri: &str) {
@@ -505,6 +505,71 @@ fn new_entries_are_recorded_then_merged_into_the_member_list() {
     let (lists_after, _) = list_folder(&dir.uri);
     if start.elapsed() < delay {
         assert!(lists_after.len() <= lists_before.len() + 1, "{lists_after:?}");
+    }
+}
+
+/// In a mount, removing an entry whose storage stays for snapshots is a
+/// record too: no member list written, gone at once for every reader,
+/// merged later with its `modelfs.deleted.*` key; a name removed and made
+/// again before the merge shows the new entry.
+#[test]
+fn removals_are_recorded_then_merged_with_their_deleted_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = mount_registry();
+    let dir = root(&reg, tmp.path());
+    let made: BTreeSet<String> = (0..12).map(|i| format!("m{i:02}")).collect();
+    for name in &made {
+        reg.mkdir(&dir, name, &Attrs::default()).unwrap();
+    }
+    wait_merged(&dir.uri);
+    let delay = Duration::from_secs(if on_s3() { 30 } else { 5 });
+    reg.set_merge_delay(delay);
+    let (lists_before, _) = list_folder(&dir.uri);
+    let start = std::time::Instant::now();
+    let listed = reg.list(&dir).unwrap();
+    let gone: Vec<&Entry> = listed.iter().filter(|e| e.name.as_str() < "m06").collect();
+    for e in &gone {
+        reg.remove(&dir, e).unwrap();
+        reg.retire(&dir, e).unwrap();
+    }
+    let again = reg.mkdir(&dir, "m00", &Attrs::default()).unwrap();
+    let (lists_now, _) = list_folder(&dir.uri);
+    let expected: BTreeSet<String> = made
+        .iter()
+        .filter(|n| n.as_str() >= "m06" || *n == "m00")
+        .cloned()
+        .collect();
+    if start.elapsed() < delay {
+        assert_eq!(lists_now, lists_before, "list files written by 6 removals");
+        assert_eq!(fresh_names(&dir.uri), made, "TileDB's list before the merge");
+    }
+    assert_eq!(names(&registry(), &dir), expected, "a fresh reader");
+    assert_eq!(names(&reg, &dir), expected, "the mount itself");
+    let shown = reg.lookup(&dir, "m00").unwrap().unwrap();
+    assert!(
+        modelfs::registry::uri::same(&shown.uri, &again.uri),
+        "{} {}",
+        shown.uri,
+        again.uri
+    );
+    let ctx = Context::new().unwrap();
+    for e in &gone {
+        assert_ne!(
+            tiledb::object_type(&ctx, &e.uri).unwrap(),
+            ObjectType::Invalid,
+            "{} kept",
+            e.uri
+        );
+    }
+    wait_merged(&dir.uri);
+    assert_eq!(fresh_names(&dir.uri), expected);
+    let deleted: BTreeSet<String> = reg.deleted(&dir).unwrap().into_iter().map(|d| d.1).collect();
+    for e in &gone {
+        assert!(
+            deleted.iter().any(|d| d.ends_with(&format!("/{}", e.name))),
+            "{} in {deleted:?}",
+            e.name
+        );
     }
 }
 

@@ -136,7 +136,7 @@ impl Upkeep {
         if let Err(e) = super::members::merge_journal(ctx, vfs, self, uri) {
             // The records stay: readers still see them, the next change
             // or `modelfs compact` merges them.
-            warn!("{uri}: merging new entries into its member list failed: {e}");
+            warn!("{uri}: merging recorded entries into its member list failed: {e}");
         }
     }
 

@@ -1,11 +1,15 @@
-//! New entries of a directory, recorded before they reach its member list.
+//! New and removed entries of a directory, recorded before they reach its
+//! member list.
 //!
 //! A TileDB group writes its whole member list at every change and reads it
 //! whole at every open, so adding an entry to a directory of N costs O(N).
-//! A mount instead records each new entry as one small file in the
-//! directory's `__modelfs_journal/` folder (O(1)), shows it from there at
-//! once, and merges the records into the member list in the background,
-//! many per group write ([`super::Registry::merge_journal`]).
+//! A mount instead records each new entry, and each removal whose storage
+//! stays for snapshots, as one small file in the directory's
+//! `__modelfs_journal/` folder (O(1)), shows the change from there at once,
+//! and merges the records into the member list in the background, many per
+//! group write ([`super::Registry::merge_journal`]). Records apply in the
+//! order of their times; a removal takes the name out only while it names
+//! the removed storage.
 //!
 //! A merge writes the member list (stamped with its newest record's time,
 //! so the directory's mtime stays when it changed), then a marker file
@@ -35,10 +39,11 @@ pub(super) const JOURNAL_DIR: &str = "__modelfs_journal";
 const RECORD_SUFFIX: &str = ".json";
 const MARKER_SUFFIX: &str = ".merged";
 
-/// One entry added to a directory and not yet merged (maybe).
+/// One entry added to or removed from a directory, and not yet merged
+/// (maybe).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Added {
-    /// When it was added (ms), ordered after the member list it followed.
+pub(super) struct Record {
+    /// When it was made (ms), ordered after the member list it followed.
     pub time: u64,
     /// The record file's URI, as listed.
     pub file: String,
@@ -48,6 +53,9 @@ pub(super) struct Added {
     pub uri: String,
     pub relative: bool,
     pub storage: Storage,
+    /// A removal: the entry named so and stored at `uri` goes, its storage
+    /// kept for snapshots (the merge records it as `modelfs.deleted.*`).
+    pub removed: bool,
     /// The time of the member list that merged it, if one did.
     pub merged: Option<u64>,
 }
@@ -56,7 +64,7 @@ pub(super) struct Added {
 #[derive(Debug, Default)]
 pub(super) struct Journal {
     /// Records, oldest first.
-    pub added: Vec<Added>,
+    pub records: Vec<Record>,
     /// Marker files with the time of the list each wrote, and the record
     /// files each names.
     pub markers: Vec<Marker>,
@@ -67,7 +75,7 @@ pub(super) struct Marker {
     pub file: String,
     pub time: u64,
     /// The records it merged (their files are deleted after it is written).
-    pub records: Vec<Added>,
+    pub records: Vec<Record>,
 }
 
 /// A merged record, one JSON line of a marker.
@@ -80,33 +88,50 @@ struct MergedLine {
     body: Body,
 }
 
+/// What a record file holds.
 #[derive(Serialize, Deserialize)]
-struct Body {
+pub(super) struct Body {
     name: String,
     uri: String,
     relative: bool,
     dir: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    removed: bool,
 }
 
 impl Body {
-    fn of(a: &Added) -> Self {
+    /// Entry `name` (member URI `uri`, relative to the directory when
+    /// `relative`) added, or removed when `removed`.
+    pub fn new(name: &str, (uri, relative): (String, bool), storage: Storage, removed: bool) -> Self {
+        Body {
+            name: name.to_string(),
+            uri,
+            relative,
+            dir: storage == Storage::Group,
+            removed,
+        }
+    }
+
+    fn of(a: &Record) -> Self {
         Body {
             name: a.name.clone(),
             uri: a.uri.clone(),
             relative: a.relative,
             dir: a.storage == Storage::Group,
+            removed: a.removed,
         }
     }
 
     /// The record of file `file`, made at `time`.
-    fn into_added(self, time: u64, file: String, merged: Option<u64>) -> Added {
-        Added {
+    fn into_record(self, time: u64, file: String, merged: Option<u64>) -> Record {
+        Record {
             time,
             file,
             name: self.name,
             uri: self.uri,
             relative: self.relative,
             storage: if self.dir { Storage::Group } else { Storage::Array },
+            removed: self.removed,
             merged,
         }
     }
@@ -114,7 +139,7 @@ impl Body {
 
 /// The record file's name alone: records are compared by it, as listings
 /// and markers spell the folder differently.
-pub(super) fn record_id(a: &Added) -> &str {
+pub(super) fn record_id(a: &Record) -> &str {
     last_component(&a.file)
 }
 
@@ -155,7 +180,7 @@ fn record_time(file: &str) -> Option<u64> {
 /// Writes the marker of a merge of `records` into the list of `time` (ms),
 /// holding them whole: their files are deleted after, and snapshots of a
 /// time before the merge still count them.
-pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, records: &[Added]) -> Result<()> {
+pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, records: &[Record]) -> Result<()> {
     let mut lines = String::new();
     for a in records {
         let line = MergedLine {
@@ -174,33 +199,18 @@ pub(super) fn write_marker(vfs: &Vfs, dir_uri: &str, time: u64, records: &[Added
 /// A parsed journal file (they never change).
 #[derive(Clone)]
 enum Parsed1 {
-    Record(Added),
+    Record(Record),
     Marker(Marker),
 }
 
-/// Records that entry `name` (member URI `uri`, relative to the directory
-/// when `relative`) was added to directory `dir_uri` at `time` (ms).
-pub(super) fn write(
-    vfs: &Vfs,
-    dir_uri: &str,
-    time: u64,
-    name: &str,
-    uri: &str,
-    relative: bool,
-    storage: Storage,
-) -> Result<()> {
+/// Writes record `body` of directory `dir_uri`, made at `time` (ms).
+pub(super) fn write(vfs: &Vfs, dir_uri: &str, time: u64, body: &Body) -> Result<()> {
     let folder = journal_dir(dir_uri);
     if super::uri::is_local(dir_uri) && !vfs.is_dir(&folder)? {
         vfs.create_dir(&folder)?;
     }
-    let body = serde_json::to_vec(&Body {
-        name: name.to_string(),
-        uri: uri.to_string(),
-        relative,
-        dir: storage == Storage::Group,
-    })
-    .expect("a record serializes");
-    vfs.write_file(&format!("{folder}/{}", record_name(time)), &body)?;
+    let bytes = serde_json::to_vec(body).expect("a record serializes");
+    vfs.write_file(&format!("{folder}/{}", record_name(time)), &bytes)?;
     Ok(())
 }
 
@@ -259,7 +269,7 @@ impl Parsed {
                 let mut records = Vec::new();
                 for line in String::from_utf8_lossy(&bytes).lines() {
                     match serde_json::from_str::<MergedLine>(line) {
-                        Ok(l) => records.push(l.body.into_added(l.time, format!("{folder}/{}", l.file), Some(time))),
+                        Ok(l) => records.push(l.body.into_record(l.time, format!("{folder}/{}", l.file), Some(time))),
                         // Cut short by a crash: what it lists counts as
                         // not merged (a merge again is harmless).
                         Err(e) => warn!("{file}: a line is not a merged record ({e}); ignored"),
@@ -275,16 +285,16 @@ impl Parsed {
             }
             match serde_json::from_slice::<Body>(&bytes) {
                 Ok(b) => {
-                    let added = b.into_added(time, file.clone(), None);
-                    now.insert(file, Parsed1::Record(added));
+                    let record = b.into_record(time, file.clone(), None);
+                    now.insert(file, Parsed1::Record(record));
                 }
-                Err(e) => warn!("{file}: not a record of a new entry ({e}); ignored"),
+                Err(e) => warn!("{file}: not a record of an entry ({e}); ignored"),
             }
         }
         let mut out = Journal::default();
         for p in now.values() {
             match p {
-                Parsed1::Record(a) => out.added.push(a.clone()),
+                Parsed1::Record(a) => out.records.push(a.clone()),
                 Parsed1::Marker(m) => out.markers.push(m.clone()),
             }
         }
@@ -294,19 +304,19 @@ impl Parsed {
             .iter()
             .flat_map(|m| m.records.iter().map(move |r| (record_id(r), m.time)))
             .collect();
-        let files: std::collections::HashSet<String> = out.added.iter().map(|a| record_id(a).to_string()).collect();
-        for a in &mut out.added {
+        let files: std::collections::HashSet<String> = out.records.iter().map(|a| record_id(a).to_string()).collect();
+        for a in &mut out.records {
             a.merged = merged.get(record_id(a)).copied();
         }
-        let kept: Vec<Added> = out
+        let kept: Vec<Record> = out
             .markers
             .iter()
             .flat_map(|m| m.records.iter())
             .filter(|r| !files.contains(record_id(r)))
             .cloned()
             .collect();
-        out.added.extend(kept);
-        out.added.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
+        out.records.extend(kept);
+        out.records.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
         out.markers.sort_by_key(|m| m.time);
         let mut by_dir = self.by_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if by_dir.len() >= PARSED_DIRS {

@@ -1,8 +1,8 @@
 //! What a group directory holds: its member list, read through a cache that
 //! one listing of its `__group/` folder validates (opening a group reads
 //! its whole list, O(entries); the listing is O(1) in them), plus the new
-//! entries its journal records ([`super::journal`]), and the merge of those
-//! into the list.
+//! and removed entries its journal records ([`super::journal`]), and the
+//! merge of those into the list.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +13,7 @@ use crate::tiledb::{self, Context, Group, GroupMode, ListFiles, Member, MembersC
 
 use super::compaction::Upkeep;
 use super::error::Result;
-use super::journal::{self, Added};
+use super::journal::{self, Record};
 use super::tree::Storage;
 use super::uri::{canonical, join};
 
@@ -147,8 +147,9 @@ const CACHED_FROM: usize = 64;
 pub(super) struct View {
     pub members: Arc<Members>,
     pub lists: ListFiles,
-    /// Recorded new entries not in `members` yet, oldest first.
-    pub added: Vec<Added>,
+    /// Recorded new and removed entries not in `members` yet, oldest
+    /// first.
+    pub records: Vec<Record>,
     /// The journal they come from.
     pub journal: journal::Journal,
     /// The group, when reading the view opened it.
@@ -158,7 +159,43 @@ pub(super) struct View {
 impl View {
     /// When its entries last changed (ms).
     pub fn changed_ms(&self) -> Option<u64> {
-        self.added.last().map(|a| a.time).max(self.lists.newest())
+        self.records.last().map(|a| a.time).max(self.lists.newest())
+    }
+
+    /// What became of each name the records touch, replayed in order over
+    /// the member list: the record that added its entry last, or `None`
+    /// when a removal took it; with the removals that applied.
+    pub fn fates(&self, dir_uri: &str) -> (HashMap<&str, Option<&Record>>, Vec<&Record>) {
+        let mut fate: HashMap<&str, Option<&Record>> = HashMap::new();
+        let mut removals = Vec::new();
+        for r in &self.records {
+            if !r.removed {
+                fate.insert(r.name.as_str(), Some(r));
+                continue;
+            }
+            let current = match fate.get(r.name.as_str()) {
+                Some(Some(a)) => Some(added_uri(dir_uri, a)),
+                Some(None) => None,
+                None => self.members.named(&r.name).map(|m| m.uri.clone()),
+            };
+            // A removal takes the name only while it names what was removed.
+            if current.is_some_and(|c| canonical(&c) == canonical(&added_uri(dir_uri, r))) {
+                fate.insert(r.name.as_str(), None);
+                removals.push(r);
+            }
+        }
+        (fate, removals)
+    }
+
+    /// Whether the directory holds nothing, shown or not.
+    pub fn is_empty(&self, dir_uri: &str) -> bool {
+        let (fate, _) = self.fates(dir_uri);
+        let added = fate.values().filter(|f| f.is_some()).count();
+        let removed = self.members.list.iter().filter(|m| {
+            let name = m.name.as_deref().unwrap_or_default();
+            fate.get(name).is_some_and(Option::is_none)
+        });
+        added == 0 && removed.count() == self.members.list.len()
     }
 }
 
@@ -169,7 +206,7 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
     loop {
         let v = view_once(ctx, vfs, upkeep, uri, at)?;
         attempt += 1;
-        if at.is_some() || v.added.is_empty() || attempt == 3 {
+        if at.is_some() || v.records.is_empty() || attempt == 3 {
             return Ok(v);
         }
         // A record counted here but merged since may have been merged, and
@@ -177,12 +214,12 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
         // would show again. Read again when one was.
         let again = upkeep.parsed.read(vfs, uri)?;
         let merged: std::collections::HashSet<&str> = again
-            .added
+            .records
             .iter()
             .filter(|a| a.merged.is_some())
             .map(journal::record_id)
             .collect();
-        if !v.added.iter().any(|a| merged.contains(journal::record_id(a))) {
+        if !v.records.iter().any(|a| merged.contains(journal::record_id(a))) {
             return Ok(v);
         }
     }
@@ -202,8 +239,8 @@ fn view_once(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u6
         }
         None => cached_members(ctx, vfs, upkeep, uri)?,
     };
-    let added = journal
-        .added
+    let records = journal
+        .records
         .iter()
         .filter(|a| match at {
             None => a.merged.is_none(),
@@ -214,7 +251,7 @@ fn view_once(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u6
     Ok(View {
         members,
         lists,
-        added,
+        records,
         journal,
         group,
     })
@@ -270,7 +307,7 @@ pub(super) fn member_uri(dir_uri: &str, uri: &str) -> (String, bool) {
 /// The absolute URI of a recorded entry of directory `dir_uri`,
 /// spelled as TileDB spells its members (local paths as `file://` URIs),
 /// so an entry's URI does not change when it is merged.
-pub(super) fn added_uri(dir_uri: &str, a: &Added) -> String {
+pub(super) fn added_uri(dir_uri: &str, a: &Record) -> String {
     let uri = if a.relative {
         join(dir_uri, &a.uri)
     } else {
@@ -291,43 +328,54 @@ pub(super) fn object_type(storage: Storage) -> ObjectType {
     }
 }
 
-/// Merges directory `uri`'s recorded new entries into its member list in
-/// one group write, stamped with the newest record's time (so the
-/// directory's mtime stays when it was changed), then deletes the records.
-/// The caller holds the directory's lock. Returns how many were merged.
+/// Merges directory `uri`'s recorded new and removed entries into its
+/// member list in one group write, stamped with the newest record's time
+/// (so the directory's mtime stays when it was changed), with the
+/// removals' `modelfs.deleted.*` keys, then deletes the records. The
+/// caller holds the directory's lock. Returns how many names changed.
 pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri: &str) -> Result<usize> {
     let v = view(ctx, vfs, upkeep, uri, None)?;
     let mut merged = 0;
-    if let Some(newest) = v.added.last().map(|a| a.time) {
-        // The last record of a name wins; one the list holds already (a
-        // merge that stopped before its marker) needs no write.
-        let mut last: HashMap<&str, &Added> = HashMap::new();
-        for a in &v.added {
-            last.insert(a.name.as_str(), a);
-        }
-        let mut todo: Vec<&Added> = last
-            .into_values()
-            .filter(|a| !v.members.holds(&a.name, &added_uri(uri, a)))
+    if let Some(newest) = v.records.last().map(|a| a.time) {
+        // What the list holds already (a merge that stopped before its
+        // marker) needs no write.
+        let (fate, removals) = v.fates(uri);
+        let mut todo: Vec<(&str, Option<&Record>)> = fate
+            .into_iter()
+            .filter(|(name, f)| match f {
+                Some(a) => !v.members.holds(name, &added_uri(uri, a)),
+                None => v.members.has_name(name),
+            })
             .collect();
-        todo.sort_by_key(|a| a.time);
+        todo.sort_by_key(|(name, f)| (f.map(|a| a.time), *name));
         let mut stamp = newest;
         if !todo.is_empty() {
             let mut change = MembersChange::begin_at(ctx, uri, Some(newest))?;
             stamp = change.stamp();
             let g = change.group();
-            for a in &todo {
-                if v.members.has_name(&a.name) {
-                    g.remove_member(&a.name)?;
+            for (name, f) in &todo {
+                if v.members.has_name(name) {
+                    g.remove_member(name)?;
                 }
-                g.add_member(&a.uri, a.relative, &a.name, object_type(a.storage))?;
+                if let Some(a) = f {
+                    g.add_member(&a.uri, a.relative, &a.name, object_type(a.storage))?;
+                }
+            }
+            for r in removals {
+                let removed = super::tree::Entry {
+                    name: r.name.clone(),
+                    uri: added_uri(uri, r),
+                    storage: r.storage,
+                };
+                super::tree::mark_deleted_at(g, uri, &removed, r.time)?;
             }
             super::tree::commit_change(upkeep, change)?;
         }
-        journal::write_marker(vfs, uri, stamp, &v.added)?;
-        let files: Vec<String> = v.added.iter().map(|a| a.file.clone()).collect();
+        journal::write_marker(vfs, uri, stamp, &v.records)?;
+        let files: Vec<String> = v.records.iter().map(|a| a.file.clone()).collect();
         journal::remove(vfs, &files)?;
         merged = todo.len();
-        debug!("{uri}: merged {merged} new entries into its member list");
+        debug!("{uri}: merged {merged} recorded entries into its member list");
     }
     if let Some(oldest) = v.lists.oldest() {
         journal::forget_before(vfs, &v.journal, oldest)?;

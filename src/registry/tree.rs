@@ -232,27 +232,37 @@ impl Registry {
     /// [`tiledb::HISTORY_KEPT`]), those of its oldest kept list that
     /// existed at the snapshot's time, with a warning.
     fn group_entries(&self, dir: &Entry, view: &super::members::View) -> Result<Vec<Entry>> {
-        let out = self.group_entries_of(dir, &view.members.list, &view.added)?;
+        let out = self.group_entries_of(dir, &view.members.list, &view.records)?;
         self.snapshot_fallback(dir, view, out)
     }
 
-    /// The entries shown of `members` and, over them, of `added`.
+    /// The entries shown of `members` and, over them, of `records` in
+    /// order (a removal takes a name only while it names what was removed).
     fn group_entries_of(
         &self,
         dir: &Entry,
         members: &[tiledb::Member],
-        added: &[super::journal::Added],
+        records: &[super::journal::Record],
     ) -> Result<Vec<Entry>> {
         let mut out = self.members_shown(dir, members)?;
-        for a in added {
+        for a in records {
             if let Some(reason) = invalid_name_reason(&a.name) {
-                warn!("{}: new entry {:?} left out: name {reason}", dir.uri, a.name);
+                warn!("{}: recorded entry {:?} left out: name {reason}", dir.uri, a.name);
+                continue;
+            }
+            let uri = super::members::added_uri(&dir.uri, a);
+            if a.removed {
+                out.retain(|e| e.name != a.name || canonical(&e.uri) != canonical(&uri));
                 continue;
             }
             out.retain(|e| e.name != a.name);
+            if self.at.is_some() && tiledb::object_type(&self.ctx, &uri)? == ObjectType::Invalid {
+                debug!("{}: recorded entry {:?} ({uri}) is no longer stored", dir.uri, a.name);
+                continue;
+            }
             out.push(Entry {
                 name: a.name.clone(),
-                uri: super::members::added_uri(&dir.uri, a),
+                uri,
                 storage: a.storage,
             });
         }
@@ -287,13 +297,9 @@ impl Registry {
     /// The entry named `name` of group `dir` (read as `view`), found
     /// through the view's index: the cost does not grow with the entries.
     fn find_in_view(&self, dir: &Entry, view: &super::members::View, name: &str) -> Result<Option<Entry>> {
-        if let Some(a) = view.added.iter().rev().find(|a| a.name == name) {
-            return Ok(self.group_entries_of(dir, &[], std::slice::from_ref(a))?.pop());
-        }
-        match view.members.named(name) {
-            Some(m) => Ok(self.members_shown(dir, std::slice::from_ref(m))?.pop()),
-            None => Ok(None),
-        }
+        let member = view.members.named(name).map(std::slice::from_ref).unwrap_or_default();
+        let records: Vec<_> = view.records.iter().filter(|a| a.name == name).cloned().collect();
+        Ok(self.group_entries_of(dir, member, &records)?.pop())
     }
 
     /// The members (of `dir`) that can be shown.
@@ -429,7 +435,7 @@ impl Registry {
         let taken = |uri: &str| -> Result<bool> {
             Ok(view.members.names_storage(uri)
                 || view
-                    .added
+                    .records
                     .iter()
                     .any(|a| canonical(&super::members::added_uri(&dir.uri, a)) == canonical(uri))
                 || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
@@ -506,13 +512,21 @@ impl Registry {
         if !self.upkeep.journaling() {
             return self.change_members(&dir.uri, |g| self.add_member(g, dir, entry));
         }
+        let member = super::members::member_uri(&dir.uri, &entry.uri);
+        self.record(
+            dir,
+            &super::journal::Body::new(&entry.name, member, entry.storage, false),
+        )
+    }
+
+    /// Records `body` in group `dir`'s journal and has it merged soon.
+    fn record(&self, dir: &Entry, body: &super::journal::Body) -> Result<()> {
         // Without the directory's lock: a merge running now did not read
         // this record, which no marker names, so it counts until the next.
         // Stamped after the newest list, so the directory's mtime moves on.
         let newest = tiledb::list_files(&self.vfs, &dir.uri)?.newest().unwrap_or(0);
         let time = tiledb::now_ms().max(newest + 1);
-        let (uri, relative) = super::members::member_uri(&dir.uri, &entry.uri);
-        super::journal::write(&self.vfs, &dir.uri, time, &entry.name, &uri, relative, entry.storage)?;
+        super::journal::write(&self.vfs, &dir.uri, time, body)?;
         self.upkeep.merge_later(&self.ctx, &dir.uri);
         Ok(())
     }
@@ -534,7 +548,7 @@ impl Registry {
             g.remove_member(&old.name)?;
             self.add_member(g, dir, new)?;
             if !canonical(&old.uri).eq(canonical(&new.uri)) {
-                mark_deleted(g, dir, old)?;
+                mark_deleted(g, &dir.uri, old)?;
             }
             Ok(())
         })?;
@@ -547,13 +561,25 @@ impl Registry {
     /// so [`Registry::retire`] keeps its storage for snapshots until a
     /// prune frees it ([`Registry::free_deleted`]). In a plain directory
     /// nothing happens here (the entry is its storage).
+    ///
+    /// In a mount, a removal whose storage stays is recorded in the
+    /// directory's journal instead, which costs the same however many
+    /// entries it has, and merged with its `modelfs.deleted.*` key soon
+    /// after (see [`super::journal`]). One whose storage goes changes the
+    /// member list at once, so TileDB tools never see a member whose
+    /// storage is gone.
     pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage != Storage::Group {
             return Ok(());
         }
+        if self.upkeep.journaling() && deleted_key(&dir.uri, entry).is_some() {
+            let member = super::members::member_uri(&dir.uri, &entry.uri);
+            let body = super::journal::Body::new(&entry.name, member, entry.storage, true);
+            return self.record(dir, &body);
+        }
         self.change_members(&dir.uri, |g| {
             g.remove_member(&entry.name)?;
-            mark_deleted(g, dir, entry)
+            mark_deleted(g, &dir.uri, entry)
         })?;
         self.metadata_written(&dir.uri);
         Ok(())
@@ -566,8 +592,21 @@ impl Registry {
     /// deleted otherwise (a file never linked, or a plain directory's).
     pub fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage == Storage::Group
-            && let Some(key) = deleted_key(dir, entry)
+            && let Some(key) = deleted_key(&dir.uri, entry)
         {
+            let journal = self.upkeep.parsed.read(&self.vfs, &dir.uri)?;
+            let recorded = journal.records.iter().any(|r| {
+                r.removed
+                    && r.name == entry.name
+                    && canonical(&super::members::added_uri(&dir.uri, r)) == canonical(&entry.uri)
+            });
+            if recorded {
+                debug!(
+                    "{}: removal recorded in {}, storage kept for snapshots",
+                    entry.uri, dir.uri
+                );
+                return Ok(());
+            }
             let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
             if group.metadata()?.iter().any(|(k, _)| *k == key) {
                 debug!("{}: removed from {}, storage kept for snapshots", entry.uri, dir.uri);
@@ -583,6 +622,8 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(Vec::new());
         }
+        // Recorded removals get their keys when merged.
+        self.merge_recorded(&dir.uri)?;
         let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
         Ok(group
             .metadata()?
@@ -656,10 +697,7 @@ impl Registry {
     /// or not), or a plain directory with nothing in it at all.
     pub fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
         match dir.storage {
-            Storage::Group => {
-                let view = self.view(&dir.uri)?;
-                Ok(view.members.list.is_empty() && view.added.is_empty())
-            }
+            Storage::Group => Ok(self.view(&dir.uri)?.is_empty(&dir.uri)),
             Storage::PlainDir => Ok(self.vfs.ls(&dir.uri)?.is_empty()),
             Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),
         }
@@ -714,7 +752,7 @@ impl Registry {
         self.change_members(&new_dir.uri, |g| {
             if let Some(old) = replaced {
                 g.remove_member(&old.name)?;
-                mark_deleted(g, new_dir, old)?;
+                mark_deleted(g, &new_dir.uri, old)?;
             }
             if dir.uri == new_dir.uri {
                 g.remove_member(&entry.name)?;
@@ -766,7 +804,7 @@ impl Registry {
             self.change_members(&new_dir.uri, |g| {
                 if let Some(old) = replaced {
                     g.remove_member(&old.name)?;
-                    mark_deleted(g, new_dir, old)?;
+                    mark_deleted(g, &new_dir.uri, old)?;
                 }
                 self.add_member(g, new_dir, &moved)
             })?;
@@ -776,6 +814,14 @@ impl Registry {
         }
         self.unlink(dir, entry)?;
         Ok(moved)
+    }
+
+    /// Merges group `uri`'s journal into its member list now.
+    fn merge_recorded(&self, uri: &str) -> Result<()> {
+        let lock = self.upkeep.dir_lock(uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        super::members::merge_journal(&self.ctx, &self.vfs, &self.upkeep, uri)?;
+        Ok(())
     }
 
     /// Changes the members of group `uri` with `f`: one change at a time
@@ -951,19 +997,24 @@ pub(super) fn commit_change(upkeep: &std::sync::Arc<super::compaction::Upkeep>, 
 /// (ms since the epoch, UINT64).
 pub const DELETED_KEY_PREFIX: &str = "modelfs.deleted.";
 
-/// The key recording the removal of `entry` from group `dir`, when its
-/// storage lies right in the group's folder (others are not kept).
-fn deleted_key(dir: &Entry, entry: &Entry) -> Option<String> {
-    let prefix = format!("{}/", canonical(&dir.uri));
+/// The key recording the removal of `entry` from group `dir_uri`, when
+/// its storage lies right in the group's folder (others are not kept).
+fn deleted_key(dir_uri: &str, entry: &Entry) -> Option<String> {
+    let prefix = format!("{}/", canonical(dir_uri));
     let name = canonical(&entry.uri).strip_prefix(&prefix)?;
     (!name.is_empty() && !name.contains('/')).then(|| format!("{DELETED_KEY_PREFIX}{name}"))
 }
 
-/// Records in the open group `group` (of `dir`) that `entry` was removed
-/// now, keeping its storage.
-fn mark_deleted(group: &mut Group, dir: &Entry, entry: &Entry) -> Result<()> {
-    if let Some(key) = deleted_key(dir, entry) {
-        group.put_metadata(&key, &MetaValue::u64(tiledb::now_ms()))?;
+/// Records in the open group `group` (at `dir_uri`) that `entry` was
+/// removed now, keeping its storage.
+fn mark_deleted(group: &mut Group, dir_uri: &str, entry: &Entry) -> Result<()> {
+    mark_deleted_at(group, dir_uri, entry, tiledb::now_ms())
+}
+
+/// [`mark_deleted`], removed at `time` (ms).
+pub(super) fn mark_deleted_at(group: &mut Group, dir_uri: &str, entry: &Entry, time: u64) -> Result<()> {
+    if let Some(key) = deleted_key(dir_uri, entry) {
+        group.put_metadata(&key, &MetaValue::u64(time))?;
     }
     Ok(())
 }
