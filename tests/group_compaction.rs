@@ -674,3 +674,40 @@ fn ls_l_of_many_directories_reads_them_ahead_and_shows_the_same() {
     assert_eq!(listed.len(), 122, "120 directories, notes.txt and seed.txt");
     assert!(listed.iter().any(|e| e.0 == "m000" && e.1 & 0o777 == 0o700 && e.2 == 3));
 }
+
+/// A large directory's stored attributes are read without opening its
+/// group while its metadata files stay the same; another writer's change
+/// of them shows at the next read.
+#[test]
+fn a_large_directorys_attributes_changed_elsewhere_show_at_the_next_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = mount_registry();
+    let dir = root(&reg, tmp.path());
+    for i in 0..70 {
+        reg.mkdir(&dir, &format!("m{i:02}"), &Attrs::default()).unwrap();
+    }
+    wait_merged(&dir.uri);
+    let mode_of = |reg: &Registry| match reg.node(&dir).unwrap() {
+        modelfs::registry::Node::Dir(a) => a.mode,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(mode_of(&reg), None);
+    assert_eq!(mode_of(&reg), None, "read again from what was kept");
+    let other = registry();
+    let chmod = Attrs {
+        mode: Some(0o700),
+        ..Attrs::default()
+    };
+    other.set_attrs(&dir, &chmod).unwrap();
+    assert_eq!(mode_of(&reg), Some(0o700));
+    other
+        .set_attrs(
+            &dir,
+            &Attrs {
+                mode: Some(0o750),
+                ..Attrs::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(mode_of(&reg), Some(0o750));
+}

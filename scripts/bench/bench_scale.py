@@ -49,12 +49,13 @@ def make_registry(uri, count):
 
 
 def own_bytes(uri):
-    """Bytes in the group's `__group/` and `__meta/` folders."""
+    """Bytes in the group's `__group/`, `__meta/` and `__modelfs_journal/`
+    folders."""
     import tiledb
 
     vfs = tiledb.VFS()
     total = 0
-    for sub in ("__group", "__meta"):
+    for sub in ("__group", "__meta", "__modelfs_journal"):
         d = f"{uri}/{sub}"
         if not vfs.is_dir(d):
             continue

@@ -52,6 +52,7 @@ pub(super) struct Upkeep {
     /// entries are linked at once.
     enabled: std::sync::atomic::AtomicBool,
     pub(super) members: super::members::MemberCache,
+    pub(super) attrs: super::members::AttrsCache,
     pub(super) parsed: super::journal::Parsed,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the registry goes: the worker ends, and is waited for, so

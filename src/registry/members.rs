@@ -11,6 +11,7 @@ use log::debug;
 
 use crate::tiledb::{self, Context, Group, GroupMode, ListFiles, Member, MembersChange, ObjectType, Vfs};
 
+use super::attrs::Attrs;
 use super::compaction::Upkeep;
 use super::error::Result;
 use super::journal::{self, Record};
@@ -136,6 +137,34 @@ impl MemberCache {
                 m.members -= c.members.len();
             }
         }
+    }
+}
+
+/// Directories' stored attributes by URI, each valid while the group's
+/// `__meta/` folder lists the same files: a stat of a large directory
+/// reads them without opening the group, which reads (and on S3 lists)
+/// everything the directory holds.
+#[derive(Default)]
+pub(super) struct AttrsCache {
+    map: Mutex<HashMap<String, (u64, Attrs)>>,
+}
+
+/// Directories whose attributes are kept at most (about 100 bytes each);
+/// past it the cache starts again empty.
+const ATTRS_CACHED_DIRS: usize = 65_536;
+
+impl AttrsCache {
+    pub fn get(&self, uri: &str, fingerprint: u64) -> Option<Attrs> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(uri).filter(|(f, _)| *f == fingerprint).map(|(_, a)| *a)
+    }
+
+    pub fn put(&self, uri: &str, fingerprint: u64, attrs: Attrs) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= ATTRS_CACHED_DIRS && !map.contains_key(uri) {
+            map.clear();
+        }
+        map.insert(uri.to_string(), (fingerprint, attrs));
     }
 }
 

@@ -865,18 +865,17 @@ impl Registry {
         }
     }
 
-    /// What a directory's stat shows of group `uri`, open as `group`: the
+    /// What a directory's stat shows of group `uri`, read as `view`: the
     /// attributes tools stored, with the time of the last change of its
     /// entries as its mtime (unless a tool set one since) and ctime. That
     /// time is read from the member-list files' names, so a change of
     /// entries writes no metadata (each metadata write is one more file
     /// every open reads).
     fn dir_attrs(&self, uri: &str, view: &mut super::members::View) -> Result<Attrs> {
-        let group = match view.group.take() {
-            Some(g) => g,
-            None => Group::open(&self.ctx, uri, GroupMode::Read)?,
+        let mut attrs = match view.group.take() {
+            Some(g) => Attrs::parse(&g.metadata()?),
+            None => self.stored_dir_attrs(uri)?,
         };
-        let mut attrs = Attrs::parse(&group.metadata()?);
         self.tidy_if_grown(uri, view.lists.count());
         let Some(changed_ms) = view.changed_ms() else {
             return Ok(attrs);
@@ -888,6 +887,24 @@ impl Registry {
             attrs.mtime_ns = Some(changed);
             attrs.ctime_ns = Some(changed);
         }
+        Ok(attrs)
+    }
+
+    /// The attributes tools stored for group `uri`: cached while its
+    /// metadata files stay the same (one listing checks it), since opening
+    /// the group reads its whole member list.
+    fn stored_dir_attrs(&self, uri: &str) -> Result<Attrs> {
+        let open = || -> Result<Attrs> { Ok(Attrs::parse(&Group::open(&self.ctx, uri, GroupMode::Read)?.metadata()?)) };
+        if self.at.is_some() {
+            return open();
+        }
+        let fingerprint = tiledb::metadata_fingerprint(&self.vfs, uri)?;
+        if let Some(attrs) = self.upkeep.attrs.get(uri, fingerprint) {
+            return Ok(attrs);
+        }
+        // Read after the listing: at least what it listed.
+        let attrs = open()?;
+        self.upkeep.attrs.put(uri, fingerprint, attrs);
         Ok(attrs)
     }
 

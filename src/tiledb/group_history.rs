@@ -467,6 +467,24 @@ pub fn list_files(vfs: &Vfs, uri: &str) -> Result<ListFiles> {
     })
 }
 
+/// A hash of the names of group `uri`'s metadata files: the same names
+/// hold the same metadata (TileDB never changes a file; a change, a
+/// deletion or a consolidation adds one).
+pub fn metadata_fingerprint(vfs: &Vfs, uri: &str) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let dir = format!("{}/{META_DIR}", uri.trim_end_matches('/'));
+    let listed = match vfs.ls(&dir) {
+        Ok(l) => l,
+        Err(_) if !vfs.is_dir(&dir)? => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<&str> = listed.iter().map(|f| last_part(f)).collect();
+    names.sort_unstable();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    names.hash(&mut hasher);
+    Ok(hasher.finish())
+}
+
 /// Bytes of the group's own files at `uri`: its member lists and
 /// metadata (what grows with changes), not its members.
 pub fn own_bytes(ctx: &Context, uri: &str) -> Result<u64> {
