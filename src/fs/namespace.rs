@@ -67,37 +67,34 @@ impl ModelFs {
     /// [`ModelFs::node_of`], and for a directory also its listing: a
     /// directory's stat wants both (the link count counts subdirectories),
     /// and they come from one read (made ahead of this lookup, when a
-    /// lister is going through the directory's parent). With when they
-    /// were read.
+    /// lister is going through the directory's parent). With when the
+    /// answer came, from which the TTL counts.
     fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Listing>, Instant)> {
         if !entry.is_dir() {
-            let at = Instant::now();
-            return Ok((self.node_of(entry)?, None, at));
+            let node = self.node_of(entry)?;
+            return Ok((node, None, Instant::now()));
         }
         if let Some(((attrs, list), at)) = self.stat_ahead.take(&entry.uri) {
             return Ok((Some(NodeState::Dir(attrs)), Some(list), at));
         }
-        let at = Instant::now();
         Counters::add(&self.counters.registry_listings, 1);
         let (attrs, list) = self.store.dir_with_entries(entry).inspect_err(|e| {
             self.warn_once(&entry.uri, format_args!("{}: cannot be read: {e}", entry.uri));
         })?;
-        Ok((Some(NodeState::Dir(attrs)), Some(Arc::new(list)), at))
+        Ok((Some(NodeState::Dir(attrs)), Some(Arc::new(list)), Instant::now()))
     }
 
-    /// A lookup reached subdirectory `entry` of `dir`: the next
-    /// subdirectories of `dir`'s listing are read ahead of the lookups a
-    /// lister makes next (see `fs/stat_ahead.rs`).
+    /// A lookup reached `entry` of `dir`: when lookups go through `dir`'s
+    /// listing in order, its next subdirectories are read ahead of the
+    /// lookups a lister makes next (see `fs/stat_ahead.rs`).
     fn stat_ahead_of(&self, dir: &Inode, entry: &Entry) {
-        if !entry.is_dir() {
-            return;
-        }
         let Some(listing) = self.fresh_listing(dir) else { return };
         let Ok(at) = listing.binary_search_by(|e| e.name.as_str().cmp(&entry.name)) else {
             return;
         };
-        self.stat_ahead
-            .ahead(&listing, at, |e| self.known_node(dir.ino, e).is_some());
+        self.stat_ahead.ahead(&dir.entry().uri, &listing, at, |e| {
+            self.known_node(dir.ino, e).is_some()
+        });
     }
 
     /// What `stat` shows of `inode`: its node, with the size its writer has
@@ -345,7 +342,7 @@ impl ModelFs {
         let node = node.ok_or_else(|| Error::not_found(&entry.uri))?;
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
         {
-            // Trusted for the TTL from when it was read (maybe ahead).
+            // Trusted for the TTL from when it was answered (maybe ahead).
             let mut c = inode.lock();
             c.read_at = Some(at);
             if let Some(list) = listing {

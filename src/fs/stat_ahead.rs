@@ -3,12 +3,13 @@
 //! `ls -l` of a directory looks its entries up one after another, in
 //! listing order. A subdirectory's stat is a read of its group (its
 //! attributes and, for the link count, its entries): a few round trips to
-//! storage, so 10,000 of them one at a time took minutes on S3. When a
-//! lookup reaches a subdirectory, the next ones of the same listing are
-//! read by a small pool of threads, a bounded window ahead; the lookups
-//! that follow take what was read.
+//! storage, so 10,000 of them one at a time took minutes on S3. Once
+//! lookups go through a listing in order (one right after the other), the
+//! next subdirectories of that listing are read by a small pool of
+//! threads, a bounded window ahead; the lookups that follow take what was
+//! read. A lone `stat` or `cd` reads nothing ahead.
 //!
-//! What was read is used only within the metadata TTL of its read, and
+//! What was read is used only within the metadata TTL of its answer, and
 //! never across a change this mount made meanwhile (any change discards
 //! what was read before it, so a mount always sees its own changes).
 
@@ -40,7 +41,19 @@ pub(super) struct StatAhead {
     workers: Vec<JoinHandle<()>>,
     /// Subdirectories kept read or being read ahead of one lister.
     window: usize,
+    /// The place in its listing of the last entry looked up, by directory
+    /// URI.
+    last: Mutex<HashMap<String, usize>>,
 }
+
+/// Directories whose last lookup is remembered; past it the memory starts
+/// again empty.
+const DIRS_REMEMBERED: usize = 1024;
+
+/// How far past the last lookup the next one may be and still count as
+/// going through the listing in order (the kernel may skip entries it
+/// still knows).
+const IN_ORDER: usize = 8;
 
 struct Job {
     entry: Entry,
@@ -96,6 +109,7 @@ impl StatAhead {
                 sender: Mutex::new(None),
                 workers: Vec::new(),
                 window,
+                last: Mutex::default(),
             };
         }
         let (tx, rx) = channel::<Job>();
@@ -114,13 +128,26 @@ impl StatAhead {
             sender: Mutex::new(Some(tx)),
             workers,
             window,
+            last: Mutex::default(),
         }
     }
 
-    /// Subdirectories to read ahead of a lookup of `listing[at]`: the
-    /// window's worth after it, less those `known` (fresh in the inode
-    /// table) or already read or being read.
-    pub fn ahead(&self, listing: &[Entry], at: usize, known: impl Fn(&Entry) -> bool) {
+    /// A lookup of `listing[at]` in directory `dir_uri`: when it follows
+    /// the last one in order, the window's worth of subdirectories after
+    /// it are read ahead, less those `known` (fresh in the inode table) or
+    /// already read or being read.
+    pub fn ahead(&self, dir_uri: &str, listing: &[Entry], at: usize, known: impl Fn(&Entry) -> bool) {
+        let in_order = {
+            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.len() >= DIRS_REMEMBERED && !last.contains_key(dir_uri) {
+                last.clear();
+            }
+            let prev = last.insert(dir_uri.to_string(), at);
+            prev.is_some_and(|p| p < at && at <= p + IN_ORDER)
+        };
+        if !in_order {
+            return;
+        }
         let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else { return };
         let generation = self.shared.changes.load(Ordering::SeqCst);
@@ -200,8 +227,10 @@ impl Shared {
 
     fn read(&self, job: Job) {
         let Job { entry, generation } = job;
-        let started = Instant::now();
         let read = self.store.dir_with_entries(&entry);
+        // As for a lookup's own read, the TTL counts from the answer: a
+        // slow store must not expire what it just answered.
+        let done = Instant::now();
         Counters::add(&self.counters.stat_ahead_reads, 1);
         let mut state = self.lock();
         state.pending.remove(&entry.uri);
@@ -215,7 +244,7 @@ impl Shared {
                 if state.ready.len() < self.keep {
                     let ready = Ready {
                         read: (attrs, Arc::new(list)),
-                        at: started,
+                        at: done,
                         generation,
                     };
                     state.ready.insert(entry.uri, ready);

@@ -63,7 +63,8 @@ pub(super) struct Record {
 /// A directory's journal as listed.
 #[derive(Debug, Default)]
 pub(super) struct Journal {
-    /// Records, oldest first.
+    /// Record files, oldest first (those a marker names were merged and
+    /// are being deleted). The markers hold the merged ones.
     pub records: Vec<Record>,
     /// Marker files with the time of the list each wrote, and the record
     /// files each names.
@@ -304,18 +305,9 @@ impl Parsed {
             .iter()
             .flat_map(|m| m.records.iter().map(move |r| (record_id(r), m.time)))
             .collect();
-        let files: std::collections::HashSet<String> = out.records.iter().map(|a| record_id(a).to_string()).collect();
         for a in &mut out.records {
             a.merged = merged.get(record_id(a)).copied();
         }
-        let kept: Vec<Record> = out
-            .markers
-            .iter()
-            .flat_map(|m| m.records.iter())
-            .filter(|r| !files.contains(record_id(r)))
-            .cloned()
-            .collect();
-        out.records.extend(kept);
         out.records.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
         out.markers.sort_by_key(|m| m.time);
         let mut by_dir = self.by_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -326,6 +318,22 @@ impl Parsed {
             by_dir.insert(dir_uri.to_string(), now);
         }
         Ok(out)
+    }
+}
+
+impl Journal {
+    /// The merged records whose files are gone, held by the markers.
+    pub fn merged_only(&self) -> impl Iterator<Item = &Record> {
+        let files: std::collections::HashSet<&str> = self.records.iter().map(record_id).collect();
+        (self.markers.iter().flat_map(|m| m.records.iter())).filter(move |r| !files.contains(record_id(r)))
+    }
+
+    /// The file names of every merged record.
+    pub fn merged_ids(&self) -> std::collections::HashSet<&str> {
+        self.markers
+            .iter()
+            .flat_map(|m| m.records.iter().map(record_id))
+            .collect()
     }
 }
 

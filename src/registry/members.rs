@@ -242,12 +242,7 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
         // its entry removed, before the member list was read: then it
         // would show again. Read again when one was.
         let again = upkeep.parsed.read(vfs, uri)?;
-        let merged: std::collections::HashSet<&str> = again
-            .records
-            .iter()
-            .filter(|a| a.merged.is_some())
-            .map(journal::record_id)
-            .collect();
+        let merged = again.merged_ids();
         if !v.records.iter().any(|a| merged.contains(journal::record_id(a))) {
             return Ok(v);
         }
@@ -268,15 +263,17 @@ fn view_once(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u6
         }
         None => cached_members(ctx, vfs, upkeep, uri)?,
     };
-    let records = journal
-        .records
-        .iter()
-        .filter(|a| match at {
-            None => a.merged.is_none(),
-            Some(at) => a.time <= at && a.merged.is_none_or(|m| m > at),
-        })
-        .cloned()
-        .collect();
+    let records = match at {
+        None => journal.records.iter().filter(|a| a.merged.is_none()).cloned().collect(),
+        Some(at) => {
+            let mut then: Vec<Record> = (journal.records.iter().chain(journal.merged_only()))
+                .filter(|a| a.time <= at && a.merged.is_none_or(|m| m > at))
+                .cloned()
+                .collect();
+            then.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
+            then
+        }
+    };
     Ok(View {
         members,
         lists,
