@@ -711,3 +711,59 @@ fn a_large_directorys_attributes_changed_elsewhere_show_at_the_next_read() {
         .unwrap();
     assert_eq!(mode_of(&reg), Some(0o750));
 }
+
+/// The `modelfs.deleted.*` keys group `uri` holds (what the merges wrote).
+fn deleted_keys(uri: &str) -> BTreeSet<String> {
+    let g = Group::open(&Context::new().unwrap(), uri, GroupMode::Read).unwrap();
+    let meta = g.metadata().unwrap();
+    meta.into_iter()
+        .filter_map(|(k, _)| k.strip_prefix("modelfs.deleted.").map(String::from))
+        .collect()
+}
+
+/// Entries made and removed at once, before any merge (records of one
+/// name within a millisecond): each stays removed, and its kept storage
+/// gets its key, so a prune can free it.
+#[test]
+fn entries_made_and_removed_before_a_merge_stay_removed_and_get_their_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = mount_registry();
+    let dir = root(&reg, tmp.path());
+    reg.mkdir(&dir, "kept", &Attrs::default()).unwrap();
+    wait_merged(&dir.uri);
+    let mut made = Vec::new();
+    for i in 0..20 {
+        let e = reg.mkdir(&dir, &format!("t{i:02}"), &Attrs::default()).unwrap();
+        reg.remove(&dir, &e).unwrap();
+        reg.retire(&dir, &e).unwrap();
+        made.push(e);
+    }
+    let only_kept: BTreeSet<String> = ["kept".to_string()].into();
+    assert_eq!(names(&registry(), &dir), only_kept, "a fresh reader");
+    assert_eq!(
+        reg.deleted(&dir).unwrap().len(),
+        20,
+        "recorded removals count for prune"
+    );
+    let start = std::time::Instant::now();
+    while deleted_keys(&dir.uri).len() < 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "keys: {:?}",
+            deleted_keys(&dir.uri)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fresh_names(&dir.uri), only_kept);
+    assert_eq!(names(&registry(), &dir), only_kept);
+    assert_eq!(reg.deleted(&dir).unwrap().len(), 20);
+    let ctx = Context::new().unwrap();
+    for e in &made {
+        assert_ne!(
+            tiledb::object_type(&ctx, &e.uri).unwrap(),
+            ObjectType::Invalid,
+            "{} kept",
+            e.uri
+        );
+    }
+}

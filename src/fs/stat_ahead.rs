@@ -114,18 +114,23 @@ impl StatAhead {
         }
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let workers = (0..THREADS.min(window))
-            .map(|i| {
+        let workers: Vec<JoinHandle<()>> = (0..THREADS.min(window))
+            .filter_map(|i| {
                 let (rx, shared) = (rx.clone(), shared.clone());
-                std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name(format!("modelfs-stat-ahead-{i}"))
-                    .spawn(move || worker(&rx, &shared))
-                    .expect("spawn a stat-ahead thread")
+                    .spawn(move || worker(&rx, &shared));
+                // Fewer threads, or none: lookups then read for themselves.
+                spawned
+                    .inspect_err(|e| log::warn!("cannot start a stat-ahead thread: {e}"))
+                    .ok()
             })
             .collect();
+        // Without a worker nothing may be queued: lookups would wait.
+        let sender = (!workers.is_empty()).then_some(tx);
         StatAhead {
             shared,
-            sender: Mutex::new(Some(tx)),
+            sender: Mutex::new(sender),
             workers,
             window,
             last: Mutex::default(),
@@ -158,6 +163,9 @@ impl StatAhead {
             .filter(|e| !known(e))
             .collect();
         let mut state = self.shared.lock();
+        // What no lookup took within the TTL (the lister went) goes.
+        let ttl = self.shared.ttl;
+        state.ready.retain(|_, r| r.at.elapsed() < ttl);
         for entry in dirs {
             if state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
                 continue;

@@ -26,7 +26,7 @@ pub struct DirCompaction {
     pub list_files_before: usize,
     /// Of those, the ones an open no longer reads.
     pub replaced: usize,
-    /// Recorded new entries merged into the member list.
+    /// Recorded entries (new and removed) merged into the member list.
     pub merged: usize,
 }
 
@@ -42,7 +42,7 @@ pub(super) struct Upkeep {
     pending: Mutex<HashSet<String>>,
     /// Directories with records to merge.
     merging: Mutex<HashSet<String>>,
-    /// How long new entries wait to be merged, ms ([`MERGE_DELAY`] unless
+    /// How long recorded entries wait to be merged, ms ([`MERGE_DELAY`] unless
     /// set: see [`Registry::set_merge_delay`]).
     merge_delay_ms: std::sync::atomic::AtomicU64,
     /// New entries recorded so far: tells the worker a burst goes on.
@@ -61,9 +61,66 @@ pub(super) struct Upkeep {
     stop: Mutex<bool>,
     wake: std::sync::Condvar,
     dir_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Metadata writes this process made to each group since its metadata
+    /// was last consolidated.
+    metadata_writes: Mutex<HashMap<String, u32>>,
+    /// The newest record time (ms) this process stamped, by directory.
+    record_stamps: Mutex<HashMap<String, u64>>,
 }
 
+/// Metadata writes to one group after which its metadata is consolidated
+/// (measured: 24 ms to open a group after 500 writes, 4 ms once
+/// consolidated).
+const METADATA_WRITES_PER_CONSOLIDATION: u32 = 32;
+
+/// Directories whose newest record stamp is remembered; past it the
+/// memory starts again empty (a stamp is also kept after the newest list).
+const STAMPED_DIRS: usize = 4096;
+
 impl Upkeep {
+    /// A time (ms) for a new record of directory `uri`, after `newest_list`
+    /// and after every record this process stamped there: records apply in
+    /// the order of their times, so an add and a removal of one name made
+    /// within one millisecond must not tie.
+    pub(super) fn record_stamp(&self, uri: &str, newest_list: u64) -> u64 {
+        let mut stamps = self.record_stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        if stamps.len() >= STAMPED_DIRS && !stamps.contains_key(uri) {
+            stamps.clear();
+        }
+        let last = stamps.entry(uri.to_string()).or_insert(0);
+        let time = tiledb::now_ms().max(newest_list + 1).max(*last + 1);
+        *last = time;
+        time
+    }
+
+    /// `writes` metadata writes were made to group `uri` (removals' keys):
+    /// every [`METADATA_WRITES_PER_CONSOLIDATION`] of them its metadata
+    /// files are merged, so an open reads few. The merged files are not
+    /// deleted: TileDB 2.30 can crash consolidating a group's metadata
+    /// while another process deletes merged files (reproduced with
+    /// TileDB-Py alone), and mounts cannot coordinate. The caller does not
+    /// hold the directory's lock.
+    pub(super) fn metadata_written(&self, ctx: &tiledb::Context, uri: &str, writes: u32) {
+        let due = {
+            let mut counts = self.metadata_writes.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = counts.entry(uri.to_string()).or_insert(0);
+            *n += writes;
+            let due = *n >= METADATA_WRITES_PER_CONSOLIDATION;
+            if due {
+                *n = 0;
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        let lock = self.dir_lock(uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = Group::consolidate_metadata(ctx, uri) {
+            warn!("{uri}: consolidating its metadata failed: {e}");
+        }
+    }
+
     fn merge_delay(&self) -> Duration {
         match self.merge_delay_ms.load(std::sync::atomic::Ordering::Relaxed) {
             0 => MERGE_DELAY,
@@ -71,7 +128,7 @@ impl Upkeep {
         }
     }
 
-    /// Whether new entries are recorded (and merged in the background)
+    /// Whether new entries and removals are recorded (and merged in the background)
     /// rather than linked at once.
     pub(super) fn journaling(&self) -> bool {
         self.enabled.load(std::sync::atomic::Ordering::Relaxed)
@@ -114,7 +171,7 @@ impl Upkeep {
             .spawn(move || upkeep_worker(weak, ctx));
         match spawned {
             Ok(h) => *worker = Some(h),
-            Err(e) => warn!("cannot start the thread merging new entries and deleting retired member lists: {e}"),
+            Err(e) => warn!("cannot start the thread merging recorded entries and deleting retired member lists: {e}"),
         }
     }
 
@@ -132,12 +189,17 @@ impl Upkeep {
     }
 
     fn merge_one(self: &Arc<Self>, ctx: &tiledb::Context, vfs: &tiledb::Vfs, uri: &str) {
-        let lock = self.dir_lock(uri);
-        let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = super::members::merge_journal(ctx, vfs, self, uri) {
+        let merged = {
+            let lock = self.dir_lock(uri);
+            let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            super::members::merge_journal(ctx, vfs, self, uri)
+        };
+        match merged {
+            Ok(m) if m.removals > 0 => self.metadata_written(ctx, uri, 1),
+            Ok(_) => {}
             // The records stay: readers still see them, the next change
             // or `modelfs compact` merges them.
-            warn!("{uri}: merging recorded entries into its member list failed: {e}");
+            Err(e) => warn!("{uri}: merging recorded entries into its member list failed: {e}"),
         }
     }
 
@@ -149,7 +211,7 @@ impl Upkeep {
         if let Some(h) = handle
             && h.join().is_err()
         {
-            warn!("the thread merging new entries and deleting retired member lists panicked");
+            warn!("the thread merging recorded entries and deleting retired member lists panicked");
         }
     }
 
@@ -178,9 +240,9 @@ impl Registry {
         let ctx = self.context();
         let lock = self.upkeep.dir_lock(&dir.uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        // New entries a mount recorded and did not merge (it stopped) go
-        // into the list first.
-        let merged = super::members::merge_journal(ctx, self.vfs(), &self.upkeep, &dir.uri)?;
+        // Entries a mount recorded and did not merge (it stopped) go into
+        // the list first.
+        let merged = super::members::merge_journal(ctx, self.vfs(), &self.upkeep, &dir.uri)?.names;
         let before = tiledb::live_list_files(ctx, &dir.uri)?;
         let done = tiledb::compact_members(ctx, &dir.uri)?;
         Group::consolidate_metadata(ctx, &dir.uri)?;
@@ -195,7 +257,8 @@ impl Registry {
     /// replaced. (The metadata files a consolidation merged stay: TileDB
     /// 2.30 can crash consolidating a group's metadata while another
     /// process deletes merged files, and they are few: metadata is written
-    /// only when a tool sets a directory's attributes.)
+    /// when a tool sets a directory's attributes and with removals' keys,
+    /// at most one file per merge.)
     pub fn vacuum_dir(&self, dir: &Entry, grace: Duration) -> Result<Vacuumed> {
         if dir.storage != Storage::Group {
             return Ok(Vacuumed::default());
@@ -206,7 +269,7 @@ impl Registry {
         Ok(tiledb::vacuum_members(ctx, &dir.uri, grace)?.deleted)
     }
 
-    /// From now on, new entries are recorded and merged into their
+    /// From now on, new entries and removals are recorded and merged into their
     /// directory's member list by a background thread (see
     /// [`super::journal`]), and member lists replaced by changes are
     /// deleted by it once their grace period is over, even in a directory

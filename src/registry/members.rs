@@ -354,14 +354,23 @@ pub(super) fn object_type(storage: Storage) -> ObjectType {
     }
 }
 
+/// What a merge of a directory's journal did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Merged {
+    /// Names whose entry changed in the member list.
+    pub names: usize,
+    /// Removals' `modelfs.deleted.*` keys written.
+    pub removals: usize,
+}
+
 /// Merges directory `uri`'s recorded new and removed entries into its
 /// member list in one group write, stamped with the newest record's time
 /// (so the directory's mtime stays when it was changed), with the
 /// removals' `modelfs.deleted.*` keys, then deletes the records. The
-/// caller holds the directory's lock. Returns how many names changed.
-pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri: &str) -> Result<usize> {
+/// caller holds the directory's lock.
+pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri: &str) -> Result<Merged> {
     let v = view(ctx, vfs, upkeep, uri, None)?;
-    let mut merged = 0;
+    let mut merged = Merged::default();
     if let Some(newest) = v.records.last().map(|a| a.time) {
         // What the list holds already (a merge that stopped before its
         // marker) needs no write.
@@ -375,6 +384,20 @@ pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri:
             .collect();
         todo.sort_by_key(|(name, f)| (f.map(|a| a.time), *name));
         let mut stamp = newest;
+        // Removals whose storage is still there get their keys; one a
+        // prune freed first (it reads recorded removals too) gets none.
+        let mut keys = Vec::new();
+        for r in &removals {
+            let removed = super::tree::Entry {
+                name: r.name.clone(),
+                uri: added_uri(uri, r),
+                storage: r.storage,
+            };
+            if tiledb::object_type(ctx, &removed.uri)? != ObjectType::Invalid {
+                keys.push((removed, r.time));
+            }
+        }
+        merged.removals = keys.len();
         if !todo.is_empty() {
             let mut change = MembersChange::begin_at(ctx, uri, Some(newest))?;
             stamp = change.stamp();
@@ -387,21 +410,26 @@ pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri:
                     g.add_member(&a.uri, a.relative, &a.name, object_type(a.storage))?;
                 }
             }
-            for r in removals {
-                let removed = super::tree::Entry {
-                    name: r.name.clone(),
-                    uri: added_uri(uri, r),
-                    storage: r.storage,
-                };
-                super::tree::mark_deleted_at(g, uri, &removed, r.time)?;
+            for (removed, time) in &keys {
+                super::tree::mark_deleted_at(g, uri, removed, *time)?;
             }
             super::tree::commit_change(upkeep, change)?;
+        } else if !keys.is_empty() {
+            // Made and removed before one merge: no name changes, but the
+            // kept storage needs its key, or no prune would ever free it.
+            // A metadata write alone: a member-list change with no member
+            // changed would retire the lists it does not replace.
+            let mut g = Group::open(ctx, uri, GroupMode::Write)?;
+            for (removed, time) in &keys {
+                super::tree::mark_deleted_at(&mut g, uri, removed, *time)?;
+            }
+            g.close()?;
         }
         journal::write_marker(vfs, uri, stamp, &v.records)?;
         let files: Vec<String> = v.records.iter().map(|a| a.file.clone()).collect();
         journal::remove(vfs, &files)?;
-        merged = todo.len();
-        debug!("{uri}: merged {merged} recorded entries into its member list");
+        merged.names = todo.len();
+        debug!("{uri}: merged {} recorded entries into its member list", merged.names);
     }
     if let Some(oldest) = v.lists.oldest() {
         journal::forget_before(vfs, &v.journal, oldest)?;

@@ -69,14 +69,11 @@ pub enum NameSlot {
 pub struct Registry {
     ctx: Context,
     vfs: Vfs,
-    /// Directory locks, new entries to merge, replaced list files to
+    /// Directory locks, recorded entries to merge, replaced list files to
     /// delete, and the listing caches (see [`super::compaction::Upkeep`]).
     pub(super) upkeep: std::sync::Arc<super::compaction::Upkeep>,
     /// Set on writable mounts: see [`Registry::tidy_directories_when_listed`].
     pub(super) tidying: Option<super::compaction::Tidying>,
-    /// Metadata writes this process made to each group since its metadata
-    /// was last consolidated.
-    stamps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// A snapshot's time (ms): arrays are read as of it. Its groups are
     /// read as of it through the context's `sm.group.timestamp_end` (see
     /// [`Registry::snapshot`]).
@@ -90,11 +87,6 @@ impl Drop for Registry {
     }
 }
 
-/// Metadata writes to one group after which its metadata is consolidated
-/// (measured: 24 ms to open a group after 500 writes, 4 ms once
-/// consolidated).
-const METADATA_WRITES_PER_CONSOLIDATION: u32 = 32;
-
 impl Registry {
     pub fn new(ctx: Context) -> Result<Self> {
         let vfs = Vfs::new(&ctx)?;
@@ -103,7 +95,6 @@ impl Registry {
             vfs,
             upkeep: Default::default(),
             tidying: None,
-            stamps: Default::default(),
             at: None,
         })
     }
@@ -222,7 +213,7 @@ impl Registry {
     }
 
     /// Group `uri` as this registry reads it: its member list (cached while
-    /// its list files stay the same) and the new entries recorded beside.
+    /// its list files stay the same) and the new and removed entries recorded beside.
     fn view(&self, uri: &str) -> Result<super::members::View> {
         super::members::view(&self.ctx, &self.vfs, &self.upkeep, uri, self.at)
     }
@@ -525,7 +516,7 @@ impl Registry {
         // this record, which no marker names, so it counts until the next.
         // Stamped after the newest list, so the directory's mtime moves on.
         let newest = tiledb::list_files(&self.vfs, &dir.uri)?.newest().unwrap_or(0);
-        let time = tiledb::now_ms().max(newest + 1);
+        let time = self.upkeep.record_stamp(&dir.uri, newest);
         super::journal::write(&self.vfs, &dir.uri, time, body)?;
         self.upkeep.merge_later(&self.ctx, &dir.uri);
         Ok(())
@@ -622,17 +613,33 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(Vec::new());
         }
-        // Recorded removals get their keys when merged.
-        self.merge_recorded(&dir.uri)?;
         let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
-        Ok(group
+        let mut out: Vec<(String, String, u64)> = group
             .metadata()?
             .iter()
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix(DELETED_KEY_PREFIX)?;
                 Some((name.to_string(), join(&dir.uri, name), v.as_u64()?))
             })
-            .collect())
+            .collect();
+        // Removals recorded and not merged yet get their keys when merged
+        // (by the mount that made them: merging here could race it).
+        let view = self.view(&dir.uri)?;
+        for r in view.fates(&dir.uri).1 {
+            let removed = Entry {
+                name: r.name.clone(),
+                uri: super::members::added_uri(&dir.uri, r),
+                storage: r.storage,
+            };
+            let Some(key) = deleted_key(&dir.uri, &removed) else {
+                continue;
+            };
+            let name = &key[DELETED_KEY_PREFIX.len()..];
+            if !out.iter().any(|(n, _, _)| n == name) {
+                out.push((name.to_string(), join(&dir.uri, name), r.time));
+            }
+        }
+        Ok(out)
     }
 
     /// Frees the kept storage `name` of an entry removed from group `dir`
@@ -816,53 +823,31 @@ impl Registry {
         Ok(moved)
     }
 
-    /// Merges group `uri`'s journal into its member list now.
-    fn merge_recorded(&self, uri: &str) -> Result<()> {
-        let lock = self.upkeep.dir_lock(uri);
-        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        super::members::merge_journal(&self.ctx, &self.vfs, &self.upkeep, uri)?;
-        Ok(())
-    }
-
     /// Changes the members of group `uri` with `f`: one change at a time
     /// per directory within this process (TileDB groups have no locking; two
     /// writers of one group at once can undo each other's removals).
-    /// Recorded new entries are merged first, in a write of their own, so
+    /// Recorded entries are merged first, in a write of their own, so
     /// the change applies to the list they make.
     fn change_members(&self, uri: &str, f: impl FnOnce(&mut Group) -> Result<()>) -> Result<()> {
-        let lock = self.upkeep.dir_lock(uri);
-        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        super::members::merge_journal(&self.ctx, &self.vfs, &self.upkeep, uri)?;
-        let mut change = MembersChange::begin(&self.ctx, uri)?;
-        f(change.group())?;
-        commit_change(&self.upkeep, change)
+        let merged = {
+            let lock = self.upkeep.dir_lock(uri);
+            let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let merged = super::members::merge_journal(&self.ctx, &self.vfs, &self.upkeep, uri)?;
+            let mut change = MembersChange::begin(&self.ctx, uri)?;
+            f(change.group())?;
+            commit_change(&self.upkeep, change)?;
+            merged
+        };
+        if merged.removals > 0 {
+            self.metadata_written(uri);
+        }
+        Ok(())
     }
 
-    /// A change of group `uri` also wrote metadata (a removal's record):
-    /// every [`METADATA_WRITES_PER_CONSOLIDATION`] of them the metadata
-    /// files are merged, so an open reads few. The merged files are not
-    /// deleted: TileDB 2.30 can crash consolidating a group's metadata
-    /// while another process deletes merged files (reproduced with
-    /// TileDB-Py alone), and mounts cannot coordinate.
+    /// A change of group `uri` also wrote metadata (a removal's key): see
+    /// [`super::compaction::Upkeep::metadata_written`].
     fn metadata_written(&self, uri: &str) {
-        let due = {
-            let mut stamps = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = stamps.entry(uri.to_string()).or_insert(0);
-            *n += 1;
-            let due = *n >= METADATA_WRITES_PER_CONSOLIDATION;
-            if due {
-                *n = 0;
-            }
-            due
-        };
-        if !due {
-            return;
-        }
-        let lock = self.upkeep.dir_lock(uri);
-        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = Group::consolidate_metadata(&self.ctx, uri) {
-            warn!("{uri}: consolidating its metadata failed: {e}");
-        }
+        self.upkeep.metadata_written(&self.ctx, uri, 1);
     }
 
     /// What a directory's stat shows of group `uri`, read as `view`: the
