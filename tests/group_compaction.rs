@@ -552,15 +552,7 @@ fn removals_are_recorded_then_merged_with_their_deleted_keys() {
         shown.uri,
         again.uri
     );
-    let ctx = Context::new().unwrap();
-    for e in &gone {
-        assert_ne!(
-            tiledb::object_type(&ctx, &e.uri).unwrap(),
-            ObjectType::Invalid,
-            "{} kept",
-            e.uri
-        );
-    }
+    assert_stored(&gone);
     wait_merged(&dir.uri);
     assert_eq!(fresh_names(&dir.uri), expected);
     let deleted: BTreeSet<String> = reg.deleted(&dir).unwrap().into_iter().map(|d| d.1).collect();
@@ -757,13 +749,18 @@ fn entries_made_and_removed_before_a_merge_stay_removed_and_get_their_keys() {
     assert_eq!(fresh_names(&dir.uri), only_kept);
     assert_eq!(names(&registry(), &dir), only_kept);
     assert_eq!(reg.deleted(&dir).unwrap().len(), 20);
+    assert_stored(&made);
+}
+
+/// Every entry of `entries` still has its storage (kept for snapshots).
+fn assert_stored<E: std::borrow::Borrow<Entry>>(entries: &[E]) {
     let ctx = Context::new().unwrap();
-    for e in &made {
+    for e in entries {
+        let uri = &e.borrow().uri;
         assert_ne!(
-            tiledb::object_type(&ctx, &e.uri).unwrap(),
+            tiledb::object_type(&ctx, uri).unwrap(),
             ObjectType::Invalid,
-            "{} kept",
-            e.uri
+            "{uri} kept"
         );
     }
 }

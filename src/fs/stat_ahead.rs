@@ -83,6 +83,13 @@ struct State {
     ready: HashMap<String, Ready>,
 }
 
+impl State {
+    /// Drops what no lookup took within the TTL (the lister went).
+    fn drop_expired(&mut self, ttl: Duration) {
+        self.ready.retain(|_, r| r.at.elapsed() < ttl);
+    }
+}
+
 struct Ready {
     read: DirRead,
     at: Instant,
@@ -163,9 +170,7 @@ impl StatAhead {
             .filter(|e| !known(e))
             .collect();
         let mut state = self.shared.lock();
-        // What no lookup took within the TTL (the lister went) goes.
-        let ttl = self.shared.ttl;
-        state.ready.retain(|_, r| r.at.elapsed() < ttl);
+        state.drop_expired(self.shared.ttl);
         for entry in dirs {
             if state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
                 continue;
@@ -245,9 +250,7 @@ impl Shared {
         match read {
             Ok((attrs, list)) if generation == self.changes.load(Ordering::SeqCst) => {
                 if state.ready.len() >= self.keep {
-                    // Nobody took them within a window: the lister went.
-                    let now = Instant::now();
-                    state.ready.retain(|_, r| now.duration_since(r.at) < self.ttl);
+                    state.drop_expired(self.ttl);
                 }
                 if state.ready.len() < self.keep {
                     let ready = Ready {

@@ -93,18 +93,18 @@ impl Upkeep {
         time
     }
 
-    /// `writes` metadata writes were made to group `uri` (removals' keys):
-    /// every [`METADATA_WRITES_PER_CONSOLIDATION`] of them its metadata
+    /// A metadata write was made to group `uri` (removals' keys): every
+    /// [`METADATA_WRITES_PER_CONSOLIDATION`] of them its metadata
     /// files are merged, so an open reads few. The merged files are not
     /// deleted: TileDB 2.30 can crash consolidating a group's metadata
     /// while another process deletes merged files (reproduced with
     /// TileDB-Py alone), and mounts cannot coordinate. The caller does not
     /// hold the directory's lock.
-    pub(super) fn metadata_written(&self, ctx: &tiledb::Context, uri: &str, writes: u32) {
+    pub(super) fn metadata_written(&self, ctx: &tiledb::Context, uri: &str) {
         let due = {
             let mut counts = self.metadata_writes.lock().unwrap_or_else(PoisonError::into_inner);
             let n = counts.entry(uri.to_string()).or_insert(0);
-            *n += writes;
+            *n += 1;
             let due = *n >= METADATA_WRITES_PER_CONSOLIDATION;
             if due {
                 *n = 0;
@@ -195,7 +195,7 @@ impl Upkeep {
             super::members::merge_journal(ctx, vfs, self, uri)
         };
         match merged {
-            Ok(m) if m.removals > 0 => self.metadata_written(ctx, uri, 1),
+            Ok(m) if m.removals > 0 => self.metadata_written(ctx, uri),
             Ok(_) => {}
             // The records stay: readers still see them, the next change
             // or `modelfs compact` merges them.

@@ -330,6 +330,15 @@ pub(super) fn member_uri(dir_uri: &str, uri: &str) -> (String, bool) {
     }
 }
 
+/// The entry record `a` of directory `dir_uri` names.
+pub(super) fn record_entry(dir_uri: &str, a: &Record) -> super::tree::Entry {
+    super::tree::Entry {
+        name: a.name.clone(),
+        uri: added_uri(dir_uri, a),
+        storage: a.storage,
+    }
+}
+
 /// The absolute URI of a recorded entry of directory `dir_uri`,
 /// spelled as TileDB spells its members (local paths as `file://` URIs),
 /// so an entry's URI does not change when it is merged.
@@ -388,11 +397,7 @@ pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri:
         // prune freed first (it reads recorded removals too) gets none.
         let mut keys = Vec::new();
         for r in &removals {
-            let removed = super::tree::Entry {
-                name: r.name.clone(),
-                uri: added_uri(uri, r),
-                storage: r.storage,
-            };
+            let removed = record_entry(uri, r);
             if tiledb::object_type(ctx, &removed.uri)? != ObjectType::Invalid {
                 keys.push((removed, r.time));
             }

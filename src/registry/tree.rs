@@ -241,21 +241,20 @@ impl Registry {
                 warn!("{}: recorded entry {:?} left out: name {reason}", dir.uri, a.name);
                 continue;
             }
-            let uri = super::members::added_uri(&dir.uri, a);
+            let recorded = super::members::record_entry(&dir.uri, a);
             if a.removed {
-                out.retain(|e| e.name != a.name || canonical(&e.uri) != canonical(&uri));
+                out.retain(|e| e.name != a.name || canonical(&e.uri) != canonical(&recorded.uri));
                 continue;
             }
             out.retain(|e| e.name != a.name);
-            if self.at.is_some() && tiledb::object_type(&self.ctx, &uri)? == ObjectType::Invalid {
-                debug!("{}: recorded entry {:?} ({uri}) is no longer stored", dir.uri, a.name);
+            if self.at.is_some() && tiledb::object_type(&self.ctx, &recorded.uri)? == ObjectType::Invalid {
+                debug!(
+                    "{}: recorded entry {:?} ({}) is no longer stored",
+                    dir.uri, a.name, recorded.uri
+                );
                 continue;
             }
-            out.push(Entry {
-                name: a.name.clone(),
-                uri,
-                storage: a.storage,
-            });
+            out.push(recorded);
         }
         Ok(out)
     }
@@ -626,11 +625,7 @@ impl Registry {
         // (by the mount that made them: merging here could race it).
         let view = self.view(&dir.uri)?;
         for r in view.fates(&dir.uri).1 {
-            let removed = Entry {
-                name: r.name.clone(),
-                uri: super::members::added_uri(&dir.uri, r),
-                storage: r.storage,
-            };
+            let removed = super::members::record_entry(&dir.uri, r);
             let Some(key) = deleted_key(&dir.uri, &removed) else {
                 continue;
             };
@@ -847,7 +842,7 @@ impl Registry {
     /// A change of group `uri` also wrote metadata (a removal's key): see
     /// [`super::compaction::Upkeep::metadata_written`].
     fn metadata_written(&self, uri: &str) {
-        self.upkeep.metadata_written(&self.ctx, uri, 1);
+        self.upkeep.metadata_written(&self.ctx, uri);
     }
 
     /// What a directory's stat shows of group `uri`, read as `view`: the
