@@ -15,7 +15,7 @@ use modelfs::tiledb::{self, Array, Context, Mode, Vfs};
 fn commit(ctx: &Context, uri: &str, bytes: &[u8]) -> u64 {
     let mut w = FileWriter::begin(ctx, uri, "f.bin", bytes.len() as u64).unwrap();
     w.write(bytes).unwrap();
-    w.commit(&FileKind::Plain).unwrap()
+    w.commit(&FileKind::Plain).unwrap().timestamp
 }
 
 #[test]
@@ -110,4 +110,69 @@ fn history_lists_commits_only_and_prune_refuses_to_read_around_a_gap() {
     let mut small = [0u8; 5];
     current.read_at(0, &mut small).unwrap();
     assert_eq!(&small, b"small");
+}
+
+/// A first version's commit reports the file's metadata without reading
+/// it (a mount shows a new file from it); it must be what a read gives:
+/// a plain file with some attributes set, a safetensors file with its
+/// tensor index, sizes below, at and above one tile. A later version's
+/// metadata also holds what earlier writes left, so its commit tells none.
+#[test]
+fn first_versions_report_the_metadata_a_read_gives() {
+    use modelfs::registry::file_array::{TILE_BYTES, read_meta};
+    use modelfs::registry::safetensors_index::validate_bytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = registry_uri(tmp.path());
+    let ctx = Context::new().unwrap();
+    let reg = Registry::new(ctx.clone()).unwrap();
+    let dir = reg.ensure_dir(&root).unwrap();
+    let attrs = Attrs {
+        mode: Some(0o100640),
+        uid: Some(1234),
+        mtime_ns: Some(1_700_000_000_123_456_789),
+        ..Attrs::default()
+    };
+    let tensors = safetensors_bytes(3, 300_000);
+    let index = validate_bytes(&tensors).unwrap();
+    let tile = TILE_BYTES as usize;
+    let cases: Vec<(&str, Vec<u8>, FileKind, Attrs)> = vec![
+        ("empty.bin", Vec::new(), FileKind::Plain, Attrs::default()),
+        ("small.txt", b"hi\n".to_vec(), FileKind::Plain, attrs),
+        ("one-tile.bin", pseudo_random(2, tile), FileKind::Plain, attrs),
+        (
+            "tiles-and-tail.bin",
+            pseudo_random(3, 2 * tile + 7),
+            FileKind::Plain,
+            Attrs::default(),
+        ),
+        ("m.safetensors", tensors, FileKind::Safetensors(index), attrs),
+    ];
+    for (name, bytes, kind, attrs) in cases {
+        let entry = reg.create_file(&dir, name).unwrap();
+        let mut w = FileWriter::begin_first(&ctx, &entry.uri, name, bytes.len() as u64).unwrap();
+        w.set_attrs(attrs);
+        w.write(&bytes).unwrap();
+        let committed = w.commit(&kind).unwrap();
+        let read = read_meta(&ctx, &entry.uri).unwrap();
+        assert_eq!(committed.meta.as_ref(), Some(&read), "{name}");
+        assert_eq!(read.timestamp, Some(committed.timestamp), "{name}");
+        let mut back = vec![0u8; bytes.len()];
+        let n = FileArray::open(&ctx, &entry.uri)
+            .unwrap()
+            .read_at(0, &mut back)
+            .unwrap();
+        assert_eq!((n, back), (bytes.len(), bytes), "{name}");
+
+        let mut w = FileWriter::begin(&ctx, &entry.uri, name, 2).unwrap();
+        w.write(b"ok").unwrap();
+        let later = w.commit(&FileKind::Plain).unwrap();
+        assert!(later.meta.is_none(), "{name}");
+        assert!(later.timestamp > committed.timestamp, "{name}");
+        let now = read_meta(&ctx, &entry.uri).unwrap();
+        assert_eq!(
+            (now.size, now.attrs.mode, now.attrs.uid),
+            (2, read.attrs.mode, read.attrs.uid),
+            "{name}"
+        );
+    }
 }

@@ -340,7 +340,7 @@ impl ModelFs {
         if committed.is_some() {
             Counters::add(&self.counters.commits, 1);
         }
-        if committed.is_some()
+        if let Some(committed) = committed
             && let Some(inode) = self.inodes.get(w.ino)
         {
             if was_new {
@@ -355,7 +355,13 @@ impl ModelFs {
             // through the inode now holding the name if it is another one
             // for the same storage (a file renamed over this one while
             // open).
-            if let Ok(Node::File(meta)) = self.store.node(&entry) {
+            // A first version's metadata is what its commit wrote; a later
+            // one's also holds what earlier writes left, so it is read.
+            let meta = committed.meta.or_else(|| match self.store.node(&entry) {
+                Ok(Node::File(meta)) => Some(meta),
+                _ => None,
+            });
+            if let Some(meta) = meta {
                 let named = self
                     .inodes
                     .find(inode.parent(), &entry.name)

@@ -423,6 +423,8 @@ pub struct FileWriter {
     /// Bytes covered by whole tiles, written in global order.
     aligned: u64,
     timestamp: u64,
+    /// The array's first version: its metadata will be this commit's alone.
+    first: bool,
     target: Target,
     /// The bytes after the last whole tile.
     tail: Vec<u8>,
@@ -453,6 +455,25 @@ impl FileWriter {
                 })?;
         check_tile_bytes(uri, extent)?;
         let timestamp = next_timestamp(ctx, uri)?;
+        Self::start(ctx, uri, name, size, extent, timestamp, false)
+    }
+
+    /// Starts the first version of the file array [`create`] just made at
+    /// `uri`: its schema and its empty history are known, so neither is
+    /// read (on S3 that is about 15 requests of a small file's 50).
+    pub fn begin_first(ctx: &Context, uri: &str, name: &str, size: u64) -> Result<Self> {
+        Self::start(ctx, uri, name, size, TILE_BYTES, tiledb::now_ms(), true)
+    }
+
+    fn start(
+        ctx: &Context,
+        uri: &str,
+        name: &str,
+        size: u64,
+        extent: u64,
+        timestamp: u64,
+        first: bool,
+    ) -> Result<Self> {
         let array = Array::open_at(ctx, uri, Mode::Write, Some(timestamp))?;
         let aligned = size / extent * extent;
         let target = if aligned > 0 {
@@ -466,6 +487,7 @@ impl FileWriter {
             size,
             aligned,
             timestamp,
+            first,
             target,
             tail: Vec::new(),
             pending: Vec::new(),
@@ -522,7 +544,7 @@ impl FileWriter {
 
     /// Commits the version: data fragments, then the metadata, the commit
     /// point. On error nothing new becomes visible.
-    pub fn commit(self, kind: &FileKind) -> Result<u64> {
+    pub fn commit(self, kind: &FileKind) -> Result<Committed> {
         if self.written != self.size {
             return Err(Error::SizeMismatch {
                 uri: self.uri.clone(),
@@ -538,45 +560,68 @@ impl FileWriter {
             array.write_cells(ATTR_NAME, self.aligned, self.size - 1, &self.tail)?;
         }
         let (stem, ext) = split_extension(&self.name);
-        array.put_metadata(KEY_FILE_SIZE, &MetaValue::u64(self.size))?;
-        array.put_metadata(KEY_ORIGINAL_NAME, &MetaValue::text(stem))?;
-        array.put_metadata(KEY_EXTENSION, &MetaValue::text(ext))?;
-        array.put_metadata(KEY_MIME_TYPE, &MetaValue::text(mime_type(ext)))?;
-        array.put_metadata(KEY_FORMAT, &MetaValue::u64(FORMAT_VERSION))?;
-        array.put_metadata(KEY_KIND, &MetaValue::text(kind.name()))?;
-        array.put_metadata(KEY_TIMESTAMP, &MetaValue::u64(self.timestamp))?;
         // The version's ctime: its commit, unless its writer gave one (a new
         // file closed untouched keeps its creation time).
         let attrs = Attrs {
             ctime_ns: Some(self.attrs.ctime_ns.unwrap_or(self.timestamp.saturating_mul(1_000_000))),
             ..self.attrs
         };
+        let mut put = vec![
+            (KEY_FILE_SIZE.to_string(), MetaValue::u64(self.size)),
+            (KEY_ORIGINAL_NAME.to_string(), MetaValue::text(stem)),
+            (KEY_EXTENSION.to_string(), MetaValue::text(ext)),
+            (KEY_MIME_TYPE.to_string(), MetaValue::text(mime_type(ext))),
+            (KEY_FORMAT.to_string(), MetaValue::u64(FORMAT_VERSION)),
+            (KEY_KIND.to_string(), MetaValue::text(kind.name())),
+            (KEY_TIMESTAMP.to_string(), MetaValue::u64(self.timestamp)),
+        ];
         let set = attrs.entries();
-        for key in [attrs::KEY_MTIME_NS, attrs::KEY_ATIME_NS] {
-            if !set.iter().any(|(k, _)| *k == key) {
-                array.delete_metadata(key)?;
-            }
-        }
-        for (key, value) in &set {
-            array.put_metadata(key, value)?;
-        }
+        let mut deleted: Vec<&str> = [attrs::KEY_MTIME_NS, attrs::KEY_ATIME_NS]
+            .into_iter()
+            .filter(|key| !set.iter().any(|(k, _)| k == key))
+            .collect();
+        put.extend(set.iter().map(|(k, v)| (k.to_string(), v.clone())));
         match kind {
             FileKind::Safetensors(index) => {
                 let json = serde_json::to_string(index).map_err(|e| Error::Corrupt {
                     uri: self.uri.clone(),
                     reason: format!("tensor index does not serialize: {e}"),
                 })?;
-                array.put_metadata(KEY_TENSORS, &MetaValue::text(&json))?;
-                array.put_metadata(KEY_HEADER_SIZE, &MetaValue::u64(index.header_len))?;
+                put.push((KEY_TENSORS.to_string(), MetaValue::text(&json)));
+                put.push((KEY_HEADER_SIZE.to_string(), MetaValue::u64(index.header_len)));
             }
-            FileKind::Plain => {
-                array.delete_metadata(KEY_TENSORS)?;
-                array.delete_metadata(KEY_HEADER_SIZE)?;
+            FileKind::Plain => deleted.extend([KEY_TENSORS, KEY_HEADER_SIZE]),
+        }
+        // A first version's array has no metadata to delete.
+        if !self.first {
+            for key in deleted {
+                array.delete_metadata(key)?;
             }
         }
+        for (key, value) in &put {
+            array.put_metadata(key, value)?;
+        }
         array.close()?;
-        Ok(self.timestamp)
+        let meta = if self.first {
+            Some(parse_meta(&self.uri, &put)?)
+        } else {
+            None
+        };
+        Ok(Committed {
+            timestamp: self.timestamp,
+            meta,
+        })
     }
+}
+
+/// What a commit made.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The version's timestamp (ms).
+    pub timestamp: u64,
+    /// The file's metadata now, when the commit alone says it (a first
+    /// version): no read is needed to learn it.
+    pub meta: Option<FileMeta>,
 }
 
 /// A MIME type for a file extension, as the filestore records it.

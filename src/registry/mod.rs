@@ -23,7 +23,7 @@ pub mod versions;
 pub use attrs::Attrs;
 pub use compaction::DirCompaction;
 pub use error::{Error, Result, SafetensorsProblem};
-pub use file_array::{FileArray, FileKind, FileMeta, FileWriter};
+pub use file_array::{Committed, FileArray, FileKind, FileMeta, FileWriter};
 pub use members::DEFAULT_LISTING_CACHE_ENTRIES;
 pub use safetensors_index::{TensorEntry, TensorIndex};
 pub use tree::{Entry, NameSlot, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};

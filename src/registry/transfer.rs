@@ -199,7 +199,7 @@ pub fn import_file(
         Some(e) => (e, false),
         None => (reg.create_file(dir, name)?, true),
     };
-    let result = write_version(reg, source, &entry, name, &kind, progress);
+    let result = write_version(reg, source, &entry, name, &kind, is_new, progress);
     match result {
         Ok(ts) => {
             if is_new && let Err(e) = reg.link(dir, &entry) {
@@ -229,11 +229,17 @@ fn write_version(
     entry: &Entry,
     name: &str,
     kind: &FileKind,
+    first: bool,
     progress: &mut dyn Progress,
 ) -> Result<u64> {
     let mut f = File::open(source).map_err(|e| Error::io(source, e))?;
     let size = f.metadata().map_err(|e| Error::io(source, e))?.len();
-    let mut writer = FileWriter::begin(reg.context(), &entry.uri, name, size)?;
+    let ctx = reg.writing_context(&entry.uri, size)?;
+    let mut writer = if first {
+        FileWriter::begin_first(&ctx, &entry.uri, name, size)?
+    } else {
+        FileWriter::begin(&ctx, &entry.uri, name, size)?
+    };
     progress.start(name, size);
     let mut buf = vec![0u8; COPY_CHUNK_BYTES.min(size.max(1) as usize)];
     loop {
@@ -244,7 +250,7 @@ fn write_version(
         writer.write(&buf[..n])?;
         progress.advance(n as u64);
     }
-    let ts = writer.commit(kind)?;
+    let ts = writer.commit(kind)?.timestamp;
     progress.finish();
     Ok(ts)
 }

@@ -15,7 +15,7 @@ use super::{DiskCache, Fill, VersionKey};
 use crate::fs::counters::Counters;
 use crate::fs::store::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
+use crate::registry::{Attrs, Committed, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
 
 /// A reader starts an entry once it reads past this offset (or at once
 /// for smaller files): a reader of a header alone (`safe_open`) must not
@@ -40,6 +40,16 @@ pub struct CachingStore {
 impl CachingStore {
     pub fn new(inner: Arc<dyn Store>, cache: Arc<DiskCache>, counters: Arc<Counters>) -> Self {
         CachingStore { inner, cache, counters }
+    }
+
+    /// `inner`, with what it writes also kept as a cache entry.
+    fn tee(&self, inner: Box<dyn VersionWriter>, uri: &str, size: u64) -> Box<dyn VersionWriter> {
+        Box::new(TeeWriter {
+            inner,
+            cache: self.cache.clone(),
+            uri: uri.to_string(),
+            fill: self.cache.begin_fill("written", size),
+        })
     }
 }
 
@@ -270,7 +280,7 @@ impl VersionWriter for TeeWriter {
         self.inner.set_attrs(attrs)
     }
 
-    fn commit(self: Box<Self>, kind: &FileKind) -> Result<u64> {
+    fn commit(self: Box<Self>, kind: &FileKind) -> Result<Committed> {
         let TeeWriter {
             inner,
             cache,
@@ -278,9 +288,9 @@ impl VersionWriter for TeeWriter {
             fill,
         } = *self;
         let size = inner.written();
-        let ts = inner.commit(kind)?;
+        let committed = inner.commit(kind)?;
         if let Some(fill) = fill {
-            let key = cache.key(&uri, ts, size);
+            let key = cache.key(&uri, committed.timestamp, size);
             // Synced and renamed off the `close()` path.
             let spawned = std::thread::Builder::new()
                 .name("modelfs-disk-cache".into())
@@ -293,7 +303,7 @@ impl VersionWriter for TeeWriter {
                 warn!("disk cache: starting a thread: {e}");
             }
         }
-        Ok(ts)
+        Ok(committed)
     }
 }
 
@@ -340,12 +350,12 @@ impl Store for CachingStore {
 
     fn begin_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
         let inner = self.inner.begin_version(uri, name, size)?;
-        Ok(Box::new(TeeWriter {
-            inner,
-            cache: self.cache.clone(),
-            uri: uri.to_string(),
-            fill: self.cache.begin_fill("written", size),
-        }))
+        Ok(self.tee(inner, uri, size))
+    }
+
+    fn begin_first_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
+        let inner = self.inner.begin_first_version(uri, name, size)?;
+        Ok(self.tee(inner, uri, size))
     }
 
     fn resolve(&self, uri: &str) -> Result<Option<Entry>> {

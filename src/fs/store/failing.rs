@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, History, NameSlot, Node, Result};
+use crate::registry::{Attrs, Committed, Entry, Error, FileKind, FileMeta, History, NameSlot, Node, Result};
 
 /// Counts changes and refuses those from `crash_at` on.
 #[derive(Default)]
@@ -85,7 +85,7 @@ impl VersionWriter for FailingWriter {
         self.inner.set_attrs(attrs)
     }
 
-    fn commit(self: Box<Self>, kind: &FileKind) -> Result<u64> {
+    fn commit(self: Box<Self>, kind: &FileKind) -> Result<Committed> {
         self.countdown.step("commit", &self.uri)?;
         self.inner.commit(kind)
     }

@@ -16,7 +16,7 @@ use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::names::{last_component, storage_name};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::uri::join;
-use crate::registry::{Attrs, Entry, Error, FileKind, FileMeta, History, Node, Result, Storage, Version};
+use crate::registry::{Attrs, Committed, Entry, Error, FileKind, FileMeta, History, Node, Result, Storage, Version};
 
 /// Tile of in-memory files: small, so reads cross many cache chunks.
 const TILE_BYTES: u64 = 4096;
@@ -272,7 +272,7 @@ impl VersionWriter for MemWriter {
         self.attrs = attrs;
     }
 
-    fn commit(self: Box<Self>, kind: &FileKind) -> Result<u64> {
+    fn commit(self: Box<Self>, kind: &FileKind) -> Result<Committed> {
         if self.bytes.len() as u64 != self.size {
             return Err(Error::SizeMismatch {
                 uri: self.uri.clone(),
@@ -280,7 +280,8 @@ impl VersionWriter for MemWriter {
                 expected: self.size,
             });
         }
-        self.store.commit_version(&self.uri, self.bytes, kind, self.attrs)
+        let timestamp = self.store.commit_version(&self.uri, self.bytes, kind, self.attrs)?;
+        Ok(Committed { timestamp, meta: None })
     }
 }
 

@@ -18,7 +18,7 @@ mod memory;
 mod registry;
 
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
+use crate::registry::{Attrs, Committed, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
 
 pub use failing::FailingStore;
 pub use memory::MemStore;
@@ -51,8 +51,9 @@ pub trait VersionWriter: Send {
     fn written(&self) -> u64;
     /// Attributes committed with the version.
     fn set_attrs(&mut self, attrs: Attrs);
-    /// Commits; returns the version's timestamp (ms).
-    fn commit(self: Box<Self>, kind: &FileKind) -> Result<u64>;
+    /// Commits; returns the version's timestamp and, for a first version,
+    /// the file's metadata.
+    fn commit(self: Box<Self>, kind: &FileKind) -> Result<Committed>;
 }
 
 /// The registry as the core sees it. Every method names the entries it
@@ -102,6 +103,12 @@ pub trait Store: Send + Sync {
     fn create_file(&self, name: &str, uri: &str) -> Result<Entry>;
     /// Starts a new version of `size` bytes of the file at `uri`.
     fn begin_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>>;
+    /// Starts the first version of the file [`Store::create_file`] just
+    /// made at `uri` (nothing else wrote there since), which can skip
+    /// reading what a new file is known not to have.
+    fn begin_first_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
+        self.begin_version(uri, name, size)
+    }
     /// Makes directory `name` in `dir` with `attrs`, linked.
     fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry>;
     /// Makes `entry` a member of `dir`.

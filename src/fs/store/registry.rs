@@ -3,7 +3,7 @@
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::{
-    Attrs, Entry, FileArray, FileKind, FileMeta, FileWriter, History, NameSlot, Node, Registry, Result,
+    Attrs, Committed, Entry, FileArray, FileKind, FileMeta, FileWriter, History, NameSlot, Node, Registry, Result,
 };
 
 impl StoredVersion for FileArray {
@@ -37,7 +37,7 @@ impl VersionWriter for FileWriter {
         FileWriter::set_attrs(self, attrs)
     }
 
-    fn commit(self: Box<Self>, kind: &FileKind) -> Result<u64> {
+    fn commit(self: Box<Self>, kind: &FileKind) -> Result<Committed> {
         FileWriter::commit(*self, kind)
     }
 }
@@ -96,7 +96,13 @@ impl Store for Registry {
     }
 
     fn begin_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
-        Ok(Box::new(FileWriter::begin(self.context(), uri, name, size)?))
+        let ctx = self.writing_context(uri, size)?;
+        Ok(Box::new(FileWriter::begin(&ctx, uri, name, size)?))
+    }
+
+    fn begin_first_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
+        let ctx = self.writing_context(uri, size)?;
+        Ok(Box::new(FileWriter::begin_first(&ctx, uri, name, size)?))
     }
 
     fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry> {

@@ -31,7 +31,7 @@ use log::{info, warn};
 use super::store::{Store, StoredVersion, VersionWriter};
 use crate::registry::safetensors_index::{self, header_len};
 use crate::registry::transfer::is_safetensors_name;
-use crate::registry::{self, Attrs, Entry, FileKind, Node};
+use crate::registry::{self, Attrs, Committed, Entry, FileKind, Node};
 
 use super::error::{CoreError, Error, Result};
 pub use staging::{StagingArea, StagingFile};
@@ -333,8 +333,7 @@ impl Writer {
                 return Ok(());
             }
         };
-        let entry = self.ensure_array(store)?;
-        let mut writer = store.begin_version(&entry.uri, &entry.name, size)?;
+        let mut writer = self.begin_version(store, size)?;
         if let State::Buffering(buf) = &self.state {
             writer.write(&buf.bytes)?;
         }
@@ -366,12 +365,17 @@ impl Writer {
     }
 
     /// Makes the file's array if this is its first version.
-    fn ensure_array(&mut self, store: &dyn Store) -> Result<Entry> {
-        if !self.target.exists {
-            let e = store.create_file(&self.target.entry.name, &self.target.entry.uri)?;
-            self.target.entry = e;
+    /// Starts a version of `size` bytes; of a new file, makes its array
+    /// first.
+    fn begin_version(&mut self, store: &dyn Store, size: u64) -> Result<Box<dyn VersionWriter>> {
+        if self.target.exists {
+            let e = &self.target.entry;
+            return Ok(store.begin_version(&e.uri, &e.name, size)?);
         }
-        Ok(self.target.entry.clone())
+        let e = store.create_file(&self.target.entry.name, &self.target.entry.uri)?;
+        let writer = store.begin_first_version(&e.uri, &e.name, size);
+        self.target.entry = e;
+        Ok(writer?)
     }
 
     /// Sets the size to `size`, cutting or zero-extending.
@@ -444,9 +448,9 @@ impl Writer {
     }
 
     /// Commits what was written as a new version (nothing when clean), and
-    /// links a new file into its directory. Returns the version's timestamp
+    /// links a new file into its directory. Returns what the commit made
     /// when one was written.
-    pub fn commit(&mut self, store: &dyn Store) -> Result<Option<u64>> {
+    pub fn commit(&mut self, store: &dyn Store) -> Result<Option<Committed>> {
         self.check()?;
         if !self.dirty || self.discarded {
             return Ok(None);
@@ -459,9 +463,9 @@ impl Writer {
         })?;
         let r = self.commit_inner(store, kind);
         match r {
-            Ok(ts) => {
+            Ok(c) => {
                 self.dirty = false;
-                Ok(Some(ts))
+                Ok(Some(c))
             }
             Err(e) => {
                 warn!(
@@ -497,7 +501,7 @@ impl Writer {
         }
     }
 
-    fn commit_inner(&mut self, store: &dyn Store, kind: FileKind) -> Result<u64> {
+    fn commit_inner(&mut self, store: &dyn Store, kind: FileKind) -> Result<Committed> {
         let was_new = !self.target.exists;
         let state = std::mem::replace(&mut self.state, State::Clean { size: 0 });
         let mut attrs = self.attrs;
@@ -505,22 +509,20 @@ impl Writer {
             attrs.mtime_ns = attrs.mtime_ns.or(Some(created));
             attrs.ctime_ns = Some(created);
         }
-        let (ts, size) = match state {
+        let (committed, size) = match state {
             State::Streaming(mut s) => {
                 s.writer.set_attrs(attrs);
                 (s.writer.commit(&s.kind)?, s.size)
             }
             State::Buffering(buf) => {
-                let entry = self.ensure_array(store)?;
-                let mut w = store.begin_version(&entry.uri, &entry.name, buf.bytes.len() as u64)?;
+                let mut w = self.begin_version(store, buf.bytes.len() as u64)?;
                 w.set_attrs(attrs);
                 w.write(&buf.bytes)?;
                 (w.commit(&kind)?, buf.bytes.len() as u64)
             }
             State::Staging(f) => {
                 let size = f.size();
-                let entry = self.ensure_array(store)?;
-                let mut w = store.begin_version(&entry.uri, &entry.name, size)?;
+                let mut w = self.begin_version(store, size)?;
                 w.set_attrs(attrs);
                 let mut offset = 0;
                 while offset < size {
@@ -531,12 +533,17 @@ impl Writer {
                     w.write(&chunk)?;
                     offset += chunk.len() as u64;
                 }
-                let ts = w.commit(&kind)?;
+                let committed = w.commit(&kind)?;
                 // Kept, so later writes through this handle go on from here.
                 self.state = State::Staging(f);
-                (ts, size)
+                (committed, size)
             }
-            State::Clean { size } => return Ok(size),
+            State::Clean { .. } => {
+                return Ok(Committed {
+                    timestamp: self.committed_ts.unwrap_or(0),
+                    meta: None,
+                });
+            }
             State::Failed { errno, message } => return Err(CoreError::FailedEarlier { errno, message }.into()),
         };
         if was_new {
@@ -556,10 +563,13 @@ impl Writer {
         }
         // Stored now; times set later apply to later versions only.
         self.attrs = Attrs::default();
-        self.committed_ts = Some(ts);
+        self.committed_ts = Some(committed.timestamp);
         self.created_ns = None;
-        info!("committed {} ({size} bytes, version {ts})", self.target.entry.uri);
-        Ok(ts)
+        info!(
+            "committed {} ({size} bytes, version {})",
+            self.target.entry.uri, committed.timestamp
+        );
+        Ok(committed)
     }
 
     fn invalid(&self, problem: registry::SafetensorsProblem) -> Error {
