@@ -234,11 +234,10 @@ fn write_version(
 ) -> Result<u64> {
     let mut f = File::open(source).map_err(|e| Error::io(source, e))?;
     let size = f.metadata().map_err(|e| Error::io(source, e))?.len();
-    let ctx = reg.writing_context(&entry.uri, size)?;
     let mut writer = if first {
-        FileWriter::begin_first(&ctx, &entry.uri, name, size)?
+        FileWriter::begin_first(reg.context(), &entry.uri, name, size)?
     } else {
-        FileWriter::begin(&ctx, &entry.uri, name, size)?
+        FileWriter::begin(reg.context(), &entry.uri, name, size)?
     };
     progress.start(name, size);
     let mut buf = vec![0u8; COPY_CHUNK_BYTES.min(size.max(1) as usize)];

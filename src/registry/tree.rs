@@ -68,9 +68,6 @@ pub enum NameSlot {
 /// A registry reached through one TileDB context.
 pub struct Registry {
     ctx: Context,
-    /// Made at the first write of a large file to S3 (see
-    /// [`Registry::writing_context`]).
-    large_uploads: std::sync::Mutex<Option<Context>>,
     vfs: Vfs,
     /// Directory locks, recorded entries to merge, replaced list files to
     /// delete, and the listing caches (see [`super::compaction::Upkeep`]).
@@ -95,7 +92,6 @@ impl Registry {
         let vfs = Vfs::new(&ctx)?;
         Ok(Registry {
             ctx,
-            large_uploads: Default::default(),
             vfs,
             upkeep: Default::default(),
             tidying: None,
@@ -141,25 +137,6 @@ impl Registry {
 
     pub fn context(&self) -> &Context {
         &self.ctx
-    }
-
-    /// The context a version of `size` bytes of the file at `uri` is
-    /// written through: the registry's, or for a large file on S3 one that
-    /// uploads in parts (the registry's sends small objects whole).
-    pub fn writing_context(&self, uri: &str, size: u64) -> Result<Context> {
-        if !self.ctx.needs_large_uploads(uri, size)? {
-            return Ok(self.ctx.clone());
-        }
-        let mut slot = self
-            .large_uploads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = self.ctx.for_large_uploads()?;
-        *slot = Some(c.clone());
-        Ok(c)
     }
 
     pub fn vfs(&self) -> &Vfs {

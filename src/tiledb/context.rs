@@ -34,13 +34,6 @@ fn take_error(op: &'static str, mut err: *mut ffi::tiledb_error_t) -> Error {
     Error::new(op, text)
 }
 
-const MULTIPART_KEY: &str = "vfs.s3.use_multipart_upload";
-
-/// Largest file whose bytes may be written through a context that sends
-/// S3 objects whole ([`Config::tuned`]): TileDB holds such an object in
-/// memory until it is closed, and S3 takes at most 5 GiB in one PUT.
-pub const WHOLE_UPLOAD_MAX_BYTES: u64 = 16 << 20;
-
 /// A TileDB configuration: string keys to string values.
 pub struct Config {
     raw: *mut ffi::tiledb_config_t,
@@ -75,18 +68,10 @@ impl Config {
     ///   caller runs most of them itself. Measured: `ls -l` of 10,000
     ///   directories 2.9 s before, 1.8-2.3 s after; a cold 512 MiB read
     ///   unchanged (0.57-0.63 s before, 0.51-0.59 s after).
-    /// - `vfs.s3.use_multipart_upload = false`: TileDB writes every S3
-    ///   object, however small, as a multipart upload: five requests for a
-    ///   three-byte file where one PUT does. Without it an object is kept
-    ///   in memory until closed and then sent whole, so writes of large
-    ///   files go through [`Context::for_large_uploads`] instead (see
-    ///   [`WHOLE_UPLOAD_MAX_BYTES`]). Measured on Garage: a 3-byte file
-    ///   created through a mount took 93 requests, 75 without.
     pub fn tuned() -> Result<Self> {
         let mut c = Config::new()?;
         c.set("sm.mem.malloc_trim", "false")?;
         c.set("sm.compute_concurrency_level", "1")?;
-        c.set(MULTIPART_KEY, "false")?;
         Ok(c)
     }
 
@@ -279,35 +264,6 @@ impl Context {
 
     pub(crate) fn raw(&self) -> *mut ffi::tiledb_ctx_t {
         self.inner.0
-    }
-
-    /// A copy of this context's configuration.
-    pub fn config(&self) -> Result<Config> {
-        let mut raw = ptr::null_mut();
-        // SAFETY: live context and a valid out-pointer; the copy returned is
-        // owned by the new `Config`, which frees it.
-        self.call("tiledb_ctx_get_config", |c| unsafe {
-            ffi::tiledb_ctx_get_config(c, &mut raw)
-        })?;
-        Ok(Config { raw })
-    }
-
-    /// Whether writing an object of `size` bytes at `uri` needs a context
-    /// that uploads in parts: an S3 object larger than
-    /// [`WHOLE_UPLOAD_MAX_BYTES`] while this one sends objects whole.
-    pub fn needs_large_uploads(&self, uri: &str, size: u64) -> Result<bool> {
-        if size <= WHOLE_UPLOAD_MAX_BYTES || !uri.starts_with("s3://") {
-            return Ok(false);
-        }
-        Ok(self.config()?.get(MULTIPART_KEY)?.as_deref() == Some("false"))
-    }
-
-    /// A context like this one that uploads S3 objects in parts, as they
-    /// are written, for objects too large to hold in memory.
-    pub fn for_large_uploads(&self) -> Result<Context> {
-        let mut config = self.config()?;
-        config.set(MULTIPART_KEY, "true")?;
-        Context::with_config(&config)
     }
 
     /// Runs one C call with this context and checks its status.

@@ -89,7 +89,6 @@ unsafe extern "C" {
     pub fn tiledb_ctx_alloc(config: *mut tiledb_config_t, ctx: *mut *mut tiledb_ctx_t) -> capi_return_t;
     pub fn tiledb_ctx_free(ctx: *mut *mut tiledb_ctx_t);
     pub fn tiledb_ctx_get_last_error(ctx: *mut tiledb_ctx_t, err: *mut *mut tiledb_error_t) -> capi_return_t;
-    pub fn tiledb_ctx_get_config(ctx: *mut tiledb_ctx_t, config: *mut *mut tiledb_config_t) -> capi_return_t;
     pub fn tiledb_error_message(err: *mut tiledb_error_t, errmsg: *mut *const c_char) -> capi_return_t;
     pub fn tiledb_error_free(err: *mut *mut tiledb_error_t);
     pub fn tiledb_config_alloc(config: *mut *mut tiledb_config_t, error: *mut *mut tiledb_error_t) -> capi_return_t;

@@ -18,7 +18,7 @@ mod schema;
 mod vfs;
 
 pub use array::{Array, GlobalWrite, MetaValue, Mode};
-pub use context::{Config, Context, WHOLE_UPLOAD_MAX_BYTES, now_ms, version};
+pub use context::{Config, Context, now_ms, version};
 pub use datatype::{Datatype, format_values};
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterType};

@@ -61,46 +61,6 @@ fn config_set_get_and_reject() {
     Context::with_config(&c).unwrap();
 }
 
-/// Small S3 objects are sent whole; a file too large to hold in memory
-/// gets a context that uploads in parts, and only on S3 (the setting does
-/// nothing elsewhere, and the extra context costs threads).
-#[test]
-fn large_s3_uploads_get_their_own_context() {
-    let big = super::WHOLE_UPLOAD_MAX_BYTES + 1;
-    let tuned = Context::with_config(&Config::tuned().unwrap()).unwrap();
-    assert!(tuned.needs_large_uploads("s3://b/r/f.bin", big).unwrap());
-    assert!(!tuned.needs_large_uploads("s3://b/r/f.bin", big - 1).unwrap());
-    assert!(!tuned.needs_large_uploads("/tmp/r/f.bin", big).unwrap());
-    let large = tuned.for_large_uploads().unwrap();
-    assert!(!large.needs_large_uploads("s3://b/r/f.bin", big).unwrap());
-    assert_eq!(
-        large
-            .config()
-            .unwrap()
-            .get("vfs.s3.use_multipart_upload")
-            .unwrap()
-            .as_deref(),
-        Some("true")
-    );
-    // The rest of the configuration carries over.
-    assert_eq!(
-        large
-            .config()
-            .unwrap()
-            .get("sm.compute_concurrency_level")
-            .unwrap()
-            .as_deref(),
-        Some("1")
-    );
-    // TileDB's default uploads in parts already.
-    assert!(
-        !Context::new()
-            .unwrap()
-            .needs_large_uploads("s3://b/r/f.bin", big)
-            .unwrap()
-    );
-}
-
 #[test]
 fn schema_round_trip() {
     let ctx = ctx();

@@ -153,6 +153,14 @@ impl<S: Store> Store for FailingStore<S> {
         }))
     }
 
+    fn begin_first_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
+        Ok(Box::new(FailingWriter {
+            inner: self.inner.begin_first_version(uri, name, size)?,
+            countdown: self.countdown.clone(),
+            uri: uri.to_string(),
+        }))
+    }
+
     fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry> {
         self.countdown.step("mkdir", &dir.uri)?;
         self.inner.mkdir(dir, name, attrs)

@@ -96,13 +96,11 @@ impl Store for Registry {
     }
 
     fn begin_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
-        let ctx = self.writing_context(uri, size)?;
-        Ok(Box::new(FileWriter::begin(&ctx, uri, name, size)?))
+        Ok(Box::new(FileWriter::begin(self.context(), uri, name, size)?))
     }
 
     fn begin_first_version(&self, uri: &str, name: &str, size: u64) -> Result<Box<dyn VersionWriter>> {
-        let ctx = self.writing_context(uri, size)?;
-        Ok(Box::new(FileWriter::begin_first(&ctx, uri, name, size)?))
+        Ok(Box::new(FileWriter::begin_first(self.context(), uri, name, size)?))
     }
 
     fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry> {
