@@ -315,7 +315,8 @@ impl Registry {
     /// Called when a directory's stat found `list_files` member-list files
     /// in group `uri` (some may be retired already): the first time it is
     /// more than [`LIST_FILES_TOLERATED`], the directory is checked and
-    /// compacted if an open reads that many (see
+    /// compacted if an open reads that many, else what retired lists can go
+    /// goes in the background (see
     /// [`Registry::tidy_directories_when_listed`]). Failures only leave the
     /// directory as it was.
     pub(super) fn tidy_if_grown(&self, uri: &str, list_files: usize) {
@@ -342,7 +343,10 @@ impl Registry {
                 }
                 Err(e) => warn!("{uri}: compacting its member list failed: {e}"),
             },
-            Ok(_) => {}
+            // Retired lists (history for snapshots), and the vacuum files
+            // naming them, which every open reads: a mount that stopped
+            // within the grace period left them; the worker tidies them.
+            Ok(_) => self.upkeep.retire_later(ctx, uri),
             Err(e) => warn!("{uri}: cannot check its member list files: {e}"),
         }
     }

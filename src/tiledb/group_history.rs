@@ -140,16 +140,13 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
     let (files, vacuum_uris) = list_folder(vfs, uri)?;
     let mut vacuum = Vec::new();
     for child in vacuum_uris {
-        let text = match vfs.read_file(&child) {
-            Ok(t) => t,
-            // Deleted by another pass since the listing.
-            Err(_) if !vfs.is_file(&child)? => continue,
-            Err(e) => return Err(e),
+        let Some(names) = read_if_there(vfs, &child)? else {
+            continue;
         };
         let stem = last_part(&child).strip_suffix(VACUUM_SUFFIX).unwrap_or_default();
         vacuum.push(VacuumFile {
             written_ms: vacuum_written_ms(stem).unwrap_or_else(super::now_ms),
-            names: String::from_utf8_lossy(&text).lines().map(str::to_string).collect(),
+            names,
             uri: child,
         });
     }
@@ -272,16 +269,78 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
         pending: !before.is_empty(),
         ..Retired::default()
     };
+    let mut due = Vec::new();
     for v in vacuum_before {
         let written = last_part(v).strip_suffix(VACUUM_SUFFIX).and_then(vacuum_written_ms);
-        if written.is_some_and(|w| now.saturating_sub(w) < grace_ms) {
-            done.pending = true;
-            continue;
+        match written {
+            Some(w) if now.saturating_sub(w) >= grace_ms => {
+                if let Some(text) = read_if_there(&vfs, v)? {
+                    due.push(VacuumFile {
+                        uri: v.clone(),
+                        written_ms: w,
+                        names: text,
+                    });
+                }
+            }
+            _ => done.pending = true,
         }
-        let keep = history_kept(before.iter());
-        let one = delete_vacuumed(&vfs, &details_dir(uri), v, &keep)?;
-        done.deleted.files += one.files;
-        done.deleted.bytes += one.bytes;
+    }
+    let present: HashSet<&str> = before.iter().map(|f| f.uri.as_str()).collect();
+    let keep = history_kept(before.iter());
+    done.deleted = delete_due(&vfs, &details_dir(uri), due, &present, &keep)?;
+    Ok(done)
+}
+
+/// The lines of the vacuum file `vac`, or `None` when it is gone (another
+/// pass deleted it since the folder was listed).
+fn read_if_there(vfs: &Vfs, vac: &str) -> Result<Option<Vec<String>>> {
+    match vfs.read_file(vac) {
+        Ok(t) => Ok(Some(String::from_utf8_lossy(&t).lines().map(str::to_string).collect())),
+        Err(_) if !vfs.is_file(vac)? => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes what the vacuum files `due` (written at least a grace period
+/// ago) make redundant. First the vacuum files a newer one of them
+/// supersedes: each change names every list file it found, so the newest
+/// names everything older ones name that is still `present`, and an open
+/// skips the same files without them. (A snapshot as of a time between the
+/// two reads more files, to the same result.) Every vacuum file an open
+/// finds costs it a request on S3, and they would otherwise stay as long as
+/// the history they name. Then, oldest first, the list files the rest name
+/// but those in `keep`, and each vacuum file once nothing it names is left.
+fn delete_due(
+    vfs: &Vfs,
+    dir: &str,
+    mut due: Vec<VacuumFile>,
+    present: &HashSet<&str>,
+    keep: &HashSet<String>,
+) -> Result<Vacuumed> {
+    let mut done = Vacuumed::default();
+    due.sort_by(|a, b| (a.written_ms, &a.uri).cmp(&(b.written_ms, &b.uri)));
+    if let Some(newest) = due.pop() {
+        let named: HashSet<&str> = newest.names.iter().map(String::as_str).collect();
+        let mut rest = Vec::new();
+        for v in due {
+            let superseded = v
+                .names
+                .iter()
+                .filter(|n| present.contains(n.as_str()))
+                .all(|n| named.contains(n.as_str()));
+            if superseded {
+                remove_counted(vfs, &v.uri, &mut done)?;
+            } else {
+                rest.push(v);
+            }
+        }
+        rest.push(newest);
+        due = rest;
+    }
+    for v in &due {
+        let one = delete_vacuumed(vfs, dir, v, keep)?;
+        done.files += one.files;
+        done.bytes += one.bytes;
     }
     Ok(done)
 }
@@ -290,14 +349,8 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
 /// in `keep`; then the vacuum file itself once nothing it names is left
 /// (while a retired file stays, a vacuum file must keep naming it, or
 /// opens would apply it again).
-fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &str, keep: &HashSet<String>) -> Result<Vacuumed> {
-    let text = match vfs.read_file(vac) {
-        Ok(t) => t,
-        Err(_) if !vfs.is_file(vac)? => return Ok(Vacuumed::default()),
-        Err(e) => return Err(e),
-    };
-    let text = String::from_utf8_lossy(&text);
-    let mut names: Vec<&str> = text.lines().collect();
+fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &VacuumFile, keep: &HashSet<String>) -> Result<Vacuumed> {
+    let mut names: Vec<&str> = vac.names.iter().map(String::as_str).collect();
     names.sort_by_key(|n| timestamps(last_part(n)).map(|t| t.1).unwrap_or(0));
     let mut done = Vacuumed::default();
     let mut kept = false;
@@ -314,7 +367,7 @@ fn delete_vacuumed(vfs: &Vfs, dir: &str, vac: &str, keep: &HashSet<String>) -> R
         remove_counted(vfs, name, &mut done)?;
     }
     if !kept {
-        remove_counted(vfs, vac, &mut done)?;
+        remove_counted(vfs, &vac.uri, &mut done)?;
     }
     Ok(done)
 }
@@ -394,29 +447,23 @@ pub fn compact_members(ctx: &Context, uri: &str) -> Result<Compaction> {
 }
 
 /// Deletes the list files replaced by vacuum files written at least
-/// `grace` ago, oldest first, then those vacuum files.
+/// `grace` ago, oldest first, then those vacuum files (see [`delete_due`]).
 pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retired> {
     let vfs = Vfs::new(ctx)?;
     let history = read_history(&vfs, uri)?;
     let now = super::now_ms();
     let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-    let (mut due, young): (Vec<&VacuumFile>, Vec<&VacuumFile>) = history
+    let (due, young): (Vec<VacuumFile>, Vec<VacuumFile>) = history
         .vacuum
-        .iter()
+        .into_iter()
         .partition(|v| now.saturating_sub(v.written_ms) >= grace_ms);
-    due.sort_by_key(|v| v.written_ms);
-    let mut done = Retired {
-        pending: !young.is_empty(),
-        ..Retired::default()
-    };
+    let present: HashSet<&str> = history.all.iter().map(|f| f.uri.as_str()).collect();
     // The current list is one of the newest; the rest are kept as history.
     let keep = history_kept(history.all.iter());
-    for v in due {
-        let one = delete_vacuumed(&vfs, &details_dir(uri), &v.uri, &keep)?;
-        done.deleted.files += one.files;
-        done.deleted.bytes += one.bytes;
-    }
-    Ok(done)
+    Ok(Retired {
+        pending: !young.is_empty(),
+        deleted: delete_due(&vfs, &details_dir(uri), due, &present, &keep)?,
+    })
 }
 
 /// The member-list files of a group, from their names alone.
