@@ -44,8 +44,17 @@ struct ListFile {
 #[derive(Debug)]
 struct VacuumFile {
     uri: String,
-    written_ms: u64,
+    /// `None` for another tool's, whose name does not say.
+    written_ms: Option<u64>,
     names: Vec<String>,
+}
+
+impl VacuumFile {
+    /// Written at least `grace_ms` ago; another tool's only with no grace.
+    fn due(&self, now: u64, grace_ms: u64) -> bool {
+        self.written_ms
+            .map_or(grace_ms == 0, |w| now.saturating_sub(w) >= grace_ms)
+    }
 }
 
 /// The state of a group's `__group/` folder.
@@ -145,7 +154,7 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
         };
         let stem = last_part(&child).strip_suffix(VACUUM_SUFFIX).unwrap_or_default();
         vacuum.push(VacuumFile {
-            written_ms: vacuum_written_ms(stem).unwrap_or_else(super::now_ms),
+            written_ms: vacuum_written_ms(stem),
             names,
             uri: child,
         });
@@ -277,12 +286,14 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
                 if let Some(text) = read_if_there(&vfs, v)? {
                     due.push(VacuumFile {
                         uri: v.clone(),
-                        written_ms: w,
+                        written_ms: Some(w),
                         names: text,
                     });
                 }
             }
-            _ => done.pending = true,
+            Some(_) => done.pending = true,
+            // Another tool's never comes due (see `vacuum_members`).
+            None => {}
         }
     }
     let present: HashSet<&str> = before.iter().map(|f| f.uri.as_str()).collect();
@@ -318,16 +329,18 @@ fn delete_due(
     keep: &HashSet<String>,
 ) -> Result<Vacuumed> {
     let mut done = Vacuumed::default();
+    // Another tool's first: the newest is one of ours when there is one.
     due.sort_by(|a, b| (a.written_ms, &a.uri).cmp(&(b.written_ms, &b.uri)));
     if let Some(newest) = due.pop() {
         let named: HashSet<&str> = newest.names.iter().map(String::as_str).collect();
         let mut rest = Vec::new();
         for v in due {
-            let superseded = v
-                .names
-                .iter()
-                .filter(|n| present.contains(n.as_str()))
-                .all(|n| named.contains(n.as_str()));
+            // Another tool's stays until what it names is gone.
+            let superseded = v.written_ms.is_some()
+                && v.names
+                    .iter()
+                    .filter(|n| present.contains(n.as_str()))
+                    .all(|n| named.contains(n.as_str()));
             if superseded {
                 remove_counted(vfs, &v.uri, &mut done)?;
             } else {
@@ -453,15 +466,15 @@ pub fn vacuum_members(ctx: &Context, uri: &str, grace: Duration) -> Result<Retir
     let history = read_history(&vfs, uri)?;
     let now = super::now_ms();
     let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-    let (due, young): (Vec<VacuumFile>, Vec<VacuumFile>) = history
-        .vacuum
-        .into_iter()
-        .partition(|v| now.saturating_sub(v.written_ms) >= grace_ms);
+    let (due, young): (Vec<VacuumFile>, Vec<VacuumFile>) =
+        history.vacuum.into_iter().partition(|v| v.due(now, grace_ms));
     let present: HashSet<&str> = history.all.iter().map(|f| f.uri.as_str()).collect();
     // The current list is one of the newest; the rest are kept as history.
     let keep = history_kept(history.all.iter());
     Ok(Retired {
-        pending: !young.is_empty(),
+        // Another tool's vacuum file never comes due: waiting for it would
+        // read the folder again every round for as long as the mount runs.
+        pending: young.iter().any(|v| v.written_ms.is_some()),
         deleted: delete_due(&vfs, &details_dir(uri), due, &present, &keep)?,
     })
 }
