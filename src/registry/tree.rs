@@ -630,9 +630,15 @@ impl Registry {
                 continue;
             };
             let name = &key[DELETED_KEY_PREFIX.len()..];
-            if !out.iter().any(|(n, _, _)| n == name) {
-                out.push((name.to_string(), join(&dir.uri, name), r.time));
+            if out.iter().any(|(n, _, _)| n == name) {
+                continue;
             }
+            // Freed by a prune before the mount merged the record (its merge
+            // then writes no key): not deleted storage any more.
+            if tiledb::object_type(&self.ctx, &removed.uri)? == ObjectType::Invalid {
+                continue;
+            }
+            out.push((name.to_string(), join(&dir.uri, name), r.time));
         }
         Ok(out)
     }
