@@ -403,3 +403,48 @@ fn issue11_long_names_and_deep_paths_get_enametoolong_never_eio() {
     let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &["--read-only"]);
     assert_eq!(std::fs::read(mnt.dir.join(&long)).unwrap(), b"long name");
 }
+
+/// A new entry's storage never goes into a folder already at its path:
+/// one holding other files (remains of a tool's work, or of a delete cut
+/// short) or a TileDB object the directory does not name. The entry gets
+/// storage of its own beside it, and what was there stays as it was.
+#[test]
+fn a_new_entry_never_writes_into_a_folder_already_at_its_storage_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    std::fs::write(tmp.path().join("seed.txt"), b"seed").unwrap();
+    modelfs_ok(&["import", s(&tmp.path().join("seed.txt")), &format!("{reg}/seed.txt")]);
+    let ctx = Context::new().unwrap();
+    let vfs = tiledb::Vfs::new(&ctx).unwrap();
+    for name in ["junk", "junk.bin"] {
+        vfs.create_dir(&format!("{reg}/{name}")).unwrap();
+        vfs.write_file(&format!("{reg}/{name}/notes.txt"), b"precious").unwrap();
+    }
+    file_array::create(&ctx, &format!("{reg}/hidden.bin")).unwrap();
+
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    std::fs::create_dir(mnt.dir.join("junk")).unwrap();
+    std::fs::write(mnt.dir.join("junk/inner.txt"), b"inner").unwrap();
+    std::fs::write(mnt.dir.join("junk.bin"), b"new file").unwrap();
+    std::fs::write(mnt.dir.join("hidden.bin"), b"shown now").unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join("junk/inner.txt")).unwrap(), b"inner");
+    assert_eq!(std::fs::read(mnt.dir.join("junk.bin")).unwrap(), b"new file");
+    assert_eq!(std::fs::read(mnt.dir.join("hidden.bin")).unwrap(), b"shown now");
+
+    let api = Registry::new(ctx.clone()).unwrap();
+    for name in ["junk", "junk.bin", "hidden.bin"] {
+        let stored = api.resolve(&format!("{reg}/{name}")).unwrap().unwrap().uri;
+        assert!(stored.ends_with(&format!("/{name}~1")), "{name} stored at {stored}");
+    }
+    for name in ["junk", "junk.bin"] {
+        assert_eq!(vfs.read_file(&format!("{reg}/{name}/notes.txt")).unwrap(), b"precious");
+        assert_eq!(
+            tiledb::object_type(&ctx, &format!("{reg}/{name}")).unwrap(),
+            ObjectType::Invalid
+        );
+    }
+    assert!(
+        file_array::read_meta(&ctx, &format!("{reg}/hidden.bin")).is_err(),
+        "the hidden array was written"
+    );
+}

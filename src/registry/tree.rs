@@ -421,14 +421,17 @@ impl Registry {
     fn free_child_uri(&self, dir: &Entry, name: &str, view: &super::members::View) -> Result<String> {
         let base = storage_name(name);
         // Members come back as `file:///...` where `dir.uri` may be a plain
-        // path: compare both in one spelling.
+        // path: compare both in one spelling. Any folder already there is
+        // taken, a TileDB object or not (another tool's files, a delete cut
+        // short): nothing is written into it. On S3 that is one listing,
+        // where asking for an object type was six requests.
         let taken = |uri: &str| -> Result<bool> {
             Ok(view.members.names_storage(uri)
                 || view
                     .records
                     .iter()
                     .any(|a| canonical(&super::members::added_uri(&dir.uri, a)) == canonical(uri))
-                || tiledb::object_type(&self.ctx, uri)? != ObjectType::Invalid)
+                || self.vfs.is_dir(uri)?)
         };
         let mut uri = join(&dir.uri, &base);
         let mut n = 1u32;
