@@ -339,6 +339,25 @@ pub(super) fn record_entry(dir_uri: &str, a: &Record) -> super::tree::Entry {
     }
 }
 
+/// The entries `removals` (recorded removals of directory `dir_uri`) took
+/// whose storage is still there, with when each was removed: a prune may
+/// have freed one before its record was merged, and it is deleted storage
+/// no more (its merge writes no key for it).
+pub(super) fn kept_removals(
+    ctx: &Context,
+    dir_uri: &str,
+    removals: &[&Record],
+) -> Result<Vec<(super::tree::Entry, u64)>> {
+    let mut kept = Vec::new();
+    for r in removals {
+        let removed = record_entry(dir_uri, r);
+        if tiledb::object_type(ctx, &removed.uri)? != ObjectType::Invalid {
+            kept.push((removed, r.time));
+        }
+    }
+    Ok(kept)
+}
+
 /// The absolute URI of a recorded entry of directory `dir_uri`,
 /// spelled as TileDB spells its members (local paths as `file://` URIs),
 /// so an entry's URI does not change when it is merged.
@@ -395,13 +414,7 @@ pub(super) fn merge_journal(ctx: &Context, vfs: &Vfs, upkeep: &Arc<Upkeep>, uri:
         let mut stamp = newest;
         // Removals whose storage is still there get their keys; one a
         // prune freed first (it reads recorded removals too) gets none.
-        let mut keys = Vec::new();
-        for r in &removals {
-            let removed = record_entry(uri, r);
-            if tiledb::object_type(ctx, &removed.uri)? != ObjectType::Invalid {
-                keys.push((removed, r.time));
-            }
-        }
+        let keys = kept_removals(ctx, uri, &removals)?;
         merged.removals = keys.len();
         if !todo.is_empty() {
             let mut change = MembersChange::begin_at(ctx, uri, Some(newest))?;

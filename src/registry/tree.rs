@@ -627,21 +627,15 @@ impl Registry {
         // Removals recorded and not merged yet get their keys when merged
         // (by the mount that made them: merging here could race it).
         let view = self.view(&dir.uri)?;
-        for r in view.fates(&dir.uri).1 {
-            let removed = super::members::record_entry(&dir.uri, r);
+        let removals = view.fates(&dir.uri).1;
+        for (removed, time) in super::members::kept_removals(&self.ctx, &dir.uri, &removals)? {
             let Some(key) = deleted_key(&dir.uri, &removed) else {
                 continue;
             };
             let name = &key[DELETED_KEY_PREFIX.len()..];
-            if out.iter().any(|(n, _, _)| n == name) {
-                continue;
+            if !out.iter().any(|(n, _, _)| n == name) {
+                out.push((name.to_string(), join(&dir.uri, name), time));
             }
-            // Freed by a prune before the mount merged the record (its merge
-            // then writes no key): not deleted storage any more.
-            if tiledb::object_type(&self.ctx, &removed.uri)? == ObjectType::Invalid {
-                continue;
-            }
-            out.push((name.to_string(), join(&dir.uri, name), r.time));
         }
         Ok(out)
     }

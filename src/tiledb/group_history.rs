@@ -105,6 +105,11 @@ fn vacuum_written_ms(name: &str) -> Option<u64> {
     u64::from_str_radix(id.get(..16)?, 16).ok()
 }
 
+/// When the vacuum file at `uri` was written, if it is one of ours.
+fn written_ms_of(uri: &str) -> Option<u64> {
+    last_part(uri).strip_suffix(VACUUM_SUFFIX).and_then(vacuum_written_ms)
+}
+
 /// A vacuum file's name: the range of list files it replaces, then an id
 /// whose first half is the time of writing, so that a later pass knows how
 /// long it has existed (object stores keep no usable modification time).
@@ -152,9 +157,8 @@ fn read_history(vfs: &Vfs, uri: &str) -> Result<History> {
         let Some(names) = read_if_there(vfs, &child)? else {
             continue;
         };
-        let stem = last_part(&child).strip_suffix(VACUUM_SUFFIX).unwrap_or_default();
         vacuum.push(VacuumFile {
-            written_ms: vacuum_written_ms(stem),
+            written_ms: written_ms_of(&child),
             names,
             uri: child,
         });
@@ -280,20 +284,16 @@ fn retire(ctx: &Context, uri: &str, before: &[ListFile], vacuum_before: &[String
     };
     let mut due = Vec::new();
     for v in vacuum_before {
-        let written = last_part(v).strip_suffix(VACUUM_SUFFIX).and_then(vacuum_written_ms);
-        match written {
-            Some(w) if now.saturating_sub(w) >= grace_ms => {
-                if let Some(text) = read_if_there(&vfs, v)? {
-                    due.push(VacuumFile {
-                        uri: v.clone(),
-                        written_ms: Some(w),
-                        names: text,
-                    });
-                }
-            }
-            Some(_) => done.pending = true,
+        let vac = VacuumFile {
+            uri: v.clone(),
+            written_ms: written_ms_of(v),
+            names: Vec::new(),
+        };
+        if !vac.due(now, grace_ms) {
             // Another tool's never comes due (see `vacuum_members`).
-            None => {}
+            done.pending |= vac.written_ms.is_some();
+        } else if let Some(names) = read_if_there(&vfs, v)? {
+            due.push(VacuumFile { names, ..vac });
         }
     }
     let present: HashSet<&str> = before.iter().map(|f| f.uri.as_str()).collect();

@@ -364,7 +364,6 @@ impl Writer {
         Ok(Some((index.file_size(), index)))
     }
 
-    /// Makes the file's array if this is its first version.
     /// Starts a version of `size` bytes; of a new file, makes its array
     /// first.
     fn begin_version(&mut self, store: &dyn Store, size: u64) -> Result<Box<dyn VersionWriter>> {
