@@ -117,9 +117,17 @@ enum Command {
         /// Threads serving FUSE requests.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
-        /// Size limit of the chunk cache shared by all open files (e.g. 512M, 2G).
-        #[arg(long, default_value = "64M", value_parser = parse_size)]
-        cache_size: u64,
+        /// Memory for file data (e.g. 512M, 2G): the chunk cache shared by
+        /// all open files and the read-ahead queries in flight, which take
+        /// at most half of it [default: 112M, or 384M for a registry on an
+        /// object store].
+        #[arg(long, value_parser = parse_size)]
+        cache_size: Option<u64>,
+        /// Most bytes read ahead of one sequential reader, at most half the
+        /// chunk cache [default: 32M, or 96M for a registry on an object
+        /// store, or half the chunk cache if less].
+        #[arg(long, value_parser = parse_size)]
+        read_ahead: Option<u64>,
         /// How long attributes and listings are trusted before the registry
         /// is asked again, in seconds (also the kernel's attribute and entry
         /// cache time). Changes made by other writers show after this.
@@ -408,6 +416,7 @@ fn run(cli: Cli) -> Result<()> {
             foreground,
             threads,
             cache_size,
+            read_ahead,
             metadata_ttl,
             listing_cache_entries,
             stat_ahead,
@@ -429,6 +438,7 @@ fn run(cli: Cli) -> Result<()> {
             foreground,
             threads: threads as usize,
             cache_bytes: cache_size,
+            read_ahead,
             metadata_ttl: std::time::Duration::from_secs_f64(metadata_ttl),
             listing_cache_entries,
             stat_ahead,

@@ -105,24 +105,36 @@ def run(a):
         flags = flags or ("--no-disk-cache",)
         return mount(bin_, registry, out / f"mnt-s3-{tag}", log, True, flags=["--metadata-ttl", str(TTL_S), *flags])
 
-    # Cold sequential read: the library directly, and through a fresh mount.
-    for i in range(runs):
-        say(f"S3: modelfs export to /dev/null, cold ({i + 1}/{runs})")
-        drop_caches()
-        sample("s3_direct_export_cold_s", run_cmd([bin_, "export", "--quiet", f"{reg}/model.safetensors", "/dev/null"]))
-        say(f"S3: sequential read through a fresh mount, cold ({i + 1}/{runs})")
-        with mnt(reg, "read") as m:
+    # Cold sequential read: the library directly, through a fresh mount,
+    # and the same bytes as a plain object through s3fs and rclone mount,
+    # one after another in each run so that the ratios compare like with like.
+    with Peers(a, out) as peers:
+        for i in range(runs):
+            say(f"S3: modelfs export to /dev/null, cold ({i + 1}/{runs})")
             drop_caches()
-            with Requests(a.admin_port) as rq:
-                dt, n = timed(read_all, m.path / "model.safetensors")
-            if n != size:
-                raise SystemExit(f"bench: read {n} bytes through the S3 mount, expected {size}")
-            sample("s3_mount_read_cold_s", dt)
-            sample("s3_requests_full_read", rq.total)
-            res["requests"]["full_read"] = rq.by_endpoint
-            res.setdefault("stats_after_read", m.stats())
+            sample("s3_direct_export_cold_s",
+                   run_cmd([bin_, "export", "--quiet", f"{reg}/model.safetensors", "/dev/null"]))
+            say(f"S3: sequential read through a fresh mount, cold ({i + 1}/{runs})")
+            with mnt(reg, "read") as m:
+                drop_caches()
+                cpu = m.cpu_s()
+                with Requests(a.admin_port) as rq:
+                    dt, n = timed(read_all, m.path / "model.safetensors")
+                if n != size:
+                    raise SystemExit(f"bench: read {n} bytes through the S3 mount, expected {size}")
+                sample("s3_mount_read_cold_s", dt)
+                sample("s3_mount_read_cold_daemon_cpu_s", m.cpu_s() - cpu)
+                sample("s3_requests_full_read", rq.total)
+                res["requests"]["full_read"] = rq.by_endpoint
+                res.setdefault("stats_after_read", m.stats())
+            sample("s3_mount_read_cold_daemon_hwm_mib", m.hwm_kib / 1024)
+            for name in peers.names:
+                say(f"S3: {name}, cold read of the plain object ({i + 1}/{runs})")
+                dt, requests = peers.read_cold(name, size)
+                sample(f"s3_{name}_read_cold_s", dt)
+                sample(f"s3_requests_{name}_read", requests)
 
-    disk_cache_and_peers(a, res, sample, mnt, size)
+    disk_cache(a, res, sample, mnt)
 
     # The requests of listing a model directory.
     say("S3: importing a 10-file model directory")
@@ -172,11 +184,10 @@ def run(a):
     report(res, size, a)
 
 
-def disk_cache_and_peers(a, res, sample, mnt, size):
+def disk_cache(a, res, sample, mnt):
     """The disk cache on S3 (the first cold read filling it, then a fresh
     daemon with the page cache dropped and the disk cache warm, and the S3
-    requests of each), and the same file as a plain object read cold through
-    s3fs and rclone mount on the same server, in the same run."""
+    requests of each)."""
     out, runs, reg = Path(a.out), a.runs, a.registry.rstrip("/")
     cache = out / "disk-cache-s3"
     path = "model.safetensors"
@@ -185,8 +196,10 @@ def disk_cache_and_peers(a, res, sample, mnt, size):
         shutil.rmtree(cache, ignore_errors=True)
         with mnt(reg, "dc-fill", "--disk-cache", str(cache)) as m:
             drop_caches()
+            cpu = m.cpu_s()
             with Requests(a.admin_port) as rq:
                 sample("s3_dc_fill_read_cold_s", timed(read_all, m.path / path)[0])
+            sample("s3_dc_fill_daemon_cpu_s", m.cpu_s() - cpu)
             sample("s3_requests_dc_fill_read", rq.total)
             wait_fill(m)
         with mnt(reg, "dc-warm", "--disk-cache", str(cache)) as m:
@@ -198,61 +211,79 @@ def disk_cache_and_peers(a, res, sample, mnt, size):
             res.setdefault("stats_dc_warm_read", m.stats())
     shutil.rmtree(cache, ignore_errors=True)
 
-    bucket = os.environ["MODELFS_TEST_S3"].removeprefix("s3://").split("/")[0]
-    endpoint = "http://" + os.environ["TILEDB_VFS_S3_ENDPOINT_OVERRIDE"]
-    region = os.environ.get("TILEDB_VFS_S3_REGION", "us-east-1")
-    prefix = f"plain-{int(time.time())}"
-    # The endpoint is plain HTTP on loopback: a CA bundle named in the
-    # environment only makes rclone refuse to start.
-    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    env.update({
-        "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
-        "RCLONE_CONFIG_BENCH_ENDPOINT": endpoint, "RCLONE_CONFIG_BENCH_REGION": region,
-        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
-        "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
-    })
-    missing = [t for t in ("s3fs", "rclone") if not shutil.which(t)]
-    if missing:
-        say(f"S3: {' and '.join(missing)} missing (apt-get install s3fs rclone): peers skipped")
-        return
-    say("S3: uploading the file as a plain object (rclone copyto)")
-    subprocess.run(["rclone", "copyto", a.file, f"bench:{bucket}/{prefix}/{path}"], env=env, check=True,
-                   capture_output=True)
-    passwd = out / "s3fs-passwd"
-    passwd.write_text(f"{os.environ['AWS_ACCESS_KEY_ID']}:{os.environ['AWS_SECRET_ACCESS_KEY']}\n")
-    passwd.chmod(0o600)
-    peers = {
-        "s3fs": lambda d: ["s3fs", f"{bucket}:/{prefix}", str(d), "-o",
-                           f"url={endpoint},use_path_request_style,passwd_file={passwd},endpoint={region},ro"],
-        "rclone": lambda d: ["rclone", "mount", f"bench:{bucket}/{prefix}", str(d), "--daemon", "--read-only",
-                             "--vfs-cache-mode", "off"],
-    }
-    try:
-        for i in range(runs):
-            for name, argv in peers.items():
-                say(f"S3: {name}, cold read of the plain object ({i + 1}/{runs})")
-                d = out / f"mnt-{name}"
-                d.mkdir(exist_ok=True)
-                subprocess.run(argv(d), env=env, check=True, capture_output=True)
-                try:
-                    deadline = time.monotonic() + 30
-                    while not (d / path).exists():
-                        if time.monotonic() > deadline:
-                            raise SystemExit(f"bench: {name} mount at {d} shows no {path}")
-                        time.sleep(0.1)
-                    drop_caches()
-                    with Requests(a.admin_port) as rq:
-                        dt, n = timed(read_all, d / path)
-                    if n != size:
-                        raise SystemExit(f"bench: read {n} bytes through {name}, expected {size}")
-                    sample(f"s3_{name}_read_cold_s", dt)
-                    sample(f"s3_requests_{name}_read", rq.total)
-                finally:
-                    subprocess.run(["umount", str(d)], capture_output=True)
-    finally:
-        passwd.unlink(missing_ok=True)
-        subprocess.run(["rclone", "purge", f"bench:{bucket}/{prefix}"], env=env, capture_output=True)
+
+class Peers:
+    """The benchmark's file as a plain object on the same server, read cold
+    through s3fs and rclone mount (both Debian packages; left out, with a
+    note, when missing). The object is removed on exit."""
+
+    def __init__(self, a, out):
+        self.out, self.port = out, a.admin_port
+        self.bucket = os.environ["MODELFS_TEST_S3"].removeprefix("s3://").split("/")[0]
+        self.endpoint = "http://" + os.environ["TILEDB_VFS_S3_ENDPOINT_OVERRIDE"]
+        self.region = os.environ.get("TILEDB_VFS_S3_REGION", "us-east-1")
+        self.prefix = f"plain-{int(time.time())}"
+        self.path = "model.safetensors"
+        self.file = a.file
+        # The endpoint is plain HTTP on loopback: a CA bundle named in the
+        # environment only makes rclone refuse to start.
+        self.env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        self.env.update({
+            "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+            "RCLONE_CONFIG_BENCH_ENDPOINT": self.endpoint, "RCLONE_CONFIG_BENCH_REGION": self.region,
+            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+        })
+        self.passwd = out / "s3fs-passwd"
+        self.names = []
+
+    def __enter__(self):
+        missing = [t for t in ("s3fs", "rclone") if not shutil.which(t)]
+        if missing:
+            say(f"S3: {' and '.join(missing)} missing (apt-get install s3fs rclone): peers skipped")
+            return self
+        say("S3: uploading the file as a plain object (rclone copyto)")
+        subprocess.run(["rclone", "copyto", self.file, f"bench:{self.bucket}/{self.prefix}/{self.path}"],
+                       env=self.env, check=True, capture_output=True)
+        self.passwd.write_text(f"{os.environ['AWS_ACCESS_KEY_ID']}:{os.environ['AWS_SECRET_ACCESS_KEY']}\n")
+        self.passwd.chmod(0o600)
+        self.names = ["s3fs", "rclone"]
+        return self
+
+    def __exit__(self, *exc):
+        self.passwd.unlink(missing_ok=True)
+        if self.names:
+            subprocess.run(["rclone", "purge", f"bench:{self.bucket}/{self.prefix}"], env=self.env,
+                           capture_output=True)
+
+    def argv(self, name, d):
+        if name == "s3fs":
+            return ["s3fs", f"{self.bucket}:/{self.prefix}", str(d), "-o",
+                    f"url={self.endpoint},use_path_request_style,passwd_file={self.passwd},"
+                    f"endpoint={self.region},ro"]
+        return ["rclone", "mount", f"bench:{self.bucket}/{self.prefix}", str(d), "--daemon", "--read-only",
+                "--vfs-cache-mode", "off"]
+
+    def read_cold(self, name, size):
+        """Seconds and S3 requests of a cold read through a fresh mount."""
+        d = self.out / f"mnt-{name}"
+        d.mkdir(exist_ok=True)
+        subprocess.run(self.argv(name, d), env=self.env, check=True, capture_output=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not (d / self.path).exists():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"bench: {name} mount at {d} shows no {self.path}")
+                time.sleep(0.1)
+            drop_caches()
+            with Requests(self.port) as rq:
+                dt, n = timed(read_all, d / self.path)
+            if n != size:
+                raise SystemExit(f"bench: read {n} bytes through {name}, expected {size}")
+            return dt, rq.total
+        finally:
+            subprocess.run(["umount", str(d)], capture_output=True)
 
 
 def make_dirs(root, count):
@@ -276,6 +307,8 @@ def report(res, size, a):
     rows = [
         ("direct TileDB read from S3 (export > /dev/null), cold", "s3_direct_export_cold_s", "s"),
         ("sequential read through the mount from S3, cold", "s3_mount_read_cold_s", "s"),
+        ("  daemon CPU time during that read", "s3_mount_read_cold_daemon_cpu_s", "s"),
+        ("  daemon peak RSS (VmHWM) of that mount, MiB", "s3_mount_read_cold_daemon_hwm_mib", "MiB"),
         ("mount start-up, registry of 10 directories", "s3_mount_start_10_dirs_s", "s"),
         ("mount start-up, registry of 1,000 directories", "s3_mount_start_1000_dirs_s", "s"),
         ("ls of 10 directories, warm mount, past the TTL", "s3_ls_10_dirs_warm_s", "s"),
@@ -286,6 +319,7 @@ def report(res, size, a):
         ("S3 requests: full read of the file", "s3_requests_full_read", ""),
         ("S3 requests: ls of 1,000 directories", "s3_requests_ls_1000_dirs", ""),
         ("disk cache: first cold read, filling it", "s3_dc_fill_read_cold_s", "s"),
+        ("  daemon CPU time during that read", "s3_dc_fill_daemon_cpu_s", "s"),
         ("disk cache warm, page cache cold, fresh daemon", "s3_dc_warm_read_s", "s"),
         ("s3fs, plain object, cold read", "s3_s3fs_read_cold_s", "s"),
         ("rclone mount, plain object, cold read", "s3_rclone_read_cold_s", "s"),
@@ -298,7 +332,7 @@ def report(res, size, a):
         if k not in m:
             continue
         v = m[k]
-        shown = f"{v:8.3f}s" if unit == "s" else f"{v:9.0f}"
+        shown = f"{v:8.3f}s" if unit == "s" else f"{v:6.1f}MiB" if unit == "MiB" else f"{v:9.0f}"
         print(f"{label:56} {shown}   " + " ".join(f"{x:.2f}" if unit else f"{x:.0f}" for x in res["runs"][k]))
     for what in ("mount_start", "ls_l_10_files", "full_read", "dc_warm_read"):
         print(f"  requests by endpoint, {what}: {res['requests'].get(what)}")

@@ -43,6 +43,9 @@ counters! {
     tiledb_reads,
     /// Bytes asked of TileDB.
     tiledb_bytes,
+    /// TileDB's waits for its own tasks turned from spinning into short
+    /// sleeps (see `tiledb::wait`; a gauge, set when read).
+    tiledb_wait_naps,
     /// Chunks read ahead of a sequential reader.
     prefetch_chunks,
     /// Read-ahead requests dropped because the queue was full.

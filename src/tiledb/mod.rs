@@ -16,6 +16,7 @@ mod metadata;
 mod object;
 mod schema;
 mod vfs;
+mod wait;
 
 pub use array::{Array, GlobalWrite, MetaValue, Mode};
 pub use context::{Config, Context, now_ms, version};
@@ -31,6 +32,7 @@ pub use group_history::{
 pub use object::{ObjectType, object_move, object_remove, object_type};
 pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};
 pub use vfs::Vfs;
+pub use wait::{interposed as yield_interposed, naps as yield_naps};
 
 #[cfg(test)]
 mod tests;
