@@ -124,8 +124,8 @@ enum Command {
         #[arg(long, value_parser = parse_size)]
         cache_size: Option<u64>,
         /// Most bytes read ahead of one sequential reader, at most half the
-        /// chunk cache [default: 32M, or 96M for a registry on an object
-        /// store, or half the chunk cache if less].
+        /// chunk cache, at least one chunk [default: 32M, or 96M for a
+        /// registry on an object store, or half the chunk cache if less].
         #[arg(long, value_parser = parse_size)]
         read_ahead: Option<u64>,
         /// How long attributes and listings are trusted before the registry

@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
 use modelfs::fs::disk_cache::DiskCacheConfig;
+use modelfs::fs::read::source::MIN_CHUNK_BYTES;
 use modelfs::fs::{Config, ModelFs};
 use modelfs::fuse::{MountOptions, Mounted};
 use modelfs::registry::Registry;
@@ -95,10 +96,12 @@ const OBJECT_STORE_READS: ReadDefaults = ReadDefaults {
 const QUERY_MEMORY_FACTOR: u64 = 3;
 
 /// The chunk cache and read-ahead: `--cache-size` bounds the chunk cache
-/// together with the queries in flight, which take at most half of it
-/// (fewer and smaller queries under a small budget); the read-ahead window
-/// is at most half the chunk cache, so chunks read ahead stay cached until
-/// the reader gets to them.
+/// together with the read-ahead queries in flight, which take at most half
+/// of it (smaller, then fewer queries under a small budget; one query of
+/// one chunk at least, even when that is more); the read-ahead window is
+/// at most half the chunk cache, so chunks read ahead stay cached until
+/// the reader gets to them. Arrays whose tiles are larger than a query
+/// are read a tile at a time, one such query in flight at once.
 fn read_settings(args: &Args, config: Config) -> Result<Config> {
     let defaults = if on_object_store(&args.registry) {
         &OBJECT_STORE_READS
@@ -106,7 +109,10 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
         &LOCAL_READS
     };
     let budget = args.cache_bytes.unwrap_or(defaults.budget);
-    let query_bytes = defaults.query_bytes.min(budget / 8).max(1);
+    // Under a smaller budget the queries shrink first (to one chunk at
+    // least), then they get fewer (one at least).
+    let fair = (budget / 2) / (defaults.queries as u64 * QUERY_MEMORY_FACTOR);
+    let query_bytes = fair.clamp(MIN_CHUNK_BYTES, defaults.query_bytes);
     let per_query = query_bytes * QUERY_MEMORY_FACTOR;
     let queries = defaults.queries.min(((budget / 2) / per_query).max(1) as usize);
     let cache_bytes = budget.saturating_sub(queries as u64 * per_query);
@@ -395,7 +401,7 @@ mod tests {
     #[test]
     fn queries_in_flight_and_the_chunk_cache_share_the_budget() {
         for registry in ["/data/reg", "s3://team/reg"] {
-            for mib in [1, 8, 16, 64, 100, 320, 4096] {
+            for mib in [2, 8, 16, 64, 100, 320, 4096] {
                 let budget = mib << 20;
                 let c = read_settings(&args(registry, Some(budget), None), Config::default()).unwrap();
                 let per_query = c.prefetch_fetch_bytes * QUERY_MEMORY_FACTOR;
@@ -415,11 +421,16 @@ mod tests {
                 );
             }
         }
-        // A smaller budget runs fewer queries, and the window shrinks with the cache.
+        // A smaller budget runs smaller queries, then fewer; the window
+        // shrinks with the cache.
         assert_eq!(
-            settings("s3://team/reg", Some(128 << 20), None).unwrap(),
-            (80, 40, 2, 8)
+            settings("s3://team/reg", Some(192 << 20), None).unwrap(),
+            (96, 48, 8, 4)
         );
+        let small = read_settings(&args("/data/reg", Some(16 << 20), None), Config::default()).unwrap();
+        assert_eq!((small.prefetch_threads, small.cache_bytes >> 20), (4, 8));
+        let tiny = read_settings(&args("/data/reg", Some(1 << 20), None), Config::default()).unwrap();
+        assert_eq!((tiny.prefetch_threads, tiny.prefetch_fetch_bytes), (1, MIN_CHUNK_BYTES));
     }
 
     #[test]

@@ -357,6 +357,10 @@ def report(res, size, a):
             v = m[k] / m["s3_mount_read_cold_s"]
             res["targets"].append({"what": f"S3 cold read through the mount / {peer} (t_{peer}/t_mount)",
                                    "value": v, "target": ">= 1.0", "verdict": "PASS" if v >= 1.0 else "FAIL"})
+    # The object-store default --cache-size (384M) + 128 MiB.
+    v = m["s3_mount_read_cold_daemon_hwm_mib"]
+    res["targets"].append({"what": "daemon peak RSS, S3 cold read, MiB (--cache-size 384 + 128)",
+                           "value": v, "target": "<= 512", "verdict": "PASS" if v <= 512 else "FAIL"})
     v = m["s3_requests_dc_warm_read"]
     res["targets"].append({"what": "S3 requests of a fresh daemon reading a version in the disk cache",
                            "value": v, "target": "no GET of data", "verdict": "info"})

@@ -43,9 +43,10 @@ counters! {
     tiledb_reads,
     /// Bytes asked of TileDB.
     tiledb_bytes,
-    /// TileDB's waits for its own tasks turned from spinning into short
-    /// sleeps (see `tiledb::wait`; a gauge, set when read).
-    tiledb_wait_naps,
+    /// Calls of `sched_yield` in a spin (TileDB's thread pool waiting for
+    /// its tasks, mostly) that slept briefly instead (see `tiledb::wait`;
+    /// a gauge, set when read).
+    yield_naps,
     /// Chunks read ahead of a sequential reader.
     prefetch_chunks,
     /// Read-ahead requests dropped because the queue was full.

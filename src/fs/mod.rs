@@ -250,7 +250,7 @@ impl ModelFs {
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         c.view_memory_used.store(self.ml_models.memory().0, relaxed);
         c.ml_models_alive.store(self.ml_models.alive() as u64, relaxed);
-        c.tiledb_wait_naps.store(crate::registry::storage_wait_naps(), relaxed);
+        c.yield_naps.store(crate::registry::yield_naps(), relaxed);
         c.snapshot()
     }
 

@@ -29,8 +29,8 @@ pub use safetensors_index::{TensorEntry, TensorIndex};
 pub use tree::{Entry, NameSlot, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};
 pub use versions::{History, Version};
 
-/// Waits of the storage library for its own tasks that slept instead of
-/// spinning, over the life of the process.
-pub fn storage_wait_naps() -> u64 {
+/// Calls of `sched_yield` in a spin (the storage library waiting for its
+/// own tasks, mostly) that slept instead, over the life of the process.
+pub fn yield_naps() -> u64 {
     crate::tiledb::yield_naps()
 }

@@ -13,7 +13,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use log::debug;
@@ -92,6 +92,37 @@ struct Job {
     chunks: Range<u64>,
 }
 
+impl Job {
+    fn bytes(&self) -> u64 {
+        (self.chunks.end - self.chunks.start).saturating_mul(self.src.chunk_bytes())
+    }
+}
+
+/// Bytes of jobs being loaded, held under a limit: a job is one query, and
+/// the memory a query takes follows its size. A job larger than the limit
+/// (one chunk of an array with large tiles) runs alone.
+struct InFlight {
+    limit: u64,
+    bytes: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl InFlight {
+    fn acquire(&self, n: u64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        while *bytes > 0 && bytes.saturating_add(n) > self.limit {
+            bytes = self.freed.wait(bytes).unwrap_or_else(PoisonError::into_inner);
+        }
+        *bytes += n;
+    }
+
+    fn release(&self, n: u64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        *bytes = bytes.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
 /// Threads that load planned ranges into the cache in the background.
 pub struct PrefetchPool {
     sender: Mutex<Option<SyncSender<Job>>>,
@@ -101,8 +132,9 @@ pub struct PrefetchPool {
 }
 
 impl PrefetchPool {
-    /// `threads` workers, each loading up to `fetch_bytes` per query, with
-    /// at most `queue` jobs waiting (more are dropped and counted).
+    /// `threads` workers, each loading up to `fetch_bytes` per query and
+    /// all together at most `threads * fetch_bytes` at a time, with at
+    /// most `queue` jobs waiting (more are dropped and counted).
     pub fn new(
         cache: Arc<ChunkCache>,
         counters: Arc<Counters>,
@@ -112,12 +144,17 @@ impl PrefetchPool {
     ) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
+        let in_flight = Arc::new(InFlight {
+            limit: fetch_bytes.saturating_mul(threads as u64),
+            bytes: Mutex::new(0),
+            freed: Condvar::new(),
+        });
         let workers = (0..threads)
             .map(|i| {
-                let (rx, cache) = (rx.clone(), cache.clone());
+                let (rx, cache, in_flight) = (rx.clone(), cache.clone(), in_flight.clone());
                 std::thread::Builder::new()
                     .name(format!("modelfs-prefetch-{i}"))
-                    .spawn(move || worker(&rx, &cache))
+                    .spawn(move || worker(&rx, &cache, &in_flight))
                     .expect("spawn a prefetch thread")
             })
             .collect();
@@ -156,14 +193,18 @@ impl PrefetchPool {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, cache: &ChunkCache) {
+fn worker(rx: &Mutex<Receiver<Job>>, cache: &ChunkCache, in_flight: &InFlight) {
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
             rx.recv()
         };
         let Ok(job) = job else { return };
-        if let Err(e) = cache.prefetch(job.src.as_ref(), job.chunks.start, job.chunks.end) {
+        let bytes = job.bytes();
+        in_flight.acquire(bytes);
+        let loaded = cache.prefetch(job.src.as_ref(), job.chunks.start, job.chunks.end);
+        in_flight.release(bytes);
+        if let Err(e) = loaded {
             // The reader that reaches these bytes reports the error.
             debug!(
                 "read-ahead of {} chunks {:?} failed: {e}",
@@ -188,6 +229,37 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn queries_in_flight_stay_within_the_limit_and_a_larger_one_runs_alone() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let gate = Arc::new(InFlight {
+            limit: 8 * MIB,
+            bytes: Mutex::new(0),
+            freed: Condvar::new(),
+        });
+        gate.acquire(4 * MIB);
+        gate.acquire(4 * MIB);
+        let (tx, rx) = channel();
+        let waiting = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.acquire(20 * MIB);
+                tx.send(*gate.bytes.lock().unwrap()).unwrap();
+                gate.release(20 * MIB);
+            })
+        };
+        // Over the limit while others run: it waits.
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        gate.release(4 * MIB);
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        gate.release(4 * MIB);
+        // Alone, it runs, whatever its size.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 20 * MIB);
+        waiting.join().unwrap();
+        assert_eq!(*gate.bytes.lock().unwrap(), 0);
+    }
 
     #[test]
     fn one_read_plans_nothing() {
