@@ -43,8 +43,8 @@ counters! {
     tiledb_reads,
     /// Bytes asked of TileDB.
     tiledb_bytes,
-    /// Calls of `sched_yield` in a spin (TileDB's thread pool waiting for
-    /// its tasks, mostly) that slept briefly instead (see `tiledb::wait`;
+    /// Calls of `sched_yield` in a spin during a read query (TileDB's
+    /// thread pool waiting for its tasks) that slept briefly instead (see `tiledb::wait`;
     /// a gauge, set when read).
     yield_naps,
     /// Chunks read ahead of a sequential reader.

@@ -29,8 +29,9 @@ pub use safetensors_index::{TensorEntry, TensorIndex};
 pub use tree::{Entry, NameSlot, Node, Registry, Storage, TILEDB_ML_FRAMEWORK_KEY};
 pub use versions::{History, Version};
 
-/// Calls of `sched_yield` in a spin (the storage library waiting for its
-/// own tasks, mostly) that slept instead, over the life of the process.
+/// Calls of `sched_yield` in a spin during a read query (the storage
+/// library waiting for its own tasks) that slept instead, over the life of
+/// the process.
 pub fn yield_naps() -> u64 {
     crate::tiledb::yield_naps()
 }

@@ -294,6 +294,8 @@ impl Array {
         }
         let query = self.query(ffi::TILEDB_READ, ffi::TILEDB_ROW_MAJOR, lo, hi)?;
         let name = cstring("tiledb_query_set_data_buffer", attr)?;
+        // A read waits on storage: let its spins nap (see `wait.rs`).
+        let _naps = super::wait::NapsWhileReading::start();
         let mut filled = 0usize;
         loop {
             let rest = &mut buf[filled..];

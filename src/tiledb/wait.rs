@@ -6,16 +6,19 @@
 //! readers on the same cores.
 //!
 //! This module defines `sched_yield` in the executable, so the dynamic
-//! linker binds libtiledb's calls (and everyone else's) to it: the first
-//! few yields of a spin are real ones, so short waits stay short, and from
-//! then on each call sleeps briefly instead. A spin is a series of calls
-//! from one thread, each made within [`SPIN_GAP`] of the end of the one
-//! before. The gap is generous because TileDB's loop at times runs one of
-//! its queued tasks between two calls: with 50 us, spins kept restarting
-//! and a cold 1 GiB read from S3 took 2.2 s of CPU instead of 1.6-2.0 s.
-//! So short waits less than a millisecond apart count as one spin, and
-//! their later yields nap too. Other callers (spin locks' and channels'
-//! back-off) are slowed the same way, never stopped: every call returns.
+//! linker binds libtiledb's calls (and everyone else's) to it. On a thread
+//! running a read query ([`NapsWhileReading`]), the first few yields of a
+//! spin are real ones, so short waits stay short, and from then on each
+//! call sleeps briefly instead. Everywhere else a yield stays a yield:
+//! writes wait mostly on compute tasks (filtering tiles), where a nap only
+//! adds latency, and other callers (spin locks' and channels' back-off)
+//! are left as their authors tuned them.
+//!
+//! A spin is a series of calls from one thread, each made within
+//! [`SPIN_GAP`] of the end of the one before. The gap is generous because
+//! TileDB's loop at times runs one of its queued tasks between two calls:
+//! with 50 us, spins kept restarting and a cold 1 GiB read from S3 took
+//! 2.2 s of CPU instead of 1.6-2.0 s.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +42,27 @@ static NAPS: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// Calls in the current spin, and when the last one ended.
     static SPIN: Cell<(u32, Option<Instant>)> = const { Cell::new((0, None)) };
+    /// Whether this thread's spins may nap.
+    static NAPPING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, the spins of this thread nap: made around a read query.
+pub(crate) struct NapsWhileReading {
+    was: bool,
+}
+
+impl NapsWhileReading {
+    pub(crate) fn start() -> Self {
+        NapsWhileReading {
+            was: NAPPING.with(|n| n.replace(true)),
+        }
+    }
+}
+
+impl Drop for NapsWhileReading {
+    fn drop(&mut self) {
+        NAPPING.with(|n| n.set(self.was));
+    }
 }
 
 /// How many yields became naps, over the life of the process.
@@ -69,6 +93,11 @@ fn calls_in_spin(spin: (u32, Option<Instant>), now: Instant) -> u32 {
 #[unsafe(no_mangle)]
 pub extern "C" fn sched_yield() -> libc::c_int {
     // Threads being torn down have no state left: they yield for real.
+    if !NAPPING.try_with(Cell::get).unwrap_or(false) {
+        // SAFETY: the raw system call takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_sched_yield) };
+        return 0;
+    }
     let calls = SPIN
         .try_with(|spin| calls_in_spin(spin.get(), Instant::now()))
         .unwrap_or(0);
@@ -114,6 +143,7 @@ mod tests {
         // between two calls starts a new spin, so loop until the naps show
         // (five after eight yields in a row), within a bound.
         let (spin, napped) = std::thread::spawn(|| {
+            let _reading = NapsWhileReading::start();
             let before = naps();
             let spin = || SPIN.with(|s| s.get().0);
             let mut calls = 0;
@@ -129,5 +159,20 @@ mod tests {
         assert_eq!(spin, SPIN_YIELDS + 5, "no spin of {} calls in 100,000", SPIN_YIELDS + 5);
         // Other tests' threads may nap meanwhile: at least this spin's five.
         assert!(napped >= 5, "{napped} naps");
+    }
+
+    #[test]
+    fn outside_a_read_every_yield_is_a_real_one() {
+        let spin = std::thread::spawn(|| {
+            for _ in 0..1000 {
+                // SAFETY: no arguments; the call binds to this module's definition.
+                unsafe { libc::sched_yield() };
+            }
+            // No spin was even counted, so none could nap.
+            SPIN.with(|s| s.get().0)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(spin, 0);
     }
 }
