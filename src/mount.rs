@@ -119,7 +119,10 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
     let most = cache_bytes / 2;
     let window = match args.read_ahead {
         Some(bytes) if bytes > most => bail!(
-            "--read-ahead {bytes} is more than half the chunk cache ({cache_bytes} of the {budget} bytes of --cache-size): raise --cache-size"
+            "--read-ahead {} is more than half the chunk cache ({} of --cache-size {}): raise --cache-size",
+            mib(bytes),
+            mib(cache_bytes),
+            mib(budget)
         ),
         Some(bytes) => bytes,
         None => defaults.window.min(most),
@@ -138,6 +141,11 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
         prefetch_window_bytes: window,
         ..config
     })
+}
+
+/// A size for messages, in MiB.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// The disk cache a mount uses: the one asked for, else the default one

@@ -341,6 +341,45 @@ fn background_mount_detaches_and_failures_exit_non_zero() {
 }
 
 #[test]
+fn a_read_ahead_over_half_the_chunk_cache_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_model, reg) = registry_with_model(tmp.path(), 1);
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    // 16M leaves an 8 MiB chunk cache beside the read-ahead queries.
+    let out = modelfs(&["mount", &reg, s(&dir), "--cache-size", "16M", "--read-ahead", "9M"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--read-ahead 9.0 MiB") && err.contains("--cache-size 16.0 MiB"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing mounted");
+    // Within half of it, the same mount comes up and reads.
+    let mnt = MountGuard::new(
+        &reg,
+        &dir,
+        &["--read-only", "--cache-size", "16M", "--read-ahead", "4M"],
+    );
+    assert!(std::fs::read(mnt.dir.join("tiny-model/config.json")).is_ok());
+}
+
+/// TileDB's waits during reads sleep instead of spinning (`src/tiledb/wait.rs`):
+/// the daemon's calls from libtiledb reach the executable's `sched_yield`.
+#[test]
+fn reads_through_the_mount_nap_in_tiledb_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, reg) = registry_with_model(tmp.path(), 32);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--read-only"]);
+    assert_eq!(mnt.stats()["yield_naps"].as_u64(), Some(0), "before any read");
+    let name = "tiny-model/model.safetensors";
+    let bytes = std::fs::read(mnt.dir.join(name)).unwrap();
+    assert_eq!(bytes, std::fs::read(model.join("model.safetensors")).unwrap());
+    let naps = mnt.stats()["yield_naps"].as_u64().unwrap();
+    assert!(naps > 0, "no nap in 32 MiB of reads: {:?}", mnt.stats());
+}
+
+#[test]
 fn listings_and_sizes_are_cached_for_the_metadata_ttl() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, reg) = registry_with_model(tmp.path(), 1);
