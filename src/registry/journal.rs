@@ -22,8 +22,8 @@
 //! reading the group see an entry once it is merged (within 2 s in a
 //! mount; `modelfs compact` merges what a stopped mount left).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -71,12 +71,35 @@ pub(super) struct Journal {
     pub markers: Vec<Marker>,
 }
 
+/// Cheap to clone: a marker's records are parsed once and shared by every
+/// read of the journal while the marker lasts (thousands of records when
+/// entries are made quickly: copying them on every read made a `mkdir`
+/// cost grow with the pace of changes).
 #[derive(Debug, Clone)]
 pub(super) struct Marker {
     pub file: String,
     pub time: u64,
     /// The records it merged (their files are deleted after it is written).
-    pub records: Vec<Record>,
+    pub records: Arc<Vec<Record>>,
+    /// The file names of those records.
+    ids: Arc<HashSet<String>>,
+}
+
+impl Marker {
+    fn new(file: String, time: u64, records: Vec<Record>) -> Self {
+        let ids = records.iter().map(|r| record_id(r).to_string()).collect();
+        Marker {
+            file,
+            time,
+            records: Arc::new(records),
+            ids: Arc::new(ids),
+        }
+    }
+
+    /// Whether it merged the record whose file is named `id`.
+    pub fn merged(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 /// A merged record, one JSON line of a marker.
@@ -276,12 +299,7 @@ impl Parsed {
                         Err(e) => warn!("{file}: a line is not a merged record ({e}); ignored"),
                     }
                 }
-                let m = Marker {
-                    file: file.clone(),
-                    time,
-                    records,
-                };
-                now.insert(file, Parsed1::Marker(m));
+                now.insert(file.clone(), Parsed1::Marker(Marker::new(file, time, records)));
                 continue;
             }
             match serde_json::from_slice::<Body>(&bytes) {
@@ -299,17 +317,8 @@ impl Parsed {
                 Parsed1::Marker(m) => out.markers.push(m.clone()),
             }
         }
-        // A record file a marker names: merged, its deletion was cut short.
-        let merged: HashMap<&str, u64> = out
-            .markers
-            .iter()
-            .flat_map(|m| m.records.iter().map(move |r| (record_id(r), m.time)))
-            .collect();
-        for a in &mut out.records {
-            a.merged = merged.get(record_id(a)).copied();
-        }
+        mark_merged(&mut out);
         out.records.sort_by(|a, b| (a.time, &a.file).cmp(&(b.time, &b.file)));
-        out.markers.sort_by_key(|m| m.time);
         let mut by_dir = self.by_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if by_dir.len() >= PARSED_DIRS {
             by_dir.clear();
@@ -321,19 +330,26 @@ impl Parsed {
     }
 }
 
+/// Sorts the markers by time and marks each record file a marker names as
+/// merged, by the first marker that names it (a merge cut short may be
+/// done again): its deletion was cut short.
+fn mark_merged(journal: &mut Journal) {
+    journal.markers.sort_by_key(|m| m.time);
+    for a in &mut journal.records {
+        a.merged = journal.markers.iter().find(|m| m.merged(record_id(a))).map(|m| m.time);
+    }
+}
+
 impl Journal {
     /// The merged records whose files are gone, held by the markers.
     pub fn merged_only(&self) -> impl Iterator<Item = &Record> {
-        let files: std::collections::HashSet<&str> = self.records.iter().map(record_id).collect();
+        let files: HashSet<&str> = self.records.iter().map(record_id).collect();
         (self.markers.iter().flat_map(|m| m.records.iter())).filter(move |r| !files.contains(record_id(r)))
     }
 
-    /// The file names of every merged record.
-    pub fn merged_ids(&self) -> std::collections::HashSet<&str> {
-        self.markers
-            .iter()
-            .flat_map(|m| m.records.iter().map(record_id))
-            .collect()
+    /// Whether a marker names the record whose file is named `id`.
+    pub fn is_merged(&self, id: &str) -> bool {
+        self.markers.iter().any(|m| m.merged(id))
     }
 }
 
@@ -374,6 +390,35 @@ pub(super) fn remove_all(vfs: &Vfs, dir_uri: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(file: &str) -> Record {
+        Record {
+            time: 1,
+            file: format!("file:///d/{JOURNAL_DIR}/{file}"),
+            name: "x".to_string(),
+            uri: "x".to_string(),
+            relative: true,
+            storage: crate::registry::Storage::Group,
+            removed: false,
+            merged: None,
+        }
+    }
+
+    #[test]
+    fn a_record_two_merges_name_counts_from_the_first() {
+        let mut j = Journal {
+            records: vec![record("a.json"), record("b.json"), record("c.json")],
+            markers: vec![
+                Marker::new("m2".to_string(), 20, vec![record("a.json"), record("b.json")]),
+                Marker::new("m1".to_string(), 10, vec![record("a.json")]),
+            ],
+        };
+        mark_merged(&mut j);
+        let merged: Vec<Option<u64>> = j.records.iter().map(|r| r.merged).collect();
+        assert_eq!(merged, [Some(10), Some(20), None]);
+        assert!(j.is_merged("b.json") && !j.is_merged("c.json"));
+        assert_eq!(j.markers[0].time, 10);
+    }
 
     #[test]
     fn record_names_carry_their_time_and_differ() {

@@ -242,8 +242,7 @@ pub(super) fn view(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Opt
         // its entry removed, before the member list was read: then it
         // would show again. Read again when one was.
         let again = upkeep.parsed.read(vfs, uri)?;
-        let merged = again.merged_ids();
-        if !v.records.iter().any(|a| merged.contains(journal::record_id(a))) {
+        if !v.records.iter().any(|a| again.is_merged(journal::record_id(a))) {
             return Ok(v);
         }
     }
