@@ -364,19 +364,22 @@ fn a_read_ahead_over_half_the_chunk_cache_is_refused_naming_both() {
     assert!(std::fs::read(mnt.dir.join("tiny-model/config.json")).is_ok());
 }
 
-/// TileDB's waits during reads sleep instead of spinning (`src/tiledb/wait.rs`):
-/// the daemon's calls from libtiledb reach the executable's `sched_yield`.
+/// TileDB's waits during reads sleep instead of spinning (`src/tiledb/wait.rs`)
+/// only if the daemon's symbol lookups find the executable's `sched_yield`,
+/// as libtiledb's calls do. Whether a given read naps depends on how long
+/// its waits last (on a loaded machine a few real yields can outlast
+/// them), so the naps are reported, not required.
 #[test]
-fn reads_through_the_mount_nap_in_tiledb_waits() {
+fn the_daemon_takes_sched_yield_from_its_own_executable() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, reg) = registry_with_model(tmp.path(), 32);
     let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--read-only"]);
+    assert_eq!(mnt.stats()["yield_interposed"].as_u64(), Some(1));
     assert_eq!(mnt.stats()["yield_naps"].as_u64(), Some(0), "before any read");
     let name = "tiny-model/model.safetensors";
     let bytes = std::fs::read(mnt.dir.join(name)).unwrap();
     assert_eq!(bytes, std::fs::read(model.join("model.safetensors")).unwrap());
-    let naps = mnt.stats()["yield_naps"].as_u64().unwrap();
-    assert!(naps > 0, "no nap in 32 MiB of reads: {:?}", mnt.stats());
+    eprintln!("naps in 32 MiB of reads: {}", mnt.stats()["yield_naps"]);
 }
 
 #[test]

@@ -47,6 +47,9 @@ counters! {
     /// thread pool waiting for its tasks) that slept briefly instead (see `tiledb::wait`;
     /// a gauge, set when read).
     yield_naps,
+    /// 1 when libtiledb's `sched_yield` calls reach the executable's own
+    /// (`tiledb::wait`), so that the naps above can happen (a gauge).
+    yield_interposed,
     /// Chunks read ahead of a sequential reader.
     prefetch_chunks,
     /// Read-ahead requests dropped because the queue was full.

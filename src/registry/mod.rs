@@ -35,3 +35,9 @@ pub use versions::{History, Version};
 pub fn yield_naps() -> u64 {
     crate::tiledb::yield_naps()
 }
+
+/// Whether the storage library's `sched_yield` calls reach the process's
+/// own, which naps.
+pub fn yield_interposed() -> bool {
+    crate::tiledb::yield_interposed()
+}
