@@ -19,6 +19,7 @@ use modelfs::fs::read::source::MIN_CHUNK_BYTES;
 use modelfs::fs::{Config, ModelFs};
 use modelfs::fuse::{MountOptions, Mounted};
 use modelfs::registry::Registry;
+use modelfs::registry::uri::is_local;
 
 /// Set in the child's environment: report readiness on stdout.
 const READY_ENV: &str = "MODELFS_REPORT_READY";
@@ -49,11 +50,6 @@ pub struct Args {
     pub passthrough: bool,
     /// A snapshot mount's time or tag (`--at`).
     pub at: Option<String>,
-}
-
-/// Whether the registry is on an object store (any URI scheme but `file`).
-fn on_object_store(registry: &str) -> bool {
-    registry.contains("://") && !registry.starts_with("file://")
 }
 
 /// How a mount reads file data by default, by where the registry lives.
@@ -103,10 +99,10 @@ const QUERY_MEMORY_FACTOR: u64 = 3;
 /// the reader gets to them. Arrays whose tiles are larger than a query
 /// are read a tile at a time, one such query in flight at once.
 fn read_settings(args: &Args, config: Config) -> Result<Config> {
-    let defaults = if on_object_store(&args.registry) {
-        &OBJECT_STORE_READS
-    } else {
+    let defaults = if is_local(&args.registry) {
         &LOCAL_READS
+    } else {
+        &OBJECT_STORE_READS
     };
     let budget = args.cache_bytes.unwrap_or(defaults.budget);
     // Under a smaller budget the queries shrink first (to one chunk at
@@ -158,7 +154,7 @@ fn disk_cache(args: &Args) -> Option<DiskCacheConfig> {
     }
     let dir = match &args.disk_cache {
         Some(dir) => dir.clone(),
-        None if on_object_store(&args.registry) => {
+        None if !is_local(&args.registry) => {
             let dir = modelfs::fs::disk_cache::default_dir();
             // Asked for, a cache that cannot be made fails the mount; the
             // default one is left out, with a warning.

@@ -44,8 +44,8 @@ counters! {
     /// Bytes asked of TileDB.
     tiledb_bytes,
     /// Calls of `sched_yield` in a spin during a read query (TileDB's
-    /// thread pool waiting for its tasks) that slept briefly instead (see `tiledb::wait`;
-    /// a gauge, set when read).
+    /// thread pool waiting for its tasks) that slept briefly instead (see
+    /// `tiledb::wait`; a gauge, set when read).
     yield_naps,
     /// 1 when libtiledb's `sched_yield` calls reach the executable's own
     /// (`tiledb::wait`), so that the naps above can happen (a gauge).

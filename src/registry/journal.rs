@@ -330,9 +330,9 @@ impl Parsed {
     }
 }
 
-/// Sorts the markers by time and marks each record file a marker names as
-/// merged, by the first marker that names it (a merge cut short may be
-/// done again): its deletion was cut short.
+/// Sorts the markers by time and marks each record file a marker names
+/// (its deletion after the merge was cut short) as merged by the first
+/// marker that names it: a merge cut short may have been done again.
 fn mark_merged(journal: &mut Journal) {
     journal.markers.sort_by_key(|m| m.time);
     for a in &mut journal.records {

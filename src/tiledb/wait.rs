@@ -24,7 +24,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Real yields at the start of a run before naps begin: a task that
+/// Real yields at the start of a spin before naps begin: a task that
 /// finishes within them (most compute tasks) is picked up at once.
 const SPIN_YIELDS: u32 = 8;
 
@@ -88,22 +88,26 @@ fn calls_in_spin(spin: (u32, Option<Instant>), now: Instant) -> u32 {
     }
 }
 
+/// libc's `sched_yield`, which this module's definition hides.
+fn real_yield() {
+    // SAFETY: the raw system call takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_sched_yield) };
+}
+
 /// Called in place of libc's `sched_yield`; the same contract: always
 /// succeeds (returns 0).
 #[unsafe(no_mangle)]
 pub extern "C" fn sched_yield() -> libc::c_int {
     // Threads being torn down have no state left: they yield for real.
     if !NAPPING.try_with(Cell::get).unwrap_or(false) {
-        // SAFETY: the raw system call takes no arguments and cannot fail.
-        unsafe { libc::syscall(libc::SYS_sched_yield) };
+        real_yield();
         return 0;
     }
     let calls = SPIN
         .try_with(|spin| calls_in_spin(spin.get(), Instant::now()))
         .unwrap_or(0);
     if calls <= SPIN_YIELDS {
-        // SAFETY: the raw system call takes no arguments and cannot fail.
-        unsafe { libc::syscall(libc::SYS_sched_yield) };
+        real_yield();
     } else {
         NAPS.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(NAP);

@@ -108,6 +108,14 @@ struct InFlight {
 }
 
 impl InFlight {
+    fn new(limit: u64) -> Self {
+        InFlight {
+            limit,
+            bytes: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
     fn acquire(&self, n: u64) {
         let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
         while *bytes > 0 && bytes.saturating_add(n) > self.limit {
@@ -144,11 +152,7 @@ impl PrefetchPool {
     ) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
-        let in_flight = Arc::new(InFlight {
-            limit: fetch_bytes.saturating_mul(threads as u64),
-            bytes: Mutex::new(0),
-            freed: Condvar::new(),
-        });
+        let in_flight = Arc::new(InFlight::new(fetch_bytes.saturating_mul(threads as u64)));
         let workers = (0..threads)
             .map(|i| {
                 let (rx, cache, in_flight) = (rx.clone(), cache.clone(), in_flight.clone());
@@ -234,11 +238,7 @@ mod tests {
     fn queries_in_flight_stay_within_the_limit_and_a_larger_one_runs_alone() {
         use std::sync::mpsc::channel;
         use std::time::Duration;
-        let gate = Arc::new(InFlight {
-            limit: 8 * MIB,
-            bytes: Mutex::new(0),
-            freed: Condvar::new(),
-        });
+        let gate = Arc::new(InFlight::new(8 * MIB));
         gate.acquire(4 * MIB);
         gate.acquire(4 * MIB);
         let (tx, rx) = channel();
