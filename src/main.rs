@@ -301,6 +301,7 @@ macro_rules! out {
     }};
 }
 
+mod allocator;
 mod mount;
 mod versions_cli;
 
@@ -313,6 +314,11 @@ fn main() -> ExitCode {
         "warn"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
+    allocator::configure(if matches!(cli.command, Command::Mount { .. }) {
+        allocator::Use::Daemon
+    } else {
+        allocator::Use::Command
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)

@@ -24,8 +24,6 @@ use modelfs::registry::uri::is_local;
 /// Set in the child's environment: report readiness on stdout.
 const READY_ENV: &str = "MODELFS_REPORT_READY";
 const READY_LINE: &str = "modelfs-mounted";
-/// glibc's limit on malloc arenas, set for the daemon.
-const ARENA_ENV: &str = "MALLOC_ARENA_MAX";
 
 pub struct Args {
     pub tiledb_config: Vec<String>,
@@ -302,13 +300,6 @@ fn spawn_daemon() -> Result<()> {
     args.push("--foreground".into());
     let mut cmd = Command::new(exe);
     cmd.args(&args).env(READY_ENV, "1");
-    // glibc gives each thread that allocates an arena of its own; the
-    // daemon's read-ahead, TileDB and FUSE threads then hold freed query
-    // buffers in many arenas: two keep the peak of a cold 1 GiB read near
-    // 160-180 MiB instead of ~186-225 MiB, at no cost in time measured.
-    if std::env::var_os(ARENA_ENV).is_none() {
-        cmd.env(ARENA_ENV, "2");
-    }
     // Its own process group, so a Ctrl-C meant for the caller's terminal
     // does not unmount it.
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).process_group(0);

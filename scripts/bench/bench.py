@@ -197,9 +197,7 @@ def mount(bin_, registry, path, log, read_only, flags=()):
         argv.append("--read-only")
     argv.extend(flags)
     # Its own session: a Ctrl-C reaches this script (which unmounts), not the daemon.
-    # The environment `modelfs mount` gives the daemon it starts.
-    env = {"MALLOC_ARENA_MAX": "2", **os.environ}
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
     m = Mount(path, proc)
     try:
         deadline = time.monotonic() + 30
