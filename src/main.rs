@@ -301,7 +301,6 @@ macro_rules! out {
     }};
 }
 
-mod allocator;
 mod mount;
 mod versions_cli;
 
@@ -314,10 +313,11 @@ fn main() -> ExitCode {
         "warn"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
-    allocator::configure(if matches!(cli.command, Command::Mount { .. }) {
-        allocator::Use::Daemon
+    // Before any thread starts (see `allocator::configure`).
+    tiledb::allocator::configure(if matches!(cli.command, Command::Mount { .. }) {
+        tiledb::allocator::Use::Daemon
     } else {
-        allocator::Use::Command
+        tiledb::allocator::Use::Command
     });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use modelfs::registry::{FileArray, Registry, file_array};
-use modelfs::tiledb::{Context, Datatype, Schema};
+use modelfs::registry::{Entry, FileArray, Registry, Storage, file_array};
+use modelfs::tiledb::{Array, AttributeSpec, Context, Datatype, DimensionSpec, MetaValue, Mode, Schema};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -90,6 +90,81 @@ fn new_files_are_stored_as_blobs_through_every_write_path() {
     }
     let staged = std::fs::read(mnt.dir.join("staged.bin")).unwrap();
     assert_eq!((&staged[..4], &staged[9 << 20..]), (&b"head"[..], &b"tail"[..]));
+}
+
+/// Arrays written before BLOB (UINT8, 256 KiB tiles) and by TileDB's
+/// filestore (BLOB, 1 KiB tiles) take new versions, through a mount and
+/// through `import --force`, and keep their schema.
+#[test]
+fn earlier_arrays_take_new_versions_and_keep_their_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    let seed = tmp.path().join("seed.txt");
+    std::fs::write(&seed, b"seed").unwrap();
+    modelfs_ok(&["import", s(&seed), &format!("{reg}/seed.txt")]);
+    let ctx = Context::new().unwrap();
+    let registry = Registry::new(ctx.clone()).unwrap();
+    let root = registry.resolve(&reg).unwrap().unwrap();
+    let old = pseudo_random(1, 600_000);
+    for (name, datatype, extent) in [
+        ("old.bin", Datatype::UINT8, 256 << 10),
+        ("filestore.bin", Datatype::BLOB, 1024),
+    ] {
+        let uri = format!("{reg}/{name}");
+        let schema = Schema::dense(
+            &ctx,
+            &[DimensionSpec {
+                name: "position".into(),
+                lo: 0,
+                hi: (1 << 62) - 1,
+                extent,
+                filters: vec![],
+            }],
+            &[AttributeSpec {
+                name: "contents".into(),
+                datatype,
+                filters: vec![],
+            }],
+        )
+        .unwrap();
+        schema.create_array(&uri).unwrap();
+        let mut array = Array::open(&ctx, &uri, Mode::Write).unwrap();
+        array.write_cells("contents", 0, old.len() as u64 - 1, &old).unwrap();
+        array
+            .put_metadata("file_size", &MetaValue::u64(old.len() as u64))
+            .unwrap();
+        array.close().unwrap();
+        let entry = Entry {
+            name: name.into(),
+            uri,
+            storage: Storage::Array,
+        };
+        registry.link(&root, &entry).unwrap();
+    }
+    let by_mount = pseudo_random(2, 300_001);
+    let by_import = pseudo_random(3, 1_000_003);
+    let src = tmp.path().join("new.bin");
+    std::fs::write(&src, &by_import).unwrap();
+    {
+        let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+        for name in ["old.bin", "filestore.bin"] {
+            let path = mnt.dir.join(name);
+            assert!(std::fs::read(&path).unwrap() == old, "{name} before");
+            std::fs::write(&path, &by_mount).unwrap();
+            assert!(
+                std::fs::read(&path).unwrap() == by_mount,
+                "{name} after a write through the mount"
+            );
+        }
+    }
+    for (name, datatype) in [("old.bin", Datatype::UINT8), ("filestore.bin", Datatype::BLOB)] {
+        let uri = format!("{reg}/{name}");
+        modelfs_ok(&["import", "--force", s(&src), &uri]);
+        let out = tmp.path().join(format!("{name}.out"));
+        modelfs_ok(&["export", &uri, s(&out)]);
+        assert!(std::fs::read(&out).unwrap() == by_import, "{name} after import --force");
+        assert_eq!(contents_type(&uri), datatype, "{name}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! call's status is checked and a failure carries TileDB's own message.
 //! No other module calls TileDB or uses `unsafe`.
 
+pub mod allocator;
 mod array;
 mod context;
 mod datatype;

@@ -30,16 +30,16 @@ use std::time::{Duration, Instant};
 /// finishes within them (most compute tasks) is picked up at once.
 const SPIN_YIELDS: u32 = 8;
 
-/// One nap; about twice that with the kernel's default timer slack. A
-/// wait this long is on I/O (a storage read takes a millisecond or more),
-/// so a nap adds a few percent to it at most.
+/// A spin's first nap; about twice that with the kernel's default timer
+/// slack. A wait this long is on I/O (a local storage read takes a
+/// millisecond or more), so a nap adds a few percent to it at most.
 const NAP: Duration = Duration::from_micros(50);
 
-/// Naps double up to this (after 4 doublings): a GET of a few MiB waits
+/// Naps double from one to the next up to this. A GET of a few MiB waits
 /// tens of milliseconds, which 50 us naps cut into hundreds of context
-/// switches.
+/// switches; by the time naps are this long, the wait has lasted over
+/// 1.5 ms, and one more nap adds half that at most.
 const LONGEST_NAP: Duration = Duration::from_micros(800);
-const LONGEST_NAP_DOUBLINGS: u32 = 4;
 
 /// A call made longer than this after the end of the previous one starts
 /// a new spin.
@@ -60,7 +60,10 @@ pub(crate) struct NapsWhileReading {
 }
 
 impl NapsWhileReading {
+    /// Also starts a new spin: a query's first waits begin with real
+    /// yields, however long the thread's last wait napped.
     pub(crate) fn start() -> Self {
+        SPIN.with(|spin| spin.set((0, None)));
         NapsWhileReading {
             was: NAPPING.with(|n| n.replace(true)),
         }
@@ -96,14 +99,14 @@ fn calls_in_spin(spin: (u32, Option<Instant>), now: Instant) -> u32 {
     }
 }
 
-/// libc's `sched_yield`, which this module's definition hides.
 /// The `n`th nap of a spin (from 1): [`NAP`], doubling from one nap to
 /// the next up to [`LONGEST_NAP`].
 fn nap_length(n: u32) -> Duration {
-    NAP.saturating_mul(1 << n.saturating_sub(1).min(LONGEST_NAP_DOUBLINGS))
-        .min(LONGEST_NAP)
+    // 2^16 naps is past any longest nap worth having: no overflow.
+    NAP.saturating_mul(1 << n.saturating_sub(1).min(16)).min(LONGEST_NAP)
 }
 
+/// libc's `sched_yield`, which this module's definition hides.
 fn real_yield() {
     // SAFETY: the raw system call takes no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_sched_yield) };
@@ -178,6 +181,18 @@ mod tests {
         assert_eq!(spin, SPIN_YIELDS + 5, "no spin of {} calls in 100,000", SPIN_YIELDS + 5);
         // Other tests' threads may nap meanwhile: at least this spin's five.
         assert!(napped >= 5, "{napped} naps");
+    }
+
+    #[test]
+    fn a_new_read_starts_a_new_spin() {
+        let spin = std::thread::spawn(|| {
+            SPIN.with(|s| s.set((SPIN_YIELDS + 20, Some(Instant::now()))));
+            let _reading = NapsWhileReading::start();
+            SPIN.with(|s| s.get())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(spin, (0, None));
     }
 
     #[test]
