@@ -863,3 +863,27 @@ fn assert_stored<E: std::borrow::Borrow<Entry>>(entries: &[E]) {
         );
     }
 }
+
+/// While merges run in the background, the removals a prune sees never
+/// drop: each one counts, as a record or as a key, at every moment. (It
+/// read the keys, then the records: a merge in between hid its removals.)
+#[test]
+fn removals_stay_counted_while_merges_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = mount_registry();
+    let dir = root(&reg, tmp.path());
+    let start = std::time::Instant::now();
+    let mut removed = 0;
+    while start.elapsed() < Duration::from_secs(if on_s3() { 20 } else { 6 }) {
+        let e = reg.mkdir(&dir, &format!("t{removed:04}"), &Attrs::default()).unwrap();
+        reg.remove(&dir, &e).unwrap();
+        reg.retire(&dir, &e).unwrap();
+        removed += 1;
+        // Bursts and pauses, so merges start while the counts are read.
+        for _ in 0..if removed % 8 == 0 { 20 } else { 1 } {
+            let seen = reg.deleted(&dir).unwrap().len();
+            assert_eq!(seen, removed, "removals counted after {removed} made");
+        }
+    }
+    assert!(removed >= 8, "only {removed} removals made");
+}

@@ -615,6 +615,13 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(Vec::new());
         }
+        // Removals recorded and not merged yet get their keys when merged
+        // (by the mount that made them: merging here could race it). The
+        // records are read before the keys: a merge in between then shows
+        // its removals twice (one is kept), where the other order missed
+        // them (the keys read before it, the records after).
+        let view = self.view(&dir.uri)?;
+        let removals = view.fates(&dir.uri).1;
         let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
         let mut out: Vec<(String, String, u64)> = group
             .metadata()?
@@ -624,10 +631,6 @@ impl Registry {
                 Some((name.to_string(), join(&dir.uri, name), v.as_u64()?))
             })
             .collect();
-        // Removals recorded and not merged yet get their keys when merged
-        // (by the mount that made them: merging here could race it).
-        let view = self.view(&dir.uri)?;
-        let removals = view.fates(&dir.uri).1;
         for (removed, time) in super::members::kept_removals(&self.ctx, &dir.uri, &removals)? {
             let Some(key) = deleted_key(&dir.uri, &removed) else {
                 continue;
