@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::*;
 use modelfs::registry::{Entry, FileArray, Registry, Storage, file_array};
-use modelfs::tiledb::{Array, AttributeSpec, Context, Datatype, DimensionSpec, MetaValue, Mode, Schema};
+use modelfs::tiledb::{Context, Datatype, MetaValue, Schema};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -111,29 +111,8 @@ fn earlier_arrays_take_new_versions_and_keep_their_schema() {
         ("filestore.bin", Datatype::BLOB, 1024),
     ] {
         let uri = format!("{reg}/{name}");
-        let schema = Schema::dense(
-            &ctx,
-            &[DimensionSpec {
-                name: "position".into(),
-                lo: 0,
-                hi: (1 << 62) - 1,
-                extent,
-                filters: vec![],
-            }],
-            &[AttributeSpec {
-                name: "contents".into(),
-                datatype,
-                filters: vec![],
-            }],
-        )
-        .unwrap();
-        schema.create_array(&uri).unwrap();
-        let mut array = Array::open(&ctx, &uri, Mode::Write).unwrap();
-        array.write_cells("contents", 0, old.len() as u64 - 1, &old).unwrap();
-        array
-            .put_metadata("file_size", &MetaValue::u64(old.len() as u64))
-            .unwrap();
-        array.close().unwrap();
+        let size = [("file_size", MetaValue::u64(old.len() as u64))];
+        dense_array_of(&ctx, &uri, "position", extent, datatype, &["contents"], &old, &size);
         let entry = Entry {
             name: name.into(),
             uri,

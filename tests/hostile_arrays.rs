@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use common::*;
 use modelfs::registry::TILEDB_ML_FRAMEWORK_KEY;
-use modelfs::tiledb::{Array, AttributeSpec, Context, Datatype, DimensionSpec, MetaValue, Mode, Schema};
+use modelfs::tiledb::{Array, Context, Datatype, MetaValue, Mode};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A 1-D dense UINT8 array at `uri`: dimension `dim` with tiles of `extent`,
-/// attributes `attrs`, `cells` written from 0 into each, then `meta`.
+/// A 1-D dense UINT8 array at `uri` (see [`dense_array_of`]).
 fn dense_array(
     ctx: &Context,
     uri: &str,
@@ -29,36 +28,7 @@ fn dense_array(
     cells: &[u8],
     meta: &[(&str, MetaValue)],
 ) {
-    let schema = Schema::dense(
-        ctx,
-        &[DimensionSpec {
-            name: dim.into(),
-            lo: 0,
-            hi: (1 << 62) - 1,
-            extent,
-            filters: vec![],
-        }],
-        &attrs
-            .iter()
-            .map(|a| AttributeSpec {
-                name: (*a).into(),
-                datatype: Datatype::UINT8,
-                filters: vec![],
-            })
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    schema.create_array(uri).unwrap();
-    let mut array = Array::open(ctx, uri, Mode::Write).unwrap();
-    if !cells.is_empty() {
-        for a in attrs {
-            array.write_cells(a, 0, cells.len() as u64 - 1, cells).unwrap();
-        }
-    }
-    for (k, v) in meta {
-        array.put_metadata(k, v).unwrap();
-    }
-    array.close().unwrap();
+    dense_array_of(ctx, uri, dim, extent, Datatype::UINT8, attrs, cells, meta);
 }
 
 /// A file array (`position` / `contents`) with `cells` and `file_size`.

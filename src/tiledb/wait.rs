@@ -11,10 +11,10 @@
 //! spin are real ones, so short waits stay short, and from then on each
 //! call sleeps instead, a little longer each time (50 us doubling up to
 //! 800 us: a cold 1 GiB read from S3 took 4,000 naps instead of 27,000,
-//! and 1.6-1.7 s of CPU instead of 1.7-2.05 s). Everywhere else a yield stays a yield:
-//! writes wait mostly on compute tasks (filtering tiles), where a nap only
-//! adds latency, and other callers (spin locks' and channels' back-off)
-//! are left as their authors tuned them.
+//! and 1.6-1.7 s of CPU instead of 1.7-2.05 s). Everywhere else a yield
+//! stays a yield: writes wait mostly on compute tasks (filtering tiles),
+//! where a nap only adds latency, and other callers (spin locks' and
+//! channels' back-off) are left as their authors tuned them.
 //!
 //! A spin is a series of calls from one thread, each made within
 //! [`SPIN_GAP`] of the end of the one before. The gap is generous because

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use modelfs::tiledb::{Array, AttributeSpec, Context, Datatype, DimensionSpec, MetaValue, Mode, Schema};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -333,4 +334,51 @@ pub fn wait_member(group_uri: &str, name: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A 1-D dense array at `uri` (as TileDB-Py could write it): dimension
+/// `dim` over `[0, 2^62 - 1]` with tiles of `extent`, attributes `attrs` of
+/// `datatype` without filters, `cells` written from 0 into each, then
+/// `meta`.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_array_of(
+    ctx: &Context,
+    uri: &str,
+    dim: &str,
+    extent: u64,
+    datatype: Datatype,
+    attrs: &[&str],
+    cells: &[u8],
+    meta: &[(&str, MetaValue)],
+) {
+    let schema = Schema::dense(
+        ctx,
+        &[DimensionSpec {
+            name: dim.into(),
+            lo: 0,
+            hi: (1 << 62) - 1,
+            extent,
+            filters: vec![],
+        }],
+        &attrs
+            .iter()
+            .map(|a| AttributeSpec {
+                name: (*a).into(),
+                datatype,
+                filters: vec![],
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    schema.create_array(uri).unwrap();
+    let mut array = Array::open(ctx, uri, Mode::Write).unwrap();
+    if !cells.is_empty() {
+        for a in attrs {
+            array.write_cells(a, 0, cells.len() as u64 - 1, cells).unwrap();
+        }
+    }
+    for (k, v) in meta {
+        array.put_metadata(k, v).unwrap();
+    }
+    array.close().unwrap();
 }
