@@ -226,3 +226,55 @@ fn with_allow_other_the_kernel_enforces_the_stored_modes() {
     let m = std::fs::metadata(mnt.dir.join("shared/f")).unwrap();
     assert_eq!((m.uid(), m.gid()), (65534, 65534));
 }
+
+/// A change made to the entries of the directory it is given.
+type Change = dyn Fn(&Path);
+
+#[test]
+fn a_directory_shows_the_same_times_after_its_changes_as_a_fresh_mount_does() {
+    // The mount that changes a directory's entries shows the times the
+    // registry stamped on the change, to the nanosecond: a time of its own
+    // would differ from every other mount's and, across a second's
+    // boundary, make `rsync -a` copy the directory's time again.
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let times = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    };
+    let changes: [(&str, &Change); 6] = [
+        ("create", &|d| std::fs::write(d.join("f"), b"x").unwrap()),
+        ("mkdir", &|d| std::fs::create_dir(d.join("sub")).unwrap()),
+        ("unlink", &|d| std::fs::remove_file(d.join("old")).unwrap()),
+        ("rmdir", &|d| std::fs::remove_dir(d.join("olddir")).unwrap()),
+        ("rename within", &|d| {
+            std::fs::rename(d.join("old"), d.join("new")).unwrap()
+        }),
+        ("rename out", &|d| {
+            std::fs::rename(d.join("old"), d.join("../moved")).unwrap()
+        }),
+    ];
+    for (i, (_, change)) in changes.iter().enumerate() {
+        let d = mnt.dir.join(format!("d{i}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("old"), b"old").unwrap();
+        std::fs::create_dir(d.join("olddir")).unwrap();
+        change(&d);
+    }
+    let shown: Vec<_> = (0..changes.len())
+        .map(|i| times(&mnt.dir.join(format!("d{i}"))))
+        .collect();
+    drop(mnt);
+    let again = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
+    let mut diffs = Vec::new();
+    for (i, (what, _)) in changes.iter().enumerate() {
+        let fresh = times(&again.dir.join(format!("d{i}")));
+        if fresh != shown[i] {
+            diffs.push(format!(
+                "after {what}: the mount showed {:?}, a fresh mount {fresh:?}",
+                shown[i]
+            ));
+        }
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}

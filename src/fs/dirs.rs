@@ -20,17 +20,36 @@ use super::{Attr, Ino, ModelFs, invalid_name, lock};
 use crate::registry::file_array::now_ns;
 use crate::registry::{Attrs, Entry, Storage};
 
+/// Where a change of a directory's entries went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DirChange {
+    /// To storage: every mount sees it.
+    Stored,
+    /// Nowhere yet: a new file before its first commit, or renamed then.
+    HereOnly,
+}
+
 impl ModelFs {
     /// Directory `ino`'s entries changed through this mount: its cached
     /// listing (if any) gets the same change, keeping the time it was read
     /// (so what other mounts did still shows within the TTL), and its
-    /// mtime and ctime become now. Re-reading either would cost an open of
-    /// the directory, whose price grows with its number of entries. The
-    /// registry stamped its own times as it changed the group; they show
-    /// once the node is read again.
-    pub(super) fn touch_dir(&self, ino: Ino, removed: &[&str], added: Option<&Entry>) {
+    /// mtime and ctime become the change's time. Re-reading either would
+    /// cost an open of the directory, whose price grows with its number of
+    /// entries. A change that reached storage takes the time the store
+    /// stamped on it, the one every other mount reads (a time of this
+    /// mount's own would differ, across a second's boundary too, and make
+    /// `rsync -a` copy it again); one only this mount knows takes now, to
+    /// the millisecond as stamps are. Times a tool stored later stay, as
+    /// they do when read from storage.
+    pub(super) fn touch_dir(&self, ino: Ino, removed: &[&str], added: Option<&Entry>, change: DirChange) {
         self.stat_ahead.changed();
         let Some(dir) = self.inodes.get(ino) else { return };
+        let now_ms = || now_ns() / 1_000_000;
+        let changed_ms = match change {
+            DirChange::Stored => self.store.dir_changed_ms(&dir.entry()).unwrap_or_else(now_ms),
+            DirChange::HereOnly => now_ms(),
+        };
+        let changed = Some(changed_ms.saturating_mul(1_000_000));
         let mut c = dir.lock();
         if let Some((_, list)) = &mut c.listing {
             // In place unless a directory handle still reads it: copying
@@ -48,10 +67,11 @@ impl ModelFs {
                 edited.insert(at, a.clone());
             }
         }
-        if let NodeState::Dir(a) = &mut c.node {
-            let now = Some(now_ns());
-            a.mtime_ns = now;
-            a.ctime_ns = now;
+        if let NodeState::Dir(a) = &mut c.node
+            && a.ctime_ns < changed
+        {
+            a.mtime_ns = changed;
+            a.ctime_ns = changed;
         }
     }
 
@@ -75,7 +95,7 @@ impl ModelFs {
             ..self.new_attrs(mode, who)
         };
         let entry = self.store.mkdir(&dir.entry(), name, &attrs)?;
-        self.touch_dir(parent, &[], Some(&entry));
+        self.touch_dir(parent, &[], Some(&entry), DirChange::Stored);
         let node = NodeState::Dir(attrs);
         let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
         self.inodes.remember(&inode);
@@ -120,7 +140,8 @@ impl ModelFs {
         if linked {
             self.store.unlink(&dir.entry(), &entry)?;
         }
-        self.touch_dir(parent, &[name], None);
+        let change = if linked { DirChange::Stored } else { DirChange::HereOnly };
+        self.touch_dir(parent, &[name], None, change);
         self.inodes.remove_name(parent, name);
         let open = self.mark_unlinked(inode.as_deref());
         if let Some(i) = &inode {
@@ -194,7 +215,7 @@ impl ModelFs {
             .ok_or_else(|| Error::not_found(name))?;
         self.check_removable_dir(parent, &entry)?;
         self.store.unlink(&dir.entry(), &entry)?;
-        self.touch_dir(parent, &[name], None);
+        self.touch_dir(parent, &[name], None, DirChange::Stored);
         let child = self.inodes.find(parent, name);
         self.inodes.remove_name(parent, name);
         self.mark_unlinked(child.as_deref());
@@ -278,8 +299,8 @@ impl ModelFs {
         let moved = self
             .store
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
-        self.touch_dir(parent, &[name], None);
-        self.touch_dir(new_parent, &[new_name], Some(&moved));
+        self.touch_dir(parent, &[name], None, DirChange::Stored);
+        self.touch_dir(new_parent, &[new_name], Some(&moved), DirChange::Stored);
         if let Some(old) = &replaced {
             let old_inode = self.inodes.find(new_parent, new_name);
             self.inodes.remove_name(new_parent, new_name);
@@ -363,8 +384,8 @@ impl ModelFs {
         // listings are read again.
         self.forget_listing(inode.parent());
         self.forget_listing(new_dir.ino);
-        self.touch_dir(inode.parent(), &[], None);
-        self.touch_dir(new_dir.ino, &[], None);
+        self.touch_dir(inode.parent(), &[], None, DirChange::HereOnly);
+        self.touch_dir(new_dir.ino, &[], None, DirChange::HereOnly);
         self.inodes.remove_name(new_dir.ino, new_name);
         self.inodes.rename(inode, new_dir.ino, entry);
         if let Some(node) = replaced_node {

@@ -16,6 +16,7 @@ const UNPIN_WAIT: Duration = Duration::from_secs(1);
 use log::debug;
 
 use super::counters::Counters;
+use super::dirs::DirChange;
 use super::error::{CoreError, Result};
 use super::handles::{FileHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
@@ -250,7 +251,7 @@ impl ModelFs {
             writer.set_created(created);
         }
         let opened = self.attach_writer(&inode, writer, opener)?;
-        self.touch_dir(parent, &[], None);
+        self.touch_dir(parent, &[], None, DirChange::HereOnly);
         self.inodes.remember(&inode);
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
     }
@@ -345,7 +346,7 @@ impl ModelFs {
         {
             if was_new {
                 let entry = lock(&w.writer).target().entry.clone();
-                self.touch_dir(inode.parent(), &[], Some(&entry));
+                self.touch_dir(inode.parent(), &[], Some(&entry), DirChange::Stored);
             } else {
                 self.forget_listing(inode.parent());
             }

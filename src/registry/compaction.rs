@@ -64,8 +64,9 @@ pub(super) struct Upkeep {
     /// Metadata writes this process made to each group since its metadata
     /// was last consolidated.
     metadata_writes: Mutex<HashMap<String, u32>>,
-    /// The newest record time (ms) this process stamped, by directory.
-    record_stamps: Mutex<HashMap<String, u64>>,
+    /// The newest time (ms) this process stamped on a change of each
+    /// directory's entries: a record's, or a member list's.
+    change_stamps: Mutex<HashMap<String, u64>>,
 }
 
 /// Metadata writes to one group after which its metadata is consolidated
@@ -73,24 +74,43 @@ pub(super) struct Upkeep {
 /// consolidated).
 const METADATA_WRITES_PER_CONSOLIDATION: u32 = 32;
 
-/// Directories whose newest record stamp is remembered; past it the
-/// memory starts again empty (a stamp is also kept after the newest list).
+/// Directories whose newest change stamp is remembered; past it the
+/// memory starts again empty (a new record is also stamped after the
+/// newest list, and a mount that forgot a stamp shows its own time).
 const STAMPED_DIRS: usize = 4096;
+
+fn remember_stamp(stamps: &mut HashMap<String, u64>, uri: &str, time: u64) {
+    if stamps.len() >= STAMPED_DIRS && !stamps.contains_key(uri) {
+        stamps.clear();
+    }
+    stamps.insert(uri.to_string(), time);
+}
 
 impl Upkeep {
     /// A time (ms) for a new record of directory `uri`, after `newest_list`
-    /// and after every record this process stamped there: records apply in
+    /// and after every change this process stamped there: records apply in
     /// the order of their times, so an add and a removal of one name made
     /// within one millisecond must not tie.
     pub(super) fn record_stamp(&self, uri: &str, newest_list: u64) -> u64 {
-        let mut stamps = self.record_stamps.lock().unwrap_or_else(PoisonError::into_inner);
-        if stamps.len() >= STAMPED_DIRS && !stamps.contains_key(uri) {
-            stamps.clear();
-        }
-        let last = stamps.entry(uri.to_string()).or_insert(0);
-        let time = tiledb::now_ms().max(newest_list + 1).max(*last + 1);
-        *last = time;
+        let mut stamps = self.change_stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = stamps.get(uri).copied().unwrap_or(0);
+        let time = tiledb::now_ms().max(newest_list + 1).max(last + 1);
+        remember_stamp(&mut stamps, uri, time);
         time
+    }
+
+    /// Directory `uri`'s member list was written stamped `time` (ms).
+    pub(super) fn list_stamped(&self, uri: &str, time: u64) {
+        let mut stamps = self.change_stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        let newest = stamps.get(uri).map_or(time, |&t| t.max(time));
+        remember_stamp(&mut stamps, uri, newest);
+    }
+
+    /// The newest time (ms) this process stamped on a change of directory
+    /// `uri`'s entries, if it remembers one.
+    pub(super) fn last_change(&self, uri: &str) -> Option<u64> {
+        let stamps = self.change_stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        stamps.get(uri).copied()
     }
 
     /// A metadata write was made to group `uri` (removals' keys): every

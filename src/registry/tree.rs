@@ -845,6 +845,13 @@ impl Registry {
         Ok(())
     }
 
+    /// The time (ms) this process stamped on its newest change of directory
+    /// `uri`'s entries, if it remembers one: what a stat of the directory
+    /// read from storage shows as its mtime, unless a tool set one since.
+    pub fn last_change_ms(&self, uri: &str) -> Option<u64> {
+        self.upkeep.last_change(uri)
+    }
+
     /// A change of group `uri` also wrote metadata (a removal's key): see
     /// [`super::compaction::Upkeep::metadata_written`].
     fn metadata_written(&self, uri: &str) {
@@ -977,7 +984,10 @@ impl Registry {
 pub(super) fn commit_change(upkeep: &std::sync::Arc<super::compaction::Upkeep>, change: MembersChange) -> Result<()> {
     let uri = change.uri().to_string();
     let ctx = change.context().clone();
-    match change.commit()? {
+    let stamp = change.stamp();
+    let committed = change.commit()?;
+    upkeep.list_stamped(&uri, stamp);
+    match committed {
         Ok(r) => {
             if r.deleted.files > 0 {
                 debug!(

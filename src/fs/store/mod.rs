@@ -138,4 +138,10 @@ pub trait Store: Send + Sync {
     ) -> Result<Entry>;
     /// Stores attributes without a new version; returns what was stored.
     fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs>;
+    /// When (ms) the newest change this store made to directory `dir`'s
+    /// entries was stamped, as a stat read from storage would show it;
+    /// `None` when it keeps no such time.
+    fn dir_changed_ms(&self, _dir: &Entry) -> Option<u64> {
+        None
+    }
 }

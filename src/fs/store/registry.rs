@@ -145,4 +145,8 @@ impl Store for Registry {
     fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs> {
         Registry::set_attrs(self, entry, change)
     }
+
+    fn dir_changed_ms(&self, dir: &Entry) -> Option<u64> {
+        self.last_change_ms(&dir.uri)
+    }
 }
