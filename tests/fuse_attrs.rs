@@ -232,12 +232,22 @@ type Change = dyn Fn(&Path);
 
 #[test]
 fn a_directory_shows_the_same_times_after_its_changes_as_a_fresh_mount_does() {
-    // The mount that changes a directory's entries shows the times the
-    // registry stamped on the change, to the nanosecond: a time of its own
-    // would differ from every other mount's and, across a second's
-    // boundary, make `rsync -a` copy the directory's time again.
+    dir_times_match_a_fresh_mount(&["--no-disk-cache"]);
+}
+
+#[test]
+fn a_directory_shows_the_same_times_with_the_disk_cache_on() {
+    let cache = tempfile::tempdir().unwrap();
+    dir_times_match_a_fresh_mount(&["--disk-cache", cache.path().to_str().unwrap()]);
+}
+
+/// The mount that changes a directory's entries shows the times the
+/// registry stamped on the change, to the nanosecond: a time of its own
+/// would differ from every other mount's and, across a second's boundary,
+/// make `rsync -a` copy the directory's time again.
+fn dir_times_match_a_fresh_mount(flags: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let (reg, mnt) = mounted(tmp.path(), &[]);
+    let (reg, mnt) = mounted(tmp.path(), flags);
     let times = |p: &Path| {
         let m = std::fs::metadata(p).unwrap();
         (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
@@ -265,7 +275,7 @@ fn a_directory_shows_the_same_times_after_its_changes_as_a_fresh_mount_does() {
         .map(|i| times(&mnt.dir.join(format!("d{i}"))))
         .collect();
     drop(mnt);
-    let again = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
+    let again = MountGuard::new(&reg, &tmp.path().join("again"), flags);
     let mut diffs = Vec::new();
     for (i, (what, _)) in changes.iter().enumerate() {
         let fresh = times(&again.dir.join(format!("d{i}")));

@@ -30,6 +30,12 @@ const CHILD: u32 = 101;
 #[derive(Debug, Clone, PartialEq)]
 struct P(Vec<&'static str>);
 
+impl P {
+    fn parent(&self) -> &[&'static str] {
+        &self.0[..self.0.len().saturating_sub(1)]
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(P),
@@ -359,17 +365,45 @@ impl Sut {
     /// Walks `path` as the kernel does: every component but the last must
     /// be a directory (ENOTDIR otherwise).
     fn resolve(&self, path: &[&str]) -> R<Ino> {
-        let mut ino = Ino::ROOT;
-        for (i, name) in path.iter().enumerate() {
-            let attr = self.fs.lookup(ino, name).map_err(|e| e.errno)?;
-            if i + 1 < path.len() && attr.kind != Kind::Dir {
-                return Err(libc::ENOTDIR);
-            }
-            ino = attr.ino;
-        }
-        Ok(ino)
+        resolve_in(&self.fs, path)
     }
 
+    /// Each directory among `dirs` with its mtime and ctime, as this core
+    /// shows them and as a core mounted afresh on the same store does.
+    fn dir_times(&self, dirs: &[&[&'static str]]) -> Vec<(String, DirTimes, DirTimes)> {
+        let staging = tempfile::tempdir().unwrap();
+        let fresh = Self::mount(&self.store, &staging, self.ttl);
+        let times = |fs: &ModelFs, dir: &[&str]| -> R<DirTimes> {
+            let a = fs.getattr(resolve_in(fs, dir)?).map_err(|e| e.errno)?;
+            Ok((a.mtime, a.ctime))
+        };
+        dirs.iter()
+            .filter_map(|d| {
+                Some((
+                    format!("/{}", d.join("/")),
+                    times(&self.fs, d).ok()?,
+                    times(&fresh, d).ok()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+type DirTimes = (std::time::SystemTime, std::time::SystemTime);
+
+fn resolve_in(fs: &ModelFs, path: &[&str]) -> R<Ino> {
+    let mut ino = Ino::ROOT;
+    for (i, name) in path.iter().enumerate() {
+        let attr = fs.lookup(ino, name).map_err(|e| e.errno)?;
+        if i + 1 < path.len() && attr.kind != Kind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        ino = attr.ino;
+    }
+    Ok(ino)
+}
+
+impl Sut {
     fn parent_and_name<'a>(&self, p: &'a P) -> R<(Ino, &'a str)> {
         let (last, parent) = p.0.split_last().expect("non-empty");
         let ino = self.resolve(parent)?;
@@ -1021,6 +1055,22 @@ fn run_with(ops: &[Op], ttl: std::time::Duration) -> usize {
             armed = false;
         }
         assert_eq!(got, expected, "step {step} {op:?}\nops: {ops:?}");
+        // A directory this core changed in storage shows the time stored
+        // with the change, as every other mount does (only changes no
+        // other mount sees, made while files are open, may differ).
+        let changed: Vec<&[&str]> = match op {
+            Op::Mkdir(p) | Op::Rmdir(p) => vec![p.parent()],
+            Op::Rename(a, b) => vec![a.parent(), b.parent()],
+            _ => Vec::new(),
+        };
+        if got.is_ok() && !changed.is_empty() && s.fhs.iter().all(Option::is_none) {
+            for (dir, here, fresh) in s.dir_times(&changed) {
+                assert_eq!(
+                    here, fresh,
+                    "step {step} {op:?}: {dir} shows (mtime, ctime) {here:?}, a fresh mount {fresh:?}\nops: {ops:?}"
+                );
+            }
+        }
         let want = m.flatten();
         let seen = s.flatten();
         assert_eq!(seen, want, "tree after step {step} {op:?}\nops: {ops:?}");

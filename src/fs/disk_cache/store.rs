@@ -436,4 +436,8 @@ impl Store for CachingStore {
     fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs> {
         self.inner.set_attrs(entry, change)
     }
+
+    fn dir_changed_ms(&self, dir: &Entry) -> Option<u64> {
+        self.inner.dir_changed_ms(dir)
+    }
 }

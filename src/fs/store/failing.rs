@@ -211,4 +211,8 @@ impl<S: Store> Store for FailingStore<S> {
         self.countdown.step("set attributes", &entry.uri)?;
         self.inner.set_attrs(entry, change)
     }
+
+    fn dir_changed_ms(&self, dir: &Entry) -> Option<u64> {
+        self.inner.dir_changed_ms(dir)
+    }
 }

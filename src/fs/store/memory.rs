@@ -79,7 +79,7 @@ impl MemStore {
         MemStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
-                clock_ms: AtomicU64::new(1_700_000_000_000),
+                clock_ms: AtomicU64::new(0),
             }),
             root,
         }
@@ -146,8 +146,17 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The next time (ms): the wall clock's, as the registry stamps
+    /// changes, but strictly increasing.
     fn tick(&self) -> u64 {
-        self.clock_ms.fetch_add(1, Ordering::Relaxed) + 1
+        let now = crate::registry::file_array::now_ns() / 1_000_000;
+        let before = self
+            .clock_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.max(now.saturating_sub(1)) + 1)
+            })
+            .unwrap_or_else(|c| c);
+        before.max(now.saturating_sub(1)) + 1
     }
 
     /// Counts one change; an error when the daemon is "dead".
@@ -574,6 +583,14 @@ impl Store for MemStore {
                 Ok(stored)
             }
             None => Err(Inner::missing(&entry.uri)),
+        }
+    }
+
+    fn dir_changed_ms(&self, dir: &Entry) -> Option<u64> {
+        // Every change of a group's members stamps its times.
+        match self.lock().objects.get(&dir.uri) {
+            Some(Object::Group { attrs, .. }) => attrs.ctime_ns.map(|ns| ns / 1_000_000),
+            _ => None,
         }
     }
 }

@@ -140,8 +140,7 @@ pub trait Store: Send + Sync {
     fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs>;
     /// When (ms) the newest change this store made to directory `dir`'s
     /// entries was stamped, as a stat read from storage would show it;
-    /// `None` when it keeps no such time.
-    fn dir_changed_ms(&self, _dir: &Entry) -> Option<u64> {
-        None
-    }
+    /// `None` when it keeps no such time. No default: a store wrapping
+    /// another must pass it on.
+    fn dir_changed_ms(&self, dir: &Entry) -> Option<u64>;
 }
