@@ -293,6 +293,51 @@ fn a_group_that_is_not_a_member_can_still_be_named() {
     assert_eq!(modelfs_ok(&["ls", &other]), "b.txt\n");
 }
 
+#[test]
+fn a_plain_folder_inside_a_registry_group_can_be_named_and_mounted() {
+    // A folder of arrays made by another tool (TileDB-ML saves arrays at
+    // any URI) under a bucket whose root became a registry group: the
+    // group does not list it, but naming it lists, exports and mounts it.
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    std::fs::write(tmp.path().join("a.txt"), b"a").unwrap();
+    modelfs_ok(&["import", s(&tmp.path().join("a.txt")), &format!("{reg}/a.txt")]);
+    let elsewhere = format!("{reg}-elsewhere");
+    std::fs::write(tmp.path().join("b.txt"), b"bytes of b").unwrap();
+    modelfs_ok(&["import", s(&tmp.path().join("b.txt")), &format!("{elsewhere}/b.txt")]);
+    let ctx = Context::new().unwrap();
+    let reg_api = modelfs::registry::Registry::new(ctx.clone()).unwrap();
+    let stored = reg_api.resolve(&format!("{elsewhere}/b.txt")).unwrap().unwrap();
+    let plain = format!("{reg}/from-another-tool");
+    tiledb::Vfs::new(&ctx).unwrap().create_dir(&plain).unwrap();
+    tiledb::object_move(&ctx, &stored.uri, &format!("{plain}/b.txt")).unwrap();
+
+    assert_eq!(modelfs_ok(&["ls", &reg]), "a.txt\n", "the group lists its members only");
+    assert_eq!(modelfs_ok(&["ls", &plain]), "b.txt\n");
+    let out = tmp.path().join("b.out");
+    modelfs_ok(&["export", &format!("{plain}/b.txt"), s(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"bytes of b");
+    let mnt = MountGuard::new(&plain, &tmp.path().join("mnt"), &[]);
+    assert_eq!(std::fs::read(mnt.dir.join("b.txt")).unwrap(), b"bytes of b");
+    drop(mnt);
+    // The folders TileDB and modelfs keep their own files in are not
+    // directories of the registry, named or not.
+    let out = modelfs(&["ls", &format!("{reg}/__group")]);
+    assert!(!out.status.success(), "ls of a group's own folder: {out:?}");
+    // What is imported there goes into a new member of that name, stored
+    // beside the folder, which is left alone.
+    std::fs::write(tmp.path().join("c.txt"), b"c").unwrap();
+    modelfs_ok(&["import", s(&tmp.path().join("c.txt")), &format!("{plain}/c.txt")]);
+    assert_eq!(modelfs_ok(&["ls", &reg]), "a.txt\nfrom-another-tool/\n");
+    assert_eq!(modelfs_ok(&["ls", &plain]), "c.txt\n");
+    assert!(
+        tiledb::Vfs::new(&ctx)
+            .unwrap()
+            .is_dir(&format!("{plain}/b.txt"))
+            .unwrap()
+    );
+}
+
 /// Runs `modelfs ARGS` and returns the minor page faults it took: with
 /// glibc's malloc defaults when `defaults`, otherwise with modelfs's own
 /// settings.

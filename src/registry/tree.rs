@@ -146,16 +146,30 @@ impl Registry {
     /// The entry at `uri`, found by walking group member names from the
     /// nearest plain ancestor, or `None` when nothing is there. A group or
     /// array stored right at `uri` but not a member of its parent group
-    /// (made by another tool) is found too: the URI names it.
+    /// (made by another tool) is found too: the URI names it. So is a
+    /// plain directory there (a folder of TileDB-ML arrays under a bucket
+    /// whose root is a registry group), unless its name is one TileDB or
+    /// modelfs keep their own files under.
     pub fn resolve(&self, uri: &str) -> Result<Option<Entry>> {
+        self.resolve_as(uri, true)
+    }
+
+    /// [`Registry::resolve`]; `named`: `uri` is the one asked for, not an
+    /// ancestor of it. A plain directory inside a group that does not list
+    /// it is found only when named: what is made under an ancestor must be
+    /// made a member, not hidden in an unlisted folder.
+    fn resolve_as(&self, uri: &str, named: bool) -> Result<Option<Entry>> {
         if let Some((parent_uri, name)) = split_parent(uri)
-            && let Some(parent) = self.resolve(&parent_uri)?
+            && let Some(parent) = self.resolve_as(&parent_uri, false)?
         {
             if parent.storage == Storage::Group {
                 if let Some(entry) = self.lookup(&parent, &name)? {
                     return Ok(Some(entry));
                 }
-                return Ok(self.probe(uri, &name)?.filter(|e| e.storage != Storage::PlainDir));
+                let plain_named = named && !name.starts_with("__");
+                return Ok(self
+                    .probe(uri, &name)?
+                    .filter(|e| e.storage != Storage::PlainDir || plain_named));
             }
             if parent.storage == Storage::Array {
                 return Ok(None);
@@ -904,7 +918,9 @@ impl Registry {
     /// The directory at `uri`, created (with missing ancestors, as groups
     /// linked into their parents) when absent.
     pub fn ensure_dir(&self, uri: &str) -> Result<Entry> {
-        if let Some(e) = self.resolve(uri)? {
+        // An unlisted plain folder inside a group is not taken: what is
+        // made here must show in the group.
+        if let Some(e) = self.resolve_as(uri, false)? {
             return if e.is_dir() {
                 Ok(e)
             } else {
@@ -929,7 +945,7 @@ impl Registry {
         // Another process may have made it meanwhile: that one will do.
         match made {
             Ok(e) => Ok(e),
-            Err(e) => match self.resolve(uri)? {
+            Err(e) => match self.resolve_as(uri, false)? {
                 Some(found) if found.is_dir() => Ok(found),
                 _ => Err(e),
             },
