@@ -181,6 +181,9 @@ pub(super) struct View {
     pub records: Vec<Record>,
     /// The journal they come from.
     pub journal: journal::Journal,
+    /// The newest merge seen (its marker's time, ms): one that changed no
+    /// name (an entry made and removed before it) writes no list.
+    pub merged_ms: Option<u64>,
     /// The group, when reading the view opened it.
     pub group: Option<Group>,
 }
@@ -188,7 +191,11 @@ pub(super) struct View {
 impl View {
     /// When its entries last changed (ms).
     pub fn changed_ms(&self) -> Option<u64> {
-        self.records.last().map(|a| a.time).max(self.lists.newest())
+        self.records
+            .last()
+            .map(|a| a.time)
+            .max(self.lists.newest())
+            .max(self.merged_ms)
     }
 
     /// What became of each name the records touch, replayed in order over
@@ -273,11 +280,18 @@ fn view_once(ctx: &Context, vfs: &Vfs, upkeep: &Upkeep, uri: &str, at: Option<u6
             then
         }
     };
+    let merged_ms = journal
+        .markers
+        .iter()
+        .map(|m| m.time)
+        .filter(|&t| at.is_none_or(|at| t <= at))
+        .max();
     Ok(View {
         members,
         lists,
         records,
         journal,
+        merged_ms,
         group,
     })
 }

@@ -480,8 +480,9 @@ impl Registry {
             uri,
             storage: Storage::Group,
         };
+        // Stored as given, times too: the caller shows these at once.
         if !attrs.is_empty() {
-            self.set_attrs(&entry, attrs)?;
+            put_group_attrs(&self.ctx, &entry.uri, attrs)?;
         }
         self.link(dir, &entry)?;
         Ok(entry)
@@ -861,7 +862,8 @@ impl Registry {
 
     /// The time (ms) this process stamped on its newest change of directory
     /// `uri`'s entries, if it remembers one: what a stat of the directory
-    /// read from storage shows as its mtime, unless a tool set one since.
+    /// read from storage shows as its mtime once that change is stored,
+    /// unless a tool set one since or another process changed it later.
     pub fn last_change_ms(&self, uri: &str) -> Option<u64> {
         self.upkeep.last_change(uri)
     }
@@ -959,15 +961,11 @@ impl Registry {
         match entry.storage {
             Storage::Array => file_array::set_attrs(&self.ctx, &entry.uri, change),
             Storage::Group => {
-                let mut group = Group::open(&self.ctx, &entry.uri, GroupMode::Write)?;
                 let change = Attrs {
                     ctime_ns: Some(now_ns()),
                     ..*change
                 };
-                for (key, value) in change.entries() {
-                    group.put_metadata(key, &value)?;
-                }
-                group.close()?;
+                put_group_attrs(&self.ctx, &entry.uri, &change)?;
                 Ok(change)
             }
             Storage::PlainDir => Err(Error::Unsupported {
@@ -1018,6 +1016,16 @@ pub(super) fn commit_change(upkeep: &std::sync::Arc<super::compaction::Upkeep>, 
         // Only slower opens follow; the change itself is done.
         Err(e) => warn!("{uri}: retiring old member-list files failed: {e}"),
     }
+    Ok(())
+}
+
+/// Writes `attrs` into group `uri`'s metadata.
+fn put_group_attrs(ctx: &Context, uri: &str, attrs: &Attrs) -> Result<()> {
+    let mut group = Group::open(ctx, uri, GroupMode::Write)?;
+    for (key, value) in attrs.entries() {
+        group.put_metadata(key, &value)?;
+    }
+    group.close()?;
     Ok(())
 }
 

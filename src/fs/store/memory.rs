@@ -587,7 +587,8 @@ impl Store for MemStore {
     }
 
     fn dir_changed_ms(&self, dir: &Entry) -> Option<u64> {
-        // Every change of a group's members stamps its times.
+        // Every change of a group's members stamps its times (and right
+        // after one, which is when this is asked, its ctime is that stamp).
         match self.lock().objects.get(&dir.uri) {
             Some(Object::Group { attrs, .. }) => attrs.ctime_ns.map(|ns| ns / 1_000_000),
             _ => None,
