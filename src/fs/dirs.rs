@@ -17,7 +17,7 @@ use super::inode::{Inode, NodeState, Seen};
 use super::namespace::Listed;
 use super::stat::Owner;
 use super::{Attr, Ino, ModelFs, invalid_name, lock};
-use crate::registry::file_array::now_ns;
+use crate::registry::file_array::{now_ms, now_ns};
 use crate::registry::{Attrs, Entry, Storage};
 
 /// Where a change of a directory's entries went.
@@ -44,7 +44,6 @@ impl ModelFs {
     pub(super) fn touch_dir(&self, ino: Ino, removed: &[&str], added: Option<&Entry>, change: DirChange) {
         self.stat_ahead.changed();
         let Some(dir) = self.inodes.get(ino) else { return };
-        let now_ms = || now_ns() / 1_000_000;
         let changed_ms = match change {
             DirChange::Stored => self.store.dir_changed_ms(&dir.entry()).unwrap_or_else(now_ms),
             DirChange::HereOnly => now_ms(),

@@ -410,6 +410,12 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Milliseconds since the epoch, now: the unit of version and change
+/// stamps.
+pub fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
 /// Where whole tiles go: a global-order write when there is at least one.
 enum Target {
     Tiles(GlobalWrite),

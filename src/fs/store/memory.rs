@@ -149,14 +149,13 @@ impl Inner {
     /// The next time (ms): the wall clock's, as the registry stamps
     /// changes, but strictly increasing.
     fn tick(&self) -> u64 {
-        let now = crate::registry::file_array::now_ns() / 1_000_000;
-        let before = self
+        let now = crate::registry::file_array::now_ms();
+        let next = |last: u64| last.max(now.saturating_sub(1)) + 1;
+        let last = self
             .clock_ms
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some(c.max(now.saturating_sub(1)) + 1)
-            })
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(next(c)))
             .unwrap_or_else(|c| c);
-        before.max(now.saturating_sub(1)) + 1
+        next(last)
     }
 
     /// Counts one change; an error when the daemon is "dead".
