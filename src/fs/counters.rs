@@ -65,6 +65,14 @@ counters! {
     stat_ahead_reads,
     /// Lookups answered by a read made ahead of them.
     stat_ahead_used,
+    /// Reads of a whole directory for its subdirectories' stats (one
+    /// listing on an object store), ahead of a lister.
+    stat_ahead_whole_reads,
+    /// Lookups answered by such a read.
+    stat_ahead_told,
+    /// Subdirectories' stats read one by one and kept for such reads by
+    /// later mounts.
+    stat_ahead_saved,
     /// Files opened.
     opens,
     /// Bytes taken by writes.

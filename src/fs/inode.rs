@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::attr::Ino;
 use super::read::FileVersion;
+use super::stat_ahead::DirShape;
 use super::views::ViewNode;
 use super::write::Writer;
 use crate::registry::{Attrs, Entry, FileMeta};
@@ -99,6 +100,9 @@ pub struct Cached {
     /// listings within the metadata TTL use them instead of asking the
     /// registry (one group read on object stores is several requests).
     pub listing: Option<(Instant, Arc<Vec<Entry>>)>,
+    /// A directory's count of subdirectories when only that was read (its
+    /// parent's read told it), and when: its link count within the TTL.
+    pub subdirs: Option<(Instant, u32)>,
 }
 
 impl Cached {
@@ -114,7 +118,17 @@ impl Cached {
             lookups: 0,
             delete_on_close: false,
             listing: None,
+            subdirs: None,
             pinned: None,
+        }
+    }
+
+    /// Keeps what a directory's stat read besides its attributes, read at
+    /// `at`.
+    pub fn keep_shape(&mut self, shape: DirShape, at: Instant) {
+        match shape {
+            DirShape::Entries(list) => self.listing = Some((at, list)),
+            DirShape::Subdirs(n) => self.subdirs = Some((at, n)),
         }
     }
 

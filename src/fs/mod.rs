@@ -90,6 +90,9 @@ pub struct Config {
     /// Subdirectories read ahead of a lister, several at a time (0: none;
     /// see `fs/stat_ahead.rs`).
     pub stat_ahead: usize,
+    /// Subdirectories from which a lister's directory is first read whole
+    /// for their stats (0: never; see `fs/stat_ahead.rs`).
+    pub stat_whole_from: usize,
     /// Directory for staging files written out of order.
     pub staging_dir: PathBuf,
     /// Most bytes staged at once, over all files being written.
@@ -126,6 +129,7 @@ impl Default for Config {
             prefetch_window_bytes: 32 << 20,
             prefetch_fetch_bytes: 4 << 20,
             stat_ahead: 64,
+            stat_whole_from: 128,
             staging_dir: std::env::temp_dir().join("modelfs-staging"),
             staging_limit_bytes: 64 << 30,
             view_memory_bytes: 2 << 30,
@@ -221,8 +225,14 @@ impl ModelFs {
             config.prefetch_fetch_bytes,
             256,
         );
-        let stat_ahead =
-            stat_ahead::StatAhead::new(store.clone(), counters.clone(), config.metadata_ttl, config.stat_ahead);
+        let stat_ahead = stat_ahead::StatAhead::new(
+            store.clone(),
+            counters.clone(),
+            config.metadata_ttl,
+            config.stat_ahead,
+            config.stat_whole_from,
+            !config.read_only,
+        );
         Ok(ModelFs {
             store,
             stat_ahead,

@@ -18,6 +18,7 @@ use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
 use super::inode::{Inode, NodeState, Seen};
+use super::stat_ahead::DirShape;
 use super::views::ViewNode;
 use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, VERSIONS_NAME, invalid_name, lock};
 use crate::registry::{Attrs, Entry, Node, Storage};
@@ -35,9 +36,6 @@ pub(super) enum Listed {
     /// Ask the registry (before changing it).
     Fresh,
 }
-
-/// A directory's entries as read from the registry.
-type Listing = Arc<Vec<Entry>>;
 
 impl ModelFs {
     /// What `entry` shows as, or `None` when it is not shown (arrays that
@@ -69,19 +67,20 @@ impl ModelFs {
     /// and they come from one read (made ahead of this lookup, when a
     /// lister is going through the directory's parent). With when the
     /// answer came, from which the TTL counts.
-    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<Listing>, Instant)> {
+    fn node_and_listing(&self, entry: &Entry) -> Result<(Option<NodeState>, Option<DirShape>, Instant)> {
         if !entry.is_dir() {
             let node = self.node_of(entry)?;
             return Ok((node, None, Instant::now()));
         }
-        if let Some(((attrs, list), at)) = self.stat_ahead.take(&entry.uri) {
-            return Ok((Some(NodeState::Dir(attrs)), Some(list), at));
+        if let Some(((attrs, shape), at)) = self.stat_ahead.take(&entry.uri) {
+            return Ok((Some(NodeState::Dir(attrs)), Some(shape), at));
         }
         Counters::add(&self.counters.registry_listings, 1);
         let (attrs, list) = self.store.dir_with_entries(entry).inspect_err(|e| {
             self.warn_once(&entry.uri, format_args!("{}: cannot be read: {e}", entry.uri));
         })?;
-        Ok((Some(NodeState::Dir(attrs)), Some(Arc::new(list)), Instant::now()))
+        let shape = DirShape::Entries(Arc::new(list));
+        Ok((Some(NodeState::Dir(attrs)), Some(shape), Instant::now()))
     }
 
     /// A lookup reached `entry` of `dir`: when lookups go through `dir`'s
@@ -92,9 +91,8 @@ impl ModelFs {
         let Ok(at) = listing.binary_search_by(|e| e.name.as_str().cmp(&entry.name)) else {
             return;
         };
-        self.stat_ahead.ahead(&dir.entry().uri, &listing, at, |e| {
-            self.known_node(dir.ino, e).is_some()
-        });
+        self.stat_ahead
+            .ahead(&dir.entry(), &listing, at, |e| self.known_node(dir.ino, e).is_some());
     }
 
     /// What `stat` shows of `inode`: its node, with the size its writer has
@@ -129,8 +127,8 @@ impl ModelFs {
             (None, ..) => return Err(CoreError::NoLongerShown { uri: entry.uri.clone() }.into()),
         };
         let mut c = inode.lock();
-        if let Some(list) = listing {
-            c.listing = Some((at, list));
+        if let Some(shape) = listing {
+            c.keep_shape(shape, at);
         }
         if c.read_at != read_at {
             // Refreshed while this read ran (a commit here): that is newer.
@@ -186,11 +184,11 @@ impl ModelFs {
     }
 
     /// Whether something read from the registry at `at` is still trusted.
-    fn within_ttl(&self, at: Option<Instant>) -> bool {
+    pub(super) fn within_ttl(&self, at: Option<Instant>) -> bool {
         at.is_some_and(|at| at.elapsed() < self.config.metadata_ttl)
     }
 
-    fn fresh_listing(&self, dir: &Inode) -> Option<Arc<Vec<Entry>>> {
+    pub(super) fn fresh_listing(&self, dir: &Inode) -> Option<Arc<Vec<Entry>>> {
         match &dir.lock().listing {
             Some((at, list)) if self.within_ttl(Some(*at)) => Some(list.clone()),
             _ => None,
@@ -213,7 +211,9 @@ impl ModelFs {
     pub(super) fn forget_listing(&self, ino: Ino) {
         self.stat_ahead.changed();
         if let Some(dir) = self.inodes.get(ino) {
-            dir.lock().listing = None;
+            let mut c = dir.lock();
+            c.listing = None;
+            c.subdirs = None;
         }
     }
 
@@ -345,8 +345,8 @@ impl ModelFs {
             // Trusted for the TTL from when it was answered (maybe ahead).
             let mut c = inode.lock();
             c.read_at = Some(at);
-            if let Some(list) = listing {
-                c.listing = Some((at, list));
+            if let Some(shape) = listing {
+                c.keep_shape(shape, at);
             }
         }
         Ok((self.attr_of(inode.ino, &node), Some(inode)))

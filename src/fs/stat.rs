@@ -78,9 +78,14 @@ impl ModelFs {
     /// from its listing (cached for the metadata TTL; 2 when it cannot be
     /// listed).
     pub(super) fn dir_links(&self, dir: &Inode) -> u32 {
-        let subdirs = self
-            .entries(dir)
-            .map_or(0, |list| list.iter().filter(|e| e.is_dir()).count());
+        let told = dir.lock().subdirs.filter(|(at, _)| self.within_ttl(Some(*at)));
+        let subdirs = match (self.fresh_listing(dir), told) {
+            (Some(list), _) => list.iter().filter(|e| e.is_dir()).count(),
+            (None, Some((_, n))) => n as usize,
+            (None, None) => self
+                .entries(dir)
+                .map_or(0, |list| list.iter().filter(|e| e.is_dir()).count()),
+        };
         2u32.saturating_add(u32::try_from(subdirs).unwrap_or(u32::MAX))
     }
 

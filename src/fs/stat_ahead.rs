@@ -9,6 +9,12 @@
 //! threads, a bounded window ahead; the lookups that follow take what was
 //! read. A lone `stat` or `cd` reads nothing ahead.
 //!
+//! In a directory of many subdirectories, the first lookups in order also
+//! ask the store for the stats one read of the directory tells (see
+//! [`crate::registry::dir_stats`]: one listing on an object store, instead
+//! of five per subdirectory); the window then reads only the others, and
+//! leaves their stats for the next mount.
+//!
 //! What was read is used only within the metadata TTL of its answer, and
 //! never across a change this mount made meanwhile (any change discards
 //! what was read before it, so a mount always sees its own changes).
@@ -22,10 +28,21 @@ use std::time::{Duration, Instant};
 
 use super::counters::Counters;
 use super::store::Store;
-use crate::registry::{Attrs, Entry};
+use crate::registry::{Attrs, DirStat, Entry, StatLabel};
 
-/// A subdirectory's stat as read ahead: its attributes and entries.
-pub(super) type DirRead = (Attrs, Arc<Vec<Entry>>);
+/// What a stat of a directory read besides its attributes: its entries,
+/// or only how many are directories (from its parent's read).
+pub(super) enum DirShape {
+    Entries(Arc<Vec<Entry>>),
+    Subdirs(u32),
+}
+
+/// A subdirectory's stat as read ahead.
+pub(super) type DirRead = (Attrs, DirShape);
+
+/// Subdirectories whose stats from their parent's read are kept at most,
+/// over all directories (about 100 bytes each).
+const SUMMARIES_KEPT: usize = 1 << 16;
 
 /// Threads reading ahead, shared by all listers. On an object store each
 /// read waits on round trips, so more threads than cores pay off.
@@ -59,6 +76,8 @@ struct Job {
     entry: Entry,
     /// [`Shared::changes`] when the job was queued.
     generation: u64,
+    /// Where to keep the stat read, for the next reads of the parent.
+    label: Option<(Entry, StatLabel)>,
 }
 
 struct Shared {
@@ -73,6 +92,10 @@ struct Shared {
     read_done: Condvar,
     /// Most reads kept waiting for their lookup.
     keep: usize,
+    /// Subdirectories a listing must hold for its directory's read.
+    bulk_from: usize,
+    /// Stats read are kept for the next mounts (cleared on a failure).
+    saving: AtomicBool,
 }
 
 #[derive(Default)]
@@ -81,12 +104,34 @@ struct State {
     pending: HashSet<String>,
     /// Reads done, by URI, until a lookup takes them.
     ready: HashMap<String, Ready>,
+    /// Subdirectories' stats from their parent's read, by URI.
+    summaries: HashMap<String, Summary>,
+    /// Labels of the subdirectories that read did not tell, by URI.
+    labels: HashMap<String, (Entry, StatLabel)>,
+    /// Directories read whole, by URI: when, and [`Shared::changes`] then
+    /// (a read under way has no time yet).
+    bulk: HashMap<String, (Option<Instant>, u64)>,
+}
+
+struct Summary {
+    stat: DirStat,
+    at: Instant,
+    generation: u64,
 }
 
 impl State {
     /// Drops what no lookup took within the TTL (the lister went).
     fn drop_expired(&mut self, ttl: Duration) {
         self.ready.retain(|_, r| r.at.elapsed() < ttl);
+    }
+
+    /// Drops the parents' reads older than the TTL, and what they told.
+    fn drop_expired_bulk(&mut self, ttl: Duration) {
+        self.summaries.retain(|_, s| s.at.elapsed() < ttl);
+        self.bulk.retain(|_, (at, _)| at.is_none_or(|at| at.elapsed() < ttl));
+        if self.bulk.is_empty() {
+            self.labels.clear();
+        }
     }
 }
 
@@ -98,8 +143,17 @@ struct Ready {
 
 impl StatAhead {
     /// A pool keeping up to `window` subdirectories read ahead of each
-    /// lister; 0 turns reading ahead off.
-    pub fn new(store: Arc<dyn Store>, counters: Arc<Counters>, ttl: Duration, window: usize) -> Self {
+    /// lister; 0 turns reading ahead off. A directory whose listing holds
+    /// `bulk_from` subdirectories or more (0: none) is read whole first;
+    /// stats read are kept for the next mounts when `saving`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        counters: Arc<Counters>,
+        ttl: Duration,
+        window: usize,
+        bulk_from: usize,
+        saving: bool,
+    ) -> Self {
         let shared = Arc::new(Shared {
             store,
             counters,
@@ -109,6 +163,8 @@ impl StatAhead {
             state: Mutex::default(),
             read_done: Condvar::new(),
             keep: window.saturating_mul(4),
+            bulk_from: if window == 0 { 0 } else { bulk_from },
+            saving: AtomicBool::new(saving),
         });
         if window == 0 {
             return StatAhead {
@@ -144,11 +200,12 @@ impl StatAhead {
         }
     }
 
-    /// A lookup of `listing[at]` in directory `dir_uri`: when it follows
-    /// the last one in order, the window's worth of subdirectories after
-    /// it are read ahead, less those `known` (fresh in the inode table) or
-    /// already read or being read.
-    pub fn ahead(&self, dir_uri: &str, listing: &[Entry], at: usize, known: impl Fn(&Entry) -> bool) {
+    /// A lookup of `listing[at]` in directory `dir`: when it follows the
+    /// last one in order, the window's worth of subdirectories after it are
+    /// read ahead, less those `known` (fresh in the inode table) or already
+    /// read or being read (in a large directory, first by one read of it).
+    pub fn ahead(&self, dir: &Entry, listing: &[Entry], at: usize, known: impl Fn(&Entry) -> bool) {
+        let dir_uri = dir.uri.as_str();
         let in_order = {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
             if last.len() >= DIRS_REMEMBERED && !last.contains_key(dir_uri) {
@@ -159,6 +216,9 @@ impl StatAhead {
         };
         if !in_order {
             return;
+        }
+        if self.shared.bulk_from > 0 && listing.iter().filter(|e| e.is_dir()).count() >= self.shared.bulk_from {
+            self.shared.read_whole(dir, listing);
         }
         let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else { return };
@@ -172,13 +232,18 @@ impl StatAhead {
         let mut state = self.shared.lock();
         state.drop_expired(self.shared.ttl);
         for entry in dirs {
-            if state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
+            let told = state
+                .summaries
+                .get(&entry.uri)
+                .is_some_and(|s| s.generation == generation);
+            if told || state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
                 continue;
             }
             state.pending.insert(entry.uri.clone());
             let job = Job {
                 entry: entry.clone(),
                 generation,
+                label: state.labels.remove(&entry.uri),
             };
             if tx.send(job).is_err() {
                 state.pending.remove(&entry.uri);
@@ -206,8 +271,16 @@ impl StatAhead {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        let generation = self.shared.changes.load(Ordering::SeqCst);
+        if let Some(s) = state.summaries.remove(uri)
+            && s.generation == generation
+            && s.at.elapsed() < self.shared.ttl
+        {
+            Counters::add(&self.shared.counters.stat_ahead_told, 1);
+            return Some(((s.stat.attrs, DirShape::Subdirs(s.stat.subdirs)), s.at));
+        }
         let ready = state.ready.remove(uri)?;
-        let current = ready.generation == self.shared.changes.load(Ordering::SeqCst);
+        let current = ready.generation == generation;
         if !current || ready.at.elapsed() >= self.shared.ttl {
             return None;
         }
@@ -219,7 +292,10 @@ impl StatAhead {
     /// used.
     pub fn changed(&self) {
         self.shared.changes.fetch_add(1, Ordering::SeqCst);
-        self.shared.lock().ready.clear();
+        let mut state = self.shared.lock();
+        state.ready.clear();
+        state.summaries.clear();
+        state.bulk.retain(|_, (at, _)| at.is_none());
     }
 }
 
@@ -238,9 +314,77 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Asks the store for the stats one read of `dir` tells of the
+    /// subdirectories in `listing`, unless that was asked within the TTL
+    /// (or is being asked) and nothing changed since. Waits for the answer:
+    /// the lookups that follow want it.
+    fn read_whole(&self, dir: &Entry, listing: &[Entry]) {
+        let generation = self.changes.load(Ordering::SeqCst);
+        {
+            let mut state = self.lock();
+            state.drop_expired_bulk(self.ttl);
+            if state.bulk.get(&dir.uri).is_some_and(|(_, g)| *g == generation) {
+                return;
+            }
+            if state.bulk.len() >= DIRS_REMEMBERED {
+                state.bulk.retain(|_, (at, _)| at.is_none());
+            }
+            state.bulk.insert(dir.uri.clone(), (None, generation));
+        }
+        let read = self.store.dir_stats(dir, listing);
+        let done = Instant::now();
+        Counters::add(&self.counters.stat_ahead_whole_reads, 1);
+        let mut state = self.lock();
+        state.bulk.insert(dir.uri.clone(), (Some(done), generation));
+        let summaries = match read {
+            Ok(Some(s)) if generation == self.changes.load(Ordering::SeqCst) => {
+                log::debug!(
+                    "{}: {} subdirectories told, {} to read",
+                    dir.uri,
+                    s.known.len(),
+                    s.unknown.len()
+                );
+                s
+            }
+            Ok(_) => return,
+            Err(e) => {
+                log::debug!("{}: subdirectories read one by one: {e}", dir.uri);
+                return;
+            }
+        };
+        for (uri, stat) in summaries.known {
+            if state.summaries.len() >= SUMMARIES_KEPT {
+                break;
+            }
+            state.summaries.insert(
+                uri,
+                Summary {
+                    stat,
+                    at: done,
+                    generation,
+                },
+            );
+        }
+        if self.saving.load(Ordering::SeqCst) {
+            for (uri, label) in summaries.unknown {
+                if state.labels.len() >= SUMMARIES_KEPT {
+                    break;
+                }
+                state.labels.insert(uri, (dir.clone(), label));
+            }
+        }
+    }
+
     fn read(&self, job: Job) {
-        let Job { entry, generation } = job;
+        let Job {
+            entry,
+            generation,
+            label,
+        } = job;
         let read = self.store.dir_with_entries(&entry);
+        if let (Ok((attrs, list)), Some((dir, label))) = (&read, label) {
+            self.save(&dir, &label, attrs, list);
+        }
         // As for a lookup's own read, the TTL counts from the answer: a
         // slow store must not expire what it just answered.
         let done = Instant::now();
@@ -254,7 +398,7 @@ impl Shared {
                 }
                 if state.ready.len() < self.keep {
                     let ready = Ready {
-                        read: (attrs, Arc::new(list)),
+                        read: (attrs, DirShape::Entries(Arc::new(list))),
                         at: done,
                         generation,
                     };
@@ -266,6 +410,32 @@ impl Shared {
         }
         drop(state);
         self.read_done.notify_all();
+    }
+}
+
+impl Shared {
+    /// Keeps a stat read after the parent's read that gave `label`; the
+    /// first failure (a read-only store, say) stops that for this mount.
+    fn save(&self, dir: &Entry, label: &StatLabel, attrs: &Attrs, list: &[Entry]) {
+        if !self.saving.load(Ordering::SeqCst) {
+            return;
+        }
+        let subdirs = list.iter().filter(|e| e.is_dir()).count();
+        let stat = DirStat {
+            attrs: *attrs,
+            subdirs: u32::try_from(subdirs).unwrap_or(u32::MAX),
+        };
+        match self.store.save_dir_stat(dir, label, &stat) {
+            Ok(()) => Counters::add(&self.counters.stat_ahead_saved, 1),
+            Err(e) => {
+                if self.saving.swap(false, Ordering::SeqCst) {
+                    log::warn!(
+                        "{}: cannot keep subdirectories' stats for later listings ({e}); not tried again in this mount",
+                        dir.uri
+                    );
+                }
+            }
+        }
     }
 }
 

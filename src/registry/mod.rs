@@ -7,6 +7,7 @@
 
 pub mod attrs;
 mod compaction;
+pub mod dir_stats;
 mod error;
 pub mod file_array;
 mod journal;
@@ -22,6 +23,7 @@ pub mod versions;
 
 pub use attrs::Attrs;
 pub use compaction::DirCompaction;
+pub use dir_stats::{DirStat, StatLabel, Summaries};
 pub use error::{Error, Result, SafetensorsProblem};
 pub use file_array::{Committed, FileArray, FileKind, FileMeta, FileWriter};
 pub use members::DEFAULT_LISTING_CACHE_ENTRIES;

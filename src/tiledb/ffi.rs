@@ -83,6 +83,8 @@ pub const TILEDB_GROUP: tiledb_object_t = 1;
 pub const TILEDB_ARRAY: tiledb_object_t = 2;
 
 pub type ls_callback = unsafe extern "C" fn(path: *const c_char, data: *mut c_void) -> i32;
+pub type ls_callback_v2 =
+    unsafe extern "C" fn(path: *const c_char, path_len: usize, object_size: u64, is_dir: u8, data: *mut c_void) -> i32;
 
 unsafe extern "C" {
     // tiledb/api/c_api/context, error, config, string
@@ -571,6 +573,13 @@ unsafe extern "C" {
     pub fn tiledb_vfs_remove_dir(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
     pub fn tiledb_vfs_remove_file(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
     pub fn tiledb_vfs_touch(ctx: *mut tiledb_ctx_t, vfs: *mut tiledb_vfs_t, uri: *const c_char) -> capi_return_t;
+    pub fn tiledb_vfs_ls_recursive_v2(
+        ctx: *mut tiledb_ctx_t,
+        vfs: *mut tiledb_vfs_t,
+        path: *const c_char,
+        callback: Option<ls_callback_v2>,
+        data: *mut c_void,
+    ) -> capi_return_t;
     pub fn tiledb_vfs_ls(
         ctx: *mut tiledb_ctx_t,
         vfs: *mut tiledb_vfs_t,

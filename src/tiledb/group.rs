@@ -10,7 +10,7 @@ use super::object::ObjectType;
 use super::vfs::Vfs;
 
 /// The file that marks a folder as a group, and the group's own folders.
-const GROUP_MARKER: &str = "__tiledb_group.tdb";
+pub(super) const GROUP_MARKER: &str = "__tiledb_group.tdb";
 const GROUP_DIRS: [&str; 2] = ["__group", "__meta"];
 
 /// One member of a group.

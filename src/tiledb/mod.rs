@@ -27,12 +27,12 @@ pub use filter::{Filter, FilterType};
 pub use fragment_info::{Fragment, delete_fragments, fragments};
 pub use group::{Group, GroupMode, Member};
 pub use group_history::{
-    Compaction, HISTORY_KEPT, ListFiles, MembersChange, RETIRE_GRACE, Retired, Vacuumed, compact_members, list_files,
-    live_list_files, metadata_fingerprint, own_bytes, vacuum_members,
+    Compaction, GroupFile, HISTORY_KEPT, ListFiles, MembersChange, RETIRE_GRACE, Retired, Vacuumed, compact_members,
+    group_file, list_files, live_list_files, metadata_fingerprint, own_bytes, vacuum_members,
 };
 pub use object::{ObjectType, object_move, object_remove, object_type};
 pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};
-pub use vfs::Vfs;
+pub use vfs::{Tree, Vfs};
 pub use wait::{interposed as yield_interposed, naps as yield_naps};
 
 #[cfg(test)]

@@ -277,6 +277,40 @@ fn vfs_probes_and_lists() {
 }
 
 #[test]
+fn vfs_lists_a_tree_at_every_depth_up_to_a_limit() {
+    let ctx = ctx();
+    let vfs = Vfs::new(&ctx).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = tmp_uri(&dir, "d");
+    for sub in ["a/x", "a/y/z", "b"] {
+        std::fs::create_dir_all(dir.path().join("d").join(sub)).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("d/empty")).unwrap();
+    for (f, len) in [("a/x/1", 1), ("a/y/z/2", 22), ("b/3", 333), ("4", 0)] {
+        std::fs::write(dir.path().join("d").join(f), vec![7u8; len]).unwrap();
+    }
+    let tree = vfs.ls_recursive(&d, 100).unwrap();
+    assert!(!tree.truncated);
+    let mut files: Vec<(String, u64)> = (tree.files.iter())
+        .map(|(p, s)| (p.rsplit_once("/d/").unwrap().1.to_string(), *s))
+        .collect();
+    files.sort();
+    let want: Vec<(String, u64)> = [("4", 0), ("a/x/1", 1), ("a/y/z/2", 22), ("b/3", 333)]
+        .iter()
+        .map(|(p, s)| (p.to_string(), *s))
+        .collect();
+    assert_eq!(files, want, "{:?}", tree.files);
+    let first = vfs.ls_recursive(&d, 2).unwrap();
+    assert!(first.truncated);
+    assert_eq!(first.files.len(), 2);
+    assert!(
+        vfs.ls_recursive(&tmp_uri(&dir, "nope"), 10)
+            .map(|t| t.files.is_empty())
+            .unwrap_or(true)
+    );
+}
+
+#[test]
 fn metadata_of_every_kind_round_trips() {
     let ctx = ctx();
     let dir = tempfile::tempdir().unwrap();

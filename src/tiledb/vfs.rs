@@ -159,6 +159,62 @@ impl Vfs {
     }
 }
 
+/// What [`Vfs::ls_recursive`] found: every file under a folder, as
+/// TileDB spells their URIs, with their sizes.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub files: Vec<(String, u64)>,
+    /// The listing stopped at its limit: `files` holds only the first ones.
+    pub truncated: bool,
+}
+
+impl Vfs {
+    /// Every file under `uri`, at any depth, in the order the store lists
+    /// them (by key on object stores: one request per page, whatever the
+    /// depth), up to `limit` of them.
+    pub fn ls_recursive(&self, uri: &str, limit: usize) -> Result<Tree> {
+        struct Collect {
+            tree: Tree,
+            limit: usize,
+        }
+        unsafe extern "C" fn collect(path: *const c_char, len: usize, size: u64, is_dir: u8, data: *mut c_void) -> i32 {
+            // SAFETY: `data` is the `Collect` passed below, alive for the
+            // whole call; `path` points at `len` bytes.
+            unsafe {
+                let out = &mut *(data as *mut Collect);
+                if out.tree.files.len() >= out.limit {
+                    out.tree.truncated = true;
+                    return 0;
+                }
+                if !path.is_null() && is_dir == 0 {
+                    let bytes = std::slice::from_raw_parts(path as *const u8, len);
+                    let path = String::from_utf8_lossy(bytes).into_owned();
+                    out.tree.files.push((path, size));
+                }
+            }
+            1
+        }
+        let c_uri = cstring("tiledb_vfs_ls_recursive_v2", uri)?;
+        let mut out = Collect {
+            tree: Tree::default(),
+            limit,
+        };
+        self.ctx
+            // SAFETY: live handles; the callback only touches `out`.
+            .call("tiledb_vfs_ls_recursive_v2", |c| unsafe {
+                ffi::tiledb_vfs_ls_recursive_v2(
+                    c,
+                    self.raw,
+                    c_uri.as_ptr(),
+                    Some(collect),
+                    &mut out as *mut Collect as *mut c_void,
+                )
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(out.tree)
+    }
+}
+
 /// An open VFS file, closed (and freed) once.
 struct FileHandle<'a> {
     vfs: &'a Vfs,

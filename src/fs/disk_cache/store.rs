@@ -15,7 +15,9 @@ use super::{DiskCache, Fill, VersionKey};
 use crate::fs::counters::Counters;
 use crate::fs::store::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Committed, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
+use crate::registry::{
+    Attrs, Committed, DirStat, Entry, FileKind, FileMeta, History, NameSlot, Node, Result, StatLabel, Summaries,
+};
 
 /// A reader starts an entry once it reads past this offset (or at once
 /// for smaller files): a reader of a header alone (`safe_open`) must not
@@ -376,6 +378,14 @@ impl Store for CachingStore {
 
     fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
         self.inner.dir_with_entries(dir)
+    }
+
+    fn dir_stats(&self, dir: &Entry, children: &[Entry]) -> Result<Option<Summaries>> {
+        self.inner.dir_stats(dir, children)
+    }
+
+    fn save_dir_stat(&self, dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()> {
+        self.inner.save_dir_stat(dir, label, stat)
     }
 
     fn array_version(&self, uri: &str) -> Result<u64> {

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Committed, Entry, Error, FileKind, FileMeta, History, NameSlot, Node, Result};
+use crate::registry::{
+    Attrs, Committed, DirStat, Entry, Error, FileKind, FileMeta, History, NameSlot, Node, Result, StatLabel, Summaries,
+};
 
 /// Counts changes and refuses those from `crash_at` on.
 #[derive(Default)]
@@ -134,6 +136,14 @@ impl<S: Store> Store for FailingStore<S> {
 
     fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
         self.inner.dir_with_entries(dir)
+    }
+
+    fn dir_stats(&self, dir: &Entry, children: &[Entry]) -> Result<Option<Summaries>> {
+        self.inner.dir_stats(dir, children)
+    }
+
+    fn save_dir_stat(&self, dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()> {
+        self.inner.save_dir_stat(dir, label, stat)
     }
 
     fn claim_name(&self, dir: &Entry, name: &str) -> Result<NameSlot> {

@@ -16,7 +16,10 @@ use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::names::{last_component, storage_name};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::uri::join;
-use crate::registry::{Attrs, Committed, Entry, Error, FileKind, FileMeta, History, Node, Result, Storage, Version};
+use crate::registry::{
+    Attrs, Committed, DirStat, Entry, Error, FileKind, FileMeta, History, Node, Result, StatLabel, Storage, Summaries,
+    Version,
+};
 
 /// Tile of in-memory files: small, so reads cross many cache chunks.
 const TILE_BYTES: u64 = 4096;
@@ -44,6 +47,9 @@ struct State {
     steps: u64,
     /// The first step that fails, and all after it.
     crash_at: Option<u64>,
+    /// Subdirectories' stats kept by [`Store::save_dir_stat`], by the
+    /// label's key (the state they were read from).
+    dir_stats: BTreeMap<String, DirStat>,
 }
 
 /// An in-memory registry rooted at `mem://registry`.
@@ -583,6 +589,42 @@ impl Store for MemStore {
             }
             None => Err(Inner::missing(&entry.uri)),
         }
+    }
+
+    fn dir_stats(&self, _dir: &Entry, children: &[Entry]) -> Result<Option<Summaries>> {
+        // As the registry's: a group with nothing stored is known, else a
+        // stat kept for its exact state is, else it gets a label naming
+        // that state.
+        let s = self.lock();
+        let mut out = Summaries::default();
+        for child in children {
+            let Some(Object::Group { members, attrs }) = s.objects.get(&child.uri) else {
+                continue;
+            };
+            if members.is_empty() && *attrs == Attrs::default() {
+                let empty = DirStat {
+                    attrs: *attrs,
+                    subdirs: 0,
+                };
+                out.known.insert(child.uri.clone(), empty);
+                continue;
+            }
+            let key = format!("{} {members:?} {attrs:?}", child.uri);
+            match s.dir_stats.get(&key) {
+                Some(stat) => {
+                    out.known.insert(child.uri.clone(), *stat);
+                }
+                None => {
+                    out.unknown.insert(child.uri.clone(), StatLabel::new(key));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn save_dir_stat(&self, _dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()> {
+        self.lock().dir_stats.insert(label.key().to_string(), *stat);
+        Ok(())
     }
 
     fn dir_changed_ms(&self, dir: &Entry) -> Option<u64> {

@@ -18,7 +18,9 @@ mod memory;
 mod registry;
 
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
-use crate::registry::{Attrs, Committed, Entry, FileKind, FileMeta, History, NameSlot, Node, Result};
+use crate::registry::{
+    Attrs, Committed, DirStat, Entry, FileKind, FileMeta, History, NameSlot, Node, Result, StatLabel, Summaries,
+};
 
 pub use failing::FailingStore;
 pub use memory::MemStore;
@@ -76,6 +78,15 @@ pub trait Store: Send + Sync {
         };
         Ok((attrs, self.list(dir)?))
     }
+    /// The stats of subdirectories `children` of `dir` that one cheap read
+    /// of `dir` tells, and labels for the others (see
+    /// [`crate::registry::dir_stats`]); `None` when it has no such read or
+    /// it would cost more than reading them one by one. No default: a
+    /// store wrapping another must pass it on.
+    fn dir_stats(&self, dir: &Entry, children: &[Entry]) -> Result<Option<Summaries>>;
+    /// Keeps `stat`, read after the [`Store::dir_stats`] that gave
+    /// `label`, for later ones.
+    fn save_dir_stat(&self, dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()>;
     /// The newest write to the array at `uri` (changes with each version).
     fn array_version(&self, uri: &str) -> Result<u64>;
     /// The TileDB-ML model array at `uri`, decoded within `pool`.

@@ -3,7 +3,8 @@
 use super::{Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::{
-    Attrs, Committed, Entry, FileArray, FileKind, FileMeta, FileWriter, History, NameSlot, Node, Registry, Result,
+    Attrs, Committed, DirStat, Entry, FileArray, FileKind, FileMeta, FileWriter, History, NameSlot, Node, Registry,
+    Result, StatLabel, Summaries,
 };
 
 impl StoredVersion for FileArray {
@@ -61,6 +62,14 @@ impl Store for Registry {
 
     fn dir_with_entries(&self, dir: &Entry) -> Result<(Attrs, Vec<Entry>)> {
         Registry::dir_with_entries(self, dir)
+    }
+
+    fn dir_stats(&self, dir: &Entry, children: &[Entry]) -> Result<Option<Summaries>> {
+        Registry::dir_stats(self, dir, children)
+    }
+
+    fn save_dir_stat(&self, dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()> {
+        Registry::save_dir_stat(self, dir, label, stat)
     }
 
     fn array_version(&self, uri: &str) -> Result<u64> {
