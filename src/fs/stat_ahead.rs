@@ -72,12 +72,21 @@ const DIRS_REMEMBERED: usize = 1024;
 /// still knows).
 const IN_ORDER: usize = 8;
 
-struct Job {
-    entry: Entry,
-    /// [`Shared::changes`] when the job was queued.
-    generation: u64,
-    /// Where to keep the stat read, for the next reads of the parent.
-    label: Option<(Entry, StatLabel)>,
+enum Job {
+    /// Read one subdirectory.
+    Read {
+        entry: Entry,
+        /// [`Shared::changes`] when the job was queued.
+        generation: u64,
+        /// Where to keep the stat read, for the next reads of the parent.
+        label: Option<(Entry, StatLabel)>,
+    },
+    /// Read a directory whole for its subdirectories in `listing`.
+    Whole {
+        dir: Entry,
+        listing: Arc<Vec<Entry>>,
+        generation: u64,
+    },
 }
 
 struct Shared {
@@ -108,9 +117,17 @@ struct State {
     summaries: HashMap<String, Summary>,
     /// Labels of the subdirectories that read did not tell, by URI.
     labels: HashMap<String, (Entry, StatLabel)>,
-    /// Directories read whole, by URI: when, and [`Shared::changes`] then
-    /// (a read under way has no time yet).
-    bulk: HashMap<String, (Option<Instant>, u64)>,
+    /// Directories read whole, by URI.
+    whole: HashMap<String, Whole>,
+}
+
+#[derive(Default)]
+struct Whole {
+    /// When the newest read finished, and [`Shared::changes`] when it
+    /// started.
+    done: Option<(Instant, u64)>,
+    /// A read is under way.
+    running: bool,
 }
 
 struct Summary {
@@ -125,12 +142,10 @@ impl State {
         self.ready.retain(|_, r| r.at.elapsed() < ttl);
     }
 
-    /// Drops the parents' reads older than the TTL, and what they told.
-    fn drop_expired_bulk(&mut self, ttl: Duration) {
-        self.summaries.retain(|_, s| s.at.elapsed() < ttl);
-        self.bulk.retain(|_, (at, _)| at.is_none_or(|at| at.elapsed() < ttl));
-        if self.bulk.is_empty() {
-            self.labels.clear();
+    /// Forgets the directories read whole once too many are remembered.
+    fn forget_whole(&mut self) {
+        if self.whole.len() >= DIRS_REMEMBERED {
+            self.whole.retain(|_, w| w.running);
         }
     }
 }
@@ -204,7 +219,7 @@ impl StatAhead {
     /// last one in order, the window's worth of subdirectories after it are
     /// read ahead, less those `known` (fresh in the inode table) or already
     /// read or being read (in a large directory, first by one read of it).
-    pub fn ahead(&self, dir: &Entry, listing: &[Entry], at: usize, known: impl Fn(&Entry) -> bool) {
+    pub fn ahead(&self, dir: &Entry, listing: &Arc<Vec<Entry>>, at: usize, known: impl Fn(&Entry) -> bool) {
         let dir_uri = dir.uri.as_str();
         let in_order = {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -217,30 +232,36 @@ impl StatAhead {
         if !in_order {
             return;
         }
-        if self.shared.bulk_from > 0 && listing.iter().filter(|e| e.is_dir()).count() >= self.shared.bulk_from {
-            self.shared.read_whole(dir, listing);
+        // Counted once per directory: each lookup of a long listing comes here.
+        let large = || {
+            self.shared.lock().whole.contains_key(dir_uri)
+                || listing.iter().filter(|e| e.is_dir()).count() >= self.shared.bulk_from
+        };
+        if self.shared.bulk_from > 0 && listing.len() >= self.shared.bulk_from && large() {
+            self.whole_ahead(dir, listing);
         }
         let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else { return };
         let generation = self.shared.changes.load(Ordering::SeqCst);
+        let next = (listing.iter().skip(at + 1)).filter(|e| e.is_dir()).take(self.window);
+        let untold: Vec<&Entry> = {
+            let mut state = self.shared.lock();
+            state.drop_expired(self.shared.ttl);
+            next.filter(|e| {
+                let told = (state.summaries.get(&e.uri)).is_some_and(|s| s.generation == generation);
+                !told && !state.pending.contains(&e.uri) && !state.ready.contains_key(&e.uri)
+            })
+            .collect()
+        };
         // `known` locks inodes: not under the state's lock.
-        let dirs: Vec<&Entry> = (listing.iter().skip(at + 1))
-            .filter(|e| e.is_dir())
-            .take(self.window)
-            .filter(|e| !known(e))
-            .collect();
+        let dirs: Vec<&Entry> = untold.into_iter().filter(|e| !known(e)).collect();
         let mut state = self.shared.lock();
-        state.drop_expired(self.shared.ttl);
         for entry in dirs {
-            let told = state
-                .summaries
-                .get(&entry.uri)
-                .is_some_and(|s| s.generation == generation);
-            if told || state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
+            if state.pending.contains(&entry.uri) || state.ready.contains_key(&entry.uri) {
                 continue;
             }
             state.pending.insert(entry.uri.clone());
-            let job = Job {
+            let job = Job::Read {
                 entry: entry.clone(),
                 generation,
                 label: state.labels.remove(&entry.uri),
@@ -295,7 +316,59 @@ impl StatAhead {
         let mut state = self.shared.lock();
         state.ready.clear();
         state.summaries.clear();
-        state.bulk.retain(|_, (at, _)| at.is_none());
+        for w in state.whole.values_mut() {
+            w.done = None;
+        }
+    }
+
+    /// Keeps what one read of `dir` tells of its subdirectories fresh for
+    /// the lookups going through `listing`: the first one waits for it, and
+    /// once half the TTL has passed the next one is read in the background,
+    /// so that a long listing is not held up every TTL.
+    fn whole_ahead(&self, dir: &Entry, listing: &Arc<Vec<Entry>>) {
+        let generation = self.shared.changes.load(Ordering::SeqCst);
+        let ttl = self.shared.ttl;
+        let deadline = Instant::now() + WAIT_FOR_READ;
+        let mut state = self.shared.lock();
+        state.forget_whole();
+        loop {
+            let w = state.whole.entry(dir.uri.clone()).or_default();
+            let age = w.done.filter(|(_, g)| *g == generation).map(|(at, _)| at.elapsed());
+            if age.is_some_and(|a| a < ttl / 2) {
+                return;
+            }
+            if age.is_some_and(|a| a < ttl) {
+                if !w.running {
+                    w.running = true;
+                    let job = Job::Whole {
+                        dir: dir.clone(),
+                        listing: listing.clone(),
+                        generation,
+                    };
+                    let sent = (self.sender.lock().unwrap_or_else(PoisonError::into_inner).as_ref())
+                        .is_some_and(|tx| tx.send(job).is_ok());
+                    if !sent {
+                        state.whole.entry(dir.uri.clone()).or_default().running = false;
+                    }
+                }
+                return;
+            }
+            if !w.running {
+                w.running = true;
+                drop(state);
+                self.shared.read_whole(dir, listing, generation);
+                return;
+            }
+            // Nothing fresh, and a read under way: it is what this lookup
+            // wants.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = (self.shared.read_done.wait_timeout(state, left))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
@@ -315,27 +388,17 @@ impl Shared {
     }
 
     /// Asks the store for the stats one read of `dir` tells of the
-    /// subdirectories in `listing`, unless that was asked within the TTL
-    /// (or is being asked) and nothing changed since. Waits for the answer:
-    /// the lookups that follow want it.
-    fn read_whole(&self, dir: &Entry, listing: &[Entry]) {
-        let generation = self.changes.load(Ordering::SeqCst);
-        {
-            let mut state = self.lock();
-            state.drop_expired_bulk(self.ttl);
-            if state.bulk.get(&dir.uri).is_some_and(|(_, g)| *g == generation) {
-                return;
-            }
-            if state.bulk.len() >= DIRS_REMEMBERED {
-                state.bulk.retain(|_, (at, _)| at.is_none());
-            }
-            state.bulk.insert(dir.uri.clone(), (None, generation));
-        }
+    /// subdirectories in `listing` (its [`Whole`] is marked running), and
+    /// keeps them for the lookups.
+    fn read_whole(&self, dir: &Entry, listing: &[Entry], generation: u64) {
         let read = self.store.dir_stats(dir, listing);
         let done = Instant::now();
         Counters::add(&self.counters.stat_ahead_whole_reads, 1);
         let mut state = self.lock();
-        state.bulk.insert(dir.uri.clone(), (Some(done), generation));
+        let w = state.whole.entry(dir.uri.clone()).or_default();
+        w.running = false;
+        w.done = Some((done, generation));
+        self.read_done.notify_all();
         let summaries = match read {
             Ok(Some(s)) if generation == self.changes.load(Ordering::SeqCst) => {
                 log::debug!(
@@ -352,9 +415,11 @@ impl Shared {
                 return;
             }
         };
+        // Once per read, not per lookup: a lookup must not walk them all.
+        state.summaries.retain(|_, s| s.at.elapsed() < self.ttl);
         for (uri, stat) in summaries.known {
-            if state.summaries.len() >= SUMMARIES_KEPT {
-                break;
+            if state.summaries.len() >= SUMMARIES_KEPT && !state.summaries.contains_key(&uri) {
+                continue;
             }
             state.summaries.insert(
                 uri,
@@ -366,21 +431,31 @@ impl Shared {
             );
         }
         if self.saving.load(Ordering::SeqCst) {
+            if state.labels.len() >= SUMMARIES_KEPT {
+                state.labels.clear();
+            }
             for (uri, label) in summaries.unknown {
-                if state.labels.len() >= SUMMARIES_KEPT {
-                    break;
-                }
                 state.labels.insert(uri, (dir.clone(), label));
             }
         }
     }
 
-    fn read(&self, job: Job) {
-        let Job {
-            entry,
-            generation,
-            label,
-        } = job;
+    fn run(&self, job: Job) {
+        match job {
+            Job::Read {
+                entry,
+                generation,
+                label,
+            } => self.read(entry, generation, label),
+            Job::Whole {
+                dir,
+                listing,
+                generation,
+            } => self.read_whole(&dir, &listing, generation),
+        }
+    }
+
+    fn read(&self, entry: Entry, generation: u64, label: Option<(Entry, StatLabel)>) {
         let read = self.store.dir_with_entries(&entry);
         if let (Ok((attrs, list)), Some((dir, label))) = (&read, label) {
             self.save(&dir, &label, attrs, list);
@@ -448,6 +523,6 @@ fn worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        shared.read(job);
+        shared.run(job);
     }
 }
