@@ -128,7 +128,16 @@ struct Whole {
     done: Option<(Instant, u64)>,
     /// A read is under way.
     running: bool,
+    /// The newest read told at least half the subdirectories: reading
+    /// again pays.
+    told_most: bool,
 }
+
+/// How long after a read of a directory that told little (its
+/// subdirectories changed since their stats were kept) it is read whole
+/// again, in TTLs: meanwhile they are read one by one, and their stats
+/// kept.
+const RETRY_AFTER_TTLS: u32 = 10;
 
 struct Summary {
     stat: DirStat,
@@ -238,12 +247,14 @@ impl StatAhead {
                 || listing.iter().filter(|e| e.is_dir()).count() >= self.shared.bulk_from
         };
         if self.shared.bulk_from > 0 && listing.len() >= self.shared.bulk_from && large() {
-            self.whole_ahead(dir, listing);
+            self.whole_ahead(dir, listing, &listing[at]);
         }
         let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else { return };
         let generation = self.shared.changes.load(Ordering::SeqCst);
-        let next = (listing.iter().skip(at + 1)).filter(|e| e.is_dir()).take(self.window);
+        // Those a read of the whole directory told are skipped, so the
+        // window looks further, within bounds (each lookup comes here).
+        let next = (listing.iter().skip(at + 1)).filter(|e| e.is_dir()).take(self.window * 8);
         let untold: Vec<&Entry> = {
             let mut state = self.shared.lock();
             state.drop_expired(self.shared.ttl);
@@ -251,6 +262,7 @@ impl StatAhead {
                 let told = (state.summaries.get(&e.uri)).is_some_and(|s| s.generation == generation);
                 !told && !state.pending.contains(&e.uri) && !state.ready.contains_key(&e.uri)
             })
+            .take(self.window)
             .collect()
         };
         // `known` locks inodes: not under the state's lock.
@@ -322,23 +334,26 @@ impl StatAhead {
     }
 
     /// Keeps what one read of `dir` tells of its subdirectories fresh for
-    /// the lookups going through `listing`: the first one waits for it, and
-    /// once half the TTL has passed the next one is read in the background,
-    /// so that a long listing is not held up every TTL.
-    fn whole_ahead(&self, dir: &Entry, listing: &Arc<Vec<Entry>>) {
+    /// the lookups going through `listing` (now at `looked_up`): the first
+    /// one waits for it, and once half the TTL has passed the next one is
+    /// read in the background, so that a long listing is not held up every
+    /// TTL. A read that told little is not repeated for a while: the
+    /// subdirectories are read one by one meanwhile.
+    fn whole_ahead(&self, dir: &Entry, listing: &Arc<Vec<Entry>>, looked_up: &Entry) {
         let generation = self.shared.changes.load(Ordering::SeqCst);
         let ttl = self.shared.ttl;
         let deadline = Instant::now() + WAIT_FOR_READ;
         let mut state = self.shared.lock();
         state.forget_whole();
         loop {
+            let told_before = state.summaries.contains_key(&looked_up.uri);
             let w = state.whole.entry(dir.uri.clone()).or_default();
             let age = w.done.filter(|(_, g)| *g == generation).map(|(at, _)| at.elapsed());
             if age.is_some_and(|a| a < ttl / 2) {
                 return;
             }
             if age.is_some_and(|a| a < ttl) {
-                if !w.running {
+                if !w.running && w.told_most {
                     w.running = true;
                     let job = Job::Whole {
                         dir: dir.clone(),
@@ -354,15 +369,18 @@ impl StatAhead {
                 return;
             }
             if !w.running {
-                w.running = true;
-                drop(state);
-                self.shared.read_whole(dir, listing, generation);
+                let again = age.is_none_or(|a| w.told_most || a >= ttl * RETRY_AFTER_TTLS);
+                if again {
+                    w.running = true;
+                    drop(state);
+                    self.shared.read_whole(dir, listing, generation);
+                }
                 return;
             }
-            // Nothing fresh, and a read under way: it is what this lookup
-            // wants.
+            // Nothing fresh, and a read under way that will likely tell
+            // this lookup's entry again: wait for it.
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !told_before || left.is_zero() {
                 return;
             }
             state = (self.shared.read_done.wait_timeout(state, left))
@@ -398,6 +416,7 @@ impl Shared {
         let w = state.whole.entry(dir.uri.clone()).or_default();
         w.running = false;
         w.done = Some((done, generation));
+        w.told_most = false;
         self.read_done.notify_all();
         let summaries = match read {
             Ok(Some(s)) if generation == self.changes.load(Ordering::SeqCst) => {
@@ -415,6 +434,10 @@ impl Shared {
                 return;
             }
         };
+        let asked = listing.iter().filter(|e| e.is_dir()).count();
+        if let Some(w) = state.whole.get_mut(&dir.uri) {
+            w.told_most = summaries.known.len() * 2 >= asked;
+        }
         // Once per read, not per lookup: a lookup must not walk them all.
         state.summaries.retain(|_, s| s.at.elapsed() < self.ttl);
         for (uri, stat) in summaries.known {
