@@ -143,6 +143,14 @@ enum Command {
         /// ahead.
         #[arg(long, default_value_t = 64)]
         stat_ahead: usize,
+        /// A directory whose listing holds this many subdirectories or more
+        /// is first read whole for their stats when a program stats its
+        /// entries one after another: one listing of all its files (one
+        /// request per 1,000 on an object store) tells the stats kept from
+        /// earlier listings; 0 never [default: 128 for a registry on an
+        /// object store, 0 for a local one].
+        #[arg(long)]
+        stat_whole_from: Option<usize>,
         /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
@@ -426,6 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             metadata_ttl,
             listing_cache_entries,
             stat_ahead,
+            stat_whole_from,
             allow_other,
             staging_dir,
             staging_limit,
@@ -448,6 +457,7 @@ fn run(cli: Cli) -> Result<()> {
             metadata_ttl: std::time::Duration::from_secs_f64(metadata_ttl),
             listing_cache_entries,
             stat_ahead,
+            stat_whole_from,
             allow_other,
             staging_dir,
             staging_limit,

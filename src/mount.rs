@@ -37,6 +37,8 @@ pub struct Args {
     pub metadata_ttl: std::time::Duration,
     pub listing_cache_entries: usize,
     pub stat_ahead: usize,
+    /// `None`: the default for the registry's kind.
+    pub stat_whole_from: Option<usize>,
     pub allow_other: bool,
     pub staging_dir: Option<PathBuf>,
     pub staging_limit: u64,
@@ -215,6 +217,7 @@ pub fn run(args: Args) -> Result<()> {
         read_only,
         metadata_ttl: args.metadata_ttl,
         stat_ahead: args.stat_ahead,
+        stat_whole_from: (args.stat_whole_from).unwrap_or(if is_local(&args.registry) { 0 } else { 128 }),
         staging_dir: args
             .staging_dir
             .clone()
@@ -363,6 +366,7 @@ mod tests {
             metadata_ttl: std::time::Duration::from_secs(1),
             listing_cache_entries: 0,
             stat_ahead: 0,
+            stat_whole_from: None,
             allow_other: false,
             staging_dir: None,
             staging_limit: 0,

@@ -341,6 +341,9 @@ impl Sut {
             metadata_ttl: ttl,
             prefetch_threads: 1,
             staging_dir: staging.path().to_path_buf(),
+            // Any directory is read whole for a lister (the store's
+            // summaries of its subdirectories), as large ones are.
+            stat_whole_from: 1,
             ..Config::default()
         };
         let root = store.root().to_string();
@@ -685,8 +688,12 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             MNode::Dir(_) => Err(libc::EISDIR),
             MNode::File(f) => Ok(Out::Bytes(m.visible(*f))),
         },
+        // A directory's "size" is its link count: 2 and one per subdirectory.
         Op::Stat(p) => match m.get(p)? {
-            MNode::Dir(_) => Ok(Out::Size(0, Kind::Dir)),
+            MNode::Dir(d) => Ok(Out::Size(
+                2 + d.values().filter(|n| matches!(n, MNode::Dir(_))).count() as u64,
+                Kind::Dir,
+            )),
             MNode::File(f) => Ok(Out::Size(m.size(*f), Kind::File)),
         },
         Op::List(p) => {
@@ -938,7 +945,14 @@ fn sut_step(s: &mut Sut, op: &Op, step: usize) -> R<Out> {
         Op::Stat(p) => {
             let ino = s.resolve(&p.0)?;
             let a = fs.getattr(ino).map_err(|e| e.errno)?;
-            Ok(Out::Size(if a.kind == Kind::Dir { 0 } else { a.size }, a.kind))
+            Ok(Out::Size(
+                if a.kind == Kind::Dir {
+                    u64::from(a.nlink)
+                } else {
+                    a.size
+                },
+                a.kind,
+            ))
         }
         Op::List(p) => {
             let ino = s.resolve(&p.0)?;
@@ -1385,4 +1399,81 @@ fn subdirectories_read_ahead_are_not_trusted_past_the_ttl() {
     std::thread::sleep(ttl + std::time::Duration::from_millis(50));
     let attr = fs.lookup(Ino::ROOT, "d2").unwrap();
     assert_eq!((attr.perm, attr.nlink), (0o700, 3));
+}
+
+/// A core whose lister's directories are all read whole first.
+fn core_reading_whole(store: &Arc<MemStore>, staging: &tempfile::TempDir) -> ModelFs {
+    let config = Config {
+        read_only: false,
+        metadata_ttl: std::time::Duration::from_secs(60),
+        staging_dir: staging.path().to_path_buf(),
+        stat_whole_from: 1,
+        ..Config::default()
+    };
+    ModelFs::new(store.clone() as Arc<dyn Store>, store.root(), config).unwrap()
+}
+
+/// What a lister sees of the root's subdirectories (mode, link count), in
+/// order, on a fresh core.
+fn list_long(fs: &ModelFs) -> Vec<(String, u16, u32)> {
+    let fh = fs.opendir(Ino::ROOT).unwrap();
+    let items = fs.readdir(fh, 0).unwrap();
+    fs.releasedir(fh);
+    (items.iter().filter(|i| !i.name.starts_with('.')))
+        .map(|i| {
+            let a = fs.lookup(Ino::ROOT, &i.name).unwrap();
+            (i.name.clone(), a.perm, a.nlink)
+        })
+        .collect()
+}
+
+/// The stats the store keeps for a directory read whole are what reads one
+/// by one show, on later cores too; a change by another core shows at once
+/// in the next fresh core, whatever was kept before it.
+#[test]
+fn subdirectories_told_by_a_whole_read_show_what_reads_one_by_one_do() {
+    let store = Arc::new(MemStore::new());
+    let staging = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("d{i:02}")).collect();
+    {
+        let fs = core_with_ttl(&store, &staging, std::time::Duration::ZERO);
+        for n in &names {
+            fs.mkdir(Ino::ROOT, n, 0o755, owner()).unwrap();
+        }
+        let d03 = fs.lookup(Ino::ROOT, "d03").unwrap().ino;
+        fs.mkdir(d03, "x", 0o755, owner()).unwrap();
+        fs.mkdir(d03, "y", 0o755, owner()).unwrap();
+    }
+    let truth = || list_long(&core_with_ttl(&store, &staging, std::time::Duration::ZERO));
+    let want = truth();
+    assert_eq!(want[3], ("d03".to_string(), 0o755, 4));
+    // The first lister keeps what it read; the next is told most of it.
+    let first = core_reading_whole(&store, &staging);
+    assert_eq!(list_long(&first), want);
+    while first.counters().stat_ahead_reads < 9 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(first);
+    let second = core_reading_whole(&store, &staging);
+    assert_eq!(list_long(&second), want);
+    assert!(second.counters().stat_ahead_told >= 9, "{:?}", second.counters());
+    // Another core's changes: a new subdirectory, a mode, a removal.
+    {
+        let other = core_with_ttl(&store, &staging, std::time::Duration::ZERO);
+        let d05 = other.lookup(Ino::ROOT, "d05").unwrap().ino;
+        other.mkdir(d05, "z", 0o755, owner()).unwrap();
+        let d06 = other.lookup(Ino::ROOT, "d06").unwrap().ino;
+        let chmod = SetAttr {
+            mode: Some(0o700),
+            ..SetAttr::default()
+        };
+        other.setattr(d06, chmod).unwrap();
+        let d03 = other.lookup(Ino::ROOT, "d03").unwrap().ino;
+        other.rmdir(d03, "x").unwrap();
+    }
+    let want = truth();
+    assert_eq!((want[5].2, want[6].1, want[3].2), (3, 0o700, 3));
+    let third = core_reading_whole(&store, &staging);
+    assert_eq!(list_long(&third), want);
+    assert!(third.counters().stat_ahead_told >= 6, "{:?}", third.counters());
 }

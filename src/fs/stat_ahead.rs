@@ -254,16 +254,16 @@ impl StatAhead {
         let generation = self.shared.changes.load(Ordering::SeqCst);
         // Those a read of the whole directory told are skipped, so the
         // window looks further, within bounds (each lookup comes here).
-        let next = (listing.iter().skip(at + 1)).filter(|e| e.is_dir()).take(self.window * 8);
+        let next = (listing.iter().skip(at + 1))
+            .filter(|e| e.is_dir())
+            .take(self.window * 8);
         let untold: Vec<&Entry> = {
             let mut state = self.shared.lock();
             state.drop_expired(self.shared.ttl);
-            next.filter(|e| {
-                let told = (state.summaries.get(&e.uri)).is_some_and(|s| s.generation == generation);
-                !told && !state.pending.contains(&e.uri) && !state.ready.contains_key(&e.uri)
-            })
-            .take(self.window)
-            .collect()
+            next.filter(|e| !(state.summaries.get(&e.uri)).is_some_and(|s| s.generation == generation))
+                .take(self.window)
+                .filter(|e| !state.pending.contains(&e.uri) && !state.ready.contains_key(&e.uri))
+                .collect()
         };
         // `known` locks inodes: not under the state's lock.
         let dirs: Vec<&Entry> = untold.into_iter().filter(|e| !known(e)).collect();
