@@ -260,7 +260,7 @@ impl StatAhead {
         let untold: Vec<&Entry> = {
             let mut state = self.shared.lock();
             state.drop_expired(self.shared.ttl);
-            next.filter(|e| !(state.summaries.get(&e.uri)).is_some_and(|s| s.generation == generation))
+            next.filter(|e| (state.summaries.get(&e.uri)).is_none_or(|s| s.generation != generation))
                 .take(self.window)
                 .filter(|e| !state.pending.contains(&e.uri) && !state.ready.contains_key(&e.uri))
                 .collect()
