@@ -50,8 +50,9 @@
 # holds 10,000 and 100 model directories made through the registry API, and
 # on fresh mounts of each: mount start-up, `ls`, `ls -l`, `mkdir` and
 # create-and-close of a small file beside them (on S3 with the requests
-# Garage answered); then 10,000 `mkdir`s and 1,000 `rmdir`s one after
-# another through a mount, the time of the 100th against the 10,000th, and
+# Garage answered, and `ls -l` again after 1,000 of the directories changed
+# behind the mounts' back, on two fresh mounts); then 10,000 `mkdir`s and
+# 1,000 `rmdir`s one after another through a mount, the time of the 100th against the 10,000th, and
 # the bytes the directory's member lists take afterwards. Locally about 10
 # minutes; on Garage SCALE_S3_GROW (default 2,000) mkdirs, 30 minutes.
 #
@@ -184,7 +185,7 @@ if [ "$SCALE" = 1 ]; then
             "$python" scripts/bench/bench_scale.py --bin "$bin" --out "$out" \
                 --base "$MODELFS_TEST_S3/scale-$(date +%s)" --label s3 --built-from "$built_from" \
                 --grow "$SCALE_S3_GROW" --remove "$((SCALE_S3_GROW / 10))" \
-                --admin-port "${GARAGE_ADMIN_PORTS%%,*}"
+                --admin-port "${GARAGE_ADMIN_PORTS%%,*}" --changed 1000
         )
         scripts/garage.sh stop "$garage_state"
     fi

@@ -12,6 +12,10 @@ the TILEDB_* and AWS_* variables of scripts/garage.sh's env file). Measures:
     `ls` of the root, `ls -l` of the root (another fresh mount), then OPS
     `mkdir`s and OPS create-and-close of a 3-byte file beside them (medians;
     on S3 also the requests Garage answered for each);
+  - on S3 (CHANGED > 0): CHANGED of the ENTRIES directories get a mode
+    written by TileDB-Py (the stats the mount kept of them no longer hold),
+    then `ls -l` on a fresh mount (which reads those one by one and keeps
+    their stats) and on the next fresh mount;
   - growth through a mount: GROW `mkdir`s one after another in an empty
     registry, then REMOVE `rmdir`s; the median time of the ten around the
     100th and of the last ten, and the bytes the root directory's own files
@@ -89,7 +93,12 @@ def at_size(a, uri, count, res):
             raise SystemExit(f"bench: listed {listed} entries, expected {count}")
         res[f"ls_{key}_s"] = dt
     with mount(a.bin, uri, mnt, log, False) as m:
-        res[f"ls_l_{key}_s"] = run_cmd(["ls", "-l", str(m.path)])
+        if a.admin_port:
+            with Requests(a.admin_port) as rq:
+                res[f"ls_l_{key}_s"] = run_cmd(["ls", "-l", str(m.path)])
+            res[f"requests_ls_l_{key}"] = rq.total
+        else:
+            res[f"ls_l_{key}_s"] = run_cmd(["ls", "-l", str(m.path)])
         mk, cr, mk_rq, cr_rq = [], [], [], []
         for i in range(a.ops):
             if a.admin_port:
@@ -107,6 +116,26 @@ def at_size(a, uri, count, res):
         if a.admin_port:
             res[f"requests_mkdir_{key}"] = med(mk_rq)
             res[f"requests_create_{key}"] = med(cr_rq)
+
+
+def changed(a, uri, res):
+    """`ls -l` after CHANGED directories changed behind the mounts' back."""
+    import numpy as np
+    import tiledb
+
+    out = Path(a.out)
+    log = out / f"mount-scale-{a.label}.log"
+    step = max(1, a.entries // a.changed)
+    t = time.perf_counter()
+    for i in range(0, a.entries, step)[: a.changed]:
+        with tiledb.Group(f"{uri}/model-{i:05d}", "w") as g:
+            g.meta["modelfs.mode"] = np.uint64(0o750)
+    res["change_s"] = time.perf_counter() - t
+    for when in ("first", "next"):
+        with mount(a.bin, uri, out / f"mnt-scale-{a.label}", log, False) as m:
+            with Requests(a.admin_port) as rq:
+                res[f"ls_l_changed_{when}_s"] = run_cmd(["ls", "-l", str(m.path)])
+            res[f"requests_ls_l_changed_{when}"] = rq.total
 
 
 def growth(a, uri, res):
@@ -156,6 +185,17 @@ def report(res, a):
                 f"  S3 requests per {op}, {a.entries:,} / {a.small} siblings"
                 f"{'':20} {res[f'requests_{op}_{big}']:6.0f} / {res[f'requests_{op}_{small}']:6.0f}"
             )
+    if a.admin_port:
+        print(
+            f"  S3 requests per ls -l, {a.entries:,} / {a.small}{'':27}"
+            f" {res[f'requests_ls_l_{big}']:6.0f} / {res[f'requests_ls_l_{small}']:6.0f}"
+        )
+    if "ls_l_changed_first_s" in res:
+        print(
+            f"  ls -l after {a.changed:,} of the {a.entries:,} changed behind the mounts' back:"
+            f" {res['ls_l_changed_first_s']:.2f} s ({res['requests_ls_l_changed_first']:.0f} requests),"
+            f" the next fresh mount {res['ls_l_changed_next_s']:.2f} s ({res['requests_ls_l_changed_next']:.0f})"
+        )
     if "grow_s" in res:
         print(
             f"  growth through the mount: {a.grow:,} mkdirs in {res['grow_s']:.0f} s; mkdir near the 100th"
@@ -209,6 +249,7 @@ def main():
     p.add_argument("--grow", type=int, default=10000)
     p.add_argument("--remove", type=int, default=1000)
     p.add_argument("--admin-port", type=int, default=0)
+    p.add_argument("--changed", type=int, default=0)
     p.add_argument("--built-from", default="?")
     a = p.parse_args()
     base = a.base.rstrip("/")
@@ -222,6 +263,9 @@ def main():
         res[f"make_{count}_s"] = time.perf_counter() - t
         say(f"{a.label}: mount, ls, ls -l, mkdir and create at {count:,} entries")
         at_size(a, uri, count, res)
+        if count == a.entries and a.changed and a.admin_port:
+            say(f"{a.label}: ls -l after {a.changed:,} directories changed behind the mounts' back")
+            changed(a, uri, res)
     if a.grow:
         say(f"{a.label}: {a.grow:,} mkdirs and {a.remove:,} rmdirs through a mount")
         growth(a, f"{base}/scale-grow-{stamp}", res)

@@ -42,6 +42,10 @@ pub const STATS_DIR: &str = "__modelfs_stats";
 /// arrays): reading them one by one then costs less.
 const FILES_PER_SUBDIR: usize = 24;
 
+/// Entries of a directory read whole at most (the names kept from its
+/// listing take about 500 bytes per entry).
+const MOST_ENTRIES: usize = 1 << 16;
+
 /// What a stat of a directory shows that is not in its parent's listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirStat {
@@ -92,19 +96,10 @@ impl Registry {
     /// listing would cost more than reading them (too many files) or
     /// cannot tell (a snapshot, a plain directory).
     pub fn dir_stats(&self, dir: &Entry, children: &[Entry]) -> Result<Option<Summaries>> {
-        if self.snapshot_time().is_some() || dir.storage != Storage::Group {
+        if self.snapshot_time().is_some() || dir.storage != Storage::Group || children.len() > MOST_ENTRIES {
             return Ok(None);
         }
         let subdirs: Vec<&Entry> = children.iter().filter(|e| e.storage == Storage::Group).collect();
-        let limit = FILES_PER_SUBDIR * children.len() + 4096;
-        let tree = self.vfs().ls_recursive(&dir.uri, limit)?;
-        if tree.truncated {
-            debug!(
-                "{}: over {limit} files under it: subdirectories read one by one",
-                dir.uri
-            );
-            return Ok(None);
-        }
         // As TileDB spells the folder's files (absolute, where `dir.uri`
         // may be a relative path): its members stored inside it tell.
         let Some(base) = subdirs
@@ -114,30 +109,43 @@ impl Registry {
         else {
             return Ok(Some(Summaries::default()));
         };
-        let mut listed: HashMap<&str, Listed> = HashMap::new();
-        let mut summaries: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
-        for (path, _) in &tree.files {
-            let Some(rest) = canonical(path).strip_prefix(base.as_str()) else {
-                continue;
-            };
-            let Some((child, inner)) = rest.split_once('/') else {
-                continue;
+        let limit = FILES_PER_SUBDIR * children.len() + 4096;
+        // Only the names that matter are kept, not the whole listing.
+        let mut files = 0;
+        let mut listed: HashMap<String, Listed> = HashMap::new();
+        let mut summaries: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let whole = self.vfs().ls_recursive(&dir.uri, &mut |path, _| {
+            files += 1;
+            if files > limit {
+                return false;
+            }
+            let Some((child, inner)) = canonical(path).strip_prefix(base.as_str()).and_then(|r| r.split_once('/'))
+            else {
+                return true;
             };
             if child == STATS_DIR {
-                if let Some((label, _)) = inner.split_once(SEP)
+                if let Some((id, _)) = inner.split_once(SEP)
                     && !inner.contains('/')
                 {
-                    summaries.entry(label).or_default().push((inner, path));
+                    let at = summaries.entry(id.to_string()).or_default();
+                    at.push((inner.to_string(), path.to_string()));
                 }
-                continue;
+                return true;
             }
-            let l = listed.entry(child).or_default();
-            match group_file(inner) {
+            let kind = group_file(inner);
+            if kind == GroupFile::Other && !in_journal(inner) {
+                return true;
+            }
+            let l = listed.entry(child.to_string()).or_default();
+            match kind {
                 GroupFile::Marker => l.group = true,
-                GroupFile::State => l.own.push(inner.to_string()),
-                GroupFile::Other if in_journal(inner) => l.own.push(inner.to_string()),
-                GroupFile::Other => {}
+                _ => l.own.push(inner.to_string()),
             }
+            true
+        })?;
+        if !whole {
+            debug!("{}: over {limit} files under it: subdirectories read one by one", dir.uri);
+            return Ok(None);
         }
         let mut out = Summaries::default();
         for child in subdirs {
@@ -162,7 +170,7 @@ impl Registry {
             let label = format!("{}{SEP}{}", name_id(name), fingerprint(&l.own));
             let mut stale = Vec::new();
             let id = name_id(name);
-            for (key, path) in summaries.get(id.as_str()).into_iter().flatten() {
+            for (key, path) in summaries.get(&id).into_iter().flatten() {
                 match key
                     .strip_prefix(label.as_str())
                     .and_then(|r| r.strip_prefix(SEP))

@@ -289,25 +289,30 @@ fn vfs_lists_a_tree_at_every_depth_up_to_a_limit() {
     for (f, len) in [("a/x/1", 1), ("a/y/z/2", 22), ("b/3", 333), ("4", 0)] {
         std::fs::write(dir.path().join("d").join(f), vec![7u8; len]).unwrap();
     }
-    let tree = vfs.ls_recursive(&d, 100).unwrap();
-    assert!(!tree.truncated);
-    let mut files: Vec<(String, u64)> = (tree.files.iter())
-        .map(|(p, s)| (p.rsplit_once("/d/").unwrap().1.to_string(), *s))
-        .collect();
-    files.sort();
+    let mut seen = Vec::new();
+    let whole = vfs.ls_recursive(&d, &mut |p, size| {
+        seen.push((p.rsplit_once("/d/").unwrap().1.to_string(), size));
+        true
+    });
+    assert!(whole.unwrap());
+    seen.sort();
     let want: Vec<(String, u64)> = [("4", 0), ("a/x/1", 1), ("a/y/z/2", 22), ("b/3", 333)]
         .iter()
         .map(|(p, s)| (p.to_string(), *s))
         .collect();
-    assert_eq!(files, want, "{:?}", tree.files);
-    let first = vfs.ls_recursive(&d, 2).unwrap();
-    assert!(first.truncated);
-    assert_eq!(first.files.len(), 2);
-    assert!(
-        vfs.ls_recursive(&tmp_uri(&dir, "nope"), 10)
-            .map(|t| t.files.is_empty())
-            .unwrap_or(true)
-    );
+    assert_eq!(seen, want);
+    let mut count = 0;
+    let whole = vfs.ls_recursive(&d, &mut |_, _| {
+        count += 1;
+        count < 2
+    });
+    assert_eq!((whole.unwrap(), count), (false, 2));
+    let mut none = 0;
+    let missing = vfs.ls_recursive(&tmp_uri(&dir, "nope"), &mut |_, _| {
+        none += 1;
+        true
+    });
+    assert!(missing.is_err() || none == 0);
 }
 
 #[test]

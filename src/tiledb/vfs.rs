@@ -159,59 +159,57 @@ impl Vfs {
     }
 }
 
-/// What [`Vfs::ls_recursive`] found: every file under a folder, as
-/// TileDB spells their URIs, with their sizes.
-#[derive(Debug, Default)]
-pub struct Tree {
-    pub files: Vec<(String, u64)>,
-    /// The listing stopped at its limit: `files` holds only the first ones.
-    pub truncated: bool,
-}
-
 impl Vfs {
-    /// Every file under `uri`, at any depth, in the order the store lists
-    /// them (by key on object stores: one request per page, whatever the
-    /// depth), up to `limit` of them.
-    pub fn ls_recursive(&self, uri: &str, limit: usize) -> Result<Tree> {
-        struct Collect {
-            tree: Tree,
-            limit: usize,
+    /// Calls `each` with every file under `uri`, at any depth (as TileDB
+    /// spells its URI, and its size), in the order the store lists them
+    /// (by key on object stores: one request per page, whatever the
+    /// depth), until it returns false. Returns whether the listing ran to
+    /// its end.
+    pub fn ls_recursive(&self, uri: &str, each: &mut dyn FnMut(&str, u64) -> bool) -> Result<bool> {
+        struct Walk<'a> {
+            each: &'a mut dyn FnMut(&str, u64) -> bool,
+            stopped: bool,
         }
-        unsafe extern "C" fn collect(path: *const c_char, len: usize, size: u64, is_dir: u8, data: *mut c_void) -> i32 {
-            // SAFETY: `data` is the `Collect` passed below, alive for the
-            // whole call; `path` points at `len` bytes.
-            unsafe {
-                let out = &mut *(data as *mut Collect);
-                if out.tree.files.len() >= out.limit {
-                    out.tree.truncated = true;
-                    return 0;
-                }
-                if !path.is_null() && is_dir == 0 {
-                    let bytes = std::slice::from_raw_parts(path as *const u8, len);
-                    let path = String::from_utf8_lossy(bytes).into_owned();
-                    out.tree.files.push((path, size));
-                }
+        unsafe extern "C" fn visit(path: *const c_char, len: usize, size: u64, is_dir: u8, data: *mut c_void) -> i32 {
+            // SAFETY: `data` is the `Walk` passed below, alive for the whole
+            // call; `path` points at `len` bytes.
+            let (walk, bytes) = unsafe {
+                let walk = &mut *(data as *mut Walk);
+                let bytes = if path.is_null() {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(path as *const u8, len)
+                };
+                (walk, bytes)
+            };
+            if is_dir != 0 || bytes.is_empty() {
+                return 1;
             }
-            1
+            let path = String::from_utf8_lossy(bytes);
+            // A panic must not unwind into libtiledb: it stops the walk.
+            let go_on = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (walk.each)(&path, size)));
+            if go_on.unwrap_or(false) {
+                1
+            } else {
+                walk.stopped = true;
+                0
+            }
         }
         let c_uri = cstring("tiledb_vfs_ls_recursive_v2", uri)?;
-        let mut out = Collect {
-            tree: Tree::default(),
-            limit,
-        };
+        let mut walk = Walk { each, stopped: false };
         self.ctx
-            // SAFETY: live handles; the callback only touches `out`.
+            // SAFETY: live handles; the callback only touches `walk`.
             .call("tiledb_vfs_ls_recursive_v2", |c| unsafe {
                 ffi::tiledb_vfs_ls_recursive_v2(
                     c,
                     self.raw,
                     c_uri.as_ptr(),
-                    Some(collect),
-                    &mut out as *mut Collect as *mut c_void,
+                    Some(visit),
+                    &mut walk as *mut Walk as *mut c_void,
                 )
             })
             .map_err(|e| in_uri(e, uri))?;
-        Ok(out.tree)
+        Ok(!walk.stopped)
     }
 }
 
