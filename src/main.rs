@@ -147,7 +147,7 @@ enum Command {
         /// is first read whole for their stats when a program stats its
         /// entries one after another: one listing of all its files (one
         /// request per 1,000 on an object store) tells the stats kept from
-        /// earlier listings; 0 never [default: 128 for a registry on an
+        /// earlier listings; 0 never [default: 16 for a registry on an
         /// object store, 0 for a local one].
         #[arg(long)]
         stat_whole_from: Option<usize>,

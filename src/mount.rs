@@ -217,7 +217,7 @@ pub fn run(args: Args) -> Result<()> {
         read_only,
         metadata_ttl: args.metadata_ttl,
         stat_ahead: args.stat_ahead,
-        stat_whole_from: (args.stat_whole_from).unwrap_or(if is_local(&args.registry) { 0 } else { 128 }),
+        stat_whole_from: (args.stat_whole_from).unwrap_or(if is_local(&args.registry) { 0 } else { 16 }),
         staging_dir: args
             .staging_dir
             .clone()

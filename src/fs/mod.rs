@@ -129,7 +129,7 @@ impl Default for Config {
             prefetch_window_bytes: 32 << 20,
             prefetch_fetch_bytes: 4 << 20,
             stat_ahead: 64,
-            stat_whole_from: 128,
+            stat_whole_from: 0,
             staging_dir: std::env::temp_dir().join("modelfs-staging"),
             staging_limit_bytes: 64 << 30,
             view_memory_bytes: 2 << 30,

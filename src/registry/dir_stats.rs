@@ -119,7 +119,9 @@ impl Registry {
             if files > limit {
                 return false;
             }
-            let Some((child, inner)) = canonical(path).strip_prefix(base.as_str()).and_then(|r| r.split_once('/'))
+            let Some((child, inner)) = canonical(path)
+                .strip_prefix(base.as_str())
+                .and_then(|r| r.split_once('/'))
             else {
                 return true;
             };
@@ -144,7 +146,10 @@ impl Registry {
             true
         })?;
         if !whole {
-            debug!("{}: over {limit} files under it: subdirectories read one by one", dir.uri);
+            debug!(
+                "{}: over {limit} files under it: subdirectories read one by one",
+                dir.uri
+            );
             return Ok(None);
         }
         let mut out = Summaries::default();
