@@ -103,6 +103,31 @@ fn a_listing_tells_subdirectory_stats_only_while_they_hold() {
     assert_eq!(check_and_save(&registry(), &root), 13);
 }
 
+/// Deleting a directory's storage takes its summaries with it: its folder
+/// goes, as it did before there were any.
+#[test]
+fn deleting_a_directory_s_storage_takes_its_summaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = registry_uri(tmp.path());
+    let reg = registry();
+    let root = reg.ensure_dir(&uri).unwrap();
+    let attrs = Attrs {
+        mode: Some(0o755),
+        ..Attrs::default()
+    };
+    let parent = reg.mkdir(&root, "p", &attrs).unwrap();
+    reg.mkdir(&parent, "c", &attrs).unwrap();
+    assert_eq!(check_and_save(&reg, &parent), 0);
+    assert_eq!(check_and_save(&reg, &parent), 1, "the summary was kept");
+    let (_, inside) = reg.dir_with_entries(&parent).unwrap();
+    reg.remove(&parent, &inside[0]).unwrap();
+    reg.delete_storage(&inside[0]).unwrap();
+    reg.delete_storage(&parent).unwrap();
+    let vfs = modelfs::tiledb::Vfs::new(reg.context()).unwrap();
+    let left = vfs.ls(&parent.uri).unwrap_or_default();
+    assert!(left.is_empty() || !vfs.is_dir(&parent.uri).unwrap(), "{left:?}");
+}
+
 /// The link counts and modes `ls -l` shows for `dir`'s entries.
 fn long_listing(dir: &Path) -> BTreeMap<String, (u64, u32, i64)> {
     std::fs::read_dir(dir)

@@ -1457,6 +1457,14 @@ fn subdirectories_told_by_a_whole_read_show_what_reads_one_by_one_do() {
     let second = core_reading_whole(&store, &staging);
     assert_eq!(list_long(&second), want);
     assert!(second.counters().stat_ahead_told >= 9, "{:?}", second.counters());
+    // Its own change shows at once in a count it was told.
+    let d07 = second.lookup(Ino::ROOT, "d07").unwrap().ino;
+    second.mkdir(d07, "new", 0o755, owner()).unwrap();
+    assert_eq!(second.getattr(d07).unwrap().nlink, 3);
+    assert_eq!(second.lookup(Ino::ROOT, "d07").unwrap().nlink, 3);
+    second.rmdir(d07, "new").unwrap();
+    assert_eq!(second.getattr(d07).unwrap().nlink, 2);
+    drop(second);
     // Another core's changes: a new subdirectory, a mode, a removal.
     {
         let other = core_with_ttl(&store, &staging, std::time::Duration::ZERO);

@@ -50,6 +50,8 @@ impl ModelFs {
         };
         let changed = Some(changed_ms.saturating_mul(1_000_000));
         let mut c = dir.lock();
+        // A count told by the parent's read is no longer true.
+        c.subdirs = None;
         if let Some((_, list)) = &mut c.listing {
             // In place unless a directory handle still reads it: copying
             // a listing of 10,000 entries at every change would make a

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use super::attr::Ino;
 use super::read::FileVersion;
-use super::stat_ahead::DirShape;
 use super::views::ViewNode;
 use super::write::Writer;
 use crate::registry::{Attrs, Entry, FileMeta};
@@ -67,6 +66,19 @@ pub enum Seen {
     Read,
     Cached,
     Partial,
+}
+
+/// What a stat of a directory read besides its attributes: its entries,
+/// or only how many are directories (told by its parent's read).
+pub enum DirShape {
+    Entries(Arc<Vec<Entry>>),
+    Subdirs(u32),
+}
+
+/// How many of `entries` are directories (a directory's link count is 2
+/// more).
+pub fn subdirs_in(entries: &[Entry]) -> u32 {
+    u32::try_from(entries.iter().filter(|e| e.is_dir()).count()).unwrap_or(u32::MAX)
 }
 
 /// Cached, refreshable state of an inode.

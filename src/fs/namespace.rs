@@ -17,8 +17,7 @@ use super::attr::push_dir_item;
 use super::counters::Counters;
 use super::error::{CoreError, Error, Result};
 use super::handles::Handle;
-use super::inode::{Inode, NodeState, Seen};
-use super::stat_ahead::DirShape;
+use super::inode::{DirShape, Inode, NodeState, Seen};
 use super::views::ViewNode;
 use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, VERSIONS_NAME, invalid_name, lock};
 use crate::registry::{Attrs, Entry, Node, Storage};
@@ -127,12 +126,12 @@ impl ModelFs {
             (None, ..) => return Err(CoreError::NoLongerShown { uri: entry.uri.clone() }.into()),
         };
         let mut c = inode.lock();
-        if let Some(shape) = listing {
-            c.keep_shape(shape, at);
-        }
         if c.read_at != read_at {
             // Refreshed while this read ran (a commit here): that is newer.
             return Ok(c.node.clone());
+        }
+        if let Some(shape) = listing {
+            c.keep_shape(shape, at);
         }
         if c.node != node {
             c.version = None;

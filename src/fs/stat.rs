@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{CoreError, Result};
-use super::inode::{Inode, NodeState};
+use super::inode::{Inode, NodeState, subdirs_in};
 use super::{Attr, Fh, Ino, Kind, ModelFs, STATS_NAME, lock, read_only};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
@@ -80,13 +80,11 @@ impl ModelFs {
     pub(super) fn dir_links(&self, dir: &Inode) -> u32 {
         let told = dir.lock().subdirs.filter(|(at, _)| self.within_ttl(Some(*at)));
         let subdirs = match (self.fresh_listing(dir), told) {
-            (Some(list), _) => list.iter().filter(|e| e.is_dir()).count(),
-            (None, Some((_, n))) => n as usize,
-            (None, None) => self
-                .entries(dir)
-                .map_or(0, |list| list.iter().filter(|e| e.is_dir()).count()),
+            (Some(list), _) => subdirs_in(&list),
+            (None, Some((_, n))) => n,
+            (None, None) => self.entries(dir).map_or(0, |list| subdirs_in(&list)),
         };
-        2u32.saturating_add(u32::try_from(subdirs).unwrap_or(u32::MAX))
+        2u32.saturating_add(subdirs)
     }
 
     /// Changes attributes: the size (truncate / extend, as a new version or

@@ -27,15 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::counters::Counters;
+use super::inode::{DirShape, subdirs_in};
 use super::store::Store;
 use crate::registry::{Attrs, DirStat, Entry, StatLabel};
-
-/// What a stat of a directory read besides its attributes: its entries,
-/// or only how many are directories (from its parent's read).
-pub(super) enum DirShape {
-    Entries(Arc<Vec<Entry>>),
-    Subdirs(u32),
-}
 
 /// A subdirectory's stat as read ahead.
 pub(super) type DirRead = (Attrs, DirShape);
@@ -58,9 +52,18 @@ pub(super) struct StatAhead {
     workers: Vec<JoinHandle<()>>,
     /// Subdirectories kept read or being read ahead of one lister.
     window: usize,
-    /// The place in its listing of the last entry looked up, by directory
-    /// URI.
-    last: Mutex<HashMap<String, usize>>,
+    /// The last entry looked up in each directory, by URI.
+    last: Mutex<HashMap<String, Place>>,
+}
+
+/// Where a lister is in a directory's listing.
+struct Place {
+    at: usize,
+    /// The listing (its address) and whether it holds enough
+    /// subdirectories to read the directory whole: counted once per
+    /// listing, not at each of its lookups.
+    listing: usize,
+    large: bool,
 }
 
 /// Directories whose last lookup is remembered; past it the memory starts
@@ -230,37 +233,51 @@ impl StatAhead {
     /// read or being read (in a large directory, first by one read of it).
     pub fn ahead(&self, dir: &Entry, listing: &Arc<Vec<Entry>>, at: usize, known: impl Fn(&Entry) -> bool) {
         let dir_uri = dir.uri.as_str();
-        let in_order = {
+        let address = Arc::as_ptr(listing) as usize;
+        let (in_order, large) = {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
             if last.len() >= DIRS_REMEMBERED && !last.contains_key(dir_uri) {
                 last.clear();
             }
-            let prev = last.insert(dir_uri.to_string(), at);
-            prev.is_some_and(|p| p < at && at <= p + IN_ORDER)
+            let bulk_from = self.shared.bulk_from;
+            let prev = last.get(dir_uri).map(|p| (p.at, p.listing == address, p.large));
+            let large = match prev {
+                Some((_, true, large)) => large,
+                _ => bulk_from > 0 && listing.len() >= bulk_from && subdirs_in(listing) as usize >= bulk_from,
+            };
+            let place = Place {
+                at,
+                listing: address,
+                large,
+            };
+            last.insert(dir_uri.to_string(), place);
+            (prev.is_some_and(|(p, ..)| p < at && at <= p + IN_ORDER), large)
         };
         if !in_order {
             return;
         }
-        // Counted once per directory: each lookup of a long listing comes here.
-        let large = || {
-            self.shared.lock().whole.contains_key(dir_uri)
-                || listing.iter().filter(|e| e.is_dir()).count() >= self.shared.bulk_from
+        // Taken out of its lock: no lock is held while another is taken.
+        let Some(tx) = self.sender.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+            return;
         };
-        if self.shared.bulk_from > 0 && listing.len() >= self.shared.bulk_from && large() {
-            self.whole_ahead(dir, listing, &listing[at]);
+        if large {
+            self.whole_ahead(&tx, dir, listing, &listing[at]);
         }
-        let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(tx) = guard.as_ref() else { return };
         let generation = self.shared.changes.load(Ordering::SeqCst);
+        let (ttl, now) = (self.shared.ttl, Instant::now());
         // Those a read of the whole directory told are skipped, so the
         // window looks further, within bounds (each lookup comes here).
         let next = (listing.iter().skip(at + 1))
             .filter(|e| e.is_dir())
-            .take(self.window * 8);
+            .take(self.window.saturating_mul(8));
         let untold: Vec<&Entry> = {
             let mut state = self.shared.lock();
-            state.drop_expired(self.shared.ttl);
-            next.filter(|e| (state.summaries.get(&e.uri)).is_none_or(|s| s.generation != generation))
+            state.drop_expired(ttl);
+            let told = |e: &Entry| {
+                (state.summaries.get(&e.uri))
+                    .is_some_and(|s| s.generation == generation && now.duration_since(s.at) < ttl)
+            };
+            next.filter(|e| !told(e))
                 .take(self.window)
                 .filter(|e| !state.pending.contains(&e.uri) && !state.ready.contains_key(&e.uri))
                 .collect()
@@ -328,9 +345,6 @@ impl StatAhead {
         let mut state = self.shared.lock();
         state.ready.clear();
         state.summaries.clear();
-        for w in state.whole.values_mut() {
-            w.done = None;
-        }
     }
 
     /// Keeps what one read of `dir` tells of its subdirectories fresh for
@@ -339,7 +353,7 @@ impl StatAhead {
     /// read in the background, so that a long listing is not held up every
     /// TTL. A read that told little is not repeated for a while: the
     /// subdirectories are read one by one meanwhile.
-    fn whole_ahead(&self, dir: &Entry, listing: &Arc<Vec<Entry>>, looked_up: &Entry) {
+    fn whole_ahead(&self, tx: &Sender<Job>, dir: &Entry, listing: &Arc<Vec<Entry>>, looked_up: &Entry) {
         let generation = self.shared.changes.load(Ordering::SeqCst);
         let ttl = self.shared.ttl;
         let deadline = Instant::now() + WAIT_FOR_READ;
@@ -348,7 +362,8 @@ impl StatAhead {
         loop {
             let told_before = state.summaries.contains_key(&looked_up.uri);
             let w = state.whole.entry(dir.uri.clone()).or_default();
-            let age = w.done.filter(|(_, g)| *g == generation).map(|(at, _)| at.elapsed());
+            let last = w.done.map(|(at, _)| at.elapsed());
+            let age = w.done.filter(|(_, g)| *g == generation).and(last);
             if age.is_some_and(|a| a < ttl / 2) {
                 return;
             }
@@ -360,16 +375,16 @@ impl StatAhead {
                         listing: listing.clone(),
                         generation,
                     };
-                    let sent = (self.sender.lock().unwrap_or_else(PoisonError::into_inner).as_ref())
-                        .is_some_and(|tx| tx.send(job).is_ok());
-                    if !sent {
+                    if tx.send(job).is_err() {
                         state.whole.entry(dir.uri.clone()).or_default().running = false;
                     }
                 }
                 return;
             }
             if !w.running {
-                let again = age.is_none_or(|a| w.told_most || a >= ttl * RETRY_AFTER_TTLS);
+                // A change here makes what was told stale, not the verdict
+                // that the directory's stats were mostly unknown.
+                let again = w.told_most || last.is_none_or(|a| a >= ttl.saturating_mul(RETRY_AFTER_TTLS));
                 if again {
                     w.running = true;
                     drop(state);
@@ -409,8 +424,11 @@ impl Shared {
     /// subdirectories in `listing` (its [`Whole`] is marked running), and
     /// keeps them for the lookups.
     fn read_whole(&self, dir: &Entry, listing: &[Entry], generation: u64) {
+        // The TTL counts from the start: the listing's first pages are
+        // that old.
+        let started = Instant::now();
         let read = self.store.dir_stats(dir, listing);
-        let done = Instant::now();
+        let done = started;
         Counters::add(&self.counters.stat_ahead_whole_reads, 1);
         let mut state = self.lock();
         let w = state.whole.entry(dir.uri.clone()).or_default();
@@ -434,7 +452,7 @@ impl Shared {
                 return;
             }
         };
-        let asked = listing.iter().filter(|e| e.is_dir()).count();
+        let asked = subdirs_in(listing) as usize;
         if let Some(w) = state.whole.get_mut(&dir.uri) {
             w.told_most = summaries.known.len() * 2 >= asked;
         }
@@ -480,13 +498,15 @@ impl Shared {
 
     fn read(&self, entry: Entry, generation: u64, label: Option<(Entry, StatLabel)>) {
         let read = self.store.dir_with_entries(&entry);
-        if let (Ok((attrs, list)), Some((dir, label))) = (&read, label) {
-            self.save(&dir, &label, attrs, list);
-        }
         // As for a lookup's own read, the TTL counts from the answer: a
         // slow store must not expire what it just answered.
         let done = Instant::now();
         Counters::add(&self.counters.stat_ahead_reads, 1);
+        // Kept for later mounts once the lookup has it.
+        let to_save = match (&read, label) {
+            (Ok((attrs, list)), Some((dir, label))) => Some((dir, label, *attrs, subdirs_in(list))),
+            _ => None,
+        };
         let mut state = self.lock();
         state.pending.remove(&entry.uri);
         match read {
@@ -508,21 +528,17 @@ impl Shared {
         }
         drop(state);
         self.read_done.notify_all();
+        if let Some((dir, label, attrs, subdirs)) = to_save {
+            self.save(&dir, &label, DirStat { attrs, subdirs });
+        }
     }
-}
 
-impl Shared {
     /// Keeps a stat read after the parent's read that gave `label`; the
     /// first failure (a read-only store, say) stops that for this mount.
-    fn save(&self, dir: &Entry, label: &StatLabel, attrs: &Attrs, list: &[Entry]) {
+    fn save(&self, dir: &Entry, label: &StatLabel, stat: DirStat) {
         if !self.saving.load(Ordering::SeqCst) {
             return;
         }
-        let subdirs = list.iter().filter(|e| e.is_dir()).count();
-        let stat = DirStat {
-            attrs: *attrs,
-            subdirs: u32::try_from(subdirs).unwrap_or(u32::MAX),
-        };
         match self.store.save_dir_stat(dir, label, &stat) {
             Ok(()) => Counters::add(&self.counters.stat_ahead_saved, 1),
             Err(e) => {

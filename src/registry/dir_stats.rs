@@ -30,9 +30,10 @@ use log::debug;
 use super::attrs::Attrs;
 use super::error::Result;
 use super::journal::JOURNAL_DIR;
+use super::names::last_component;
 use super::tree::{Entry, Registry, Storage};
 use super::uri::canonical;
-use crate::tiledb::{GroupFile, Vfs, group_file};
+use crate::tiledb::{Group, GroupFile, Vfs};
 
 /// The folder inside a group's folder holding its subdirectories' summaries.
 pub const STATS_DIR: &str = "__modelfs_stats";
@@ -45,6 +46,10 @@ const FILES_PER_SUBDIR: usize = 24;
 /// Entries of a directory read whole at most (the names kept from its
 /// listing take about 500 bytes per entry).
 const MOST_ENTRIES: usize = 1 << 16;
+
+/// Files listed beyond [`FILES_PER_SUBDIR`] per entry: a directory of a few
+/// entries is still read whole when they hold a few models' files.
+const LISTING_SLACK: usize = 4096;
 
 /// What a stat of a directory shows that is not in its parent's listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,21 @@ pub struct DirStat {
 pub struct StatLabel {
     key: String,
     stale: Vec<String>,
+}
+
+impl DirStat {
+    /// An empty group with nothing stored.
+    pub const EMPTY: DirStat = DirStat {
+        attrs: Attrs {
+            mode: None,
+            uid: None,
+            gid: None,
+            mtime_ns: None,
+            atime_ns: None,
+            ctime_ns: None,
+        },
+        subdirs: 0,
+    };
 }
 
 impl StatLabel {
@@ -83,9 +103,9 @@ pub struct Summaries {
 }
 
 /// One subdirectory's files as listed: whether it is a group, and the
-/// names (relative to it) of its own files.
+/// names (relative to it) of the files its stat is read from.
 #[derive(Default)]
-struct Listed {
+struct ChildFiles {
     group: bool,
     own: Vec<String>,
 }
@@ -99,21 +119,24 @@ impl Registry {
         if self.snapshot_time().is_some() || dir.storage != Storage::Group || children.len() > MOST_ENTRIES {
             return Ok(None);
         }
-        let subdirs: Vec<&Entry> = children.iter().filter(|e| e.storage == Storage::Group).collect();
-        // As TileDB spells the folder's files (absolute, where `dir.uri`
-        // may be a relative path): its members stored inside it tell.
-        let Some(base) = subdirs
-            .iter()
-            .find_map(|c| canonical(&c.uri).rsplit_once('/'))
-            .map(|(parent, _)| format!("{parent}/"))
-        else {
-            return Ok(Some(Summaries::default()));
-        };
-        let limit = FILES_PER_SUBDIR * children.len() + 4096;
-        // Only the names that matter are kept, not the whole listing.
+        let base = format!("{}/", canonical(&dir.uri));
+        // Subdirectories stored in the folder, by storage name; only their
+        // names are kept from the listing (it may hold millions).
+        let mut inside: HashMap<&str, &Entry> = HashMap::new();
+        for c in children.iter().filter(|e| e.storage == Storage::Group) {
+            if let Some(name) = canonical(&c.uri)
+                .strip_prefix(base.as_str())
+                .filter(|n| !n.contains('/'))
+            {
+                inside.insert(name, c);
+            }
+        }
+        let ids: HashMap<String, &str> = inside.keys().map(|n| (name_id(n), *n)).collect();
+        let limit = FILES_PER_SUBDIR * children.len() + LISTING_SLACK;
         let mut files = 0;
-        let mut listed: HashMap<String, Listed> = HashMap::new();
-        let mut summaries: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut listed: HashMap<&str, ChildFiles> = HashMap::new();
+        let mut kept: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut orphans = Vec::new();
         let whole = self.vfs().ls_recursive(&dir.uri, &mut |path, _| {
             files += 1;
             if files > limit {
@@ -126,22 +149,24 @@ impl Registry {
                 return true;
             };
             if child == STATS_DIR {
-                if let Some((id, _)) = inner.split_once(SEP)
-                    && !inner.contains('/')
-                {
-                    let at = summaries.entry(id.to_string()).or_default();
-                    at.push((inner.to_string(), path.to_string()));
+                match inner.split_once(SEP).map(|(id, _)| ids.get(id)) {
+                    Some(Some(name)) => kept.entry(*name).or_default().push(path.to_string()),
+                    // Of an entry removed since (or another tool's file).
+                    _ if parse_summary(inner).is_some() => orphans.push(path.to_string()),
+                    _ => {}
                 }
                 return true;
             }
-            let kind = group_file(inner);
-            if kind == GroupFile::Other && !in_journal(inner) {
+            let Some((&name, _)) = inside.get_key_value(child) else {
                 return true;
-            }
-            let l = listed.entry(child.to_string()).or_default();
-            match kind {
-                GroupFile::Marker => l.group = true,
-                _ => l.own.push(inner.to_string()),
+            };
+            match Group::file_kind(inner) {
+                GroupFile::Marker => listed.entry(name).or_default().group = true,
+                GroupFile::State => listed.entry(name).or_default().own.push(inner.to_string()),
+                GroupFile::Other if in_folder(inner, JOURNAL_DIR) => {
+                    listed.entry(name).or_default().own.push(inner.to_string())
+                }
+                GroupFile::Other => {}
             }
             true
         })?;
@@ -153,53 +178,43 @@ impl Registry {
             return Ok(None);
         }
         let mut out = Summaries::default();
-        for child in subdirs {
-            let Some(name) = canonical(&child.uri)
-                .strip_prefix(base.as_str())
-                .filter(|n| !n.contains('/'))
-            else {
-                continue;
-            };
+        for (name, child) in inside {
             let Some(l) = listed.get_mut(name).filter(|l| l.group) else {
                 continue;
             };
             if l.own.is_empty() {
-                let empty = DirStat {
-                    attrs: Attrs::default(),
-                    subdirs: 0,
-                };
-                out.known.insert(child.uri.clone(), empty);
+                out.known.insert(child.uri.clone(), DirStat::EMPTY);
                 continue;
             }
             l.own.sort_unstable();
-            let label = format!("{}{SEP}{}", name_id(name), fingerprint(&l.own));
+            let key = format!("{}{SEP}{}", name_id(name), fingerprint(&l.own));
             let mut stale = Vec::new();
-            let id = name_id(name);
-            for (key, path) in summaries.get(&id).into_iter().flatten() {
-                match key
-                    .strip_prefix(label.as_str())
-                    .and_then(|r| r.strip_prefix(SEP))
-                    .and_then(parse_stat)
-                {
-                    Some(stat) if !out.known.contains_key(&child.uri) => {
-                        out.known.insert(child.uri.clone(), stat);
-                    }
-                    _ => stale.push(path.to_string()),
+            for path in kept.get(name).into_iter().flatten() {
+                let Some((label, stat)) = parse_summary(last_component(path)) else {
+                    continue;
+                };
+                if label == key && !out.known.contains_key(&child.uri) {
+                    out.known.insert(child.uri.clone(), stat);
+                } else {
+                    stale.push(path.clone());
                 }
             }
             if !out.known.contains_key(&child.uri) {
-                out.unknown.insert(child.uri.clone(), StatLabel { key: label, stale });
+                // Summaries of removed entries go with the first one kept.
+                stale.append(&mut orphans);
+                out.unknown.insert(child.uri.clone(), StatLabel { key, stale });
             }
         }
         Ok(Some(out))
     }
 
-    /// Leaves the summary of subdirectory `child` of `dir`, read as `stat`
-    /// after the listing that gave `label`, and removes those it replaces.
+    /// Leaves the summary of a subdirectory of `dir`, read as `stat` after
+    /// the listing that gave `label`, and removes those it replaces.
     pub fn save_dir_stat(&self, dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()> {
         let folder = format!("{}/{STATS_DIR}", dir.uri.trim_end_matches('/'));
         let vfs: &Vfs = self.vfs();
-        if super::uri::is_local(&dir.uri) && !vfs.is_dir(&folder)? {
+        if super::uri::is_local(&dir.uri) {
+            // Object stores have no folders.
             vfs.create_dir(&folder)?;
         }
         vfs.touch(&format!("{folder}/{}{SEP}{}", label.key, format_stat(stat)))?;
@@ -212,13 +227,22 @@ impl Registry {
     }
 }
 
+/// Removes group `dir_uri`'s summaries (with the group's own files).
+pub(super) fn remove_all(vfs: &Vfs, dir_uri: &str) -> Result<()> {
+    let folder = format!("{}/{STATS_DIR}", dir_uri.trim_end_matches('/'));
+    if vfs.is_dir(&folder)? {
+        vfs.remove_dir(&folder)?;
+    }
+    Ok(())
+}
+
 /// Separates the fields of a summary's name.
 const SEP: char = '_';
 
-/// Whether `inner` (a path relative to a subdirectory) is one of its
-/// journal's files.
-fn in_journal(inner: &str) -> bool {
-    (inner.strip_prefix(JOURNAL_DIR))
+/// Whether `inner` (a path relative to a subdirectory) is a file right
+/// inside its folder `dir`.
+fn in_folder(inner: &str, dir: &str) -> bool {
+    (inner.strip_prefix(dir))
         .and_then(|r| r.strip_prefix('/'))
         .is_some_and(|f| !f.is_empty() && !f.contains('/'))
 }
@@ -229,9 +253,12 @@ fn name_id(name: &str) -> String {
     hex(&blake3::hash(name.as_bytes()).as_bytes()[..8])
 }
 
-/// The fingerprint of a subdirectory's own files, by their sorted names.
+/// The fingerprint of a subdirectory's own files, by their sorted names,
+/// and of how a stat is derived from them (a version that derives it
+/// otherwise changes the tag, so it trusts no summary of this one).
 fn fingerprint(sorted: &[String]) -> String {
     let mut h = blake3::Hasher::new();
+    h.update(b"modelfs dir stat 1\n");
     for f in sorted {
         h.update(f.as_bytes());
         h.update(b"\n");
@@ -258,8 +285,15 @@ fn format_stat(s: &DirStat) -> String {
     .join(&SEP.to_string())
 }
 
-/// The stat a summary's name holds after its label; `None` for a name
-/// this version does not write.
+/// A summary's name, as its label (`<id>_<fingerprint>`) and stat; `None`
+/// for a name this version does not write.
+fn parse_summary(name: &str) -> Option<(&str, DirStat)> {
+    let mut cut = name.match_indices(SEP).map(|(i, _)| i);
+    let (_, end) = (cut.next()?, cut.next()?);
+    Some((&name[..end], parse_stat(&name[end + 1..])?))
+}
+
+/// The stat a summary's name holds after its label.
 fn parse_stat(fields: &str) -> Option<DirStat> {
     let parts: Vec<&str> = fields.split(SEP).collect();
     let [mode, uid, gid, mtime, atime, ctime, subdirs] = parts.as_slice() else {
@@ -324,7 +358,7 @@ mod tests {
 
     #[test]
     fn only_a_subdirectory_s_own_files_count() {
-        let own = |f: &str| group_file(f) == GroupFile::State || in_journal(f);
+        let own = |f: &str| Group::file_kind(f) == GroupFile::State || in_folder(f, JOURNAL_DIR);
         for yes in ["__group/__1_2_abc_2", "__meta/x", "__modelfs_journal/0001_ab.json"] {
             assert!(own(yes), "{yes}");
         }
@@ -338,7 +372,10 @@ mod tests {
         ] {
             assert!(!own(no), "{no}");
         }
-        assert_eq!(group_file("__tiledb_group.tdb"), GroupFile::Marker);
+        assert_eq!(Group::file_kind("__tiledb_group.tdb"), GroupFile::Marker);
+        let name = format!("{}_{}_{}", "ab", "cd", format_stat(&DirStat::EMPTY));
+        assert_eq!(parse_summary(&name), Some(("ab_cd", DirStat::EMPTY)));
+        assert_eq!(parse_summary("ab_cd"), None);
     }
 
     #[test]

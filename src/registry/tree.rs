@@ -740,6 +740,7 @@ impl Registry {
             }
             Storage::Group => {
                 super::journal::remove_all(&self.vfs, &entry.uri)?;
+                super::dir_stats::remove_all(&self.vfs, &entry.uri)?;
                 Group::remove_own_files(&self.ctx, &entry.uri)?;
             }
             Storage::Array => tiledb::object_remove(&self.ctx, &entry.uri)?,

@@ -10,7 +10,7 @@ use super::object::ObjectType;
 use super::vfs::Vfs;
 
 /// The file that marks a folder as a group, and the group's own folders.
-pub(super) const GROUP_MARKER: &str = "__tiledb_group.tdb";
+const GROUP_MARKER: &str = "__tiledb_group.tdb";
 const GROUP_DIRS: [&str; 2] = ["__group", "__meta"];
 
 /// One member of a group.
@@ -30,6 +30,19 @@ pub enum GroupMode {
     Write,
     /// Needed to delete members' data with the group.
     ModifyExclusive,
+}
+
+/// What a file under a group's folder is to the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupFile {
+    /// The file that makes the folder a group.
+    Marker,
+    /// One of its member lists or metadata files: TileDB reads a group's
+    /// members and metadata from these alone, and never changes one (a
+    /// change adds a file).
+    State,
+    /// Anything else (its members' files, other tools' folders).
+    Other,
 }
 
 /// An open TileDB group.
@@ -100,6 +113,20 @@ impl Group {
     pub fn is_own_file(uri: &str) -> bool {
         let name = uri.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         name == GROUP_MARKER || GROUP_DIRS.contains(&name)
+    }
+
+    /// What a file under a group's folder is to the group, by its path
+    /// relative to that folder.
+    pub fn file_kind(relative: &str) -> GroupFile {
+        if relative == GROUP_MARKER {
+            return GroupFile::Marker;
+        }
+        match relative.split_once('/') {
+            Some((dir, file)) if GROUP_DIRS.contains(&dir) && !file.is_empty() && !file.contains('/') => {
+                GroupFile::State
+            }
+            _ => GroupFile::Other,
+        }
     }
 
     pub fn open(ctx: &Context, uri: &str, mode: GroupMode) -> Result<Self> {

@@ -512,36 +512,6 @@ impl ListFiles {
     }
 }
 
-/// What a file under a group's folder is to the group, by its path
-/// relative to that folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupFile {
-    /// The file that makes the folder a group.
-    Marker,
-    /// One of its member lists or metadata files: TileDB reads a group's
-    /// members and metadata from these alone, and never changes one (a
-    /// change adds a file).
-    State,
-    /// Anything else (its members' files, other tools' folders).
-    Other,
-}
-
-pub fn group_file(relative: &str) -> GroupFile {
-    if relative == super::group::GROUP_MARKER {
-        return GroupFile::Marker;
-    }
-    let in_folder = |d: &str| {
-        (relative.strip_prefix(d))
-            .and_then(|r| r.strip_prefix('/'))
-            .is_some_and(|f| !f.is_empty() && !f.contains('/'))
-    };
-    if in_folder(DETAILS_DIR) || in_folder(META_DIR) {
-        GroupFile::State
-    } else {
-        GroupFile::Other
-    }
-}
-
 /// The member-list files of the group at `uri` (see [`ListFiles`]).
 pub fn list_files(vfs: &Vfs, uri: &str) -> Result<ListFiles> {
     use std::hash::{Hash, Hasher};

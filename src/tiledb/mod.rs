@@ -25,10 +25,10 @@ pub use datatype::{Datatype, format_values};
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterType};
 pub use fragment_info::{Fragment, delete_fragments, fragments};
-pub use group::{Group, GroupMode, Member};
+pub use group::{Group, GroupFile, GroupMode, Member};
 pub use group_history::{
-    Compaction, GroupFile, HISTORY_KEPT, ListFiles, MembersChange, RETIRE_GRACE, Retired, Vacuumed, compact_members,
-    group_file, list_files, live_list_files, metadata_fingerprint, own_bytes, vacuum_members,
+    Compaction, HISTORY_KEPT, ListFiles, MembersChange, RETIRE_GRACE, Retired, Vacuumed, compact_members, list_files,
+    live_list_files, metadata_fingerprint, own_bytes, vacuum_members,
 };
 pub use object::{ObjectType, object_move, object_remove, object_type};
 pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};

@@ -169,35 +169,40 @@ impl Vfs {
         struct Walk<'a> {
             each: &'a mut dyn FnMut(&str, u64) -> bool,
             stopped: bool,
+            panic: Option<Box<dyn std::any::Any + Send>>,
         }
         unsafe extern "C" fn visit(path: *const c_char, len: usize, size: u64, is_dir: u8, data: *mut c_void) -> i32 {
-            // SAFETY: `data` is the `Walk` passed below, alive for the whole
-            // call; `path` points at `len` bytes.
-            let (walk, bytes) = unsafe {
-                let walk = &mut *(data as *mut Walk);
-                let bytes = if path.is_null() {
-                    &[][..]
-                } else {
-                    std::slice::from_raw_parts(path as *const u8, len)
-                };
-                (walk, bytes)
-            };
-            if is_dir != 0 || bytes.is_empty() {
+            // SAFETY: `data` is the `Walk` passed below; TileDB calls this
+            // on the calling thread, one call at a time, within that call.
+            let walk = unsafe { &mut *(data as *mut Walk) };
+            if is_dir != 0 || path.is_null() || len == 0 {
                 return 1;
             }
+            // SAFETY: `path` points at `len` bytes for this call.
+            let bytes = unsafe { std::slice::from_raw_parts(path as *const u8, len) };
             let path = String::from_utf8_lossy(bytes);
-            // A panic must not unwind into libtiledb: it stops the walk.
-            let go_on = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (walk.each)(&path, size)));
-            if go_on.unwrap_or(false) {
-                1
-            } else {
-                walk.stopped = true;
-                0
+            // A panic must not unwind into libtiledb: it stops the walk and
+            // goes on once TileDB has returned.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (walk.each)(&path, size))) {
+                Ok(true) => 1,
+                Ok(false) => {
+                    walk.stopped = true;
+                    0
+                }
+                Err(payload) => {
+                    walk.panic = Some(payload);
+                    0
+                }
             }
         }
         let c_uri = cstring("tiledb_vfs_ls_recursive_v2", uri)?;
-        let mut walk = Walk { each, stopped: false };
-        self.ctx
+        let mut walk = Walk {
+            each,
+            stopped: false,
+            panic: None,
+        };
+        let listed = self
+            .ctx
             // SAFETY: live handles; the callback only touches `walk`.
             .call("tiledb_vfs_ls_recursive_v2", |c| unsafe {
                 ffi::tiledb_vfs_ls_recursive_v2(
@@ -208,7 +213,11 @@ impl Vfs {
                     &mut walk as *mut Walk as *mut c_void,
                 )
             })
-            .map_err(|e| in_uri(e, uri))?;
+            .map_err(|e| in_uri(e, uri));
+        if let Some(payload) = walk.panic {
+            std::panic::resume_unwind(payload);
+        }
+        listed?;
         Ok(!walk.stopped)
     }
 }

@@ -602,11 +602,7 @@ impl Store for MemStore {
                 continue;
             };
             if members.is_empty() && *attrs == Attrs::default() {
-                let empty = DirStat {
-                    attrs: *attrs,
-                    subdirs: 0,
-                };
-                out.known.insert(child.uri.clone(), empty);
+                out.known.insert(child.uri.clone(), DirStat::EMPTY);
                 continue;
             }
             let key = format!("{} {members:?} {attrs:?}", child.uri);
