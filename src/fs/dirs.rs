@@ -27,6 +27,10 @@ pub(super) enum DirChange {
     Stored,
     /// Nowhere yet: a new file before its first commit, or renamed then.
     HereOnly,
+    /// Nowhere, ever: a new file unlinked before its first commit. The
+    /// directory shows its stored times again, as every other mount does
+    /// (its own creation moved them here only).
+    Undone,
 }
 
 impl ModelFs {
@@ -47,6 +51,7 @@ impl ModelFs {
         let changed_ms = match change {
             DirChange::Stored => self.store.dir_changed_ms(&dir.entry()).unwrap_or_else(now_ms),
             DirChange::HereOnly => now_ms(),
+            DirChange::Undone => 0,
         };
         let changed = Some(changed_ms.saturating_mul(1_000_000));
         let mut c = dir.lock();
@@ -67,6 +72,11 @@ impl ModelFs {
                 let at = edited.partition_point(|e| e.name < a.name);
                 edited.insert(at, a.clone());
             }
+        }
+        if change == DirChange::Undone {
+            // Read again at the next stat.
+            c.read_at = None;
+            return;
         }
         if let NodeState::Dir(a) = &mut c.node
             && a.ctime_ns < changed
@@ -141,7 +151,7 @@ impl ModelFs {
         if linked {
             self.store.unlink(&dir.entry(), &entry)?;
         }
-        let change = if linked { DirChange::Stored } else { DirChange::HereOnly };
+        let change = if linked { DirChange::Stored } else { DirChange::Undone };
         self.touch_dir(parent, &[name], None, change);
         self.inodes.remove_name(parent, name);
         let open = self.mark_unlinked(inode.as_deref());
