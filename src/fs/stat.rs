@@ -78,11 +78,11 @@ impl ModelFs {
     /// from its listing (cached for the metadata TTL; 2 when it cannot be
     /// listed).
     pub(super) fn dir_links(&self, dir: &Inode) -> u32 {
+        // A count its parent's read told serves only while no listing does.
         let told = dir.lock().subdirs.filter(|(at, _)| self.within_ttl(Some(*at)));
-        let subdirs = match (self.fresh_listing(dir), told) {
-            (Some(list), _) => subdirs_in(&list),
-            (None, Some((_, n))) => n,
-            (None, None) => self.entries(dir).map_or(0, |list| subdirs_in(&list)),
+        let subdirs = match told {
+            Some((_, n)) if self.fresh_listing(dir).is_none() => n,
+            _ => self.entries(dir).map_or(0, |list| subdirs_in(&list)),
         };
         2u32.saturating_add(subdirs)
     }

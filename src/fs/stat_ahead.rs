@@ -105,7 +105,7 @@ struct Shared {
     /// Most reads kept waiting for their lookup.
     keep: usize,
     /// Subdirectories a listing must hold for its directory's read.
-    bulk_from: usize,
+    whole_from: usize,
     /// Stats read are kept for the next mounts (cleared on a failure).
     saving: AtomicBool,
 }
@@ -171,14 +171,14 @@ struct Ready {
 impl StatAhead {
     /// A pool keeping up to `window` subdirectories read ahead of each
     /// lister; 0 turns reading ahead off. A directory whose listing holds
-    /// `bulk_from` subdirectories or more (0: none) is read whole first;
+    /// `whole_from` subdirectories or more (0: none) is read whole first;
     /// stats read are kept for the next mounts when `saving`.
     pub fn new(
         store: Arc<dyn Store>,
         counters: Arc<Counters>,
         ttl: Duration,
         window: usize,
-        bulk_from: usize,
+        whole_from: usize,
         saving: bool,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -190,7 +190,7 @@ impl StatAhead {
             state: Mutex::default(),
             read_done: Condvar::new(),
             keep: window.saturating_mul(4),
-            bulk_from: if window == 0 { 0 } else { bulk_from },
+            whole_from: if window == 0 { 0 } else { whole_from },
             saving: AtomicBool::new(saving),
         });
         if window == 0 {
@@ -239,11 +239,11 @@ impl StatAhead {
             if last.len() >= DIRS_REMEMBERED && !last.contains_key(dir_uri) {
                 last.clear();
             }
-            let bulk_from = self.shared.bulk_from;
+            let whole_from = self.shared.whole_from;
             let prev = last.get(dir_uri).map(|p| (p.at, p.listing == address, p.large));
             let large = match prev {
                 Some((_, true, large)) => large,
-                _ => bulk_from > 0 && listing.len() >= bulk_from && subdirs_in(listing) as usize >= bulk_from,
+                _ => whole_from > 0 && listing.len() >= whole_from && subdirs_in(listing) as usize >= whole_from,
             };
             let place = Place {
                 at,
@@ -428,34 +428,35 @@ impl Shared {
         // that old.
         let started = Instant::now();
         let read = self.store.dir_stats(dir, listing);
-        let done = started;
         Counters::add(&self.counters.stat_ahead_whole_reads, 1);
-        let mut state = self.lock();
-        let w = state.whole.entry(dir.uri.clone()).or_default();
-        w.running = false;
-        w.done = Some((done, generation));
-        w.told_most = false;
-        self.read_done.notify_all();
         let summaries = match read {
-            Ok(Some(s)) if generation == self.changes.load(Ordering::SeqCst) => {
-                log::debug!(
-                    "{}: {} subdirectories told, {} to read",
-                    dir.uri,
-                    s.known.len(),
-                    s.unknown.len()
-                );
-                s
-            }
-            Ok(_) => return,
+            Ok(Some(s)) if generation == self.changes.load(Ordering::SeqCst) => Some(s),
+            Ok(_) => None,
             Err(e) => {
                 log::debug!("{}: subdirectories read one by one: {e}", dir.uri);
-                return;
+                None
             }
         };
         let asked = subdirs_in(listing) as usize;
-        if let Some(w) = state.whole.get_mut(&dir.uri) {
-            w.told_most = summaries.known.len() * 2 >= asked;
-        }
+        let told_most = summaries.as_ref().is_some_and(|s| s.known.len() * 2 >= asked);
+        let mut state = self.lock();
+        let done = Some((started, generation));
+        state.whole.insert(
+            dir.uri.clone(),
+            Whole {
+                done,
+                running: false,
+                told_most,
+            },
+        );
+        self.read_done.notify_all();
+        let Some(summaries) = summaries else { return };
+        log::debug!(
+            "{}: {} subdirectories told, {} to read",
+            dir.uri,
+            summaries.known.len(),
+            summaries.unknown.len()
+        );
         // Once per read, not per lookup: a lookup must not walk them all.
         state.summaries.retain(|_, s| s.at.elapsed() < self.ttl);
         for (uri, stat) in summaries.known {
@@ -466,7 +467,7 @@ impl Shared {
                 uri,
                 Summary {
                     stat,
-                    at: done,
+                    at: started,
                     generation,
                 },
             );

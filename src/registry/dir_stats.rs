@@ -178,7 +178,8 @@ impl Registry {
             return Ok(None);
         }
         let mut out = Summaries::default();
-        for (name, child) in inside {
+        for (id, name) in &ids {
+            let child = inside[name];
             let Some(l) = listed.get_mut(name).filter(|l| l.group) else {
                 continue;
             };
@@ -187,7 +188,7 @@ impl Registry {
                 continue;
             }
             l.own.sort_unstable();
-            let key = format!("{}{SEP}{}", name_id(name), fingerprint(&l.own));
+            let key = format!("{id}{SEP}{}", fingerprint(&l.own));
             let mut stale = Vec::new();
             for path in kept.get(name).into_iter().flatten() {
                 let Some((label, stat)) = parse_summary(last_component(path)) else {
@@ -211,7 +212,7 @@ impl Registry {
     /// Leaves the summary of a subdirectory of `dir`, read as `stat` after
     /// the listing that gave `label`, and removes those it replaces.
     pub fn save_dir_stat(&self, dir: &Entry, label: &StatLabel, stat: &DirStat) -> Result<()> {
-        let folder = format!("{}/{STATS_DIR}", dir.uri.trim_end_matches('/'));
+        let folder = stats_dir(&dir.uri);
         let vfs: &Vfs = self.vfs();
         if super::uri::is_local(&dir.uri) {
             // Object stores have no folders.
@@ -229,7 +230,7 @@ impl Registry {
 
 /// Removes group `dir_uri`'s summaries (with the group's own files).
 pub(super) fn remove_all(vfs: &Vfs, dir_uri: &str) -> Result<()> {
-    let folder = format!("{}/{STATS_DIR}", dir_uri.trim_end_matches('/'));
+    let folder = stats_dir(dir_uri);
     if vfs.is_dir(&folder)? {
         vfs.remove_dir(&folder)?;
     }
@@ -238,6 +239,11 @@ pub(super) fn remove_all(vfs: &Vfs, dir_uri: &str) -> Result<()> {
 
 /// Separates the fields of a summary's name.
 const SEP: char = '_';
+
+/// The folder of group `dir_uri`'s summaries.
+fn stats_dir(dir_uri: &str) -> String {
+    format!("{}/{STATS_DIR}", dir_uri.trim_end_matches('/'))
+}
 
 /// Whether `inner` (a path relative to a subdirectory) is a file right
 /// inside its folder `dir`.
