@@ -448,3 +448,77 @@ fn a_new_entry_never_writes_into_a_folder_already_at_its_storage_path() {
         "the hidden array was written"
     );
 }
+
+/// The names a directory of the mount lists, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_directory_removed_from_a_plain_directory_stays_removed() {
+    // The registry root is an empty folder, not a group: its entries are
+    // what is stored in it. A group removed from it used to leave the
+    // storage it kept for snapshots (files unlinked in it, its removed
+    // subdirectories) in its folder, which the next listing showed again
+    // as a plain directory: the removed file back, or storage names such
+    // as `~2Ey` that `rm -rf` could not remove.
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    if on_s3() {
+        return; // An empty local folder as the registry is the case here.
+    }
+    std::fs::create_dir_all(&reg).unwrap();
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let m = &mnt.dir;
+    // A file unlinked, then its directory removed.
+    std::fs::create_dir(m.join("w")).unwrap();
+    std::fs::write(m.join("w/f"), b"gone").unwrap();
+    std::fs::remove_file(m.join("w/f")).unwrap();
+    std::fs::remove_dir(m.join("w")).unwrap();
+    // The same one level down, under a name that is escaped in storage.
+    std::fs::create_dir_all(m.join("x/.y")).unwrap();
+    std::fs::write(m.join("x/.y/f"), b"gone").unwrap();
+    std::fs::remove_file(m.join("x/.y/f")).unwrap();
+    std::fs::remove_dir(m.join("x/.y")).unwrap();
+    std::fs::remove_dir(m.join("x")).unwrap();
+    // A file moved out keeps its storage in the removed directory's folder.
+    std::fs::create_dir(m.join("a")).unwrap();
+    std::fs::create_dir(m.join("b")).unwrap();
+    std::fs::write(m.join("a/f"), b"moved").unwrap();
+    std::fs::rename(m.join("a/f"), m.join("b/f")).unwrap();
+    std::fs::remove_dir(m.join("a")).unwrap();
+    assert_eq!(names(m), ["b"]);
+    // Past the TTL the root is listed from storage again; then on a fresh mount.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(names(m), ["b"], "after the TTL");
+    assert_eq!(std::fs::read(m.join("b/f")).unwrap(), b"moved");
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let m = &mnt.dir;
+    assert_eq!(names(m), ["b"], "on a fresh mount");
+    assert_eq!(std::fs::read(m.join("b/f")).unwrap(), b"moved");
+    // A file cannot take the place of the folder `a` left (it holds b/f's
+    // storage, which the file's deletion would take with it); a directory
+    // can.
+    assert_eq!(errno(std::fs::write(m.join("a"), b"x")), Some(libc::EEXIST));
+    assert_eq!(std::fs::read(m.join("b/f")).unwrap(), b"moved");
+    // The names are free again, and what is made there starts empty.
+    for name in ["w", "x", "a"] {
+        std::fs::create_dir(m.join(name)).unwrap();
+        assert!(names(&m.join(name)).is_empty(), "{name}");
+    }
+    std::fs::remove_file(m.join("b/f")).unwrap();
+    for name in ["w", "x", "a", "b"] {
+        std::fs::remove_dir(m.join(name)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(names(m).is_empty(), "{:?}", names(m));
+    drop(mnt);
+    let left: Vec<_> = std::fs::read_dir(&reg).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "storage left in the registry: {left:?}");
+}

@@ -183,7 +183,13 @@ impl Registry {
         let storage = match tiledb::object_type(&self.ctx, uri)? {
             ObjectType::Group => Storage::Group,
             ObjectType::Array => Storage::Array,
-            ObjectType::Invalid if self.vfs.is_dir(uri)? => Storage::PlainDir,
+            ObjectType::Invalid if self.vfs.is_dir(uri)? => {
+                if self.vfs.is_file(&removed_marker(uri))? {
+                    debug!("{uri}: what a removed directory left, not shown");
+                    return Ok(None);
+                }
+                Storage::PlainDir
+            }
             ObjectType::Invalid => return Ok(None),
         };
         Ok(Some(Entry {
@@ -412,8 +418,20 @@ impl Registry {
     pub fn new_child_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         match dir.storage {
             Storage::Group => self.free_child_uri(dir, name, &self.view(&dir.uri)?),
-            _ => plain_child_uri(dir, name),
+            _ => self.plain_free_uri(dir, name),
         }
+    }
+
+    /// [`plain_child_uri`] where nothing is stored yet. A folder a removed
+    /// directory left there (not shown, see [`Registry::delete_group`])
+    /// takes the name: a file's storage there would take what is in the
+    /// folder with it when deleted.
+    fn plain_free_uri(&self, dir: &Entry, name: &str) -> Result<String> {
+        let uri = plain_child_uri(dir, name)?;
+        if self.vfs.is_dir(&uri)? {
+            return Err(Error::AlreadyExists { uri });
+        }
+        Ok(uri)
     }
 
     /// The entry named `name` in `dir`, or a storage URI for a new one
@@ -422,7 +440,7 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(match self.lookup(dir, name)? {
                 Some(e) => NameSlot::Taken(e),
-                None => NameSlot::Free(plain_child_uri(dir, name)?),
+                None => NameSlot::Free(self.plain_free_uri(dir, name)?),
             });
         }
         let view = self.view(&dir.uri)?;
@@ -470,11 +488,28 @@ impl Registry {
     /// Creates directory `name` in `dir` as a group with `attrs` and links it.
     pub fn mkdir(&self, dir: &Entry, name: &str, attrs: &Attrs) -> Result<Entry> {
         Self::check_new_name(name)?;
-        let uri = match self.claim_name(dir, name)? {
-            NameSlot::Taken(e) => return Err(Error::AlreadyExists { uri: e.uri }),
-            NameSlot::Free(uri) => uri,
+        let uri = if dir.storage == Storage::Group {
+            match self.claim_name(dir, name)? {
+                NameSlot::Taken(e) => return Err(Error::AlreadyExists { uri: e.uri }),
+                NameSlot::Free(uri) => uri,
+            }
+        } else {
+            if let Some(e) = self.lookup(dir, name)? {
+                return Err(Error::AlreadyExists { uri: e.uri });
+            }
+            // Not `plain_free_uri`: a group may be made over what a
+            // removed directory left.
+            plain_child_uri(dir, name)?
         };
         Group::create(&self.ctx, &uri)?;
+        if dir.storage != Storage::Group {
+            // Made over a folder a removed directory left (a group keeps
+            // whatever else its folder holds): the folder shows again.
+            let marker = removed_marker(&uri);
+            if self.vfs.is_file(&marker)? {
+                self.vfs.remove_file(&marker)?;
+            }
+        }
         let entry = Entry {
             name: name.to_string(),
             uri,
@@ -688,19 +723,7 @@ impl Registry {
         };
         match tiledb::object_type(&self.ctx, uri)? {
             ObjectType::Array => tiledb::object_remove(&self.ctx, uri)?,
-            ObjectType::Group => {
-                let dir = Entry {
-                    name: last_component(uri).to_string(),
-                    uri: uri.to_string(),
-                    storage: Storage::Group,
-                };
-                for (name, _, _) in self.deleted(&dir)? {
-                    let child = join(uri, &name);
-                    self.free_storage(&child)?;
-                }
-                super::journal::remove_all(&self.vfs, uri)?;
-                Group::remove_own_files(&self.ctx, uri)?;
-            }
+            ObjectType::Group => self.delete_group(uri)?,
             ObjectType::Invalid => {}
         }
         Ok(bytes)
@@ -726,11 +749,9 @@ impl Registry {
         }
     }
 
-    /// Deletes what `entry` stores: an array; for a directory only its own
-    /// files (a group's member list and metadata, or an empty plain
-    /// directory), never what else is stored under it, which stays in
-    /// storage (files moved elsewhere keep their storage there, and another
-    /// mount may be writing a new file inside).
+    /// Deletes what `entry` stores: an array; for a directory its own files
+    /// (see [`Registry::delete_group`]) or an empty plain directory, never
+    /// what else is stored under it.
     pub fn delete_storage(&self, entry: &Entry) -> Result<()> {
         match entry.storage {
             Storage::PlainDir => {
@@ -738,12 +759,41 @@ impl Registry {
                     self.vfs.remove_dir(&entry.uri)?;
                 }
             }
-            Storage::Group => {
-                super::journal::remove_all(&self.vfs, &entry.uri)?;
-                super::dir_stats::remove_all(&self.vfs, &entry.uri)?;
-                Group::remove_own_files(&self.ctx, &entry.uri)?;
-            }
+            Storage::Group => self.delete_group(&entry.uri)?,
             Storage::Array => tiledb::object_remove(&self.ctx, &entry.uri)?,
+        }
+        Ok(())
+    }
+
+    /// Deletes group `uri`: its own files (member lists, metadata, journal,
+    /// stat summaries) and the storage it kept of entries removed from it,
+    /// which only snapshots of the group could show and which goes with it.
+    /// Anything else in its folder stays (a file moved elsewhere keeps its
+    /// storage there; another mount may be writing a new file inside), and
+    /// a marker then tells listings of a plain parent not to show the
+    /// folder as a directory of storage names. The marker comes first, so
+    /// a crash part-way never shows the folder either.
+    fn delete_group(&self, uri: &str) -> Result<()> {
+        let marker = removed_marker(uri);
+        self.vfs.touch(&marker)?;
+        let dir = Entry {
+            name: last_component(uri).to_string(),
+            uri: uri.to_string(),
+            storage: Storage::Group,
+        };
+        let named = self.list_group(&dir)?;
+        for (_, child, _) in self.deleted(&dir)? {
+            if !named.iter().any(|e| canonical(&e.uri) == canonical(&child)) {
+                self.free_storage(&child)?;
+            }
+        }
+        super::journal::remove_all(&self.vfs, uri)?;
+        super::dir_stats::remove_all(&self.vfs, uri)?;
+        Group::remove_own_files(&self.ctx, uri)?;
+        let left = self.vfs.ls(uri)?;
+        if left.len() == 1 && last_component(&left[0]) == REMOVED_MARKER {
+            self.vfs.remove_file(&marker)?;
+            self.vfs.remove_dir(uri)?;
         }
         Ok(())
     }
@@ -815,7 +865,7 @@ impl Registry {
                 self.delete_storage(old)?;
                 to
             }
-            (Storage::PlainDir, None) => plain_child_uri(new_dir, new_name)?,
+            (Storage::PlainDir, None) => self.plain_free_uri(new_dir, new_name)?,
             _ => self.new_child_uri(new_dir, new_name)?,
         };
         tiledb::object_move(&self.ctx, &entry.uri, &to)?;
@@ -1034,6 +1084,14 @@ fn put_group_attrs(ctx: &Context, uri: &str, attrs: &Attrs) -> Result<()> {
 /// group whose storage is kept: `modelfs.deleted.<storage name>` = when
 /// (ms since the epoch, UINT64).
 pub const DELETED_KEY_PREFIX: &str = "modelfs.deleted.";
+
+/// A file left in the folder of a deleted group that still holds storage
+/// (see [`Registry::delete_group`]): the folder is not shown.
+pub const REMOVED_MARKER: &str = "__modelfs_removed";
+
+fn removed_marker(uri: &str) -> String {
+    join(uri, REMOVED_MARKER)
+}
 
 /// The key recording the removal of `entry` from group `dir_uri`, when
 /// its storage lies right in the group's folder (others are not kept).
