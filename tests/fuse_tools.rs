@@ -533,3 +533,48 @@ fn rsync_a_out_of_the_mount_again_from_a_fresh_mount_changes_nothing() {
     ));
     assert_no_diffs(&diffs);
 }
+
+#[test]
+fn git_clone_into_the_mount_then_commit() {
+    // `git clone` writes the pack it receives and reads it back through
+    // other descriptors before closing it (index-pack); then lock files,
+    // renames, and a work tree.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path());
+    let git = |dir: &Path, args: &[&str]| -> Output {
+        let mut all = vec!["git", "-C", s(dir), "-c", "user.name=t", "-c", "user.email=t@t"];
+        all.extend(args);
+        tool(&all)
+    };
+    for args in [&["init", "-q"][..], &["add", "-A"], &["commit", "-qm", "first"]] {
+        let out = git(&src, args);
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reg = new_registry(tmp.path());
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let clone = mnt.dir.join("clone");
+    tool_ok(&["git", "clone", "-q", "--no-local", s(&src), s(&clone)], &mnt);
+    tool_ok(&["git", "-C", s(&clone), "fsck", "--strict"], &mnt);
+    std::fs::write(clone.join("new.txt"), b"new").unwrap();
+    for args in [&["add", "new.txt"][..], &["commit", "-qm", "second"]] {
+        let out = git(&clone, args);
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}\nmount log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            mnt.log_text()
+        );
+    }
+    let log = tool_ok(&["git", "-C", s(&clone), "log", "--format=%s"], &mnt);
+    assert_eq!(log, "second\nfirst\n");
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let clone = mnt.dir.join("clone");
+    tool_ok(&["git", "-C", s(&clone), "fsck", "--strict"], &mnt);
+    let status = tool_ok(&["git", "-C", s(&clone), "status", "--porcelain"], &mnt);
+    assert_eq!(status, "", "a fresh mount shows the work tree changed");
+}

@@ -470,3 +470,59 @@ fn a_new_file_never_touches_an_unlinked_array_at_its_name() {
         .unwrap();
     assert_eq!(buf, b"other");
 }
+
+#[test]
+fn another_descriptor_reads_what_this_mount_has_written_so_far() {
+    // As on a local file system: `git index-pack` writes a pack through one
+    // descriptor and reads it back through others before closing it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let path = mnt.dir.join("pack");
+    let mut w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let first = pseudo_random(1, 100_000);
+    w.write_all(&first).unwrap();
+    let r = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; first.len()];
+    r.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, first, "a new file, before its first close");
+    // Past the in-memory limit, in a staging file.
+    let more = pseudo_random(2, 9 << 20);
+    w.write_all(&more).unwrap();
+    let mut tail = vec![0u8; 4096];
+    r.read_exact_at(&mut tail, (first.len() + more.len() - 4096) as u64)
+        .unwrap();
+    assert_eq!(tail, more[more.len() - 4096..]);
+    drop(w);
+    // The writer closed (committed): the same descriptor reads the version.
+    r.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, first, "after the close");
+    drop(r);
+
+    // An existing file rewritten: what is written, not the old bytes.
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mnt.dir.join("seed.txt"))
+        .unwrap();
+    w.write_all(b"rewritten").unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join("seed.txt")).unwrap(), b"rewritten");
+    drop(w);
+    assert_eq!(std::fs::read(mnt.dir.join("seed.txt")).unwrap(), b"rewritten");
+
+    // A `.safetensors` file streamed into storage keeps nothing to read
+    // back: a reader sees the committed version until the close.
+    let st = safetensors_bytes(4, 1 << 20);
+    std::fs::write(mnt.dir.join("m.safetensors"), &st).unwrap();
+    let mut w = std::fs::File::create(mnt.dir.join("m.safetensors")).unwrap();
+    let new = safetensors_bytes(4, 2 << 20);
+    w.write_all(&new[..new.len() / 2]).unwrap();
+    assert_eq!(std::fs::read(mnt.dir.join("m.safetensors")).unwrap()[..64], st[..64]);
+    w.write_all(&new[new.len() / 2..]).unwrap();
+    drop(w);
+    assert_eq!(std::fs::read(mnt.dir.join("m.safetensors")).unwrap(), new);
+}

@@ -226,6 +226,15 @@ impl Model {
         self.files[f].committed.clone().unwrap_or_default()
     }
 
+    /// What a reader in this mount sees: what a handle has written and not
+    /// committed yet, as on a local file system, else the committed bytes.
+    fn readable(&self, f: FileId) -> Vec<u8> {
+        match self.files[f].writer.and_then(|s| self.handles[s].as_ref()) {
+            Some(h) if h.dirty && !h.discarded => h.pending.clone(),
+            _ => self.visible(f),
+        }
+    }
+
     /// What `stat` shows: the writer's size while one is open.
     fn size(&self, f: FileId) -> u64 {
         match self.files[f].writer.and_then(|s| self.handles[s].as_ref()) {
@@ -292,7 +301,7 @@ impl Model {
                         walk(m, sub, &p, out);
                     }
                     MNode::File(f) => {
-                        out.insert(p, Some(m.visible(*f)));
+                        out.insert(p, Some(m.readable(*f)));
                     }
                 }
             }
@@ -686,7 +695,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
         }
         Op::Read(p) => match m.get(p)? {
             MNode::Dir(_) => Err(libc::EISDIR),
-            MNode::File(f) => Ok(Out::Bytes(m.visible(*f))),
+            MNode::File(f) => Ok(Out::Bytes(m.readable(*f))),
         },
         // A directory's "size" is its link count: 2 and one per subdirectory.
         Op::Stat(p) => match m.get(p)? {

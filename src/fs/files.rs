@@ -18,7 +18,7 @@ use log::debug;
 use super::counters::Counters;
 use super::dirs::DirChange;
 use super::error::{CoreError, Result};
-use super::handles::{FileHandle, Handle, WriteHandle};
+use super::handles::{FileHandle, FollowHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
 use super::read::{ChunkSource, Data, FileVersion, Prefetcher};
 use super::stat::Owner;
@@ -53,11 +53,53 @@ impl ModelFs {
             }
             .into());
         };
-        if meta.timestamp.is_none() && meta.kind.is_none() && inode.lock().active_writer().is_some() {
-            // A new file not committed yet reads as empty.
-            return Ok(self.open_generated(&inode, Vec::new()));
+        let writer = inode.lock().active_writer();
+        if let Some(writer) = writer {
+            return Ok(self.open_following(&inode, &writer));
         }
         self.open_read(&inode, &inode.entry().uri, meta, false)
+    }
+
+    /// Opens for reading a file this mount is writing (see [`FollowHandle`]).
+    fn open_following(&self, inode: &Inode, writer: &Arc<Mutex<Writer>>) -> Opened {
+        inode.lock().open_handles += 1;
+        Counters::add(&self.counters.opens, 1);
+        let fh = self.handles.insert(Handle::Follow(FollowHandle {
+            ino: inode.ino,
+            writer: Arc::downgrade(writer),
+        }));
+        debug!("open ino={} fh={} following its writer", inode.ino.0, fh.0);
+        Opened {
+            fh,
+            keep_cache: false,
+            direct_io: false,
+            passthrough: None,
+        }
+    }
+
+    /// A read of a [`FollowHandle`]: from the writer while it holds the
+    /// bytes, else from the latest committed version (nothing for a new
+    /// file never committed).
+    fn read_following(&self, f: &FollowHandle, offset: u64, size: u32) -> Result<Data> {
+        if let Some(writer) = f.writer.upgrade() {
+            let w = lock(&writer);
+            if w.holds_bytes() {
+                return Ok(Data::from(w.read(self.store.as_ref(), offset, size)?));
+            }
+        }
+        let inode = self.inode(f.ino)?;
+        let NodeState::File(meta) = self.fresh_node(&inode)? else {
+            return Err(CoreError::IsADirectory {
+                what: inode.entry().uri,
+            }
+            .into());
+        };
+        if meta.timestamp.is_none() && meta.kind.is_none() {
+            return Ok(Data::from(Vec::new()));
+        }
+        let version = self.version_for(&inode, &inode.entry().uri, meta, false)?;
+        let source: Arc<dyn ChunkSource> = version;
+        self.read_source(&source, None, offset, size)
     }
 
     /// Opens version `meta` of the file stored at `uri` for reading, as
@@ -66,29 +108,7 @@ impl ModelFs {
     /// kept by the inode and shared by its handles.
     pub(super) fn open_read(&self, inode: &Arc<Inode>, uri: &str, meta: FileMeta, past: bool) -> Result<Opened> {
         let ino = inode.ino;
-        let (existing, pinned) = {
-            let c = inode.lock();
-            (c.version.clone(), c.pinned_version())
-        };
-        let version = match (existing, pinned) {
-            // Every open of an inode the kernel passes through to a cache
-            // file must name that file: until the next lookup gives the
-            // name a new inode, it is the version served.
-            (_, Some(v)) => v,
-            (Some(v), None) if v.file().meta().same_data(&meta) => v,
-            _ => {
-                let file = if past {
-                    self.store.open_past_version(uri, meta)?
-                } else {
-                    self.store.open_version(uri, meta)?
-                };
-                let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let tile = file.tile_bytes();
-                let v = FileVersion::new(id, file, tile);
-                inode.lock().version = Some(v.clone());
-                v
-            }
-        };
+        let version = self.version_for(inode, uri, meta, past)?;
         let keep_cache = {
             let mut c = inode.lock();
             let keep = c.page_cache_version == Some(version.id());
@@ -138,14 +158,67 @@ impl ModelFs {
         })
     }
 
-    fn open_generated(&self, inode: &Inode, bytes: Vec<u8>) -> Opened {
-        inode.lock().open_handles += 1;
-        Opened {
-            fh: self.handles.insert(Handle::Generated(bytes)),
-            keep_cache: false,
-            direct_io: false,
-            passthrough: None,
+    /// The version `meta` of the file stored at `uri`, as inode `inode`
+    /// reads it: the one the kernel passes through to while it does, the
+    /// inode's open version when it is that one, else opened now and kept
+    /// by the inode.
+    fn version_for(&self, inode: &Inode, uri: &str, meta: FileMeta, past: bool) -> Result<Arc<FileVersion>> {
+        let (existing, pinned) = {
+            let c = inode.lock();
+            (c.version.clone(), c.pinned_version())
+        };
+        Ok(match (existing, pinned) {
+            // Every open of an inode the kernel passes through to a cache
+            // file must name that file: until the next lookup gives the
+            // name a new inode, it is the version served.
+            (_, Some(v)) => v,
+            (Some(v), None) if v.file().meta().same_data(&meta) => v,
+            _ => {
+                let file = if past {
+                    self.store.open_past_version(uri, meta)?
+                } else {
+                    self.store.open_version(uri, meta)?
+                };
+                let id = self.next_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tile = file.tile_bytes();
+                let v = FileVersion::new(id, file, tile);
+                inode.lock().version = Some(v.clone());
+                v
+            }
+        })
+    }
+
+    /// Reads `size` bytes at `offset` of `source`: through the chunk cache
+    /// with read-ahead (when `prefetch` plans it), or straight from a
+    /// complete disk cache file, whose page cache is the cache.
+    fn read_source(
+        &self,
+        source: &Arc<dyn ChunkSource>,
+        prefetch: Option<&std::sync::Mutex<Prefetcher>>,
+        offset: u64,
+        size: u32,
+    ) -> Result<Data> {
+        let failed = |e| CoreError::Read {
+            what: source.describe().to_string(),
+            offset,
+            error: Box::new(e),
+        };
+        if source.is_local() {
+            let len = source.size().saturating_sub(offset).min(size as u64);
+            let mut buf = vec![0u8; len as usize];
+            source.read_exact_at(offset, &mut buf).map_err(failed)?;
+            return Ok(Data::from(buf));
         }
+        if let Some(prefetch) = prefetch {
+            let plan = prefetch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .on_read(offset, size as u64);
+            if let Some(range) = plan {
+                self.prefetch.submit(source, range);
+            }
+        }
+        Ok(self.cache.read_data(source.as_ref(), offset, size).map_err(failed)?)
     }
 
     fn open_writer(&self, inode: &Arc<Inode>, truncate: bool, opener: Option<u32>) -> Result<Opened> {
@@ -407,6 +480,7 @@ impl ModelFs {
                 }
                 w.ino
             }
+            Handle::Follow(f) => f.ino,
             Handle::View(_) | Handle::Generated(_) | Handle::Dir { .. } => return,
         };
         debug!("release ino={} fh={}", ino.0, fh.0);
@@ -478,34 +552,8 @@ impl ModelFs {
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Data> {
         let handle = self.handles.get(fh).ok_or(CoreError::BadHandle { fh: fh.0 })?;
         let out = match handle.as_ref() {
-            Handle::File(f) if f.source.is_local() => {
-                // The page cache of the local file is the cache here.
-                let len = f.source.size().saturating_sub(offset).min(size as u64);
-                let mut buf = vec![0u8; len as usize];
-                f.source.read_exact_at(offset, &mut buf).map_err(|e| CoreError::Read {
-                    what: f.source.describe().to_string(),
-                    offset,
-                    error: Box::new(e),
-                })?;
-                Data::from(buf)
-            }
-            Handle::File(f) => {
-                let plan = f
-                    .prefetch
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .on_read(offset, size as u64);
-                if let Some(range) = plan {
-                    self.prefetch.submit(&f.source, range);
-                }
-                self.cache
-                    .read_data(f.source.as_ref(), offset, size)
-                    .map_err(|e| CoreError::Read {
-                        what: f.source.describe().to_string(),
-                        offset,
-                        error: Box::new(e),
-                    })?
-            }
+            Handle::File(f) => self.read_source(&f.source, Some(&f.prefetch), offset, size)?,
+            Handle::Follow(f) => self.read_following(f, offset, size)?,
             Handle::Write(w) => Data::from(lock(&w.writer).read(self.store.as_ref(), offset, size)?),
             Handle::View(file) => {
                 let mut buf = vec![0u8; size as usize];

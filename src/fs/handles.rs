@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use super::attr::{DirItem, Fh, Ino};
 use super::read::{ChunkSource, Prefetcher};
@@ -20,6 +20,17 @@ pub struct FileHandle {
     pub pinned: std::sync::atomic::AtomicBool,
 }
 
+/// A file opened for reading while this mount had it open for writing:
+/// its reads see the bytes written so far, as another descriptor of a
+/// local file does (`git index-pack` reads back the pack it is writing
+/// through descriptors of its own). Once the writer is gone, or while it
+/// streams into storage and keeps nothing to read back, they see the
+/// latest committed version.
+pub struct FollowHandle {
+    pub ino: Ino,
+    pub writer: Weak<Mutex<Writer>>,
+}
+
 /// A file open for writing; the inode refers to the same writer.
 pub struct WriteHandle {
     pub ino: Ino,
@@ -33,6 +44,8 @@ pub struct WriteHandle {
 pub enum Handle {
     File(FileHandle),
     Write(WriteHandle),
+    /// A file opened for reading while this mount writes it.
+    Follow(FollowHandle),
     /// A listing taken at `opendir`, so offsets stay stable while it is read.
     Dir {
         items: Vec<DirItem>,

@@ -415,6 +415,12 @@ impl Writer {
         r.map_err(|e| self.fail(e))
     }
 
+    /// Whether the bytes written so far are here to read back (in memory
+    /// or staged), not only in storage.
+    pub fn holds_bytes(&self) -> bool {
+        matches!(self.state, State::Buffering(_) | State::Staging(_))
+    }
+
     /// Reads back what this handle wrote (for files open read-write).
     pub fn read(&self, store: &dyn Store, offset: u64, len: u32) -> Result<Vec<u8>> {
         self.check()?;
