@@ -208,17 +208,74 @@ fn invalid_safetensors_fail_at_close_with_einval_and_change_nothing() {
 }
 
 #[test]
-fn second_writer_gets_ebusy() {
+fn second_writers_share_the_bytes_and_a_streamed_file_takes_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (_reg, mnt) = mounted(tmp.path(), &[]);
     let path = mnt.dir.join("a.txt");
     let mut w = std::fs::File::create(&path).unwrap();
     w.write_all(b"first").unwrap();
-    let err = std::fs::OpenOptions::new().write(true).open(&path).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+    // As two descriptors of one local file: the same bytes.
+    let second = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    second.write_all_at(b"F", 0).unwrap();
+    w.write_all(b"+").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"First+");
     drop(w);
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"first");
+    // The first close committed; the second writer goes on.
+    second.write_all_at(b"!", 6).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"First+!");
+    drop(second);
+    assert_eq!(std::fs::read(&path).unwrap(), b"First+!");
+    // O_TRUNC by a second writer truncates the shared bytes.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    w.write_all(b"xx").unwrap();
+    let mut t = std::fs::File::create(&path).unwrap();
+    t.write_all(b"t").unwrap();
+    drop(t);
+    drop(w);
+    assert_eq!(std::fs::read(&path).unwrap(), b"t");
+
+    // A .safetensors file streamed into storage takes one writer.
+    let st = mnt.dir.join("m.safetensors");
+    let bytes = safetensors_bytes(10, 4 << 20);
+    let mut w = std::fs::File::create(&st).unwrap();
+    w.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    let err = std::fs::OpenOptions::new().write(true).open(&st).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+    w.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(w);
+    std::fs::OpenOptions::new().write(true).open(&st).unwrap();
+    assert_eq!(std::fs::read(&st).unwrap(), bytes);
+}
+
+#[test]
+fn processes_taking_turns_on_a_lock_file() {
+    // The lock-file pattern of `filelock` (huggingface_hub, datasets, pip):
+    // every waiting process opens the lock file for writing with O_TRUNC
+    // and `flock`s it; they used to get EBUSY from the second open.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let lock = mnt.dir.join("x.lock");
+    let log = mnt.dir.join("log.txt");
+    std::fs::write(&log, b"").unwrap();
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "for n in 1 2 3; do flock {lock} sh -c 'cat {log} > {log}.tmp.{i} && echo {i} >> {log}.tmp.{i} && sleep 0.05 && mv {log}.tmp.{i} {log}' || exit 1; done",
+                    lock = s(&lock),
+                    log = s(&log),
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().unwrap().success(), "a worker failed:\n{}", mnt.log_text());
+    }
+    // Each turn read the log and wrote it back with one line more: none lost.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 12, "{text}");
 }
 
 #[test]

@@ -127,12 +127,14 @@ enum MNode {
 struct MFile {
     /// The last committed bytes (`None`: never committed).
     committed: Option<Vec<u8>>,
-    /// The handle writing it.
+    /// The writer a new open for writing shares (an index in `writers`).
     writer: Option<usize>,
 }
 
+/// The bytes being written to a file, shared by every handle that opened
+/// it for writing while the file had this writer.
 #[derive(Debug, Clone, PartialEq)]
-struct MHandle {
+struct MWriter {
     file: FileId,
     pending: Vec<u8>,
     dirty: bool,
@@ -144,8 +146,9 @@ struct MHandle {
 struct Model {
     root: BTreeMap<String, MNode>,
     files: Vec<MFile>,
-    /// Open handles, by the slot the sequence names them with.
-    handles: Vec<Option<MHandle>>,
+    writers: Vec<MWriter>,
+    /// Open handles (their writer), by the slot the sequence names them with.
+    handles: Vec<Option<usize>>,
 }
 
 type R<T> = Result<T, i32>;
@@ -202,18 +205,44 @@ impl Model {
     /// uncommitted goes on from the file's committed bytes (another
     /// handle may have committed since). False when there is no handle.
     fn follow(&mut self, slot: usize) -> bool {
-        let Some(Some(h)) = self.handles.get(slot) else {
+        let Some(&Some(w)) = self.handles.get(slot) else {
             return false;
         };
-        if !h.dirty && !h.discarded {
-            let bytes = self.visible(h.file);
-            self.handles[slot].as_mut().unwrap().pending = bytes;
-        }
+        self.follow_writer(w);
         true
     }
 
+    fn follow_writer(&mut self, w: usize) {
+        let h = &self.writers[w];
+        if !h.dirty && !h.discarded {
+            self.writers[w].pending = self.visible(h.file);
+        }
+    }
+
+    /// The writer of handle `slot` (which must be open).
+    fn w(&mut self, slot: usize) -> &mut MWriter {
+        let w = self.handles[slot].expect("an open handle");
+        &mut self.writers[w]
+    }
+
+    /// How many open handles share writer `w`.
+    fn holders(&self, w: usize) -> usize {
+        self.handles.iter().flatten().filter(|&&x| x == w).count()
+    }
+
+    /// A writer no handle holds any more is not the file's writer.
+    fn drop_unheld(&mut self, w: usize) {
+        let f = self.writers[w].file;
+        if self.holders(w) == 0 && self.files[f].writer == Some(w) {
+            self.files[f].writer = None;
+        }
+    }
+
     fn commit(&mut self, slot: usize) {
-        let Some(h) = self.handles[slot].as_mut() else { return };
+        let Some(Some(w)) = self.handles.get(slot).copied() else {
+            return;
+        };
+        let h = &mut self.writers[w];
         if h.dirty && !h.discarded {
             self.files[h.file].committed = Some(h.pending.clone());
             h.dirty = false;
@@ -229,7 +258,7 @@ impl Model {
     /// What a reader in this mount sees: what a handle has written and not
     /// committed yet, as on a local file system, else the committed bytes.
     fn readable(&self, f: FileId) -> Vec<u8> {
-        match self.files[f].writer.and_then(|s| self.handles[s].as_ref()) {
+        match self.files[f].writer.map(|w| &self.writers[w]) {
             Some(h) if h.dirty && !h.discarded => h.pending.clone(),
             _ => self.visible(f),
         }
@@ -237,7 +266,7 @@ impl Model {
 
     /// What `stat` shows: the writer's size while one is open.
     fn size(&self, f: FileId) -> u64 {
-        match self.files[f].writer.and_then(|s| self.handles[s].as_ref()) {
+        match self.files[f].writer.map(|w| &self.writers[w]) {
             Some(h) => h.pending.len() as u64,
             None => self.visible(f).len() as u64,
         }
@@ -266,6 +295,7 @@ impl Model {
         Model {
             root: strip(&self.root, &self.files),
             files,
+            writers: Vec::new(),
             handles: Vec::new(),
         }
     }
@@ -590,17 +620,19 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             }
             let f = m.files.len();
             let slot = m.free_slot();
+            let w = m.writers.len();
             m.files.push(MFile {
                 committed: None,
-                writer: Some(slot),
+                writer: Some(w),
             });
             m.dir_mut(parent)?.insert(last.to_string(), MNode::File(f));
-            m.handles[slot] = Some(MHandle {
+            m.writers.push(MWriter {
                 file: f,
                 pending: Vec::new(),
                 dirty: true,
                 discarded: false,
             });
+            m.handles[slot] = Some(w);
             Ok(Out::Unit)
         }
         Op::Open { path, truncate } => {
@@ -608,18 +640,27 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                 MNode::Dir(_) => return Err(libc::EISDIR),
                 MNode::File(f) => *f,
             };
-            if m.files[f].writer.is_some() {
-                return Err(libc::EBUSY);
+            let slot = m.free_slot();
+            // A file being written: the handles share its writer.
+            if let Some(w) = m.files[f].writer {
+                if *truncate {
+                    m.follow_writer(w);
+                    m.writers[w].pending.clear();
+                    m.writers[w].dirty = true;
+                }
+                m.handles[slot] = Some(w);
+                return Ok(Out::Unit);
             }
             let pending = if *truncate { Vec::new() } else { m.visible(f) };
-            let slot = m.free_slot();
-            m.files[f].writer = Some(slot);
-            m.handles[slot] = Some(MHandle {
+            let w = m.writers.len();
+            m.writers.push(MWriter {
                 file: f,
                 pending,
                 dirty: *truncate,
                 discarded: false,
             });
+            m.files[f].writer = Some(w);
+            m.handles[slot] = Some(w);
             Ok(Out::Unit)
         }
         Op::Write { h, offset, len } => {
@@ -627,7 +668,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             if data.is_empty() || !m.follow(*h) {
                 return Ok(Out::Unit);
             }
-            let hd = m.handles[*h].as_mut().unwrap();
+            let hd = m.w(*h);
             let end = *offset as usize + data.len();
             if hd.pending.len() < end {
                 hd.pending.resize(end, 0);
@@ -639,10 +680,12 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
         Op::Flush { h, by_child } => {
             if !by_child && m.handles.get(*h).is_some_and(Option::is_some) {
                 // The opener's flush is its close(): the commit, and the
-                // file is free for the next writer at once.
+                // file is free for the next writer at once, unless another
+                // handle shares this writer.
                 m.commit(*h);
-                let f = m.handles[*h].as_ref().unwrap().file;
-                if m.files[f].writer == Some(*h) {
+                let w = m.handles[*h].unwrap();
+                let f = m.writers[w].file;
+                if m.holders(w) == 1 && m.files[f].writer == Some(w) {
                     m.files[f].writer = None;
                 }
             }
@@ -657,10 +700,8 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
         Op::Close(h) => {
             if m.handles.get(*h).is_some_and(Option::is_some) {
                 m.commit(*h);
-                let hd = m.handles[*h].take().unwrap();
-                if m.files[hd.file].writer == Some(*h) {
-                    m.files[hd.file].writer = None;
-                }
+                let w = m.handles[*h].take().unwrap();
+                m.drop_unheld(w);
             }
             Ok(Out::Unit)
         }
@@ -668,7 +709,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             if !m.follow(*h) {
                 return Ok(Out::Unit);
             }
-            let hd = m.handles[*h].as_mut().unwrap();
+            let hd = m.w(*h);
             hd.pending.resize(*size as usize, 0);
             hd.dirty = true;
             Ok(Out::Unit)
@@ -679,9 +720,9 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                 MNode::File(f) => *f,
             };
             match m.files[f].writer {
-                Some(slot) => {
-                    m.follow(slot);
-                    let hd = m.handles[slot].as_mut().unwrap();
+                Some(w) => {
+                    m.follow_writer(w);
+                    let hd = &mut m.writers[w];
                     hd.pending.resize(*size as usize, 0);
                     hd.dirty = true;
                 }
@@ -733,15 +774,15 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             };
             let (last, parent) = p.0.split_last().unwrap();
             m.dir_mut(parent)?.remove(*last);
-            if let Some(slot) = m.files[f].writer
+            if let Some(w) = m.files[f].writer
                 && m.files[f].committed.is_none()
             {
-                m.handles[slot].as_mut().unwrap().discarded = true;
+                m.writers[w].discarded = true;
             }
             // Unlinked: whatever its handles commit, no name shows it.
             m.files[f].committed = None;
-            if let Some(slot) = m.files[f].writer {
-                m.handles[slot].as_mut().unwrap().discarded = true;
+            if let Some(w) = m.files[f].writer {
+                m.writers[w].discarded = true;
             }
             Ok(Out::Unit)
         }
@@ -817,7 +858,7 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
         return Ok(Out::Unit);
     }
     if let MNode::File(f) = src
-        && let Some(slot) = m.files[f].writer
+        && let Some(w) = m.files[f].writer
     {
         // A file open for writing: only a new one moves (its bytes go to
         // the new name at commit).
@@ -829,8 +870,8 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
             Some(MNode::File(g)) if m.files[g].writer.is_some() => return Err(libc::EBUSY),
             Some(MNode::File(g)) => {
                 // The bytes become the target's next version.
-                m.files[g].writer = Some(slot);
-                m.handles[slot].as_mut().unwrap().file = g;
+                m.files[g].writer = Some(w);
+                m.writers[w].file = g;
                 m.files[f].writer = None;
             }
             None => {
@@ -1010,7 +1051,7 @@ fn applicable(m: &Model, op: &Op) -> bool {
             let (_, parent) = path.0.split_last().unwrap();
             m.dir(parent).is_ok()
                 && match m.get(path) {
-                    Ok(MNode::File(f)) => !m.handles.iter().flatten().any(|h| h.file == *f),
+                    Ok(MNode::File(f)) => !m.handles.iter().flatten().any(|&w| m.writers[w].file == *f),
                     Ok(MNode::Dir(_)) => true,
                     Err(_) => true,
                 }

@@ -222,6 +222,10 @@ impl ModelFs {
     }
 
     fn open_writer(&self, inode: &Arc<Inode>, truncate: bool, opener: Option<u32>) -> Result<Opened> {
+        let shared = inode.lock().active_writer();
+        if let Some(writer) = shared {
+            return self.share_writer(inode, writer, truncate, opener);
+        }
         let entry = inode.entry();
         let NodeState::File(meta) = self.fresh_node(inode)? else {
             return Err(CoreError::IsADirectory { what: entry.uri }.into());
@@ -233,15 +237,57 @@ impl ModelFs {
             exists: true,
         };
         let writer = Writer::new(target, truncate, self.staging.clone(), meta.size);
-        self.attach_writer(inode, writer, opener)
+        self.attach_writer(inode, writer, opener, truncate)
     }
 
-    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer, opener: Option<u32>) -> Result<Opened> {
+    /// A second open for writing of a file this mount is writing: the
+    /// handles share its writer, as descriptors of one local file share
+    /// its bytes (lock files: `filelock`, as `huggingface_hub` uses it,
+    /// opens the lock file for writing in every process that waits for
+    /// it), and each opener's close commits what is there. A file
+    /// streamed into storage takes one writer (EBUSY).
+    fn share_writer(
+        &self,
+        inode: &Inode,
+        writer: Arc<Mutex<Writer>>,
+        truncate: bool,
+        opener: Option<u32>,
+    ) -> Result<Opened> {
+        {
+            let mut w = lock(&writer);
+            if w.is_streaming() {
+                return Err(CoreError::AlreadyOpenForWriting { uri: inode.entry().uri }.into());
+            }
+            if truncate {
+                w.truncate(self.store.as_ref(), 0)?;
+            }
+        }
+        inode.lock().open_handles += 1;
+        Counters::add(&self.counters.opens, 1);
+        let fh = self.handles.insert(Handle::Write(WriteHandle {
+            ino: inode.ino,
+            writer,
+            opener,
+        }));
+        debug!("open ino={} fh={} sharing its writer", inode.ino.0, fh.0);
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+            direct_io: false,
+            passthrough: None,
+        })
+    }
+
+    /// Makes `writer` the inode's, unless another open made one meanwhile:
+    /// then that one is shared (see [`ModelFs::share_writer`]; `truncate`
+    /// for `O_TRUNC` or a create).
+    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer, opener: Option<u32>, truncate: bool) -> Result<Opened> {
         let writer = Arc::new(Mutex::new(writer));
         {
             let mut c = inode.lock();
-            if c.active_writer().is_some() {
-                return Err(CoreError::AlreadyOpenForWriting { uri: inode.entry().uri }.into());
+            if let Some(other) = c.active_writer() {
+                drop(c);
+                return self.share_writer(inode, other, truncate, opener);
             }
             c.writer = Arc::downgrade(&writer);
             c.open_handles += 1;
@@ -323,7 +369,7 @@ impl ModelFs {
         if let Some(created) = now {
             writer.set_created(created);
         }
-        let opened = self.attach_writer(&inode, writer, opener)?;
+        let opened = self.attach_writer(&inode, writer, opener, true)?;
         self.touch_dir(parent, &[], None, DirChange::HereOnly);
         self.inodes.remember(&inode);
         Ok((self.attr_of(inode.ino, &NodeState::File(blank)), opened))
@@ -387,10 +433,11 @@ impl ModelFs {
         }
         let result = self.commit(w);
         // `release` reaches the daemon only after `close()` has returned, so
-        // the file is free for the next writer from here on.
+        // the file is free for the next writer from here on, unless another
+        // handle shares this writer (it holds the only other reference).
         if let Some(inode) = self.inodes.get(w.ino) {
             let mut c = inode.lock();
-            if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
+            if Arc::strong_count(&w.writer) == 1 && c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
                 c.writer = std::sync::Weak::new();
             }
             drop(c);

@@ -415,6 +415,11 @@ impl Writer {
         r.map_err(|e| self.fail(e))
     }
 
+    /// Whether the bytes are streaming into storage.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.state, State::Streaming(_))
+    }
+
     /// Whether the bytes written so far are here to read back (in memory
     /// or staged), not only in storage.
     pub fn holds_bytes(&self) -> bool {
