@@ -522,3 +522,44 @@ fn a_directory_removed_from_a_plain_directory_stays_removed() {
     let left: Vec<_> = std::fs::read_dir(&reg).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "storage left in the registry: {left:?}");
 }
+
+#[test]
+fn a_directory_holding_the_storage_of_a_file_moved_out_does_not_move_it_away() {
+    // In a plain directory a rename moves the directory's storage folder.
+    // A file moved out of that directory earlier kept its storage there
+    // (a move between groups moves no data), named by its new directory:
+    // moving the folder left that name pointing at nothing (EIO).
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    if on_s3() {
+        return; // An empty local folder as the registry is the case here.
+    }
+    std::fs::create_dir_all(&reg).unwrap();
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let m = &mnt.dir;
+    std::fs::create_dir(m.join("a")).unwrap();
+    std::fs::create_dir(m.join("b")).unwrap();
+    std::fs::write(m.join("a/f"), b"precious").unwrap();
+    std::fs::write(m.join("a/g"), b"stays").unwrap();
+    std::fs::rename(m.join("a/f"), m.join("b/f")).unwrap();
+    // rename(2) says EXDEV, as across file systems ...
+    assert_eq!(errno(std::fs::rename(m.join("a"), m.join("c"))), Some(libc::EXDEV));
+    assert_eq!(std::fs::read(m.join("b/f")).unwrap(), b"precious");
+    // ... so `mv` copies, then removes.
+    let out = std::process::Command::new("mv")
+        .args([s(&m.join("a")), s(&m.join("c"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mv: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(names(m), ["b", "c"]);
+    assert_eq!(std::fs::read(m.join("b/f")).unwrap(), b"precious");
+    assert_eq!(std::fs::read(m.join("c/g")).unwrap(), b"stays");
+    // A directory holding nothing named from outside moves as before.
+    std::fs::rename(m.join("c"), m.join("d")).unwrap();
+    assert_eq!(std::fs::read(m.join("d/g")).unwrap(), b"stays");
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    assert_eq!(names(&mnt.dir), ["b", "d"]);
+    assert_eq!(std::fs::read(mnt.dir.join("b/f")).unwrap(), b"precious");
+}

@@ -65,6 +65,10 @@ pub enum Error {
     PathTooLong { uri: String, max: usize },
     #[error("{uri}: {what} cannot be stored")]
     Unsupported { uri: String, what: &'static str },
+    #[error(
+        "{uri}: its storage cannot move: {inside}, inside it, is an entry moved to another directory that names it there (copy instead)"
+    )]
+    NamedFromOutside { uri: String, inside: String },
     #[error("{uri}: not a TileDB-ML model array: {reason}")]
     NotATileDbMlModel { uri: String, reason: String },
     /// A field of a TileDB-ML model array that shows no files (boxed: it

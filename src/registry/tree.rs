@@ -823,6 +823,12 @@ impl Registry {
             uri: entry.uri.clone(),
             storage: entry.storage,
         };
+        if dir.uri != new_dir.uri {
+            // The storage stays where it is, named from elsewhere now: its
+            // old folder must not move with it inside. Marked first: a
+            // failure later leaves a mark that only costs a copy.
+            self.vfs.touch(&join(&entry.uri, MOVED_OUT_MARKER))?;
+        }
         self.change_members(&new_dir.uri, |g| {
             if let Some(old) = replaced {
                 g.remove_member(&old.name)?;
@@ -859,6 +865,9 @@ impl Registry {
                 what: "a move of a plain directory (not a TileDB group)",
             });
         }
+        if entry.storage == Storage::Group {
+            self.check_nothing_named_from_outside(entry)?;
+        }
         let to = match (new_dir.storage, replaced) {
             (Storage::PlainDir, Some(old)) => {
                 let to = plain_child_uri(new_dir, new_name)?;
@@ -888,6 +897,34 @@ impl Registry {
         }
         self.unlink(dir, entry)?;
         Ok(moved)
+    }
+
+    /// Refuses to move the folder of directory `entry` (EXDEV: `mv` then
+    /// copies) when it holds the storage of an entry moved out of it
+    /// (marked at that rename): the entry's new directory names it there,
+    /// and would lose it.
+    fn check_nothing_named_from_outside(&self, entry: &Entry) -> Result<()> {
+        let own_marker = join(&entry.uri, MOVED_OUT_MARKER);
+        let own = canonical(&own_marker);
+        let mut found = None;
+        self.vfs.ls_recursive(&entry.uri, &mut |path, _| {
+            if last_component(path) == MOVED_OUT_MARKER && canonical(path) != own {
+                found = Some(
+                    path.trim_end_matches(MOVED_OUT_MARKER)
+                        .trim_end_matches('/')
+                        .to_string(),
+                );
+                return false;
+            }
+            true
+        })?;
+        match found {
+            Some(inside) => Err(Error::NamedFromOutside {
+                uri: entry.uri.clone(),
+                inside,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Changes the members of group `uri` with `f`: one change at a time
@@ -1084,6 +1121,11 @@ fn put_group_attrs(ctx: &Context, uri: &str, attrs: &Attrs) -> Result<()> {
 /// group whose storage is kept: `modelfs.deleted.<storage name>` = when
 /// (ms since the epoch, UINT64).
 pub const DELETED_KEY_PREFIX: &str = "modelfs.deleted.";
+
+/// A file in the storage folder of an entry moved to another directory
+/// while its storage stayed in its old one (see
+/// [`Registry::check_nothing_named_from_outside`]).
+pub const MOVED_OUT_MARKER: &str = "__modelfs_moved_out";
 
 /// A file left in the folder of a deleted group that still holds storage
 /// (see [`Registry::delete_group`]): the folder is not shown.
