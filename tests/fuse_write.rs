@@ -583,3 +583,29 @@ fn another_descriptor_reads_what_this_mount_has_written_so_far() {
     drop(w);
     assert_eq!(std::fs::read(mnt.dir.join("m.safetensors")).unwrap(), new);
 }
+
+#[test]
+fn a_reader_follows_a_shell_redirection_while_it_runs() {
+    // `cmd > log`: the shell opens the file, hands the descriptor to the
+    // command as a copy and closes its own (a flush, not the end of the
+    // writer); the command writes for a while. `tail -f` and friends read
+    // along in the same mount.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let log = mnt.dir.join("train.log");
+    let mut cmd = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec > {}; echo one; sleep 1; echo two; sleep 1", s(&log)))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(std::fs::read(&log).unwrap(), b"one\n");
+    let reader = std::fs::File::open(&log).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(std::fs::read(&log).unwrap(), b"one\ntwo\n");
+    let mut buf = [0u8; 8];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"one\ntwo\n");
+    assert!(cmd.wait().unwrap().success());
+    assert_eq!(std::fs::read(&log).unwrap(), b"one\ntwo\n");
+}

@@ -131,6 +131,16 @@ struct MFile {
     writer: Option<usize>,
 }
 
+/// A handle open for writing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MHandle {
+    /// Its writer (an index in `writers`).
+    writer: usize,
+    /// Changed the file since its last commit (or opened it with
+    /// `O_TRUNC`): its close commits.
+    wrote: bool,
+}
+
 /// The bytes being written to a file, shared by every handle that opened
 /// it for writing while the file had this writer.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,8 +157,8 @@ struct Model {
     root: BTreeMap<String, MNode>,
     files: Vec<MFile>,
     writers: Vec<MWriter>,
-    /// Open handles (their writer), by the slot the sequence names them with.
-    handles: Vec<Option<usize>>,
+    /// Open handles, by the slot the sequence names them with.
+    handles: Vec<Option<MHandle>>,
 }
 
 type R<T> = Result<T, i32>;
@@ -205,10 +215,10 @@ impl Model {
     /// uncommitted goes on from the file's committed bytes (another
     /// handle may have committed since). False when there is no handle.
     fn follow(&mut self, slot: usize) -> bool {
-        let Some(&Some(w)) = self.handles.get(slot) else {
+        let Some(&Some(h)) = self.handles.get(slot) else {
             return false;
         };
-        self.follow_writer(w);
+        self.follow_writer(h.writer);
         true
     }
 
@@ -221,13 +231,14 @@ impl Model {
 
     /// The writer of handle `slot` (which must be open).
     fn w(&mut self, slot: usize) -> &mut MWriter {
-        let w = self.handles[slot].expect("an open handle");
-        &mut self.writers[w]
+        let h = self.handles[slot].as_mut().expect("an open handle");
+        h.wrote = true;
+        &mut self.writers[h.writer]
     }
 
     /// How many open handles share writer `w`.
     fn holders(&self, w: usize) -> usize {
-        self.handles.iter().flatten().filter(|&&x| x == w).count()
+        self.handles.iter().flatten().filter(|h| h.writer == w).count()
     }
 
     /// A writer no handle holds any more is not the file's writer.
@@ -239,7 +250,7 @@ impl Model {
     }
 
     fn commit(&mut self, slot: usize) {
-        let Some(Some(w)) = self.handles.get(slot).copied() else {
+        let Some(Some(w)) = self.handles.get(slot).map(|h| h.map(|h| h.writer)) else {
             return;
         };
         let h = &mut self.writers[w];
@@ -632,7 +643,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                 dirty: true,
                 discarded: false,
             });
-            m.handles[slot] = Some(w);
+            m.handles[slot] = Some(MHandle { writer: w, wrote: true });
             Ok(Out::Unit)
         }
         Op::Open { path, truncate } => {
@@ -648,7 +659,10 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                     m.writers[w].pending.clear();
                     m.writers[w].dirty = true;
                 }
-                m.handles[slot] = Some(w);
+                m.handles[slot] = Some(MHandle {
+                    writer: w,
+                    wrote: *truncate,
+                });
                 return Ok(Out::Unit);
             }
             let pending = if *truncate { Vec::new() } else { m.visible(f) };
@@ -660,7 +674,10 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                 discarded: false,
             });
             m.files[f].writer = Some(w);
-            m.handles[slot] = Some(w);
+            m.handles[slot] = Some(MHandle {
+                writer: w,
+                wrote: *truncate,
+            });
             Ok(Out::Unit)
         }
         Op::Write { h, offset, len } => {
@@ -678,16 +695,13 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::Flush { h, by_child } => {
-            if !by_child && m.handles.get(*h).is_some_and(Option::is_some) {
-                // The opener's flush is its close(): the commit, and the
-                // file is free for the next writer at once, unless another
-                // handle shares this writer.
+            // The opener's flush commits what its handle changed; the
+            // writer stays the file's until its last handle closes.
+            if !by_child
+                && let Some(Some(hd)) = m.handles.get_mut(*h)
+                && std::mem::take(&mut hd.wrote)
+            {
                 m.commit(*h);
-                let w = m.handles[*h].unwrap();
-                let f = m.writers[w].file;
-                if m.holders(w) == 1 && m.files[f].writer == Some(w) {
-                    m.files[f].writer = None;
-                }
             }
             Ok(Out::Unit)
         }
@@ -698,10 +712,13 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::Close(h) => {
-            if m.handles.get(*h).is_some_and(Option::is_some) {
-                m.commit(*h);
-                let w = m.handles[*h].take().unwrap();
-                m.drop_unheld(w);
+            if let Some(Some(hd)) = m.handles.get(*h).copied() {
+                // Its own changes, or what is left for the last handle.
+                if hd.wrote || m.holders(hd.writer) == 1 {
+                    m.commit(*h);
+                }
+                m.handles[*h] = None;
+                m.drop_unheld(hd.writer);
             }
             Ok(Out::Unit)
         }
@@ -1051,7 +1068,7 @@ fn applicable(m: &Model, op: &Op) -> bool {
             let (_, parent) = path.0.split_last().unwrap();
             m.dir(parent).is_ok()
                 && match m.get(path) {
-                    Ok(MNode::File(f)) => !m.handles.iter().flatten().any(|&w| m.writers[w].file == *f),
+                    Ok(MNode::File(f)) => !m.handles.iter().flatten().any(|h| m.writers[h.writer].file == *f),
                     Ok(MNode::Dir(_)) => true,
                     Err(_) => true,
                 }

@@ -7,6 +7,7 @@
 //! errors). A reader keeps the version it opened; a commit makes the new
 //! version what later lookups and opens see.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -268,6 +269,7 @@ impl ModelFs {
             ino: inode.ino,
             writer,
             opener,
+            wrote: AtomicBool::new(truncate),
         }));
         debug!("open ino={} fh={} sharing its writer", inode.ino.0, fh.0);
         Ok(Opened {
@@ -298,6 +300,7 @@ impl ModelFs {
             ino: inode.ino,
             writer,
             opener,
+            wrote: AtomicBool::new(truncate),
         }));
         Ok(Opened {
             fh,
@@ -409,6 +412,9 @@ impl ModelFs {
         let Handle::Write(w) = handle.as_ref() else {
             return Err(CoreError::NotOpenForWriting.into());
         };
+        if !data.is_empty() {
+            w.wrote.store(true, Ordering::Release);
+        }
         let n = lock(&w.writer).write(self.store.as_ref(), offset, data)?;
         Counters::add(&self.counters.bytes_written, n as u64);
         Ok(n as u32)
@@ -431,20 +437,19 @@ impl ModelFs {
             );
             return Ok(());
         }
+        // A flush is not the end of the handle (a shell closes the
+        // descriptor it opened and writes through its copy), so the writer
+        // stays the file's: later opens share it, readers follow it.
+        if !w.wrote.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         let result = self.commit(w);
-        // `release` reaches the daemon only after `close()` has returned, so
-        // the file is free for the next writer from here on, unless another
-        // handle shares this writer (it holds the only other reference).
-        if let Some(inode) = self.inodes.get(w.ino) {
-            let mut c = inode.lock();
-            if Arc::strong_count(&w.writer) == 1 && c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
-                c.writer = std::sync::Weak::new();
-            }
-            drop(c);
-            // A new file whose first commit failed does not exist.
-            if result.is_err() && !lock(&w.writer).target().exists {
-                self.inodes.remove_name(inode.parent(), &inode.entry().name);
-            }
+        // A new file whose first commit failed does not exist.
+        if result.is_err()
+            && !lock(&w.writer).target().exists
+            && let Some(inode) = self.inodes.get(w.ino)
+        {
+            self.inodes.remove_name(inode.parent(), &inode.entry().name);
         }
         result
     }
@@ -521,7 +526,11 @@ impl ModelFs {
                 f.ino
             }
             Handle::Write(w) => {
-                let dirty = lock(&w.writer).needs_commit();
+                // Its own changes, or anything left when no other handle
+                // will commit it (a truncation by path meanwhile).
+                let last = Arc::strong_count(&w.writer) == 1;
+                let ours = w.wrote.swap(false, Ordering::AcqRel);
+                let dirty = (ours || last) && lock(&w.writer).needs_commit();
                 if dirty && let Err(e) = self.commit(w) {
                     log::log!(e.level, "release: {e}");
                 }
@@ -631,7 +640,10 @@ impl ModelFs {
         // Through the handle it came with, or the file's open writer (the
         // kernel truncates for `O_TRUNC` without naming the handle).
         let writer = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
-            Some(Handle::Write(w)) => Some(w.writer.clone()),
+            Some(Handle::Write(w)) => {
+                w.wrote.store(true, Ordering::Release);
+                Some(w.writer.clone())
+            }
             _ => inode.lock().active_writer(),
         };
         if let Some(w) = writer {

@@ -3,7 +3,7 @@
 //! file keeps reading the version it opened even after a newer one lands.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use super::attr::{DirItem, Fh, Ino};
@@ -39,6 +39,11 @@ pub struct WriteHandle {
     /// child closing its inherited copy (at `exec`, or on exit) must not
     /// commit half a file.
     pub opener: Option<u32>,
+    /// Changed the file through this handle since its last commit (or
+    /// opened it with `O_TRUNC`): its close commits. Handles sharing the
+    /// writer commit only their own changes' time, so one closing while
+    /// another writes does not commit that one's half-written bytes.
+    pub wrote: AtomicBool,
 }
 
 pub enum Handle {
