@@ -555,11 +555,23 @@ fn a_directory_holding_the_storage_of_a_file_moved_out_does_not_move_it_away() {
     assert_eq!(names(m), ["b", "c"]);
     assert_eq!(std::fs::read(m.join("b/f")).unwrap(), b"precious");
     assert_eq!(std::fs::read(m.join("c/g")).unwrap(), b"stays");
+    // The same for a new .safetensors file moved while it streamed into
+    // an array of its own, made in its first directory's folder.
+    std::fs::create_dir(m.join("s1")).unwrap();
+    std::fs::create_dir(m.join("s2")).unwrap();
+    let st = safetensors_bytes(10, 4 << 20);
+    let mut w = std::fs::File::create(m.join("s1/m.safetensors")).unwrap();
+    std::io::Write::write_all(&mut w, &st[..st.len() / 2]).unwrap();
+    std::fs::rename(m.join("s1/m.safetensors"), m.join("s2/m.safetensors")).unwrap();
+    std::io::Write::write_all(&mut w, &st[st.len() / 2..]).unwrap();
+    drop(w);
+    assert_eq!(errno(std::fs::rename(m.join("s1"), m.join("s3"))), Some(libc::EXDEV));
+    assert_eq!(std::fs::read(m.join("s2/m.safetensors")).unwrap(), st);
     // A directory holding nothing named from outside moves as before.
     std::fs::rename(m.join("c"), m.join("d")).unwrap();
     assert_eq!(std::fs::read(m.join("d/g")).unwrap(), b"stays");
     drop(mnt);
     let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
-    assert_eq!(names(&mnt.dir), ["b", "d"]);
+    assert_eq!(names(&mnt.dir), ["b", "d", "s1", "s2"]);
     assert_eq!(std::fs::read(mnt.dir.join("b/f")).unwrap(), b"precious");
 }

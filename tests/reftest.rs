@@ -145,6 +145,8 @@ struct MHandle {
 /// it for writing while the file had this writer.
 #[derive(Debug, Clone, PartialEq)]
 struct MWriter {
+    /// Changed by path, through no handle: the next opener's close commits it.
+    by_path: bool,
     file: FileId,
     pending: Vec<u8>,
     dirty: bool,
@@ -229,11 +231,36 @@ impl Model {
         }
     }
 
-    /// The writer of handle `slot` (which must be open).
+    /// The writer of handle `slot` (which must be open), for a change
+    /// through it: the handle wrote, and its writer is the file's again if
+    /// its flush let it go and no other took its place.
     fn w(&mut self, slot: usize) -> &mut MWriter {
         let h = self.handles[slot].as_mut().expect("an open handle");
         h.wrote = true;
-        &mut self.writers[h.writer]
+        let w = h.writer;
+        let f = self.writers[w].file;
+        if self.files[f].writer.is_none() {
+            self.files[f].writer = Some(w);
+        }
+        &mut self.writers[w]
+    }
+
+    /// The opener's flush of handle `slot`: it commits what the handle
+    /// changed (or a change by path), and the file is free for the next
+    /// writer at once unless another handle shares this writer.
+    fn flush(&mut self, slot: usize) {
+        let Some(Some(hd)) = self.handles.get_mut(slot) else {
+            return;
+        };
+        let w = hd.writer;
+        let wrote = std::mem::take(&mut hd.wrote);
+        if std::mem::take(&mut self.writers[w].by_path) || wrote {
+            self.commit(slot);
+        }
+        let f = self.writers[w].file;
+        if self.holders(w) == 1 && self.files[f].writer == Some(w) {
+            self.files[f].writer = None;
+        }
     }
 
     /// How many open handles share writer `w`.
@@ -638,6 +665,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             });
             m.dir_mut(parent)?.insert(last.to_string(), MNode::File(f));
             m.writers.push(MWriter {
+                by_path: false,
                 file: f,
                 pending: Vec::new(),
                 dirty: true,
@@ -668,6 +696,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             let pending = if *truncate { Vec::new() } else { m.visible(f) };
             let w = m.writers.len();
             m.writers.push(MWriter {
+                by_path: false,
                 file: f,
                 pending,
                 dirty: *truncate,
@@ -695,13 +724,8 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::Flush { h, by_child } => {
-            // The opener's flush commits what its handle changed; the
-            // writer stays the file's until its last handle closes.
-            if !by_child
-                && let Some(Some(hd)) = m.handles.get_mut(*h)
-                && std::mem::take(&mut hd.wrote)
-            {
-                m.commit(*h);
+            if !by_child {
+                m.flush(*h);
             }
             Ok(Out::Unit)
         }
@@ -712,6 +736,8 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::Close(h) => {
+            // close(): the opener's flush, then the release.
+            m.flush(*h);
             if let Some(Some(hd)) = m.handles.get(*h).copied() {
                 // Its own changes, or what is left for the last handle.
                 if hd.wrote || m.holders(hd.writer) == 1 {
@@ -740,6 +766,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                 Some(w) => {
                     m.follow_writer(w);
                     let hd = &mut m.writers[w];
+                    hd.by_path = true;
                     hd.pending.resize(*size as usize, 0);
                     hd.dirty = true;
                 }

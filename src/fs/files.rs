@@ -262,6 +262,7 @@ impl ModelFs {
             if truncate {
                 w.truncate(self.store.as_ref(), 0)?;
             }
+            w.handles += 1;
         }
         inode.lock().open_handles += 1;
         Counters::add(&self.counters.opens, 1);
@@ -283,7 +284,14 @@ impl ModelFs {
     /// Makes `writer` the inode's, unless another open made one meanwhile:
     /// then that one is shared (see [`ModelFs::share_writer`]; `truncate`
     /// for `O_TRUNC` or a create).
-    fn attach_writer(&self, inode: &Arc<Inode>, writer: Writer, opener: Option<u32>, truncate: bool) -> Result<Opened> {
+    fn attach_writer(
+        &self,
+        inode: &Arc<Inode>,
+        mut writer: Writer,
+        opener: Option<u32>,
+        truncate: bool,
+    ) -> Result<Opened> {
+        writer.handles = 1;
         let writer = Arc::new(Mutex::new(writer));
         {
             let mut c = inode.lock();
@@ -414,6 +422,7 @@ impl ModelFs {
         };
         if !data.is_empty() {
             w.wrote.store(true, Ordering::Release);
+            self.reattach(w);
         }
         let n = lock(&w.writer).write(self.store.as_ref(), offset, data)?;
         Counters::add(&self.counters.bytes_written, n as u64);
@@ -437,21 +446,49 @@ impl ModelFs {
             );
             return Ok(());
         }
-        // A flush is not the end of the handle (a shell closes the
-        // descriptor it opened and writes through its copy), so the writer
-        // stays the file's: later opens share it, readers follow it.
-        if !w.wrote.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let result = self.commit(w);
-        // A new file whose first commit failed does not exist.
-        if result.is_err()
-            && !lock(&w.writer).target().exists
+        // Commits what this handle changed (another sharing the writer
+        // commits its own).
+        let by_path = std::mem::take(&mut lock(&w.writer).changed_by_path);
+        let result = if w.wrote.swap(false, Ordering::AcqRel) || by_path {
+            self.commit(w)
+        } else {
+            Ok(())
+        };
+        let (alone, failed, new) = {
+            let writer = lock(&w.writer);
+            (writer.handles == 1, writer.has_failed(), !writer.target().exists)
+        };
+        // `release` reaches the daemon only after `close()` has returned, so
+        // the file is free for the next writer from here on unless another
+        // handle shares the writer (a failed one is nobody's). Should this
+        // handle write again (a shell closes the descriptor it opened and
+        // writes through its copy), the writer is the file's again.
+        if (alone || failed)
             && let Some(inode) = self.inodes.get(w.ino)
         {
-            self.inodes.remove_name(inode.parent(), &inode.entry().name);
+            let mut c = inode.lock();
+            if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
+                c.writer = std::sync::Weak::new();
+            }
+            drop(c);
+            // A new file whose first commit failed does not exist.
+            if result.is_err() && new && alone {
+                self.inodes.remove_name(inode.parent(), &inode.entry().name);
+            }
         }
         result
+    }
+
+    /// A handle writes again after its flush let the writer go: it is the
+    /// file's writer again, unless another took its place meanwhile.
+    fn reattach(&self, w: &WriteHandle) {
+        if let Some(inode) = self.inodes.get(w.ino) {
+            let mut c = inode.lock();
+            if c.active_writer().is_none() && !lock(&w.writer).has_failed() {
+                c.writer = Arc::downgrade(&w.writer);
+                c.page_cache_version = None;
+            }
+        }
     }
 
     fn commit(&self, w: &WriteHandle) -> Result<()> {
@@ -528,9 +565,12 @@ impl ModelFs {
             Handle::Write(w) => {
                 // Its own changes, or anything left when no other handle
                 // will commit it (a truncation by path meanwhile).
-                let last = Arc::strong_count(&w.writer) == 1;
                 let ours = w.wrote.swap(false, Ordering::AcqRel);
-                let dirty = (ours || last) && lock(&w.writer).needs_commit();
+                let dirty = {
+                    let mut writer = lock(&w.writer);
+                    writer.handles = writer.handles.saturating_sub(1);
+                    (ours || writer.handles == 0) && writer.needs_commit()
+                };
                 if dirty && let Err(e) = self.commit(w) {
                     log::log!(e.level, "release: {e}");
                 }
@@ -639,15 +679,18 @@ impl ModelFs {
         }
         // Through the handle it came with, or the file's open writer (the
         // kernel truncates for `O_TRUNC` without naming the handle).
-        let writer = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
+        let (writer, by_path) = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
             Some(Handle::Write(w)) => {
                 w.wrote.store(true, Ordering::Release);
-                Some(w.writer.clone())
+                self.reattach(w);
+                (Some(w.writer.clone()), false)
             }
-            _ => inode.lock().active_writer(),
+            _ => (inode.lock().active_writer(), true),
         };
         if let Some(w) = writer {
-            return lock(&w).truncate(self.store.as_ref(), size);
+            let mut w = lock(&w);
+            w.changed_by_path |= by_path;
+            return w.truncate(self.store.as_ref(), size);
         }
         // Nobody writes it: a new version of `size` bytes, committed now.
         let opened = self.open_writer(inode, size == 0, None)?;

@@ -552,6 +552,18 @@ impl Registry {
         if dir.storage != Storage::Group {
             return Ok(());
         }
+        // A new file renamed to another directory while it streamed into
+        // an array of its own, made in its first directory's folder.
+        if deleted_key(&dir.uri, entry).is_none()
+            && let Some((old_dir, _)) = split_parent(&entry.uri)
+        {
+            let old = Entry {
+                name: last_component(&old_dir).to_string(),
+                uri: old_dir,
+                storage: Storage::Group,
+            };
+            self.mark_moved_out(&old, entry)?;
+        }
         if !self.upkeep.journaling() {
             return self.change_members(&dir.uri, |g| self.add_member(g, dir, entry));
         }
@@ -781,18 +793,37 @@ impl Registry {
             uri: uri.to_string(),
             storage: Storage::Group,
         };
-        let named = self.list_group(&dir)?;
-        for (_, child, _) in self.deleted(&dir)? {
-            if !named.iter().any(|e| canonical(&e.uri) == canonical(&child)) {
-                self.free_storage(&child)?;
+        // What it kept goes with it, as far as it can: the group goes
+        // either way (a failure leaves storage, hidden, never a name).
+        let kept = self.list_group(&dir).and_then(|named| {
+            Ok(self
+                .deleted(&dir)?
+                .into_iter()
+                .filter(|(_, child, _)| !named.iter().any(|e| canonical(&e.uri) == canonical(child)))
+                .collect::<Vec<_>>())
+        });
+        match kept {
+            Ok(kept) => {
+                for (_, child, _) in kept {
+                    if let Err(e) = self.free_storage(&child) {
+                        warn!("{child}: kept for snapshots of {uri}, which is deleted; not freed: {e}");
+                    }
+                }
             }
+            Err(e) => warn!("{uri}: what it kept for snapshots cannot be listed, not freed: {e}"),
         }
         super::journal::remove_all(&self.vfs, uri)?;
         super::dir_stats::remove_all(&self.vfs, uri)?;
         Group::remove_own_files(&self.ctx, uri)?;
+        // Its own markers are all that may be left of it.
         let left = self.vfs.ls(uri)?;
-        if left.len() == 1 && last_component(&left[0]) == REMOVED_MARKER {
-            self.vfs.remove_file(&marker)?;
+        if left
+            .iter()
+            .all(|f| matches!(last_component(f), REMOVED_MARKER | MOVED_OUT_MARKER))
+        {
+            for f in &left {
+                self.vfs.remove_file(f)?;
+            }
             self.vfs.remove_dir(uri)?;
         }
         Ok(())
@@ -824,10 +855,9 @@ impl Registry {
             storage: entry.storage,
         };
         if dir.uri != new_dir.uri {
-            // The storage stays where it is, named from elsewhere now: its
-            // old folder must not move with it inside. Marked first: a
-            // failure later leaves a mark that only costs a copy.
-            self.vfs.touch(&join(&entry.uri, MOVED_OUT_MARKER))?;
+            // Marked first: a failure later leaves a mark that only costs
+            // a copy.
+            self.mark_moved_out(dir, entry)?;
         }
         self.change_members(&new_dir.uri, |g| {
             if let Some(old) = replaced {
@@ -871,7 +901,14 @@ impl Registry {
         let to = match (new_dir.storage, replaced) {
             (Storage::PlainDir, Some(old)) => {
                 let to = plain_child_uri(new_dir, new_name)?;
+                if old.storage == Storage::Group {
+                    self.check_nothing_named_from_outside(old)?;
+                }
                 self.delete_storage(old)?;
+                // What a removed directory left stays (see `delete_group`).
+                if self.vfs.is_dir(&to)? {
+                    return Err(Error::AlreadyExists { uri: to });
+                }
                 to
             }
             (Storage::PlainDir, None) => self.plain_free_uri(new_dir, new_name)?,
@@ -897,6 +934,17 @@ impl Registry {
         }
         self.unlink(dir, entry)?;
         Ok(moved)
+    }
+
+    /// Marks the storage of `entry`, leaving directory `dir` for another
+    /// one while its storage stays in `dir`'s folder: that folder must not
+    /// move (or go) with it inside. Only array and group storage right in
+    /// the folder (what modelfs put there) is marked.
+    fn mark_moved_out(&self, dir: &Entry, entry: &Entry) -> Result<()> {
+        if matches!(entry.storage, Storage::Array | Storage::Group) && deleted_key(&dir.uri, entry).is_some() {
+            self.vfs.touch(&join(&entry.uri, MOVED_OUT_MARKER))?;
+        }
+        Ok(())
     }
 
     /// Refuses to move the folder of directory `entry` (EXDEV: `mv` then

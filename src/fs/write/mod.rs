@@ -84,6 +84,11 @@ struct Stream {
 
 /// One file open for writing.
 pub struct Writer {
+    /// Open handles sharing this writer (kept by the file system core).
+    pub handles: usize,
+    /// Changed by path, through no handle (the kernel truncates for
+    /// `O_TRUNC` without naming one): the next handle's close commits it.
+    pub changed_by_path: bool,
     target: Target,
     /// An existing file this one takes the place of at commit (a file
     /// streamed to its own array, then renamed over another).
@@ -138,6 +143,8 @@ impl Writer {
             committed_ts: None,
             created_ns: None,
             changed: false,
+            handles: 0,
+            changed_by_path: false,
         }
     }
 
@@ -413,6 +420,11 @@ impl Writer {
             }
         })();
         r.map_err(|e| self.fail(e))
+    }
+
+    /// Whether an error stopped it (every later call returns it).
+    pub fn has_failed(&self) -> bool {
+        matches!(self.state, State::Failed { .. })
     }
 
     /// Whether the bytes are streaming into storage.
