@@ -459,6 +459,19 @@ fn names(dir: &Path) -> Vec<String> {
     out
 }
 
+/// A mount of an empty local folder as the registry (a plain directory,
+/// not a group: its entries are what is stored in it); `None` on S3.
+fn mounted_empty_folder() -> Option<(tempfile::TempDir, String, MountGuard)> {
+    if on_s3() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    std::fs::create_dir_all(&reg).unwrap();
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    Some((tmp, reg, mnt))
+}
+
 #[test]
 fn a_directory_removed_from_a_plain_directory_stays_removed() {
     // The registry root is an empty folder, not a group: its entries are
@@ -467,13 +480,9 @@ fn a_directory_removed_from_a_plain_directory_stays_removed() {
     // subdirectories) in its folder, which the next listing showed again
     // as a plain directory: the removed file back, or storage names such
     // as `~2Ey` that `rm -rf` could not remove.
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = registry_uri(tmp.path());
-    if on_s3() {
-        return; // An empty local folder as the registry is the case here.
-    }
-    std::fs::create_dir_all(&reg).unwrap();
-    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let Some((tmp, reg, mnt)) = mounted_empty_folder() else {
+        return;
+    };
     let m = &mnt.dir;
     // A file unlinked, then its directory removed.
     std::fs::create_dir(m.join("w")).unwrap();
@@ -529,13 +538,9 @@ fn a_directory_holding_the_storage_of_a_file_moved_out_does_not_move_it_away() {
     // A file moved out of that directory earlier kept its storage there
     // (a move between groups moves no data), named by its new directory:
     // moving the folder left that name pointing at nothing (EIO).
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = registry_uri(tmp.path());
-    if on_s3() {
-        return; // An empty local folder as the registry is the case here.
-    }
-    std::fs::create_dir_all(&reg).unwrap();
-    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let Some((tmp, reg, mnt)) = mounted_empty_folder() else {
+        return;
+    };
     let m = &mnt.dir;
     std::fs::create_dir(m.join("a")).unwrap();
     std::fs::create_dir(m.join("b")).unwrap();

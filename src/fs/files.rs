@@ -265,20 +265,27 @@ impl ModelFs {
             w.handles += 1;
         }
         inode.lock().open_handles += 1;
+        let opened = self.write_handle(inode, writer, opener, truncate);
+        debug!("open ino={} fh={} sharing its writer", inode.ino.0, opened.fh.0);
+        Ok(opened)
+    }
+
+    /// A new handle on `writer` (counted in the inode's open handles by
+    /// the caller); `wrote`: opened with `O_TRUNC` or created.
+    fn write_handle(&self, inode: &Inode, writer: Arc<Mutex<Writer>>, opener: Option<u32>, wrote: bool) -> Opened {
         Counters::add(&self.counters.opens, 1);
         let fh = self.handles.insert(Handle::Write(WriteHandle {
             ino: inode.ino,
             writer,
             opener,
-            wrote: AtomicBool::new(truncate),
+            wrote: AtomicBool::new(wrote),
         }));
-        debug!("open ino={} fh={} sharing its writer", inode.ino.0, fh.0);
-        Ok(Opened {
+        Opened {
             fh,
             keep_cache: false,
             direct_io: false,
             passthrough: None,
-        })
+        }
     }
 
     /// Makes `writer` the inode's, unless another open made one meanwhile:
@@ -303,19 +310,7 @@ impl ModelFs {
             c.open_handles += 1;
             c.page_cache_version = None;
         }
-        Counters::add(&self.counters.opens, 1);
-        let fh = self.handles.insert(Handle::Write(WriteHandle {
-            ino: inode.ino,
-            writer,
-            opener,
-            wrote: AtomicBool::new(truncate),
-        }));
-        Ok(Opened {
-            fh,
-            keep_cache: false,
-            direct_io: false,
-            passthrough: None,
-        })
+        Ok(self.write_handle(inode, writer, opener, truncate))
     }
 
     /// Creates (or, without `exclusive`, opens and truncates) file `name` in
