@@ -595,17 +595,29 @@ fn a_reader_follows_a_shell_redirection_while_it_runs() {
     let log = mnt.dir.join("train.log");
     let mut cmd = Command::new("sh")
         .arg("-c")
-        .arg(format!("exec > {}; echo one; sleep 1; echo two; sleep 1", s(&log)))
+        .arg(format!("exec > {}; echo one; sleep 4; echo two; sleep 4", s(&log)))
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(std::fs::read(&log).unwrap(), b"one\n");
+    // Within the command's sleeps (an object store's first commit takes a
+    // moment), while it still runs.
+    let shows = |want: &[u8], secs: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let got = std::fs::read(&log).unwrap_or_default();
+            if got == want || std::time::Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(shows(b"one\n", 3), b"one\n");
     let reader = std::fs::File::open(&log).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert_eq!(std::fs::read(&log).unwrap(), b"one\ntwo\n");
+    assert!(cmd.try_wait().unwrap().is_none(), "the command ended early");
+    assert_eq!(shows(b"one\ntwo\n", 7), b"one\ntwo\n");
     let mut buf = [0u8; 8];
     reader.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"one\ntwo\n");
+    assert!(cmd.try_wait().unwrap().is_none(), "the command ended early");
     assert!(cmd.wait().unwrap().success());
     assert_eq!(std::fs::read(&log).unwrap(), b"one\ntwo\n");
 }
