@@ -591,7 +591,16 @@ impl Filesystem for FuseAdapter {
             Ok(s) => s,
             Err(e) => return fail(reply, "statfs", e),
         };
-        reply.statfs(s.blocks, 0, 0, s.files, 0, s.block_size, s.name_max, s.block_size);
+        reply.statfs(
+            s.blocks,
+            s.blocks_free,
+            s.blocks_available,
+            s.files,
+            s.files_free,
+            s.block_size,
+            s.name_max,
+            s.block_size,
+        );
     }
 }
 

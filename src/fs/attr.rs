@@ -91,8 +91,12 @@ pub struct Backing {
 /// What `statfs` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {
+    /// Size, free and available space, in `block_size` units.
     pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
     pub files: u64,
+    pub files_free: u64,
     pub block_size: u32,
     pub name_max: u32,
 }

@@ -57,6 +57,10 @@ use std::time::{Duration, SystemTime};
 use log::{debug, info, warn};
 
 pub use attr::{Attr, Backing, DirItem, Fh, FsStats, Ino, Kind, Opened};
+
+/// The size and free space `statfs` shows for a registry on an object
+/// store (1 PiB).
+pub const OBJECT_STORE_BYTES: u64 = 1 << 50;
 pub use counters::{Counters, Snapshot};
 pub use error::{CoreError, Error, Result};
 pub use stat::{Owner, SetAttr};
@@ -307,11 +311,40 @@ impl ModelFs {
         Ok(())
     }
 
+    /// The space of the registry: a local one's file system's; an object
+    /// store has no limit to ask, so [`OBJECT_STORE_BYTES`] free, as other
+    /// object-store mounts do: tools that check the free space before they
+    /// write (`datasets` refuses to cache into 0 bytes free) go on.
     pub fn statfs(&self) -> FsStats {
+        const BLOCK: u64 = 4096;
+        let root = self.inodes.get(Ino::ROOT).map(|r| r.entry().uri).unwrap_or_default();
+        let local = crate::registry::uri::is_local(&root)
+            .then(|| nix::sys::statvfs::statvfs(crate::registry::uri::canonical(&root)).ok())
+            .flatten();
+        let (blocks, free, available, files_free) = match local {
+            Some(v) => {
+                let unit = (v.fragment_size() as u64).max(1);
+                let blocks = |n: u64| n.saturating_mul(unit) / BLOCK;
+                (
+                    blocks(v.blocks() as u64),
+                    blocks(v.blocks_free() as u64),
+                    blocks(v.blocks_available() as u64),
+                    v.files_free() as u64,
+                )
+            }
+            None => {
+                let blocks = OBJECT_STORE_BYTES / BLOCK;
+                (blocks, blocks, blocks, u32::MAX as u64)
+            }
+        };
+        // Inodes: the ones this mount knows are the used ones.
         FsStats {
-            blocks: 0,
-            files: self.inodes.count() as u64,
-            block_size: 4096,
+            blocks,
+            blocks_free: free,
+            blocks_available: available,
+            files: (self.inodes.count() as u64).saturating_add(files_free),
+            files_free,
+            block_size: BLOCK as u32,
             name_max: crate::registry::names::NAME_MAX_BYTES as u32,
         }
     }
