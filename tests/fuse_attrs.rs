@@ -315,8 +315,8 @@ fn statfs_shows_the_space_of_the_registry() {
     let tmp = tempfile::tempdir().unwrap();
     let (reg, mnt) = mounted(tmp.path(), &[]);
     let shown = nix::sys::statvfs::statvfs(&mnt.dir).unwrap();
-    let bytes = |blocks: u64, v: &nix::sys::statvfs::Statvfs| blocks * v.fragment_size() as u64;
-    let available = bytes(shown.blocks_available() as u64, &shown);
+    let bytes = |blocks: u64, v: &nix::sys::statvfs::Statvfs| blocks * v.fragment_size();
+    let available = bytes(shown.blocks_available(), &shown);
     if on_s3() {
         assert_eq!(available, modelfs::fs::OBJECT_STORE_BYTES);
         return;
@@ -324,11 +324,8 @@ fn statfs_shows_the_space_of_the_registry() {
     // The file system holding the registry, give or take what others
     // wrote meanwhile.
     let under = nix::sys::statvfs::statvfs(std::path::Path::new(&reg)).unwrap();
-    assert_eq!(
-        bytes(shown.blocks() as u64, &shown) >> 20,
-        bytes(under.blocks() as u64, &under) >> 20
-    );
-    let under_available = bytes(under.blocks_available() as u64, &under);
+    assert_eq!(bytes(shown.blocks(), &shown) >> 20, bytes(under.blocks(), &under) >> 20);
+    let under_available = bytes(under.blocks_available(), &under);
     assert!(
         available.abs_diff(under_available) < 256 << 20,
         "{available} bytes available shown, {under_available} under the registry"

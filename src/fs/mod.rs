@@ -323,13 +323,13 @@ impl ModelFs {
             .flatten();
         let (blocks, free, available, files_free) = match local {
             Some(v) => {
-                let unit = (v.fragment_size() as u64).max(1);
+                let unit = v.fragment_size().max(1);
                 let blocks = |n: u64| n.saturating_mul(unit) / BLOCK;
                 (
-                    blocks(v.blocks() as u64),
-                    blocks(v.blocks_free() as u64),
-                    blocks(v.blocks_available() as u64),
-                    v.files_free() as u64,
+                    blocks(v.blocks()),
+                    blocks(v.blocks_free()),
+                    blocks(v.blocks_available()),
+                    v.files_free(),
                 )
             }
             None => {
