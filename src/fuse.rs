@@ -21,7 +21,7 @@ use fuser::{
 };
 use log::{debug, info, log, warn};
 
-use crate::fs::{Attr, CoreError, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
+use crate::fs::{Attr, CoreError, CreateFlags, Error, Fh, Ino, Kind, ModelFs, Opened, Owner, SetAttr};
 
 mod guard;
 mod passthrough;
@@ -306,14 +306,14 @@ impl Filesystem for FuseAdapter {
         if mode & libc::S_IFMT != 0 && mode & libc::S_IFMT != libc::S_IFREG {
             return fail(reply, "create", special_file(name));
         }
-        let exclusive = flags & libc::O_EXCL != 0;
+        let how = CreateFlags {
+            exclusive: flags & libc::O_EXCL != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+        };
         let opener = process_of(req.pid());
         let who = owner(req);
         let result = guarded("create", || {
-            name_str(name, "create").and_then(|n| {
-                self.core
-                    .create(Ino(parent.0), n, exclusive, opener, mode & !umask, who)
-            })
+            name_str(name, "create").and_then(|n| self.core.create(Ino(parent.0), n, how, opener, mode & !umask, who))
         });
         match result {
             // Not cached by the kernel: the file exists only if its first

@@ -621,3 +621,57 @@ fn a_reader_follows_a_shell_redirection_while_it_runs() {
     assert!(cmd.wait().unwrap().success());
     assert_eq!(std::fs::read(&log).unwrap(), b"one\ntwo\n");
 }
+
+#[test]
+fn processes_appending_to_one_new_log_lose_no_line() {
+    // Workers of one job logging to one file with `>>`: each opens it with
+    // O_CREAT|O_APPEND while the others have it open (the second used to
+    // get EBUSY), or creates it at the same moment as another (which
+    // truncated it: O_CREAT alone does not).
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    for round in 0..3 {
+        let log = mnt.dir.join(format!("log{round}.txt"));
+        let workers: Vec<_> = ["A", "B", "C"]
+            .iter()
+            .map(|w| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("for i in $(seq 100); do echo {w} $i; done >> {}", s(&log)))
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut w in workers {
+            assert!(w.wait().unwrap().success(), "a worker failed:\n{}", mnt.log_text());
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        for w in ["A", "B", "C"] {
+            let n = text.lines().filter(|l| l.starts_with(w)).count();
+            assert_eq!(n, 100, "round {round}: {n} lines of {w}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn a_file_renames_right_after_its_close() {
+    // The kernel sends a handle's release after close() has returned: a
+    // rename right after must not find the file still being written
+    // (EBUSY), for a new file (`touch a && mv a b`) or a rewritten one.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, mnt) = mounted(tmp.path(), &[]);
+    let (a, b) = (mnt.dir.join("a"), mnt.dir.join("b"));
+    for i in 0..100u32 {
+        std::fs::write(&a, i.to_le_bytes()).unwrap();
+        std::fs::rename(&a, &b).unwrap_or_else(|e| panic!("rename {i} of a new file: {e}"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&b)
+            .unwrap()
+            .write_all(b"again")
+            .unwrap();
+        std::fs::rename(&b, &a).unwrap_or_else(|e| panic!("rename {i} of a rewritten file: {e}"));
+        std::fs::rename(&a, &b).unwrap();
+    }
+    assert_eq!(std::fs::read(&b).unwrap(), b"again");
+}

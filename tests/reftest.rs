@@ -246,8 +246,7 @@ impl Model {
     }
 
     /// The opener's flush of handle `slot`: it commits what the handle
-    /// changed (or a change by path), and the file is free for the next
-    /// writer at once unless another handle shares this writer.
+    /// changed (or a change by path); the writer stays the file's.
     fn flush(&mut self, slot: usize) {
         let Some(Some(hd)) = self.handles.get_mut(slot) else {
             return;
@@ -257,10 +256,16 @@ impl Model {
         if std::mem::take(&mut self.writers[w].by_path) || wrote {
             self.commit(slot);
         }
-        let f = self.writers[w].file;
-        if self.holders(w) == 1 && self.files[f].writer == Some(w) {
-            self.files[f].writer = None;
-        }
+    }
+
+    /// The writer of file `f` while it is busy: bytes not committed yet,
+    /// or a new file never committed. An idle one leaves the file to be
+    /// renamed or replaced as any other.
+    fn busy_writer(&self, f: FileId) -> Option<usize> {
+        self.files[f].writer.filter(|&w| {
+            let h = &self.writers[w];
+            (h.dirty && !h.discarded) || self.files[f].committed.is_none()
+        })
     }
 
     /// How many open handles share writer `w`.
@@ -902,7 +907,7 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
         return Ok(Out::Unit);
     }
     if let MNode::File(f) = src
-        && let Some(w) = m.files[f].writer
+        && let Some(w) = m.busy_writer(f)
     {
         // A file open for writing: only a new one moves (its bytes go to
         // the new name at commit).
@@ -911,7 +916,7 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
         }
         match m.dir(to_parent)?.get(*to_last).cloned() {
             Some(MNode::Dir(_)) => return Err(libc::EISDIR),
-            Some(MNode::File(g)) if m.files[g].writer.is_some() => return Err(libc::EBUSY),
+            Some(MNode::File(g)) if m.busy_writer(g).is_some() => return Err(libc::EBUSY),
             Some(MNode::File(g)) => {
                 // The bytes become the target's next version.
                 m.files[g].writer = Some(w);
@@ -933,7 +938,7 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
         return Err(libc::EINVAL);
     }
     match (&src, m.dir(to_parent)?.get(*to_last)) {
-        (_, Some(MNode::File(g))) if m.files[*g].writer.is_some() => return Err(libc::EBUSY),
+        (_, Some(MNode::File(g))) if m.busy_writer(*g).is_some() => return Err(libc::EBUSY),
         (MNode::File(_), Some(MNode::Dir(_))) => return Err(libc::EISDIR),
         (MNode::Dir(_), Some(MNode::File(_))) => return Err(libc::ENOTDIR),
         (MNode::Dir(_), Some(MNode::Dir(d))) if !d.is_empty() => return Err(libc::ENOTEMPTY),
@@ -957,7 +962,17 @@ fn sut_step(s: &mut Sut, op: &Op, step: usize) -> R<Out> {
         Op::Create(p) => {
             let (parent, name) = s.parent_and_name(p)?;
             let (attr, opened) = fs
-                .create(parent, name, true, Some(OPENER), 0o644, owner())
+                .create(
+                    parent,
+                    name,
+                    modelfs::fs::CreateFlags {
+                        exclusive: true,
+                        truncate: true,
+                    },
+                    Some(OPENER),
+                    0o644,
+                    owner(),
+                )
                 .map_err(|e| e.errno)?;
             s.put_handle(opened.fh, attr.ino);
             Ok(Out::Unit)

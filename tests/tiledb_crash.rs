@@ -71,7 +71,20 @@ impl Core {
             }
             Err(_) => {
                 let who = Owner { uid: 0, gid: 0 };
-                self.fs.create(dir, &name, true, None, 0o644, who)?.1.fh
+                self.fs
+                    .create(
+                        dir,
+                        &name,
+                        modelfs::fs::CreateFlags {
+                            exclusive: true,
+                            truncate: true,
+                        },
+                        None,
+                        0o644,
+                        who,
+                    )?
+                    .1
+                    .fh
             }
         };
         let written = self.fs.write(fh, 0, bytes).map(|_| ());

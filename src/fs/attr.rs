@@ -88,6 +88,15 @@ pub struct Backing {
     pub version: u64,
 }
 
+/// How `create` opens a name another process made meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CreateFlags {
+    /// `O_EXCL`: EEXIST.
+    pub exclusive: bool,
+    /// `O_TRUNC`: truncated; otherwise opened as it is.
+    pub truncate: bool,
+}
+
 /// What `statfs` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {

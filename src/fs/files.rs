@@ -24,7 +24,7 @@ use super::inode::{Inode, NodeState, Seen};
 use super::read::{ChunkSource, Data, FileVersion, Prefetcher};
 use super::stat::Owner;
 use super::write::{Target, Writer};
-use super::{Attr, Backing, Fh, Ino, ModelFs, Opened, invalid_name, lock};
+use super::{Attr, Backing, CreateFlags, Fh, Ino, ModelFs, Opened, invalid_name, lock};
 use crate::registry::Attrs;
 use crate::registry::file_array::now_ns;
 use crate::registry::{Entry, FileMeta, NameSlot, Node};
@@ -313,14 +313,15 @@ impl ModelFs {
         Ok(self.write_handle(inode, writer, opener, truncate))
     }
 
-    /// Creates (or, without `exclusive`, opens and truncates) file `name` in
-    /// `parent` for writing. It is listed at once and committed at close.
-    /// `mode` has the umask applied; `who` makes it.
+    /// Creates file `name` in `parent` for writing; when it exists (made
+    /// meanwhile by another process), see [`CreateFlags`]. It is listed at
+    /// once and committed at close. `mode` has the umask applied; `who`
+    /// makes it.
     pub fn create(
         &self,
         parent: Ino,
         name: &str,
-        exclusive: bool,
+        flags: CreateFlags,
         opener: Option<u32>,
         mode: u32,
         who: Owner,
@@ -335,9 +336,13 @@ impl ModelFs {
         // One listing tells whether the name is taken and, if not, where a
         // new file goes.
         let uri = match self.creating_child(&dir, name) {
-            Some(inode) => return self.create_existing(parent, inode.entry(), Some(inode), exclusive, opener),
+            Some(inode) => {
+                return self.create_existing(parent, inode.entry(), Some(inode), flags, opener);
+            }
             None => match self.store.claim_name(&dir_entry, name)? {
-                NameSlot::Taken(entry) => return self.create_existing(parent, entry, None, exclusive, opener),
+                NameSlot::Taken(entry) => {
+                    return self.create_existing(parent, entry, None, flags, opener);
+                }
                 NameSlot::Free(uri) => uri,
             },
         };
@@ -382,16 +387,16 @@ impl ModelFs {
     }
 
     /// `create` of a name that is taken: EEXIST with `O_EXCL`, else the file
-    /// opened for writing as `open` would.
+    /// opened for writing as `open` would (truncated only for `O_TRUNC`).
     fn create_existing(
         &self,
         parent: Ino,
         entry: Entry,
         known: Option<Arc<Inode>>,
-        exclusive: bool,
+        flags: CreateFlags,
         opener: Option<u32>,
     ) -> Result<(Attr, Opened)> {
-        if exclusive {
+        if flags.exclusive {
             return Err(CoreError::Exists { what: entry.uri }.into());
         }
         let inode = match known {
@@ -404,7 +409,7 @@ impl ModelFs {
             }
         };
         self.wait_unpinned(&inode)?;
-        let opened = self.open_writer(&inode, true, opener)?;
+        let opened = self.open_writer(&inode, flags.truncate, opener)?;
         self.inodes.remember(&inode);
         Ok((self.getattr(inode.ino)?, opened))
     }
@@ -453,14 +458,13 @@ impl ModelFs {
             let writer = lock(&w.writer);
             (writer.handles == 1, writer.has_failed(), !writer.target().exists)
         };
-        // `release` reaches the daemon only after `close()` has returned, so
-        // the file is free for the next writer from here on unless another
-        // handle shares the writer (a failed one is nobody's). Should this
-        // handle write again (a shell closes the descriptor it opened and
-        // writes through its copy), the writer is the file's again.
-        if (alone || failed)
-            && let Some(inode) = self.inodes.get(w.ino)
-        {
+        // A flush is not the end of the handle (a shell closes the
+        // descriptor it opened and writes through its copy: `cmd >> log`
+        // from several processes), so the writer stays the file's: later
+        // opens share it, readers follow it. With nothing left to commit
+        // it is idle: the file renames and is replaced as any other
+        // (`creating_child`). A failed writer is nobody's.
+        if failed && let Some(inode) = self.inodes.get(w.ino) {
             let mut c = inode.lock();
             if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
                 c.writer = std::sync::Weak::new();

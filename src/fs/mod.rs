@@ -56,7 +56,7 @@ use std::time::{Duration, SystemTime};
 
 use log::{debug, info, warn};
 
-pub use attr::{Attr, Backing, DirItem, Fh, FsStats, Ino, Kind, Opened};
+pub use attr::{Attr, Backing, CreateFlags, DirItem, Fh, FsStats, Ino, Kind, Opened};
 
 /// The size and free space `statfs` shows for a registry on an object
 /// store (1 PiB).

@@ -173,13 +173,19 @@ impl ModelFs {
         Ok(self.store.lookup(&dir_entry, name)?.map(|e| (e, None)))
     }
 
-    /// The inode named `name` in `dir` with a writer open on it: a file
+    /// The inode named `name` in `dir` with a writer busy on it: a file
     /// being created (not in the registry until its first commit) or
-    /// written, known to this mount alone.
+    /// written, with bytes not committed yet, known to this mount alone.
+    /// An idle writer (all committed, its handles not yet released) leaves
+    /// the file to be renamed or replaced as any other.
     pub(super) fn creating_child(&self, dir: &Inode, name: &str) -> Option<Arc<Inode>> {
-        self.inodes
-            .find(dir.ino, name)
-            .filter(|inode| inode.lock().active_writer().is_some())
+        self.inodes.find(dir.ino, name).filter(|inode| {
+            let writer = inode.lock().active_writer();
+            writer.is_some_and(|w| {
+                let w = super::lock(&w);
+                w.needs_commit() || !w.target().exists
+            })
+        })
     }
 
     /// Whether something read from the registry at `at` is still trusted.
