@@ -247,6 +247,18 @@ fn second_writers_share_the_bytes_and_a_streamed_file_takes_one() {
     assert_eq!(std::fs::read(&st).unwrap(), bytes);
 }
 
+/// Runs each shell script in its own process, all at once; each must
+/// succeed.
+fn run_at_once(mnt: &MountGuard, scripts: impl IntoIterator<Item = String>) {
+    let workers: Vec<_> = scripts
+        .into_iter()
+        .map(|script| Command::new("sh").arg("-c").arg(script).spawn().unwrap())
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().unwrap().success(), "a worker failed:\n{}", mnt.log_text());
+    }
+}
+
 #[test]
 fn processes_taking_turns_on_a_lock_file() {
     // The lock-file pattern of `filelock` (huggingface_hub, datasets, pip):
@@ -257,22 +269,16 @@ fn processes_taking_turns_on_a_lock_file() {
     let lock = mnt.dir.join("x.lock");
     let log = mnt.dir.join("log.txt");
     std::fs::write(&log, b"").unwrap();
-    let workers: Vec<_> = (0..4)
-        .map(|i| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "for n in 1 2 3; do flock {lock} sh -c 'cat {log} > {log}.tmp.{i} && echo {i} >> {log}.tmp.{i} && sleep 0.05 && mv {log}.tmp.{i} {log}' || exit 1; done",
-                    lock = s(&lock),
-                    log = s(&log),
-                ))
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut w in workers {
-        assert!(w.wait().unwrap().success(), "a worker failed:\n{}", mnt.log_text());
-    }
+    run_at_once(
+        &mnt,
+        (0..4).map(|i| {
+            format!(
+                "for n in 1 2 3; do flock {lock} sh -c 'cat {log} > {log}.tmp.{i} && echo {i} >> {log}.tmp.{i} && sleep 0.05 && mv {log}.tmp.{i} {log}' || exit 1; done",
+                lock = s(&lock),
+                log = s(&log),
+            )
+        }),
+    );
     // Each turn read the log and wrote it back with one line more: none lost.
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.lines().count(), 12, "{text}");
@@ -632,19 +638,10 @@ fn processes_appending_to_one_new_log_lose_no_line() {
     let (_reg, mnt) = mounted(tmp.path(), &[]);
     for round in 0..3 {
         let log = mnt.dir.join(format!("log{round}.txt"));
-        let workers: Vec<_> = ["A", "B", "C"]
-            .iter()
-            .map(|w| {
-                Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("for i in $(seq 100); do echo {w} $i; done >> {}", s(&log)))
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for mut w in workers {
-            assert!(w.wait().unwrap().success(), "a worker failed:\n{}", mnt.log_text());
-        }
+        run_at_once(
+            &mnt,
+            ["A", "B", "C"].map(|w| format!("for i in $(seq 100); do echo {w} $i; done >> {}", s(&log))),
+        );
         let text = std::fs::read_to_string(&log).unwrap();
         for w in ["A", "B", "C"] {
             let n = text.lines().filter(|l| l.starts_with(w)).count();
