@@ -232,17 +232,11 @@ impl Model {
     }
 
     /// The writer of handle `slot` (which must be open), for a change
-    /// through it: the handle wrote, and its writer is the file's again if
-    /// its flush let it go and no other took its place.
+    /// through it: the handle wrote.
     fn w(&mut self, slot: usize) -> &mut MWriter {
         let h = self.handles[slot].as_mut().expect("an open handle");
         h.wrote = true;
-        let w = h.writer;
-        let f = self.writers[w].file;
-        if self.files[f].writer.is_none() {
-            self.files[f].writer = Some(w);
-        }
-        &mut self.writers[w]
+        &mut self.writers[h.writer]
     }
 
     /// The opener's flush of handle `slot`: it commits what the handle

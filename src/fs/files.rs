@@ -422,7 +422,6 @@ impl ModelFs {
         };
         if !data.is_empty() {
             w.wrote.store(true, Ordering::Release);
-            self.reattach(w);
         }
         let n = lock(&w.writer).write(self.store.as_ref(), offset, data)?;
         Counters::add(&self.counters.bytes_written, n as u64);
@@ -476,18 +475,6 @@ impl ModelFs {
             }
         }
         result
-    }
-
-    /// A handle writes again after its flush let the writer go: it is the
-    /// file's writer again, unless another took its place meanwhile.
-    fn reattach(&self, w: &WriteHandle) {
-        if let Some(inode) = self.inodes.get(w.ino) {
-            let mut c = inode.lock();
-            if c.active_writer().is_none() && !lock(&w.writer).has_failed() {
-                c.writer = Arc::downgrade(&w.writer);
-                c.page_cache_version = None;
-            }
-        }
     }
 
     fn commit(&self, w: &WriteHandle) -> Result<()> {
@@ -681,7 +668,6 @@ impl ModelFs {
         let (writer, by_path) = match fh.and_then(|fh| self.handles.get(fh)).as_deref() {
             Some(Handle::Write(w)) => {
                 w.wrote.store(true, Ordering::Release);
-                self.reattach(w);
                 (Some(w.writer.clone()), false)
             }
             _ => (inode.lock().active_writer(), true),

@@ -57,10 +57,6 @@ use std::time::{Duration, SystemTime};
 use log::{debug, info, warn};
 
 pub use attr::{Attr, Backing, CreateFlags, DirItem, Fh, FsStats, Ino, Kind, Opened};
-
-/// The size and free space `statfs` shows for a registry on an object
-/// store (1 PiB).
-pub const OBJECT_STORE_BYTES: u64 = 1 << 50;
 pub use counters::{Counters, Snapshot};
 pub use error::{CoreError, Error, Result};
 pub use stat::{Owner, SetAttr};
@@ -75,6 +71,10 @@ use inode::{Inode, InodeTable};
 use ml_models::MlModels;
 use read::{ChunkCache, PrefetchPool};
 use write::StagingArea;
+
+/// The size and free space `statfs` shows for a registry on an object
+/// store (1 PiB).
+pub const OBJECT_STORE_BYTES: u64 = 1 << 50;
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]

@@ -554,15 +554,8 @@ impl Registry {
         }
         // A new file renamed to another directory while it streamed into
         // an array of its own, made in its first directory's folder.
-        if deleted_key(&dir.uri, entry).is_none()
-            && let Some((old_dir, _)) = split_parent(&entry.uri)
-        {
-            let old = Entry {
-                name: last_component(&old_dir).to_string(),
-                uri: old_dir,
-                storage: Storage::Group,
-            };
-            self.mark_moved_out(&old, entry)?;
+        if deleted_key(&dir.uri, entry).is_none() {
+            self.mark_moved_out(entry)?;
         }
         if !self.upkeep.journaling() {
             return self.change_members(&dir.uri, |g| self.add_member(g, dir, entry));
@@ -854,10 +847,10 @@ impl Registry {
             uri: entry.uri.clone(),
             storage: entry.storage,
         };
-        if dir.uri != new_dir.uri {
-            // Marked first: a failure later leaves a mark that only costs
-            // a copy.
-            self.mark_moved_out(dir, entry)?;
+        // Leaving a folder that keeps its storage (marked first: a
+        // failure later leaves a mark that only costs a copy).
+        if dir.uri != new_dir.uri && deleted_key(&dir.uri, entry).is_some() {
+            self.mark_moved_out(entry)?;
         }
         self.change_members(&new_dir.uri, |g| {
             if let Some(old) = replaced {
@@ -936,13 +929,13 @@ impl Registry {
         Ok(moved)
     }
 
-    /// Marks the storage of `entry`, leaving directory `dir` for another
-    /// one while its storage stays in `dir`'s folder: that folder must not
-    /// move (or go) with it inside. Only array and group storage right in
-    /// the folder (what modelfs put there) is marked.
-    fn mark_moved_out(&self, dir: &Entry, entry: &Entry) -> Result<()> {
-        if matches!(entry.storage, Storage::Array | Storage::Group) && deleted_key(&dir.uri, entry).is_some() {
-            self.vfs.touch(&join(&entry.uri, MOVED_OUT_MARKER))?;
+    /// Marks the storage of `entry`, named now from a directory other
+    /// than the one whose folder holds it: that folder must not move (or
+    /// go) with it inside. Callers mark only storage right in that folder
+    /// (what modelfs put there), and only arrays and groups are marked.
+    fn mark_moved_out(&self, entry: &Entry) -> Result<()> {
+        if matches!(entry.storage, Storage::Array | Storage::Group) {
+            self.vfs.touch(&moved_out_marker(&entry.uri))?;
         }
         Ok(())
     }
@@ -952,16 +945,12 @@ impl Registry {
     /// (marked at that rename): the entry's new directory names it there,
     /// and would lose it.
     fn check_nothing_named_from_outside(&self, entry: &Entry) -> Result<()> {
-        let own_marker = join(&entry.uri, MOVED_OUT_MARKER);
+        let own_marker = moved_out_marker(&entry.uri);
         let own = canonical(&own_marker);
         let mut found = None;
         self.vfs.ls_recursive(&entry.uri, &mut |path, _| {
             if last_component(path) == MOVED_OUT_MARKER && canonical(path) != own {
-                found = Some(
-                    path.trim_end_matches(MOVED_OUT_MARKER)
-                        .trim_end_matches('/')
-                        .to_string(),
-                );
+                found = split_parent(path).map(|(inside, _)| inside);
                 return false;
             }
             true
@@ -1181,6 +1170,10 @@ pub const REMOVED_MARKER: &str = "__modelfs_removed";
 
 fn removed_marker(uri: &str) -> String {
     join(uri, REMOVED_MARKER)
+}
+
+fn moved_out_marker(uri: &str) -> String {
+    join(uri, MOVED_OUT_MARKER)
 }
 
 /// The key recording the removal of `entry` from group `dir_uri`, when
