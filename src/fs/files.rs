@@ -463,13 +463,15 @@ impl ModelFs {
         // opens share it, readers follow it. With nothing left to commit
         // it is idle: the file renames and is replaced as any other
         // (`creating_child`). A failed writer is nobody's.
-        if failed && let Some(inode) = self.inodes.get(w.ino) {
-            let mut c = inode.lock();
-            if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
-                c.writer = std::sync::Weak::new();
+        if let Some(inode) = self.inodes.get(w.ino) {
+            if failed {
+                let mut c = inode.lock();
+                if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
+                    c.writer = std::sync::Weak::new();
+                }
             }
-            drop(c);
-            // A new file whose first commit failed does not exist.
+            // A new file whose first commit failed (or was refused) does
+            // not exist, unless another handle still writes it.
             if result.is_err() && new && alone {
                 self.inodes.remove_name(inode.parent(), &inode.entry().name);
             }
