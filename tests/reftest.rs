@@ -7,18 +7,24 @@
 //! a file) and daemon crashes at any step of a multi-step operation, run on
 //! the core over the in-memory store and compared after every step with a
 //! plain model of what modelfs promises (names, kinds, sizes, bytes,
-//! errnos).
+//! errnos). The same sequences, crashes left out, run on the core over a
+//! real registry (TileDB on local disk), its root a group or a plain
+//! folder (where a file's name is where its storage is, so renames move
+//! storage and unlinks of open files keep it).
 //!
 //! `scripts/test.sh` runs the default number of cases; a long run:
 //! `MODELFS_REFTEST_CASES=50000 cargo test --release --test reftest -- core_matches`
-//! (the count is per property; two run).
+//! (the count is per property; two run), and over registries
+//! `MODELFS_REFTEST_REGISTRY_CASES=5000 cargo test --release --test reftest -- over_a`
+//! (three properties).
 //! Shrunk failures are kept below as `regression_*` tests.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use modelfs::fs::{Config, Fh, Ino, Kind, MemStore, ModelFs, Owner, SetAttr, Store, VERSIONS_NAME};
-use modelfs::registry::{Entry, FileKind, Node, Storage};
+use modelfs::registry::{Entry, FileKind, Node, Registry, Storage};
+use modelfs::tiledb::Context;
 use proptest::prelude::*;
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
@@ -161,6 +167,12 @@ struct Model {
     writers: Vec<MWriter>,
     /// Open handles, by the slot the sequence names them with.
     handles: Vec<Option<MHandle>>,
+    /// The root is a plain folder, where a file's name is its storage.
+    plain_root: bool,
+    /// Names in a plain root of committed files unlinked while open: their
+    /// storage, still read by the open handles, holds the name (`EEXIST`)
+    /// until the last of them closes.
+    held_names: BTreeMap<String, FileId>,
 }
 
 type R<T> = Result<T, i32>;
@@ -267,6 +279,11 @@ impl Model {
         self.handles.iter().flatten().filter(|h| h.writer == w).count()
     }
 
+    /// Whether `p` names a storage still held by an unlinked open file.
+    fn held(&self, p: &P) -> bool {
+        p.0.len() == 1 && self.held_names.contains_key(p.0[0])
+    }
+
     /// A writer no handle holds any more is not the file's writer.
     fn drop_unheld(&mut self, w: usize) {
         let f = self.writers[w].file;
@@ -334,6 +351,8 @@ impl Model {
             files,
             writers: Vec::new(),
             handles: Vec::new(),
+            plain_root: self.plain_root,
+            held_names: BTreeMap::new(),
         }
     }
 
@@ -380,38 +399,101 @@ impl Model {
 }
 
 // ---------------------------------------------------------------------------
-// The system under test: the core over the in-memory store.
+// The system under test: the core over the in-memory store, or over the
+// registry itself (TileDB on local disk), its root a group or a plain folder.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Memory,
+    /// A registry in a temporary folder; `plain_root`: the folder itself
+    /// (as `mkdir reg && modelfs mount reg mnt` has), else a group in it.
+    Registry {
+        plain_root: bool,
+    },
+}
 
 struct Sut {
-    store: Arc<MemStore>,
+    store: Arc<dyn Store>,
+    root: String,
+    /// The in-memory store, which can crash at a chosen step.
+    mem: Option<Arc<MemStore>>,
     ttl: std::time::Duration,
     fs: ModelFs,
     /// Core handles (with their inode) by model slot.
     fhs: Vec<Option<(Fh, Ino)>>,
     staging: tempfile::TempDir,
+    backend: Backend,
+    /// Another mount's store, for [`Op::OutsideWrite`] and [`Op::OutsideDelete`].
+    outside: Arc<dyn Store>,
+    /// Holds the registry's folder.
+    _registry_dir: Option<tempfile::TempDir>,
 }
 
 fn owner() -> Owner {
     Owner { uid: 0, gid: 0 }
 }
 
+/// A store for another mount of the registry at `root`: a registry of its
+/// own (nothing cached shared with this mount's), or the same memory store.
+fn other_mount_store(backend: Backend, mem: &Option<Arc<MemStore>>) -> Arc<dyn Store> {
+    match (backend, mem) {
+        (Backend::Memory, Some(m)) => m.clone() as Arc<dyn Store>,
+        _ => Arc::new(Registry::new(Context::new().unwrap()).unwrap()),
+    }
+}
+
 impl Sut {
-    /// A core trusting what it read for `ttl` (zero: it asks the store
-    /// every time, so other mounts' changes show at once).
-    fn new(ttl: std::time::Duration) -> Sut {
-        let store = Arc::new(MemStore::new());
+    /// A core over `backend` trusting what it read for `ttl` (zero: it
+    /// asks the store every time, so other mounts' changes show at once).
+    fn on(backend: Backend, ttl: std::time::Duration) -> Sut {
         let staging = tempfile::tempdir().unwrap();
-        let fs = Self::mount(&store, &staging, ttl);
+        let (store, root, mem, dir): (Arc<dyn Store>, String, _, _) = match backend {
+            Backend::Memory => {
+                let mem = Arc::new(MemStore::new());
+                (mem.clone(), mem.root().to_string(), Some(mem), None)
+            }
+            Backend::Registry { plain_root } => {
+                let dir = tempfile::tempdir().unwrap();
+                let root = dir.path().join("registry").to_str().unwrap().to_string();
+                let ctx = Context::new().unwrap();
+                if plain_root {
+                    std::fs::create_dir(&root).unwrap();
+                } else {
+                    modelfs::tiledb::Group::create(&ctx, &root).unwrap();
+                }
+                let mut reg = Registry::new(ctx).unwrap();
+                // As a writable mount sets it up.
+                reg.tidy_directories_when_listed();
+                reg.retire_in_background();
+                (Arc::new(reg), root, None, Some(dir))
+            }
+        };
+        let fs = Self::mount(&store, &root, &staging, ttl);
+        let outside = other_mount_store(backend, &mem);
         Sut {
+            backend,
+            outside,
             store,
+            root,
+            mem,
             ttl,
             fs,
             fhs: Vec::new(),
             staging,
+            _registry_dir: dir,
         }
     }
 
-    fn mount(store: &Arc<MemStore>, staging: &tempfile::TempDir, ttl: std::time::Duration) -> ModelFs {
+    /// Whether the store can crash (see [`Op::Crash`]).
+    fn can_crash(&self) -> bool {
+        self.mem.is_some()
+    }
+
+    fn crashed(&self) -> bool {
+        self.mem.as_ref().is_some_and(|m| m.crashed())
+    }
+
+    fn mount(store: &Arc<dyn Store>, root: &str, staging: &tempfile::TempDir, ttl: std::time::Duration) -> ModelFs {
         let config = Config {
             read_only: false,
             metadata_ttl: ttl,
@@ -422,13 +504,14 @@ impl Sut {
             stat_whole_from: 1,
             ..Config::default()
         };
-        let root = store.root().to_string();
-        ModelFs::new(store.clone() as Arc<dyn Store>, &root, config).unwrap()
+        ModelFs::new(store.clone(), root, config).unwrap()
     }
 
     fn restart(&mut self) {
-        self.store.crash_at(None);
-        self.fs = Self::mount(&self.store, &self.staging, self.ttl);
+        if let Some(m) = &self.mem {
+            m.crash_at(None);
+        }
+        self.fs = Self::mount(&self.store, &self.root, &self.staging, self.ttl);
         self.fhs.clear();
     }
 
@@ -451,12 +534,16 @@ impl Sut {
     /// shows them and as a core mounted afresh on the same store does.
     fn dir_times(&self, dirs: &[&[&'static str]]) -> Vec<(String, DirTimes, DirTimes)> {
         let staging = tempfile::tempdir().unwrap();
-        let fresh = Self::mount(&self.store, &staging, self.ttl);
+        let other = other_mount_store(self.backend, &self.mem);
+        let fresh = Self::mount(&other, &self.root, &staging, self.ttl);
         let times = |fs: &ModelFs, dir: &[&str]| -> R<DirTimes> {
             let a = fs.getattr(resolve_in(fs, dir)?).map_err(|e| e.errno)?;
             Ok((a.mtime, a.ctime))
         };
+        // A plain folder stores no times: each mount shows its own.
+        let plain_root = self.backend == Backend::Registry { plain_root: true };
         dirs.iter()
+            .filter(|d| !(plain_root && d.is_empty()))
             .filter_map(|d| {
                 Some((
                     format!("/{}", d.join("/")),
@@ -584,14 +671,14 @@ impl Sut {
             false
         }
         let store: &dyn Store = self.store.as_ref();
-        let root = store.resolve(self.store.root()).unwrap().unwrap();
+        let root = store.resolve(&self.root).unwrap().unwrap();
         walk(store, &root, &mut std::collections::HashSet::new())
     }
 
     /// Another mount writes `bytes` as a new version of `p` (closed).
     fn outside_write(&self, p: &P, bytes: &[u8]) -> R<()> {
-        let store: &dyn Store = self.store.as_ref();
-        let mut dir = store.resolve(self.store.root()).unwrap().unwrap();
+        let store: &dyn Store = self.outside.as_ref();
+        let mut dir = store.resolve(&self.root).unwrap().unwrap();
         let (last, parent) = p.0.split_last().unwrap();
         for name in parent {
             dir = store.lookup(&dir, name).unwrap().ok_or(libc::ENOENT)?;
@@ -616,8 +703,8 @@ impl Sut {
     }
 
     fn outside_delete(&self, p: &P) -> R<()> {
-        let store: &dyn Store = self.store.as_ref();
-        let mut dir = store.resolve(self.store.root()).unwrap().unwrap();
+        let store: &dyn Store = self.outside.as_ref();
+        let mut dir = store.resolve(&self.root).unwrap().unwrap();
         let (last, parent) = p.0.split_last().unwrap();
         for name in parent {
             dir = store.lookup(&dir, name).unwrap().ok_or(libc::ENOENT)?;
@@ -652,7 +739,7 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
         Op::Create(p) => {
             let (last, parent) = p.0.split_last().unwrap();
             let d = m.dir(parent)?;
-            if d.contains_key(*last) {
+            if d.contains_key(*last) || m.held(p) {
                 return Err(libc::EEXIST);
             }
             let f = m.files.len();
@@ -744,6 +831,8 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
                 }
                 m.handles[*h] = None;
                 m.drop_unheld(hd.writer);
+                let open: Vec<FileId> = m.handles.iter().flatten().map(|h| m.writers[h.writer].file).collect();
+                m.held_names.retain(|_, f| open.contains(f));
             }
             Ok(Out::Unit)
         }
@@ -817,6 +906,10 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             };
             let (last, parent) = p.0.split_last().unwrap();
             m.dir_mut(parent)?.remove(*last);
+            let open = m.handles.iter().flatten().any(|h| m.writers[h.writer].file == f);
+            if m.plain_root && parent.is_empty() && open && m.files[f].committed.is_some() {
+                m.held_names.insert(last.to_string(), f);
+            }
             if let Some(w) = m.files[f].writer
                 && m.files[f].committed.is_none()
             {
@@ -830,9 +923,10 @@ fn model_step(m: &mut Model, op: &Op, step: usize) -> R<Out> {
             Ok(Out::Unit)
         }
         Op::Mkdir(p) => {
+            let held = m.held(p);
             let (last, parent) = p.0.split_last().unwrap();
             let d = m.dir_mut(parent)?;
-            if d.contains_key(*last) {
+            if d.contains_key(*last) || held {
                 return Err(libc::EEXIST);
             }
             d.insert(last.to_string(), MNode::Dir(BTreeMap::new()));
@@ -899,6 +993,9 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
     let src = m.get(from)?.clone();
     if from == to {
         return Ok(Out::Unit);
+    }
+    if m.held(to) {
+        return Err(libc::EEXIST);
     }
     if let MNode::File(f) = src
         && let Some(w) = m.busy_writer(f)
@@ -1087,7 +1184,7 @@ fn sut_step(s: &mut Sut, op: &Op, step: usize) -> R<Out> {
             .map(|()| Out::Unit),
         Op::OutsideDelete(p) => s.outside_delete(p).map(|()| Out::Unit),
         Op::Crash(k) => {
-            s.store.crash_at(Some(*k as u64));
+            s.mem.as_ref().expect("a store that crashes").crash_at(Some(*k as u64));
             Ok(Out::Unit)
         }
     }
@@ -1103,6 +1200,7 @@ fn applicable(m: &Model, op: &Op) -> bool {
         Op::OutsideWrite { path, .. } | Op::OutsideDelete(path) => {
             let (_, parent) = path.0.split_last().unwrap();
             m.dir(parent).is_ok()
+                && !m.held(path)
                 && match m.get(path) {
                     Ok(MNode::File(f)) => !m.handles.iter().flatten().any(|h| m.writers[h.writer].file == *f),
                     Ok(MNode::Dir(_)) => true,
@@ -1122,13 +1220,23 @@ fn run(ops: &[Op]) -> usize {
 /// [`run`] on a core that caches what it reads for `ttl`; other mounts'
 /// changes are left out then (they show only after the TTL).
 fn run_with(ops: &[Op], ttl: std::time::Duration) -> usize {
+    run_on(Backend::Memory, ops, ttl)
+}
+
+/// [`run_with`] over `backend`; crashes are left out where the store
+/// cannot crash.
+fn run_on(backend: Backend, ops: &[Op], ttl: std::time::Duration) -> usize {
     let mut restarts = 0;
-    let mut m = Model::default();
-    let mut s = Sut::new(ttl);
+    let mut m = Model {
+        plain_root: backend == (Backend::Registry { plain_root: true }),
+        ..Model::default()
+    };
+    let mut s = Sut::on(backend, ttl);
     let mut armed = false;
     for (step, op) in ops.iter().enumerate() {
         let outside = matches!(op, Op::OutsideWrite { .. } | Op::OutsideDelete(_));
-        if !applicable(&m, op) || (outside && !ttl.is_zero()) {
+        let crash = matches!(op, Op::Crash(_));
+        if !applicable(&m, op) || (outside && !ttl.is_zero()) || (crash && !s.can_crash()) {
             continue;
         }
         let before = m.clone();
@@ -1138,7 +1246,7 @@ fn run_with(ops: &[Op], ttl: std::time::Duration) -> usize {
             armed = true;
             continue;
         }
-        if armed && s.store.crashed() {
+        if armed && s.crashed() {
             // The daemon died inside this operation: restart, then every
             // name must show its state before or after it, whole.
             s.restart();
@@ -1168,7 +1276,7 @@ fn run_with(ops: &[Op], ttl: std::time::Duration) -> usize {
             continue;
         }
         if armed {
-            s.store.crash_at(None);
+            s.mem.as_ref().expect("a store that crashes").crash_at(None);
             armed = false;
         }
         assert_eq!(got, expected, "step {step} {op:?}\nops: {ops:?}");
@@ -1256,6 +1364,44 @@ proptest! {
     #[test]
     fn the_caching_core_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
         run_with(&ops, std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Sequences per property over a registry on disk (each step is TileDB
+/// I/O: a sequence takes about a hundred times as long as in memory).
+fn registry_cases() -> u32 {
+    std::env::var("MODELFS_REFTEST_REGISTRY_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: registry_cases(),
+        max_shrink_iters: 2_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The core over the registry itself, its root a group.
+    #[test]
+    fn the_core_over_a_registry_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        run_on(Backend::Registry { plain_root: false }, &ops, std::time::Duration::ZERO);
+    }
+
+    /// The core over a registry whose root is a plain folder (where a file
+    /// is an array in it and a directory a group or a plain folder), with
+    /// the metadata cache on.
+    #[test]
+    fn the_caching_core_over_a_plain_folder_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        run_on(Backend::Registry { plain_root: true }, &ops, std::time::Duration::from_secs(3600));
+    }
+
+    /// The same without the cache, with other mounts' changes.
+    #[test]
+    fn the_core_over_a_plain_folder_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        run_on(Backend::Registry { plain_root: true }, &ops, std::time::Duration::ZERO);
     }
 }
 
@@ -1606,4 +1752,81 @@ fn regression_a_file_unlinked_before_its_first_commit_leaves_the_stored_times() 
     for _ in 0..200 {
         run_with(&ops, std::time::Duration::from_secs(3600));
     }
+}
+
+fn on_plain_folder(ops: &[Op]) {
+    run_on(Backend::Registry { plain_root: true }, ops, std::time::Duration::ZERO);
+}
+
+/// Shrunk by the model over a plain folder: a file unlinked while open
+/// was still listed (its storage, which is its name there, stays for the
+/// open descriptor), and a directory made at its name was made over it.
+#[test]
+fn regression_a_file_unlinked_while_open_in_a_plain_folder_is_gone() {
+    on_plain_folder(&[
+        Op::Create(p("b")),
+        Op::Open {
+            path: p("b"),
+            truncate: false,
+        },
+        Op::Close(0),
+        Op::Unlink(p("b")),
+    ]);
+    on_plain_folder(&[Op::Create(p("b")), Op::Fsync(0), Op::Unlink(p("b")), Op::Mkdir(p("b"))]);
+    on_plain_folder(&[Op::Create(p("b")), Op::Fsync(0), Op::Unlink(p("b")), Op::Create(p("b"))]);
+}
+
+/// Shrunk by the model over a plain folder: a rename moves the storage
+/// there, and the writer of a file still open (its bytes committed)
+/// committed to the old place (EIO), as did the writer of a file inside a
+/// moved directory, and a moved directory's listing named the old places.
+#[test]
+fn regression_writers_and_listings_follow_storage_moved_by_a_rename() {
+    on_plain_folder(&[
+        Op::Create(p("a")),
+        Op::Fsync(0),
+        Op::Rename(p("a"), p("c")),
+        Op::TruncatePath { path: p("c"), size: 1 },
+    ]);
+    let ops = [
+        Op::Mkdir(p("c")),
+        Op::Rename(p("c"), p("a")),
+        Op::Create(p("c")),
+        Op::Rename(p("c"), p("a/a")),
+        Op::Rename(p("a"), p("b")),
+        Op::Fsync(0),
+        Op::Create(p("a")),
+        Op::Close(0),
+    ];
+    run_on(
+        Backend::Registry { plain_root: true },
+        &ops,
+        std::time::Duration::from_secs(3600),
+    );
+    let ops = [
+        Op::Mkdir(p("c")),
+        Op::Create(p("c/a")),
+        Op::Flush { h: 0, by_child: false },
+        Op::Rename(p("c"), p("a")),
+    ];
+    run_on(
+        Backend::Registry { plain_root: true },
+        &ops,
+        std::time::Duration::from_secs(3600),
+    );
+}
+
+/// Shrunk by the model: another mount deleted a file and this one made a
+/// directory at its name, whose storage took the same URI; the file's
+/// inode stood for it and the listing failed (EIO).
+#[test]
+fn regression_a_directory_made_where_another_mount_deleted_a_file() {
+    let ops = [
+        Op::Create(p("b")),
+        Op::Close(0),
+        Op::OutsideDelete(p("b")),
+        Op::Mkdir(p("b")),
+    ];
+    run_on(Backend::Registry { plain_root: false }, &ops, std::time::Duration::ZERO);
+    on_plain_folder(&ops);
 }

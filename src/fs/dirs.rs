@@ -235,6 +235,50 @@ impl ModelFs {
         Ok(())
     }
 
+    /// A rename moved storage from `from` to `to` (out of or into a plain
+    /// directory, where a name is where the storage is): what this mount
+    /// knows there (the kernel's inodes, the versions open descriptors
+    /// read, the writers' places) now points where the storage went.
+    fn storage_moved(&self, from: &str, to: &str) {
+        for inode in self.inodes.stored_at_or_inside(from) {
+            let Some(uri) = crate::registry::uri::rebase(&inode.entry().uri, from, to) else {
+                continue;
+            };
+            self.inodes.set_uri(&inode, uri.clone());
+            let (version, writer) = {
+                let mut c = inode.lock();
+                // A directory's listing names its entries' old places.
+                c.listing = None;
+                (c.version.clone(), c.active_writer())
+            };
+            if let Some(v) = version {
+                let meta = v.meta().clone();
+                if let Err(e) = v.relocate(|| Ok(self.store.open_version(&uri, meta)?)) {
+                    warn!("{uri}: moved from {from}, but cannot be opened there: {e}");
+                    inode.lock().version = None;
+                }
+            }
+            if let Some(w) = writer {
+                lock(&w).storage_moved(from, to);
+            }
+        }
+    }
+
+    /// EBUSY when a file stored at or under `entry` streams into storage
+    /// from this mount: its open TileDB write would not follow a move.
+    fn check_nothing_streams_inside(&self, entry: &Entry) -> Result<()> {
+        for inode in self.inodes.stored_at_or_inside(&entry.uri) {
+            let writer = inode.lock().active_writer();
+            if writer.is_some_and(|w| lock(&w).is_streaming()) {
+                return Err(CoreError::BeingWritten {
+                    what: inode.entry().uri,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// Ok when `entry` (in `parent`) is a directory holding nothing.
     fn check_removable_dir(&self, parent: Ino, entry: &Entry) -> Result<()> {
         if !entry.is_dir() {
@@ -307,9 +351,15 @@ impl ModelFs {
         }
         let replaced = target.map(|(t, _)| t);
         let new_dir_entry = new_dir.entry();
+        if dir.entry().storage != Storage::Group || new_dir_entry.storage != Storage::Group {
+            self.check_nothing_streams_inside(&entry)?;
+        }
         let moved = self
             .store
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
+        if !crate::registry::uri::same(&moved.uri, &entry.uri) {
+            self.storage_moved(&entry.uri, &moved.uri);
+        }
         self.touch_dir(parent, &[name], None, DirChange::Stored);
         self.touch_dir(new_parent, &[new_name], Some(&moved), DirChange::Stored);
         if let Some(old) = &replaced {
@@ -321,7 +371,15 @@ impl ModelFs {
             }
         }
         match self.inodes.find(parent, name) {
-            Some(inode) => self.inodes.rename(&inode, new_parent, moved.clone()),
+            Some(inode) => {
+                self.inodes.rename(&inode, new_parent, moved.clone());
+                // An idle writer (its bytes committed, a descriptor still
+                // open) commits its next bytes to the file's new name.
+                let writer = inode.lock().active_writer();
+                if let Some(w) = writer {
+                    lock(&w).retarget(new_dir_entry.clone(), moved.clone(), true, None);
+                }
+            }
             None => {
                 let node = self.node_of(&moved)?.unwrap_or(NodeState::Dir(Attrs::default()));
                 self.inodes.upsert(new_parent, moved.clone(), node, Seen::Read);

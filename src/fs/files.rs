@@ -120,7 +120,7 @@ impl ModelFs {
         Counters::add(&self.counters.opens, 1);
         let source: Arc<dyn ChunkSource> = version.clone();
         let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
-        let passthrough = match version.file().local_file() {
+        let passthrough = match version.local_file() {
             Some(file) if self.config.passthrough => {
                 let mut c = inode.lock();
                 let n = match &c.pinned {
@@ -173,7 +173,7 @@ impl ModelFs {
             // file must name that file: until the next lookup gives the
             // name a new inode, it is the version served.
             (_, Some(v)) => v,
-            (Some(v), None) if v.file().meta().same_data(&meta) => v,
+            (Some(v), None) if v.meta().same_data(&meta) => v,
             _ => {
                 let file = if past {
                     self.store.open_past_version(uri, meta)?
@@ -516,7 +516,7 @@ impl ModelFs {
                 let named = self
                     .inodes
                     .find(inode.parent(), &entry.name)
-                    .filter(|o| !Arc::ptr_eq(o, &inode) && crate::registry::uri::same(&o.entry().uri, &entry.uri));
+                    .filter(|o| !Arc::ptr_eq(o, &inode) && o.entry().same_storage(&entry));
                 for i in std::iter::once(&inode).chain(named.as_ref()) {
                     let mut c = i.lock();
                     c.node = NodeState::File(meta.clone());

@@ -152,7 +152,7 @@ impl Cached {
     /// Whether `node` holds other bytes than the version passed through.
     pub fn pinned_differs(&self, node: &NodeState) -> bool {
         match (self.pinned_version(), node) {
-            (Some(v), NodeState::File(meta)) => !v.file().meta().same_data(meta),
+            (Some(v), NodeState::File(meta)) => !v.meta().same_data(meta),
             (Some(_), _) => true,
             (None, _) => false,
         }
@@ -237,7 +237,7 @@ impl InodeTable {
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(ino) = by_name.get(&key)
             && let Some(inode) = by_ino.get(ino)
-            && crate::registry::uri::same(&inode.entry().uri, &entry.uri)
+            && inode.entry().same_storage(&entry)
             && !inode.lock().pinned_differs(&node)
         {
             let inode = inode.clone();
@@ -288,6 +288,24 @@ impl InodeTable {
         by_name.remove(&(place.0, place.1.name.clone()));
         by_name.insert((parent, entry.name.clone()), inode.ino);
         *place = (parent, entry);
+    }
+
+    /// Inodes whose storage is at `uri` or inside it.
+    pub fn stored_at_or_inside(&self, uri: &str) -> Vec<Arc<Inode>> {
+        let by_ino = self.by_ino.read().unwrap_or_else(PoisonError::into_inner);
+        by_ino
+            .values()
+            .filter(|i| {
+                let at = &i.place.read().unwrap_or_else(PoisonError::into_inner).1.uri;
+                crate::registry::uri::same(at, uri) || crate::registry::uri::is_inside(at, uri)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Points `inode` at storage `uri` (moved there), under the same name.
+    pub fn set_uri(&self, inode: &Inode, uri: String) {
+        inode.place.write().unwrap_or_else(PoisonError::into_inner).1.uri = uri;
     }
 
     /// Inodes named in `parent` that have a writer but no committed

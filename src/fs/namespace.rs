@@ -226,7 +226,7 @@ impl ModelFs {
     /// the metadata TTL, if there is one.
     fn known_node(&self, parent: Ino, entry: &Entry) -> Option<NodeState> {
         let inode = self.inodes.find(parent, &entry.name)?;
-        if !crate::registry::uri::same(&inode.entry().uri, &entry.uri) {
+        if !inode.entry().same_storage(entry) {
             return None;
         }
         let c = inode.lock();

@@ -40,6 +40,14 @@ impl Entry {
     pub fn is_dir(&self) -> bool {
         matches!(self.storage, Storage::Group | Storage::PlainDir)
     }
+
+    /// Whether `other` stands for the same storage: the same URI, holding
+    /// the same kind of object. A URI freed by a deletion (another mount's,
+    /// or in a plain directory, where a name is its storage) may come back
+    /// holding a directory where a file was.
+    pub fn same_storage(&self, other: &Entry) -> bool {
+        self.storage == other.storage && super::uri::same(&self.uri, &other.uri)
+    }
 }
 
 /// What an entry holds, as far as modelfs is concerned.
@@ -182,6 +190,10 @@ impl Registry {
     fn probe(&self, uri: &str, name: &str) -> Result<Option<Entry>> {
         let storage = match tiledb::object_type(&self.ctx, uri)? {
             ObjectType::Group => Storage::Group,
+            ObjectType::Array if self.vfs.is_file(&removed_marker(uri))? => {
+                debug!("{uri}: a file removed while open, not shown");
+                return Ok(None);
+            }
             ObjectType::Array => Storage::Array,
             ObjectType::Invalid if self.vfs.is_dir(uri)? => {
                 if self.vfs.is_file(&removed_marker(uri))? {
@@ -498,8 +510,12 @@ impl Registry {
                 return Err(Error::AlreadyExists { uri: e.uri });
             }
             // Not `plain_free_uri`: a group may be made over what a
-            // removed directory left.
-            plain_child_uri(dir, name)?
+            // removed directory left, never over a file removed while open.
+            let uri = plain_child_uri(dir, name)?;
+            if tiledb::object_type(&self.ctx, &uri)? != ObjectType::Invalid {
+                return Err(Error::AlreadyExists { uri });
+            }
+            uri
         };
         Group::create(&self.ctx, &uri)?;
         if dir.storage != Storage::Group {
@@ -607,8 +623,12 @@ impl Registry {
     /// Deletes `entry` from `dir`: the member goes and, in the same group
     /// write, the group records when (`modelfs.deleted.<storage name>`),
     /// so [`Registry::retire`] keeps its storage for snapshots until a
-    /// prune frees it ([`Registry::free_deleted`]). In a plain directory
-    /// nothing happens here (the entry is its storage).
+    /// prune frees it ([`Registry::free_deleted`]). In a plain directory,
+    /// where a file's name is its storage, the file is marked removed:
+    /// listings no longer show it while its storage stays for descriptors
+    /// still open on it (after a crash, it stays hidden rather than coming
+    /// back), and the name is taken until the storage goes. A directory
+    /// there goes its own way (see [`Registry::delete_group`]).
     ///
     /// In a mount, a removal whose storage stays is recorded in the
     /// directory's journal instead, which costs the same however many
@@ -618,6 +638,9 @@ impl Registry {
     /// storage is gone.
     pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage != Storage::Group {
+            if entry.storage == Storage::Array {
+                self.vfs.touch(&removed_marker(&entry.uri))?;
+            }
             return Ok(());
         }
         if self.upkeep.journaling() && deleted_key(&dir.uri, entry).is_some() {

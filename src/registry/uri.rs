@@ -96,6 +96,19 @@ pub fn is_inside(uri: &str, root: &str) -> bool {
     !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
+/// Where `uri` is once what is at `from` moved to `to`: `to` itself, or
+/// the same place under it; `None` when `uri` is not `from` nor inside it.
+pub fn rebase(uri: &str, from: &str, to: &str) -> Option<String> {
+    if same(uri, from) {
+        return Some(to.to_string());
+    }
+    if !is_inside(uri, from) {
+        return None;
+    }
+    let rest = &canonical(uri)[canonical(from).len()..];
+    Some(format!("{}{rest}", to.trim_end_matches('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +123,14 @@ mod tests {
         assert!(!is_inside("/elsewhere/x", "/r/reg"));
         assert!(same("file:///a/b/", "/a/b"));
         assert!(!same("/a/b", "/a/c"));
+    }
+
+    #[test]
+    fn rebases() {
+        assert_eq!(rebase("/r/a", "file:///r/a", "/r/b").as_deref(), Some("/r/b"));
+        assert_eq!(rebase("file:///r/a/x/y", "/r/a", "/r/b/").as_deref(), Some("/r/b/x/y"));
+        assert_eq!(rebase("/r/ab", "/r/a", "/r/b"), None);
+        assert_eq!(rebase("/r/c", "/r/a", "/r/b"), None);
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! A trait so the cache and the planner are tested on an in-memory source
 //! (and a failing one) as well as on real file arrays.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::fs::error::{CoreError, Result};
 use crate::fs::store::StoredVersion;
+use crate::registry::FileMeta;
 
 /// One immutable version of a file, readable by byte range from any thread.
 pub trait ChunkSource: Send + Sync {
@@ -40,7 +41,11 @@ pub fn chunk_bytes_for_tile(tile_bytes: u64) -> u64 {
 /// A file array version as a chunk source.
 pub struct FileVersion {
     id: u64,
-    file: Box<dyn StoredVersion>,
+    /// Where the bytes are read from: replaced when a rename moves the
+    /// storage (in a plain directory a name is where the array is), so
+    /// descriptors open on it read on.
+    file: RwLock<Arc<dyn StoredVersion>>,
+    meta: FileMeta,
     chunk_bytes: u64,
     uri: String,
 }
@@ -50,14 +55,36 @@ impl FileVersion {
         let uri = file.uri().to_string();
         Arc::new(FileVersion {
             id,
-            file,
+            meta: file.meta().clone(),
+            file: RwLock::new(Arc::from(file)),
             chunk_bytes: chunk_bytes_for_tile(tile_bytes),
             uri,
         })
     }
 
-    pub fn file(&self) -> &dyn StoredVersion {
-        self.file.as_ref()
+    /// The version's size, kind and timestamp.
+    pub fn meta(&self) -> &FileMeta {
+        &self.meta
+    }
+
+    /// The complete disk cache file holding the version, if any.
+    pub fn local_file(&self) -> Option<Arc<std::fs::File>> {
+        self.reader().local_file()
+    }
+
+    /// Reads from `open()` from now on: the same version, opened where its
+    /// storage was moved to (unless it is read from a complete disk cache
+    /// file, which did not move).
+    pub fn relocate(&self, open: impl FnOnce() -> Result<Box<dyn StoredVersion>>) -> Result<()> {
+        if self.local_file().is_none() {
+            let file = open()?;
+            *self.file.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(file);
+        }
+        Ok(())
+    }
+
+    fn reader(&self) -> Arc<dyn StoredVersion> {
+        self.file.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -67,7 +94,7 @@ impl ChunkSource for FileVersion {
     }
 
     fn size(&self) -> u64 {
-        self.file.meta().size
+        self.meta.size
     }
 
     fn chunk_bytes(&self) -> u64 {
@@ -75,7 +102,7 @@ impl ChunkSource for FileVersion {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let n = self.file.read_at(offset, buf)?;
+        let n = self.reader().read_at(offset, buf)?;
         if n != buf.len() {
             return Err(CoreError::ShortRead {
                 uri: self.uri.clone(),
@@ -93,7 +120,7 @@ impl ChunkSource for FileVersion {
     }
 
     fn is_local(&self) -> bool {
-        self.file.local_file().is_some()
+        self.local_file().is_some()
     }
 }
 

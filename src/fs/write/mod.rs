@@ -200,6 +200,19 @@ impl Writer {
         self.replaces = replaces;
     }
 
+    /// Follows a rename that moved storage from `from` to `to` (out of or
+    /// into a plain directory): the places it commits to that lay there.
+    pub fn storage_moved(&mut self, from: &str, to: &str) {
+        let entries = [&mut self.target.dir, &mut self.target.entry]
+            .into_iter()
+            .chain(self.replaces.as_mut());
+        for e in entries {
+            if let Some(uri) = crate::registry::uri::rebase(&e.uri, from, to) {
+                e.uri = uri;
+            }
+        }
+    }
+
     /// The file's size as written so far.
     pub fn size(&self) -> u64 {
         match &self.state {
