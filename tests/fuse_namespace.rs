@@ -584,3 +584,75 @@ fn a_directory_holding_the_storage_of_a_file_moved_out_does_not_move_it_away() {
     assert_eq!(names(&mnt.dir), ["b", "d", "s1", "s2"]);
     assert_eq!(std::fs::read(mnt.dir.join("b/f")).unwrap(), b"precious");
 }
+
+#[test]
+fn descriptors_open_in_a_plain_directory_outlive_renames_and_unlinks() {
+    // In a plain directory a name is where the storage is: a rename moves
+    // the storage, and an unlink cannot take the name away from storage
+    // that open descriptors still read. Descriptors open across a move
+    // read on (they failed with EIO), and a file unlinked while open is
+    // gone from the listing at once (it was still listed and readable).
+    use std::io::{Read, Seek, SeekFrom};
+    let Some((tmp, reg, mnt)) = mounted_empty_folder() else {
+        return;
+    };
+    let m = &mnt.dir;
+    let data = pseudo_random(7, 6 << 20);
+    std::fs::write(m.join("f"), &data).unwrap();
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::write(m.join("d/g"), &data).unwrap();
+    let read_rest = |file: &mut std::fs::File| {
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest).map(|_| rest)
+    };
+    // A file renamed while open, then a directory holding an open file.
+    let mut f = std::fs::File::open(m.join("f")).unwrap();
+    let mut head = vec![0; 1 << 20];
+    f.read_exact(&mut head).unwrap();
+    std::fs::rename(m.join("f"), m.join("h")).unwrap();
+    assert_eq!(read_rest(&mut f).unwrap(), data[1 << 20..], "f after its rename");
+    let mut g = std::fs::File::open(m.join("d/g")).unwrap();
+    g.read_exact(&mut head).unwrap();
+    std::fs::rename(m.join("d"), m.join("e")).unwrap();
+    assert_eq!(read_rest(&mut g).unwrap(), data[1 << 20..], "d/g after d's rename");
+    assert_eq!(std::fs::read(m.join("e/g")).unwrap(), data);
+    // A file written through a descriptor still open, renamed, then
+    // written again: the second write commits at the new name.
+    let mut w = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(m.join("w"))
+        .unwrap();
+    std::io::Write::write_all(&mut w, b"first").unwrap();
+    w.sync_all().unwrap();
+    std::fs::rename(m.join("w"), m.join("v")).unwrap();
+    std::io::Write::write_all(&mut w, b", second").unwrap();
+    drop(w);
+    assert_eq!(std::fs::read(m.join("v")).unwrap(), b"first, second");
+    // Unlinked while open: gone at once, read on, the name taken until the
+    // close (its storage is still there), then free.
+    f.seek(SeekFrom::Start(0)).unwrap();
+    std::fs::remove_file(m.join("h")).unwrap();
+    assert_eq!(names(m), ["e", "v"]);
+    assert_eq!(errno(std::fs::metadata(m.join("h"))), Some(libc::ENOENT));
+    assert_eq!(errno(std::fs::write(m.join("h"), b"new")), Some(libc::EEXIST));
+    assert_eq!(errno(std::fs::create_dir(m.join("h"))), Some(libc::EEXIST));
+    assert_eq!(read_rest(&mut f).unwrap(), data, "h after its unlink");
+    drop(f);
+    // The storage goes at the release, which the kernel sends after
+    // close() returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while errno(std::fs::write(m.join("h"), b"new")) == Some(libc::EEXIST) {
+        assert!(std::time::Instant::now() < deadline, "h still taken after its close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(m.join("h")).unwrap(), b"new");
+    // The same on a fresh mount: nothing moved or removed comes back.
+    drop(g);
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let m = &mnt.dir;
+    assert_eq!(names(m), ["e", "h", "v"]);
+    assert_eq!(std::fs::read(m.join("e/g")).unwrap(), data);
+    assert_eq!(std::fs::read(m.join("v")).unwrap(), b"first, second");
+}
