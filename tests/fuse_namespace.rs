@@ -619,7 +619,7 @@ fn descriptors_open_in_a_plain_directory_outlive_renames_and_unlinks() {
     // A file written through a descriptor still open, renamed, then
     // written again: the second write commits at the new name.
     let mut w = std::fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
         .open(m.join("w"))
         .unwrap();
