@@ -656,3 +656,24 @@ fn descriptors_open_in_a_plain_directory_outlive_renames_and_unlinks() {
     assert_eq!(std::fs::read(m.join("e/g")).unwrap(), data);
     assert_eq!(std::fs::read(m.join("v")).unwrap(), b"first, second");
 }
+
+#[test]
+fn a_file_moved_back_home_lets_its_directory_move_again() {
+    // A file moved out of a directory marks its storage, which stays in
+    // that directory's folder, so the folder does not move away from
+    // under its new name (EXDEV). Moved back, the mark went on refusing
+    // the directory's rename, and every later `mv` copied it.
+    let Some((_tmp, _reg, mnt)) = mounted_empty_folder() else {
+        return;
+    };
+    let m = &mnt.dir;
+    std::fs::create_dir(m.join("a")).unwrap();
+    std::fs::create_dir(m.join("b")).unwrap();
+    std::fs::write(m.join("a/f"), b"home").unwrap();
+    std::fs::rename(m.join("a/f"), m.join("b/f")).unwrap();
+    assert_eq!(errno(std::fs::rename(m.join("a"), m.join("c"))), Some(libc::EXDEV));
+    std::fs::rename(m.join("b/f"), m.join("a/f")).unwrap();
+    std::fs::rename(m.join("a"), m.join("c")).unwrap();
+    assert_eq!(std::fs::read(m.join("c/f")).unwrap(), b"home");
+    assert_eq!(names(m), ["b", "c"]);
+}

@@ -890,6 +890,19 @@ impl Registry {
         }
         if dir.uri != new_dir.uri {
             self.unlink(dir, entry)?;
+            // Back in the directory whose folder holds its storage: that
+            // folder may move again (best effort: a mark left only costs
+            // a copy).
+            if deleted_key(&new_dir.uri, entry).is_some() {
+                let marker = moved_out_marker(&entry.uri);
+                if let Err(e) = self
+                    .vfs
+                    .is_file(&marker)
+                    .and_then(|m| if m { self.vfs.remove_file(&marker) } else { Ok(()) })
+                {
+                    debug!("{marker}: not removed: {e}");
+                }
+            }
         }
         Ok(moved)
     }
