@@ -588,6 +588,18 @@ fn another_descriptor_reads_what_this_mount_has_written_so_far() {
     w.write_all(&new[new.len() / 2..]).unwrap();
     drop(w);
     assert_eq!(std::fs::read(mnt.dir.join("m.safetensors")).unwrap(), new);
+
+    // A new file unlinked before its first close: its bytes have no other
+    // copy, and a reader opened beside the writer reads them on after the
+    // writer's close (it read nothing there).
+    let path = mnt.dir.join("scratch");
+    let mut w = std::fs::File::create_new(&path).unwrap();
+    w.write_all(&first).unwrap();
+    let r = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    drop(w);
+    r.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, first, "an unlinked new file after its writer's close");
 }
 
 #[test]

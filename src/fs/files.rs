@@ -67,7 +67,7 @@ impl ModelFs {
         Counters::add(&self.counters.opens, 1);
         let fh = self.handles.insert(Handle::Follow(FollowHandle {
             ino: inode.ino,
-            writer: Arc::downgrade(writer),
+            writer: writer.clone(),
         }));
         debug!("open ino={} fh={} following its writer", inode.ino.0, fh.0);
         Opened {
@@ -78,17 +78,23 @@ impl ModelFs {
         }
     }
 
-    /// A read of a [`FollowHandle`]: from the writer while it holds the
-    /// bytes, else from the latest committed version (nothing for a new
-    /// file never committed).
+    /// A read of a [`FollowHandle`]: from the file's writer while it holds
+    /// the bytes (or, for a new file unlinked before its first commit, from
+    /// the writer it was opened beside), else from the latest committed
+    /// version (nothing for a new file never committed).
     fn read_following(&self, f: &FollowHandle, offset: u64, size: u32) -> Result<Data> {
-        if let Some(writer) = f.writer.upgrade() {
+        let inode = self.inode(f.ino)?;
+        let current = inode.lock().active_writer();
+        let writer = match current {
+            Some(w) => Some(w),
+            None => lock(&f.writer).is_discarded().then(|| f.writer.clone()),
+        };
+        if let Some(writer) = writer {
             let w = lock(&writer);
             if w.holds_bytes() {
                 return Ok(Data::from(w.read(self.store.as_ref(), offset, size)?));
             }
         }
-        let inode = self.inode(f.ino)?;
         let NodeState::File(meta) = self.fresh_node(&inode)? else {
             return Err(CoreError::IsADirectory {
                 what: inode.entry().uri,
@@ -554,13 +560,22 @@ impl ModelFs {
                 // Its own changes, or anything left when no other handle
                 // will commit it (a truncation by path meanwhile).
                 let ours = w.wrote.swap(false, Ordering::AcqRel);
-                let dirty = {
+                let (dirty, last) = {
                     let mut writer = lock(&w.writer);
                     writer.handles = writer.handles.saturating_sub(1);
-                    (ours || writer.handles == 0) && writer.needs_commit()
+                    let last = writer.handles == 0;
+                    ((ours || last) && writer.needs_commit(), last)
                 };
                 if dirty && let Err(e) = self.commit(w) {
                     log::log!(e.level, "release: {e}");
+                }
+                // Nobody writes the file any more, though readers that
+                // followed the writer may still hold it.
+                if last && let Some(inode) = self.inodes.get(w.ino) {
+                    let mut c = inode.lock();
+                    if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
+                        c.writer = std::sync::Weak::new();
+                    }
                 }
                 w.ino
             }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::attr::{DirItem, Fh, Ino};
 use super::read::{ChunkSource, Prefetcher};
@@ -23,12 +23,14 @@ pub struct FileHandle {
 /// A file opened for reading while this mount had it open for writing:
 /// its reads see the bytes written so far, as another descriptor of a
 /// local file does (`git index-pack` reads back the pack it is writing
-/// through descriptors of its own). Once the writer is gone, or while it
-/// streams into storage and keeps nothing to read back, they see the
-/// latest committed version.
+/// through descriptors of its own): those of the file's writer while it
+/// has one, else the latest committed version; a new file unlinked before
+/// its first commit, which has no other copy, reads on from the writer
+/// it was opened beside. While the writer streams into storage and keeps
+/// nothing to read back, they see the latest committed version.
 pub struct FollowHandle {
     pub ino: Ino,
-    pub writer: Weak<Mutex<Writer>>,
+    pub writer: Arc<Mutex<Writer>>,
 }
 
 /// A file open for writing; the inode refers to the same writer.

@@ -158,6 +158,12 @@ impl Writer {
         self.discarded = true;
     }
 
+    /// Whether its file was unlinked before its first commit: it commits
+    /// nothing, and its bytes are the only copy.
+    pub fn is_discarded(&self) -> bool {
+        self.discarded
+    }
+
     /// At the first change after a commit: when another handle committed
     /// a version since (a truncation by path, say), the staged bytes are
     /// dropped and the next change starts from that version, as it would on
