@@ -1816,6 +1816,30 @@ fn regression_writers_and_listings_follow_storage_moved_by_a_rename() {
     );
 }
 
+/// Shrunk by the model over a plain folder, with the metadata cache on: a
+/// file renamed over another takes its storage URI there, and the cached
+/// history under it listed the replaced file's versions in `.versions`.
+#[test]
+fn regression_versions_show_the_file_renamed_over_another_in_a_plain_folder() {
+    let ops = [
+        Op::Create(p("c")),
+        Op::Create(p("a")),
+        Op::Write {
+            h: 0,
+            offset: 0,
+            len: 1,
+        },
+        Op::Close(0),
+        Op::Close(1),
+        Op::Rename(p("c"), p("a")),
+    ];
+    run_on(
+        Backend::Registry { plain_root: true },
+        &ops,
+        std::time::Duration::from_secs(3600),
+    );
+}
+
 /// Shrunk by the model: another mount deleted a file and this one made a
 /// directory at its name, whose storage took the same URI; the file's
 /// inode stood for it and the listing failed (EIO).

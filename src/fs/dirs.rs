@@ -359,6 +359,11 @@ impl ModelFs {
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
         if !crate::registry::uri::same(&moved.uri, &entry.uri) {
             self.storage_moved(&entry.uri, &moved.uri);
+            self.forget_history(&entry.uri);
+            self.forget_history(&moved.uri);
+        }
+        if let Some(old) = &replaced {
+            self.forget_history(&old.uri);
         }
         self.touch_dir(parent, &[name], None, DirChange::Stored);
         self.touch_dir(new_parent, &[new_name], Some(&moved), DirChange::Stored);

@@ -225,10 +225,13 @@ impl ModelFs {
         Ok(history)
     }
 
-    /// Drops the cached history of the file at `uri`: this mount just
-    /// committed a version of it.
+    /// Drops the cached history of the file at `uri`, and of any stored
+    /// under it: this mount just committed a version of it, or a rename
+    /// moved or replaced what is stored there (in a plain directory, a
+    /// name's storage URI holds another file's history afterwards).
     pub(super) fn forget_history(&self, uri: &str) {
-        lock(&self.histories.map).remove(crate::registry::uri::canonical(uri));
+        use crate::registry::uri::{is_inside, same};
+        lock(&self.histories.map).retain(|k, _| !same(k, uri) && !is_inside(k, uri));
     }
 }
 
