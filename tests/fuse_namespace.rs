@@ -647,12 +647,23 @@ fn descriptors_open_in_a_plain_directory_outlive_renames_and_unlinks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(std::fs::read(m.join("h")).unwrap(), b"new");
+    // A `.safetensors` file streaming into an array named by where it is
+    // cannot move until closed (it used to keep its old name, EBUSY now).
+    let st = safetensors_bytes(8, 4 << 20);
+    let mut w = std::fs::File::create_new(m.join("x.safetensors")).unwrap();
+    std::io::Write::write_all(&mut w, &st[..st.len() / 2]).unwrap();
+    let renamed = std::fs::rename(m.join("x.safetensors"), m.join("y.safetensors"));
+    assert_eq!(errno(renamed), Some(libc::EBUSY));
+    std::io::Write::write_all(&mut w, &st[st.len() / 2..]).unwrap();
+    drop(w);
+    std::fs::rename(m.join("x.safetensors"), m.join("y.safetensors")).unwrap();
+    assert_eq!(std::fs::read(m.join("y.safetensors")).unwrap(), st);
     // The same on a fresh mount: nothing moved or removed comes back.
     drop(g);
     drop(mnt);
     let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
     let m = &mnt.dir;
-    assert_eq!(names(m), ["e", "h", "v"]);
+    assert_eq!(names(m), ["e", "h", "v", "y.safetensors"]);
     assert_eq!(std::fs::read(m.join("e/g")).unwrap(), data);
     assert_eq!(std::fs::read(m.join("v")).unwrap(), b"first, second");
 }

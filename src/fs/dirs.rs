@@ -413,6 +413,15 @@ impl ModelFs {
             .into());
         }
         let dir_entry = new_dir.entry();
+        // Streaming into an array of its own, named by where it is in a
+        // plain directory: it can take a new name only once it is closed.
+        let plain = |e: &Entry| e.storage != crate::registry::Storage::Group;
+        if w.has_own_array() && (plain(&w.target().dir) || plain(&dir_entry)) {
+            return Err(CoreError::BeingWritten {
+                what: w.target().entry.uri.clone(),
+            }
+            .into());
+        }
         let (entry, exists, replaces) = match existing {
             Some((_, Some(other))) if !Arc::ptr_eq(&other, inode) => {
                 return Err(CoreError::BeingWritten {
