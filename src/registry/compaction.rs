@@ -212,6 +212,9 @@ impl Upkeep {
         let merged = {
             let lock = self.dir_lock(uri);
             let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if !group_stands(ctx, uri) {
+                return;
+            }
             super::members::merge_journal(ctx, vfs, self, uri)
         };
         match merged {
@@ -220,6 +223,18 @@ impl Upkeep {
             // The records stay: readers still see them, the next change
             // or `modelfs compact` merges them.
             Err(e) => warn!("{uri}: merging recorded entries into its member list failed: {e}"),
+        }
+    }
+
+    /// Drops what is due for group `uri` and the groups inside it (they
+    /// are being deleted): the caller holds `uri`'s lock, so the worker
+    /// either did its part before or finds the group gone.
+    pub(super) fn forget_dir(&self, uri: &str) {
+        use super::uri::{is_inside, same};
+        for set in [&self.pending, &self.merging] {
+            set.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|d| !same(d, uri) && !is_inside(d, uri));
         }
     }
 
@@ -355,6 +370,9 @@ impl Registry {
         let ctx = self.context();
         let lock = self.upkeep.dir_lock(uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if !group_stands(ctx, uri) {
+            return;
+        }
         match tiledb::live_list_files(ctx, uri) {
             Ok(n) if n > LIST_FILES_TOLERATED => match tiledb::compact_members(ctx, uri) {
                 Ok(c) => {
@@ -444,6 +462,12 @@ fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
     }
 }
 
+/// Whether a group is still at `uri`: one deleted since its upkeep was
+/// due gets none (writing there would make its folder again).
+fn group_stands(ctx: &tiledb::Context, uri: &str) -> bool {
+    matches!(tiledb::object_type(ctx, uri), Ok(tiledb::ObjectType::Group))
+}
+
 /// Empties `set`, returning what it held.
 fn take_all(set: &Mutex<HashSet<String>>) -> Vec<String> {
     set.lock().unwrap_or_else(PoisonError::into_inner).drain().collect()
@@ -457,6 +481,9 @@ fn retire_round(r: &Arc<Upkeep>, ctx: &tiledb::Context) {
         }
         let lock = r.dir_lock(&uri);
         let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if !group_stands(ctx, &uri) {
+            continue;
+        }
         match tiledb::vacuum_members(ctx, &uri, tiledb::RETIRE_GRACE) {
             Ok(v) => {
                 if v.deleted.files > 0 {

@@ -802,6 +802,11 @@ impl Registry {
     /// folder as a directory of storage names. The marker comes first, so
     /// a crash part-way never shows the folder either.
     fn delete_group(&self, uri: &str) -> Result<()> {
+        // Nothing merges into it or vacuums it meanwhile or afterwards:
+        // either would write its folder again.
+        let lock = self.upkeep.dir_lock(uri);
+        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.upkeep.forget_dir(uri);
         let marker = removed_marker(uri);
         self.vfs.touch(&marker)?;
         let dir = Entry {
