@@ -1338,21 +1338,23 @@ fn model_from(s: &Sut) -> Model {
     m
 }
 
-/// Sequences per property (two properties run: without and with caching).
-fn cases() -> u32 {
-    std::env::var("MODELFS_REFTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2500)
+/// A count from environment variable `var`, else `default`.
+fn count_from_env(var: &str, default: u32) -> u32 {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn config(cases: u32, max_shrink_iters: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        max_shrink_iters,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        max_shrink_iters: 20_000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    // Sequences per property (two run: without and with caching).
+    #![proptest_config(config(count_from_env("MODELFS_REFTEST_CASES", 2500), 20_000))]
 
     #[test]
     fn the_core_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
@@ -1367,22 +1369,10 @@ proptest! {
     }
 }
 
-/// Sequences per property over a registry on disk (each step is TileDB
-/// I/O: a sequence takes about a hundred times as long as in memory).
-fn registry_cases() -> u32 {
-    std::env::var("MODELFS_REFTEST_REGISTRY_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(150)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: registry_cases(),
-        max_shrink_iters: 2_000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    // Sequences per property over a registry on disk (each step is TileDB
+    // I/O: a sequence takes about a hundred times as long as in memory).
+    #![proptest_config(config(count_from_env("MODELFS_REFTEST_REGISTRY_CASES", 150), 2_000))]
 
     /// The core over the registry itself, its root a group.
     #[test]
