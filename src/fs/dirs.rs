@@ -354,6 +354,15 @@ impl ModelFs {
         if dir.entry().storage != Storage::Group || new_dir_entry.storage != Storage::Group {
             self.check_nothing_streams_inside(&entry)?;
         }
+        if let Some(old) = &replaced
+            && new_dir_entry.storage != Storage::Group
+            && self
+                .inodes
+                .find(new_parent, new_name)
+                .is_some_and(|i| i.lock().open_handles > 0)
+        {
+            return Err(CoreError::ReplacedWhileOpen { uri: old.uri.clone() }.into());
+        }
         let moved = self
             .store
             .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;

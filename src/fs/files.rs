@@ -229,7 +229,24 @@ impl ModelFs {
     }
 
     fn open_writer(&self, inode: &Arc<Inode>, truncate: bool, opener: Option<u32>) -> Result<Opened> {
-        let shared = inode.lock().active_writer();
+        // Claimed under the inode's lock, which a release holds to detach
+        // a writer whose last handle went: never both.
+        let shared = {
+            let mut c = inode.lock();
+            match c.active_writer() {
+                Some(writer) => {
+                    let mut w = lock(&writer);
+                    if w.is_streaming() {
+                        return Err(CoreError::AlreadyOpenForWriting { uri: inode.entry().uri }.into());
+                    }
+                    w.handles += 1;
+                    drop(w);
+                    c.open_handles += 1;
+                    Some(writer)
+                }
+                None => None,
+            }
+        };
         if let Some(writer) = shared {
             return self.share_writer(inode, writer, truncate, opener);
         }
@@ -252,7 +269,8 @@ impl ModelFs {
     /// its bytes (lock files: `filelock`, as `huggingface_hub` uses it,
     /// opens the lock file for writing in every process that waits for
     /// it), and each opener's close commits what is there. A file
-    /// streamed into storage takes one writer (EBUSY).
+    /// streamed into storage takes one writer (EBUSY). The caller counted
+    /// the new handle in the writer's and the inode's.
     fn share_writer(
         &self,
         inode: &Inode,
@@ -260,17 +278,13 @@ impl ModelFs {
         truncate: bool,
         opener: Option<u32>,
     ) -> Result<Opened> {
-        {
+        if truncate && let Err(e) = lock(&writer).truncate(self.store.as_ref(), 0) {
+            let mut c = inode.lock();
+            c.open_handles = c.open_handles.saturating_sub(1);
             let mut w = lock(&writer);
-            if w.is_streaming() {
-                return Err(CoreError::AlreadyOpenForWriting { uri: inode.entry().uri }.into());
-            }
-            if truncate {
-                w.truncate(self.store.as_ref(), 0)?;
-            }
-            w.handles += 1;
+            w.handles = w.handles.saturating_sub(1);
+            return Err(e);
         }
-        inode.lock().open_handles += 1;
         let opened = self.write_handle(inode, writer, opener, truncate);
         debug!("open ino={} fh={} sharing its writer", inode.ino.0, opened.fh.0);
         Ok(opened)
@@ -471,10 +485,7 @@ impl ModelFs {
         // (`creating_child`). A failed writer is nobody's.
         if let Some(inode) = self.inodes.get(w.ino) {
             if failed {
-                let mut c = inode.lock();
-                if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
-                    c.writer = std::sync::Weak::new();
-                }
+                inode.lock().detach_writer(&w.writer);
             }
             // A new file whose first commit failed (or was refused) does
             // not exist, unless another handle still writes it.
@@ -570,11 +581,12 @@ impl ModelFs {
                     log::log!(e.level, "release: {e}");
                 }
                 // Nobody writes the file any more, though readers that
-                // followed the writer may still hold it.
+                // followed the writer may still hold it. Checked again under
+                // the inode's lock: an open may have shared it meanwhile.
                 if last && let Some(inode) = self.inodes.get(w.ino) {
                     let mut c = inode.lock();
-                    if c.active_writer().is_some_and(|a| Arc::ptr_eq(&a, &w.writer)) {
-                        c.writer = std::sync::Weak::new();
+                    if lock(&w.writer).handles == 0 {
+                        c.detach_writer(&w.writer);
                     }
                 }
                 w.ino

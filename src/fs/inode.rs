@@ -161,6 +161,13 @@ impl Cached {
     pub fn active_writer(&self) -> Option<Arc<Mutex<Writer>>> {
         self.writer.upgrade()
     }
+
+    /// `writer` no longer writes the file, if it still did.
+    pub fn detach_writer(&mut self, writer: &Arc<Mutex<Writer>>) {
+        if self.active_writer().is_some_and(|a| Arc::ptr_eq(&a, writer)) {
+            self.writer = std::sync::Weak::new();
+        }
+    }
 }
 
 pub struct Inode {

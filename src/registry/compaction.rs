@@ -253,7 +253,8 @@ impl Upkeep {
     /// The lock of directory `uri`.
     pub(super) fn dir_lock(&self, uri: &str) -> Arc<Mutex<()>> {
         let mut locks = self.dir_locks.lock().unwrap_or_else(PoisonError::into_inner);
-        locks.entry(uri.to_string()).or_default().clone()
+        // One lock whichever way the URI is spelled (`file://` or a path).
+        locks.entry(super::uri::canonical(uri).to_string()).or_default().clone()
     }
 }
 
@@ -463,9 +464,10 @@ fn upkeep_worker(upkeep: std::sync::Weak<Upkeep>, ctx: tiledb::Context) {
 }
 
 /// Whether a group is still at `uri`: one deleted since its upkeep was
-/// due gets none (writing there would make its folder again).
+/// due gets none (writing there would make its folder again). When that
+/// cannot be told, the upkeep goes ahead and reports its own failure.
 fn group_stands(ctx: &tiledb::Context, uri: &str) -> bool {
-    matches!(tiledb::object_type(ctx, uri), Ok(tiledb::ObjectType::Group))
+    !matches!(tiledb::object_type(ctx, uri), Ok(t) if t != tiledb::ObjectType::Group)
 }
 
 /// Empties `set`, returning what it held.

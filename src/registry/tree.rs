@@ -905,7 +905,7 @@ impl Registry {
                     .is_file(&marker)
                     .and_then(|m| if m { self.vfs.remove_file(&marker) } else { Ok(()) })
                 {
-                    debug!("{marker}: not removed: {e}");
+                    warn!("{marker}: not removed ({e}): a rename moving its folder will copy it");
                 }
             }
         }
