@@ -740,3 +740,34 @@ fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_file_removed_while_open_frees_its_name_after_the_daemon_dies() {
+    // In a plain directory a file unlinked while open keeps its storage,
+    // marked removed, until the descriptor closes. A daemon killed before
+    // that left the name taken for good (EEXIST at every create); the next
+    // mount deletes such storage when the name is wanted.
+    let Some((tmp, reg, mut mnt)) = mounted_empty_folder() else {
+        return;
+    };
+    std::fs::write(mnt.dir.join("f"), b"removed").unwrap();
+    std::fs::write(mnt.dir.join("g"), b"kept").unwrap();
+    let open = std::fs::File::open(mnt.dir.join("f")).unwrap();
+    std::fs::remove_file(mnt.dir.join("f")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &mnt.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(mnt.wait_exit(10));
+    drop(open);
+    drop(mnt);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
+    let m = &mnt.dir;
+    assert_eq!(names(m), ["g"]);
+    std::fs::write(m.join("f"), b"new").unwrap();
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"new");
+    assert_eq!(std::fs::read(m.join("g")).unwrap(), b"kept");
+    std::fs::remove_file(m.join("f")).unwrap();
+    std::fs::create_dir(m.join("f")).unwrap();
+    assert_eq!(names(m), ["f", "g"]);
+}

@@ -67,6 +67,9 @@ pub(super) struct Upkeep {
     /// The newest time (ms) this process stamped on a change of each
     /// directory's entries: a record's, or a member list's.
     change_stamps: Mutex<HashMap<String, u64>>,
+    /// Files this process removed from plain directories whose storage it
+    /// has not deleted yet (descriptors still read it).
+    removed_held: Mutex<HashSet<String>>,
 }
 
 /// Metadata writes to one group after which its metadata is consolidated
@@ -224,6 +227,24 @@ impl Upkeep {
             // or `modelfs compact` merges them.
             Err(e) => warn!("{uri}: merging recorded entries into its member list failed: {e}"),
         }
+    }
+
+    /// This process removed the file stored at `uri` from a plain
+    /// directory and keeps its storage (`held`), or deleted it.
+    pub(super) fn hold_removed(&self, uri: &str, held: bool) {
+        let mut set = self.removed_held.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = super::uri::canonical(uri).to_string();
+        if held {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// Whether this process keeps the storage of a file it removed at `uri`.
+    pub(super) fn removed_held(&self, uri: &str) -> bool {
+        let set = self.removed_held.lock().unwrap_or_else(PoisonError::into_inner);
+        set.contains(super::uri::canonical(uri))
     }
 
     /// Drops what is due for group `uri` and the groups inside it (they

@@ -440,10 +440,26 @@ impl Registry {
     /// folder with it when deleted.
     fn plain_free_uri(&self, dir: &Entry, name: &str) -> Result<String> {
         let uri = plain_child_uri(dir, name)?;
-        if self.vfs.is_dir(&uri)? {
+        if self.vfs.is_dir(&uri)? && !self.free_removed_file(&uri)? {
             return Err(Error::AlreadyExists { uri });
         }
         Ok(uri)
+    }
+
+    /// Deletes the array at `uri` if it is a file removed from a plain
+    /// directory (marked, see [`Registry::remove`]) that no descriptor of
+    /// this process holds: one a crash left, or whose remover is gone. The
+    /// name is free then. A remover still holding it keeps it (`false`).
+    fn free_removed_file(&self, uri: &str) -> Result<bool> {
+        if tiledb::object_type(&self.ctx, uri)? != ObjectType::Array
+            || !self.vfs.is_file(&removed_marker(uri))?
+            || self.upkeep.removed_held(uri)
+        {
+            return Ok(false);
+        }
+        log::info!("{uri}: storage of a removed file, left by a crash or another mount, deleted");
+        tiledb::object_remove(&self.ctx, uri)?;
+        Ok(true)
     }
 
     /// The entry named `name` in `dir`, or a storage URI for a new one
@@ -512,7 +528,7 @@ impl Registry {
             // Not `plain_free_uri`: a group may be made over what a
             // removed directory left, never over a file removed while open.
             let uri = plain_child_uri(dir, name)?;
-            if tiledb::object_type(&self.ctx, &uri)? != ObjectType::Invalid {
+            if tiledb::object_type(&self.ctx, &uri)? != ObjectType::Invalid && !self.free_removed_file(&uri)? {
                 return Err(Error::AlreadyExists { uri });
             }
             uri
@@ -639,6 +655,7 @@ impl Registry {
     pub fn remove(&self, dir: &Entry, entry: &Entry) -> Result<()> {
         if dir.storage != Storage::Group {
             if entry.storage == Storage::Array {
+                self.upkeep.hold_removed(&entry.uri, true);
                 self.vfs.touch(&removed_marker(&entry.uri))?;
             }
             return Ok(());
@@ -788,7 +805,10 @@ impl Registry {
                 }
             }
             Storage::Group => self.delete_group(&entry.uri)?,
-            Storage::Array => tiledb::object_remove(&self.ctx, &entry.uri)?,
+            Storage::Array => {
+                tiledb::object_remove(&self.ctx, &entry.uri)?;
+                self.upkeep.hold_removed(&entry.uri, false);
+            }
         }
         Ok(())
     }
