@@ -451,9 +451,9 @@ impl Registry {
     /// this process holds: one a crash left, or whose remover is gone. The
     /// name is free then. A remover still holding it keeps it (`false`).
     fn free_removed_file(&self, uri: &str) -> Result<bool> {
-        if tiledb::object_type(&self.ctx, uri)? != ObjectType::Array
+        if self.upkeep.removed_held(uri)
             || !self.vfs.is_file(&removed_marker(uri))?
-            || self.upkeep.removed_held(uri)
+            || tiledb::object_type(&self.ctx, uri)? != ObjectType::Array
         {
             return Ok(false);
         }
@@ -528,7 +528,11 @@ impl Registry {
             // Not `plain_free_uri`: a group may be made over what a
             // removed directory left, never over a file removed while open.
             let uri = plain_child_uri(dir, name)?;
-            if tiledb::object_type(&self.ctx, &uri)? != ObjectType::Invalid && !self.free_removed_file(&uri)? {
+            // The lookup found nothing: anything there is marked removed.
+            if self.vfs.is_file(&removed_marker(&uri))?
+                && tiledb::object_type(&self.ctx, &uri)? == ObjectType::Array
+                && !self.free_removed_file(&uri)?
+            {
                 return Err(Error::AlreadyExists { uri });
             }
             uri
