@@ -1151,11 +1151,16 @@ impl Registry {
         match entry.storage {
             Storage::Array => file_array::set_attrs(&self.ctx, &entry.uri, change),
             Storage::Group => {
+                let ctime = now_ns();
                 let change = Attrs {
-                    ctime_ns: Some(now_ns()),
+                    ctime_ns: Some(ctime),
                     ..*change
                 };
                 put_group_attrs(&self.ctx, &entry.uri, &change)?;
+                // The next change of its entries is stamped after this one
+                // (stamps are ms; within the same ms it looked older, and
+                // the times set here stayed).
+                self.upkeep.list_stamped(&entry.uri, ctime.div_ceil(1_000_000));
                 Ok(change)
             }
             Storage::PlainDir => Err(Error::Unsupported {
