@@ -771,3 +771,49 @@ fn a_file_removed_while_open_frees_its_name_after_the_daemon_dies() {
     std::fs::create_dir(m.join("f")).unwrap();
     assert_eq!(names(m), ["f", "g"]);
 }
+
+#[test]
+fn a_plain_directory_moves_with_what_it_holds() {
+    // A folder made beside the mount is a plain directory (not a TileDB
+    // group). Its rename got EPERM, which `mv` reports without copying.
+    // Within plain directories its folder now moves, and a descriptor open
+    // inside reads on; into a group (which names TileDB objects only) it
+    // cannot, and EXDEV lets `mv` copy it.
+    if on_s3() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_uri(tmp.path());
+    std::fs::create_dir_all(Path::new(&reg).join("plain/inner")).unwrap();
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let m = &mnt.dir;
+    std::fs::write(m.join("plain/f"), b"outer").unwrap();
+    std::fs::write(m.join("plain/inner/g"), b"inner").unwrap();
+    let mut open = std::fs::File::open(m.join("plain/inner/g")).unwrap();
+    std::fs::rename(m.join("plain"), m.join("moved")).unwrap();
+    assert_eq!(names(m), ["moved"]);
+    assert_eq!(std::fs::read(m.join("moved/f")).unwrap(), b"outer");
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut open, &mut read).unwrap();
+    assert_eq!(read, b"inner");
+    drop(open);
+    assert!(Path::new(&reg).join("moved/inner").is_dir());
+    assert!(!Path::new(&reg).join("plain").exists());
+
+    std::fs::create_dir(m.join("group")).unwrap();
+    assert_eq!(
+        errno(std::fs::rename(m.join("moved"), m.join("group/moved"))),
+        Some(libc::EXDEV)
+    );
+    let mv = std::process::Command::new("mv")
+        .args([s(&m.join("moved")), s(&m.join("group"))])
+        .output()
+        .unwrap();
+    assert!(mv.status.success(), "mv: {}", String::from_utf8_lossy(&mv.stderr));
+    assert_eq!(names(m), ["group"]);
+    drop(mnt);
+    let again = MountGuard::new(&reg, &tmp.path().join("mnt2"), &[]);
+    assert_eq!(std::fs::read(again.dir.join("group/moved/f")).unwrap(), b"outer");
+    assert_eq!(std::fs::read(again.dir.join("group/moved/inner/g")).unwrap(), b"inner");
+    assert!(!Path::new(&reg).join("moved").exists());
+}

@@ -323,7 +323,7 @@ impl From<registry::Error> for Error {
             R::InvalidSafetensors { .. } => (libc::EINVAL, Level::Warn),
             R::Unsupported { .. } => (libc::EPERM, Level::Info),
             // `mv` copies, then removes, on EXDEV.
-            R::NamedFromOutside { .. } => (libc::EXDEV, Level::Info),
+            R::NamedFromOutside { .. } | R::PlainDirIntoGroup { .. } => (libc::EXDEV, Level::Info),
             R::PathTooLong { .. } => (libc::ENAMETOOLONG, Level::Info),
             R::SizeMismatch { .. } | R::VersionGone { .. } => (libc::EIO, Level::Warn),
             // A local path past the OS's limit (TileDB passes strerror on).

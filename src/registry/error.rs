@@ -69,6 +69,8 @@ pub enum Error {
         "{uri}: its storage cannot move: {inside}, inside it, is an entry moved to another directory that names it there (copy instead)"
     )]
     NamedFromOutside { uri: String, inside: String },
+    #[error("{uri}: a plain directory (not a TileDB group) cannot move into group {group} (copy instead)")]
+    PlainDirIntoGroup { uri: String, group: String },
     #[error("{uri}: not a TileDB-ML model array: {reason}")]
     NotATileDbMlModel { uri: String, reason: String },
     /// A field of a TileDB-ML model array that shows no files (boxed: it

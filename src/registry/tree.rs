@@ -937,8 +937,9 @@ impl Registry {
     }
 
     /// A rename out of or into a plain directory, where a name is where the
-    /// storage is: the storage moves. In a plain directory, `replaced` is
-    /// deleted first (there is no other way to take its name).
+    /// storage is: the storage moves (a plain directory's folder with all
+    /// it holds). In a plain directory, `replaced` is deleted first (there
+    /// is no other way to take its name).
     fn rename_moving(
         &self,
         dir: &Entry,
@@ -947,13 +948,15 @@ impl Registry {
         new_name: &str,
         replaced: Option<&Entry>,
     ) -> Result<Entry> {
-        if entry.storage == Storage::PlainDir {
-            return Err(Error::Unsupported {
+        // A group names TileDB objects only: a plain folder cannot be its
+        // member (EXDEV: `mv` copies it, making a group).
+        if entry.storage == Storage::PlainDir && new_dir.storage == Storage::Group {
+            return Err(Error::PlainDirIntoGroup {
                 uri: entry.uri.clone(),
-                what: "a move of a plain directory (not a TileDB group)",
+                group: new_dir.uri.clone(),
             });
         }
-        if entry.storage == Storage::Group {
+        if entry.storage != Storage::Array {
             self.check_nothing_named_from_outside(entry)?;
         }
         let to = match (new_dir.storage, replaced) {
@@ -972,7 +975,10 @@ impl Registry {
             (Storage::PlainDir, None) => self.plain_free_uri(new_dir, new_name)?,
             _ => self.new_child_uri(new_dir, new_name)?,
         };
-        tiledb::object_move(&self.ctx, &entry.uri, &to)?;
+        match entry.storage {
+            Storage::PlainDir => self.vfs.move_dir(&entry.uri, &to)?,
+            _ => tiledb::object_move(&self.ctx, &entry.uri, &to)?,
+        }
         let moved = Entry {
             name: new_name.to_string(),
             uri: to,

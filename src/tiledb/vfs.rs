@@ -111,6 +111,19 @@ impl Vfs {
             .map_err(|e| in_uri(e, uri))
     }
 
+    /// Moves directory `from`, with everything in it, to `to` (a rename
+    /// locally; on object stores a copy of every object, then a delete).
+    pub fn move_dir(&self, from: &str, to: &str) -> Result<()> {
+        let c_from = cstring("tiledb_vfs_move_dir", from)?;
+        let c_to = cstring("tiledb_vfs_move_dir", to)?;
+        // SAFETY: live handles, valid URIs.
+        self.ctx
+            .call("tiledb_vfs_move_dir", |c| unsafe {
+                ffi::tiledb_vfs_move_dir(c, self.raw, c_from.as_ptr(), c_to.as_ptr())
+            })
+            .map_err(|e| in_uri(e, from))
+    }
+
     /// Creates an empty file (an empty object on object stores).
     pub fn touch(&self, uri: &str) -> Result<()> {
         let c_uri = cstring("tiledb_vfs_touch", uri)?;
