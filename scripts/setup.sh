@@ -17,6 +17,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 python="${PYTHON:-python3}"
 pip_pkgs=(tiledb==0.36.1 safetensors numpy pytest ml_dtypes)
+# With --tests (scripts/test.sh): torch (with its CUDA libraries, PyPI's
+# only build: about 5 GB, 2 minutes here), transformers and accelerate for
+# tests/python/test_transformers.py.
+test_pkgs=(torch==2.15.0 transformers==5.25.0 accelerate==1.16.0)
+tests=0
+[ "${1:-}" = "--tests" ] && tests=1
 
 say() { echo "setup: $*" >&2; }
 
@@ -45,17 +51,23 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 
-if ! "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+# Exits 1 unless every package named is installed, at its pinned version.
+installed() {
+    "$venv/bin/python" - "$@" <<'PY' >/dev/null 2>&1
 import importlib.metadata as m, sys
-want = {"tiledb": "0.36.1"}
-for name in ("tiledb", "safetensors", "numpy", "pytest", "ml_dtypes"):
-    v = m.version(name)
-    if name in want and v != want[name]:
+for spec in sys.argv[1:]:
+    name, _, want = spec.partition("==")
+    if m.version(name) != (want or m.version(name)):
         sys.exit(1)
 PY
-then
+}
+if ! installed "${pip_pkgs[@]}"; then
     say "installing ${pip_pkgs[*]} into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"
+fi
+if [ "$tests" -eq 1 ] && ! installed "${test_pkgs[@]}"; then
+    say "installing ${test_pkgs[*]} into $venv (for the tests)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${test_pkgs[@]}"
 fi
 
 lib=$(ls "$venv"/lib/python3*/site-packages/tiledb.libs/libtiledb-*.so.2.30 2>/dev/null | head -n 1 || true)

@@ -11,7 +11,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-scripts/setup.sh
+scripts/setup.sh --tests
 
 echo "== cargo fmt --check"
 cargo fmt --check

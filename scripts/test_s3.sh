@@ -29,7 +29,7 @@ scripts/garage.sh start "$state/single" 1
         --test fuse_disk_cache --test fuse_versions --test tiledb_versions --test dir_stats 2>&1
     MODELFS_BIN="$root/target/debug/modelfs" .venv/bin/python -m pytest -q \
         tests/python/test_interop.py tests/python/test_mount.py tests/python/test_write.py \
-        tests/python/test_versions.py
+        tests/python/test_versions.py tests/python/test_transformers.py
 )
 scripts/garage.sh stop "$state/single"
 
