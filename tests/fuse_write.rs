@@ -686,3 +686,56 @@ fn a_file_renames_right_after_its_close() {
     }
     assert_eq!(std::fs::read(&b).unwrap(), b"again");
 }
+
+#[test]
+fn lines_appended_and_synced_while_the_log_is_renamed_are_all_kept() {
+    // Log rotation racing the logger: lines written with O_APPEND and
+    // fsync'd one by one while another thread renames the file back and
+    // forth. A lookup that read the file's node from storage just before a
+    // commit stored it in the inode after that commit, and answered with
+    // its older size: the kernel took it for the file's end, and the next
+    // append landed over the line just synced (lines lost, each write and
+    // fsync having succeeded). In a group and in a plain folder.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, group_mnt) = mounted(tmp.path(), &[]);
+    let mut mounts = vec![group_mnt];
+    if !on_s3() {
+        let plain = registry_uri(&tmp.path().join("plain"));
+        std::fs::create_dir_all(&plain).unwrap();
+        mounts.push(MountGuard::new(&plain, &tmp.path().join("plain-mnt"), &[]));
+    }
+    let lines: usize = if on_s3() { 30 } else { 120 };
+    for mnt in &mounts {
+        let names = [mnt.dir.join("app.log"), mnt.dir.join("app.log.1")];
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&names[0])
+            .unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let (done, names) = (done.clone(), names.clone());
+            std::thread::spawn(move || {
+                let mut at = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    // EBUSY while a line is written and not yet synced.
+                    if std::fs::rename(&names[at], &names[1 - at]).is_ok() {
+                        at = 1 - at;
+                    }
+                }
+                names[at].clone()
+            })
+        };
+        for i in 0..lines {
+            log.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            log.sync_all().unwrap();
+        }
+        drop(log);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let at = renamer.join().unwrap();
+        let want: String = (0..lines).map(|i| format!("line {i}\n")).collect();
+        let got = std::fs::read_to_string(&at).unwrap();
+        let missing: Vec<&str> = want.lines().filter(|l| !got.lines().any(|g| g == *l)).collect();
+        assert!(got == want, "{}: lines lost: {missing:?}", mnt.dir.display());
+    }
+}

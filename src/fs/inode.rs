@@ -254,6 +254,14 @@ impl InodeTable {
                 // What the listing knows adds nothing to a directory's node.
                 return inode.clone();
             }
+            if c.active_writer().is_some() && matches!(c.node, NodeState::File(_)) {
+                // A file being written keeps the node its writer's commits
+                // set (as `fresh_node` does): one read before the latest
+                // of them, by a lookup racing it, would take its size back
+                // and the kernel's with it, so the next `O_APPEND` write
+                // would land over the last one.
+                return inode.clone();
+            }
             if c.node != node {
                 c.version = None;
             }

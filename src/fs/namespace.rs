@@ -281,11 +281,18 @@ impl ModelFs {
         let (mut attr, inode) = self.lookup_inner(parent, name)?;
         if let Some(inode) = inode {
             self.inodes.remember(&inode);
-            let (writing, dir) = {
+            let (writer, dir) = {
                 let c = inode.lock();
-                (c.active_writer().is_some(), matches!(c.node, NodeState::Dir(_)))
+                (c.active_writer(), matches!(c.node, NodeState::Dir(_)))
             };
-            attr.changing |= writing;
+            if let Some(w) = &writer
+                && !dir
+            {
+                // The size written so far, as `getattr` shows it: the
+                // kernel takes it for the file's end (`O_APPEND` writes).
+                attr.size = lock(w).size();
+            }
+            attr.changing |= writer.is_some();
             if dir {
                 attr.nlink = self.dir_links(&inode);
             }
