@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -816,4 +816,50 @@ fn a_plain_directory_moves_with_what_it_holds() {
     assert_eq!(std::fs::read(again.dir.join("group/moved/f")).unwrap(), b"outer");
     assert_eq!(std::fs::read(again.dir.join("group/moved/inner/g")).unwrap(), b"inner");
     assert!(!Path::new(&reg).join("moved").exists());
+}
+
+#[test]
+fn a_file_open_in_a_plain_folder_can_be_replaced_by_a_rename() {
+    // Savers and tools write a new version beside a file, then rename it
+    // over (rsync, editors, atomic saves), while a reader may hold the old
+    // one open. In a plain folder, where a file's name is where its storage
+    // is, such a rename got EBUSY until the reader closed. The old file now
+    // moves out of the way, hidden, its descriptor reading on, and its
+    // storage goes at its last close.
+    let Some((_tmp, reg, mnt)) = mounted_empty_folder() else {
+        return;
+    };
+    let m = &mnt.dir;
+    let old = pseudo_random(7, 48 << 20);
+    let new = pseudo_random(8, 48 << 20);
+    std::fs::write(m.join("model.bin"), &old).unwrap();
+    let reader = std::fs::File::open(m.join("model.bin")).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact_at(&mut head, 0).unwrap();
+    std::fs::write(m.join(".model.bin.tmp"), &new).unwrap();
+    std::fs::rename(m.join(".model.bin.tmp"), m.join("model.bin")).unwrap();
+    assert_eq!(names(m), ["model.bin"]);
+    assert_eq!(std::fs::read(m.join("model.bin")).unwrap(), new);
+    // Far from what the kernel read ahead: from the storage set aside.
+    let mut tail = vec![0u8; 1 << 20];
+    reader.read_exact_at(&mut tail, (47 << 20) as u64).unwrap();
+    assert!(
+        tail == old[47 << 20..],
+        "the descriptor open before the rename reads the old file"
+    );
+    drop(reader);
+    // Its storage goes at the release, which comes after close() returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&reg).unwrap().count() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "storage left: {:?}",
+            walkdir(Path::new(&reg))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(mnt);
+    let again = MountGuard::new(&reg, &_tmp.path().join("mnt2"), &[]);
+    assert_eq!(names(&again.dir), ["model.bin"]);
+    assert_eq!(std::fs::read(again.dir.join("model.bin")).unwrap(), new);
 }

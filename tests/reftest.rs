@@ -1035,15 +1035,6 @@ fn model_rename(m: &mut Model, from: &P, to: &P) -> R<Out> {
         (MNode::Dir(_), Some(MNode::Dir(d))) if !d.is_empty() => return Err(libc::ENOTEMPTY),
         _ => {}
     }
-    // In a plain folder the replaced file's storage is its name: one open
-    // here cannot be replaced until closed.
-    if let Some(MNode::File(g)) = m.dir(to_parent)?.get(*to_last)
-        && m.plain_root
-        && to_parent.is_empty()
-        && m.handles.iter().flatten().any(|h| m.writers[h.writer].file == *g)
-    {
-        return Err(libc::EBUSY);
-    }
     if let MNode::Dir(d) = &src
         && to.0.len() > 1
         && Model::busy(d, &m.files)
@@ -1818,7 +1809,8 @@ fn regression_writers_and_listings_follow_storage_moved_by_a_rename() {
 /// Found reading the code: in a plain folder a rename over a file still
 /// open deleted the replaced storage, whose URI the renamed file then
 /// took, and the replaced file's last close deleted it again: the renamed
-/// file was lost. Such a rename now waits for the close (EBUSY).
+/// file was lost. The replaced file now moves out of the way first (set
+/// aside, hidden), its descriptors with it, and goes at its last close.
 #[test]
 fn regression_a_rename_over_a_file_open_in_a_plain_folder_loses_nothing() {
     on_plain_folder(&[

@@ -264,6 +264,19 @@ impl ModelFs {
         }
     }
 
+    /// Undoes [`super::Store::set_aside`] of `old` (now at `aside`) after
+    /// the rename it made way for failed: the file is back under its name,
+    /// and its descriptors with it (best effort: logged).
+    fn put_back(&self, old: &Entry, aside: &str) {
+        match self.store.put_back(old, aside) {
+            Ok(()) => self.storage_moved(aside, &old.uri),
+            Err(e) => warn!(
+                "{aside}: {} was set aside for a rename that failed, and cannot go back (it shows no more): {e}",
+                old.uri
+            ),
+        }
+    }
+
     /// EBUSY when a file stored at or under `entry` streams into storage
     /// from this mount: its open TileDB write would not follow a move.
     fn check_nothing_streams_inside(&self, entry: &Entry) -> Result<()> {
@@ -349,23 +362,49 @@ impl ModelFs {
                 (false, false) => {}
             }
         }
-        let replaced = target.map(|(t, _)| t);
+        let mut replaced = target.map(|(t, _)| t);
         let new_dir_entry = new_dir.entry();
         if dir.entry().storage != Storage::Group || new_dir_entry.storage != Storage::Group {
             self.check_nothing_streams_inside(&entry)?;
         }
-        if let Some(old) = &replaced
-            && new_dir_entry.storage != Storage::Group
-            && self
+        // In a plain directory the replaced file's storage is its name: one
+        // open here moves out of the way first, its descriptors following
+        // it, as a local file's inode outlives its name.
+        let set_aside = match &replaced {
+            Some(old) if new_dir_entry.storage != Storage::Group => self
                 .inodes
                 .find(new_parent, new_name)
-                .is_some_and(|i| i.lock().open_handles > 0)
-        {
-            return Err(CoreError::ReplacedWhileOpen { uri: old.uri.clone() }.into());
+                .filter(|i| i.lock().open_handles > 0)
+                .map(|inode| -> Result<_> {
+                    let aside = self.store.set_aside(&new_dir_entry, old)?;
+                    self.storage_moved(&old.uri, &aside);
+                    self.forget_history(&old.uri);
+                    Ok((inode, old.clone(), aside))
+                })
+                .transpose()?,
+            _ => None,
+        };
+        if set_aside.is_some() {
+            replaced = None;
         }
-        let moved = self
+        let moved = match self
             .store
-            .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())?;
+            .rename(&dir.entry(), &entry, &new_dir_entry, new_name, replaced.as_ref())
+        {
+            Ok(moved) => moved,
+            Err(e) => {
+                if let Some((_, old, aside)) = &set_aside {
+                    self.put_back(old, aside);
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some((inode, _, aside)) = &set_aside {
+            // Open, its name gone: its storage goes at its last close.
+            self.inodes.remove_name(new_parent, new_name);
+            self.mark_unlinked(Some(inode));
+            info!("{new_name}: replaced while open, its storage set aside at {aside} until closed");
+        }
         if !crate::registry::uri::same(&moved.uri, &entry.uri) {
             self.storage_moved(&entry.uri, &moved.uri);
             self.forget_history(&entry.uri);

@@ -103,11 +103,6 @@ pub enum CoreError {
     /// A rename of a committed file while it is open for writing.
     #[error("{uri}: open for writing; rename it after it is closed")]
     RenameWhileWritten { uri: String },
-    /// A rename over a file open in this mount, in a plain directory: the
-    /// replaced file's storage is its name there, so it cannot outlive the
-    /// rename for its descriptors.
-    #[error("{uri}: open; in a plain directory it can be replaced only once closed")]
-    ReplacedWhileOpen { uri: String },
     /// The writer of a file went away while it was being renamed.
     #[error("file closed during rename; try again")]
     ClosedDuringRename,
@@ -237,7 +232,6 @@ impl CoreError {
             E::AlreadyOpenForWriting { .. }
             | E::BeingWritten { .. }
             | E::RenameWhileWritten { .. }
-            | E::ReplacedWhileOpen { .. }
             | E::ClosedDuringRename => (libc::EBUSY, Level::Info),
             E::Read { error, .. } => (error.errno, error.level),
             E::ShortRead { .. } | E::ShortAssembly { .. } | E::ViewSpillRead { .. } => (libc::EIO, Level::Warn),

@@ -1000,6 +1000,47 @@ impl Registry {
         Ok(moved)
     }
 
+    /// Moves file `entry` of plain directory `dir` out of the way of a
+    /// rename over it, for descriptors this process still has open on it:
+    /// marked removed (hidden from listings, held), then moved to a fresh
+    /// name in the same folder, whose storage the caller deletes once the
+    /// last descriptor closes. Returns that storage's URI. On failure the
+    /// file stays where and as it was.
+    pub fn set_aside(&self, dir: &Entry, entry: &Entry) -> Result<String> {
+        let stamp = now_ns();
+        let mut n = 0;
+        let aside = loop {
+            let uri = plain_child_uri(dir, &format!("{SET_ASIDE_PREFIX}{stamp}-{n}"))?;
+            if !self.vfs.is_dir(&uri)? {
+                break uri;
+            }
+            n += 1;
+        };
+        let marker = removed_marker(&entry.uri);
+        self.upkeep.hold_removed(&aside, true);
+        let moved = self
+            .vfs
+            .touch(&marker)
+            .and_then(|()| tiledb::object_move(&self.ctx, &entry.uri, &aside));
+        if let Err(e) = moved {
+            self.upkeep.hold_removed(&aside, false);
+            if let Err(e) = self.vfs.remove_file(&marker) {
+                warn!("{marker}: not removed after a failed move ({e}): the file is hidden until its name is used");
+            }
+            return Err(e.into());
+        }
+        Ok(aside)
+    }
+
+    /// Undoes [`Registry::set_aside`]: the file set aside at `aside` goes
+    /// back to `entry`'s place and shows again.
+    pub fn put_back(&self, entry: &Entry, aside: &str) -> Result<()> {
+        tiledb::object_move(&self.ctx, aside, &entry.uri)?;
+        self.upkeep.hold_removed(aside, false);
+        self.vfs.remove_file(&removed_marker(&entry.uri))?;
+        Ok(())
+    }
+
     /// Marks the storage of `entry`, named now from a directory other
     /// than the one whose folder holds it: that folder must not move (or
     /// go) with it inside. Callers mark only storage right in that folder
@@ -1243,6 +1284,10 @@ pub const MOVED_OUT_MARKER: &str = "__modelfs_moved_out";
 /// A file left in the folder of a deleted group that still holds storage
 /// (see [`Registry::delete_group`]): the folder is not shown.
 pub const REMOVED_MARKER: &str = "__modelfs_removed";
+
+/// How the folder of a file replaced while open in a plain directory is
+/// named once set aside (see [`Registry::set_aside`]).
+pub const SET_ASIDE_PREFIX: &str = ".modelfs-replaced-";
 
 fn removed_marker(uri: &str) -> String {
     join(uri, REMOVED_MARKER)

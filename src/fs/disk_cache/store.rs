@@ -443,6 +443,14 @@ impl Store for CachingStore {
         self.inner.rename(dir, entry, new_dir, new_name, replaced)
     }
 
+    fn set_aside(&self, dir: &Entry, entry: &Entry) -> Result<String> {
+        self.inner.set_aside(dir, entry)
+    }
+
+    fn put_back(&self, entry: &Entry, aside: &str) -> Result<()> {
+        self.inner.put_back(entry, aside)
+    }
+
     fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs> {
         self.inner.set_attrs(entry, change)
     }

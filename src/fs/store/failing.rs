@@ -205,6 +205,16 @@ impl<S: Store> Store for FailingStore<S> {
         self.inner.retire(dir, entry)
     }
 
+    fn set_aside(&self, dir: &Entry, entry: &Entry) -> Result<String> {
+        self.countdown.step("set aside", &entry.uri)?;
+        self.inner.set_aside(dir, entry)
+    }
+
+    fn put_back(&self, entry: &Entry, aside: &str) -> Result<()> {
+        self.countdown.step("put back", &entry.uri)?;
+        self.inner.put_back(entry, aside)
+    }
+
     fn rename(
         &self,
         dir: &Entry,

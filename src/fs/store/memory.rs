@@ -534,6 +534,21 @@ impl Store for MemStore {
         self.delete_storage(entry)
     }
 
+    fn set_aside(&self, _dir: &Entry, entry: &Entry) -> Result<String> {
+        // Every directory here is a group: nothing is named by where it is.
+        Err(Error::Unsupported {
+            uri: entry.uri.clone(),
+            what: "a file set aside (plain directories only)",
+        })
+    }
+
+    fn put_back(&self, entry: &Entry, _aside: &str) -> Result<()> {
+        Err(Error::Unsupported {
+            uri: entry.uri.clone(),
+            what: "a file set aside (plain directories only)",
+        })
+    }
+
     fn delete_storage(&self, entry: &Entry) -> Result<()> {
         let mut s = self.lock();
         Inner::step(&mut s, "delete", &entry.uri)?;

@@ -137,6 +137,12 @@ pub trait Store: Send + Sync {
     /// TileDB registry keeps what `unlink` and a replacing `rename` took out
     /// of a group; see [`crate::registry::Registry::retire`]).
     fn retire(&self, dir: &Entry, entry: &Entry) -> Result<()>;
+    /// Moves file `entry` of plain directory `dir` out of the way of a
+    /// rename over it, hidden, for descriptors still open on it; returns
+    /// its storage's new URI. See [`crate::registry::Registry::set_aside`].
+    fn set_aside(&self, dir: &Entry, entry: &Entry) -> Result<String>;
+    /// Undoes [`Store::set_aside`] of `entry`, now at `aside`.
+    fn put_back(&self, entry: &Entry, aside: &str) -> Result<()>;
     /// Renames `entry` of `dir` to `new_name` in `new_dir`, in place of
     /// `replaced`; see [`crate::registry::Registry::rename`].
     fn rename(

@@ -151,6 +151,14 @@ impl Store for Registry {
         Registry::rename(self, dir, entry, new_dir, new_name, replaced)
     }
 
+    fn set_aside(&self, dir: &Entry, entry: &Entry) -> Result<String> {
+        Registry::set_aside(self, dir, entry)
+    }
+
+    fn put_back(&self, entry: &Entry, aside: &str) -> Result<()> {
+        Registry::put_back(self, entry, aside)
+    }
+
     fn set_attrs(&self, entry: &Entry, change: &Attrs) -> Result<Attrs> {
         Registry::set_attrs(self, entry, change)
     }
