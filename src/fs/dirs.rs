@@ -400,9 +400,12 @@ impl ModelFs {
             }
         };
         if let Some((inode, _, aside)) = &set_aside {
-            // Open, its name gone: its storage goes at its last close.
+            // Open, its name gone: its storage goes at its last close, or
+            // now if that came meanwhile.
             self.inodes.remove_name(new_parent, new_name);
-            self.mark_unlinked(Some(inode));
+            if !self.mark_unlinked(Some(inode)) {
+                self.delete_unlinked(&new_dir, &inode.entry(), None);
+            }
             info!("{new_name}: replaced while open, its storage set aside at {aside} until closed");
         }
         if !crate::registry::uri::same(&moved.uri, &entry.uri) {
