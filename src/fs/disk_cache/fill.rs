@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// (the largest logical block size of common devices).
 const DIRECT_ALIGN: usize = 4096;
 
-/// Bytes copied into the aligned buffer per direct write.
-const DIRECT_CHUNK: usize = 1 << 20;
+/// Bytes copied into the aligned buffer per direct write (each filling
+/// thread keeps one such buffer).
+const DIRECT_CHUNK: usize = 256 << 10;
 
 thread_local! {
     /// Each filling thread's aligned buffer, reused: fresh pages cost
@@ -51,29 +52,36 @@ pub struct Fill {
 struct Ranges {
     /// start -> (end, CRC-32 of the bytes in `[start, end)`).
     parts: BTreeMap<u64, (u64, crc32fast::Hasher)>,
+    /// start -> end of ranges a thread is writing: nobody else writes them
+    /// meanwhile (a page written partly through the page cache while a
+    /// direct write covers it could be flushed over that write).
+    writing: BTreeMap<u64, u64>,
     covered: u64,
     failed: bool,
 }
 
 impl Ranges {
-    fn overlaps(&self, r: &Range<u64>) -> bool {
-        let before = self.parts.range(..r.end).next_back();
-        before.is_some_and(|(_, (end, _))| *end > r.start)
-    }
-
-    /// The parts of `r` no recorded range covers, in order.
+    /// The parts of `r` neither recorded nor being written, in order.
     fn uncovered(&self, r: Range<u64>) -> Vec<Range<u64>> {
+        // The ranges reaching into `r` (each map's ranges are disjoint, so
+        // only the last one starting before `r` can), by start.
+        let mut taken: Vec<(u64, u64)> = Vec::new();
+        if let Some((s, (e, _))) = self.parts.range(..r.start).next_back() {
+            taken.push((*s, *e));
+        }
+        taken.extend(self.parts.range(r.start..r.end).map(|(s, (e, _))| (*s, *e)));
+        if let Some((s, e)) = self.writing.range(..r.start).next_back() {
+            taken.push((*s, *e));
+        }
+        taken.extend(self.writing.range(r.start..r.end).map(|(s, e)| (*s, *e)));
+        taken.sort_unstable();
         let mut out = Vec::new();
         let mut at = r.start;
-        // The range starting before `r` may reach into it.
-        if let Some((_, (end, _))) = self.parts.range(..r.start).next_back() {
-            at = at.max(*end);
-        }
-        for (start, (end, _)) in self.parts.range(r.start..r.end) {
-            if *start > at {
-                out.push(at..*start);
+        for (start, end) in taken {
+            if start > at {
+                out.push(at..start);
             }
-            at = at.max(*end);
+            at = at.max(end);
         }
         if at < r.end {
             out.push(at..r.end);
@@ -117,24 +125,40 @@ impl Fill {
         if bytes.is_empty() || end > self.size {
             return Ok(());
         }
-        let todo = self.lock().uncovered(offset..end);
-        for r in todo {
-            let part = &bytes[(r.start - offset) as usize..(r.end - offset) as usize];
-            if let Err(e) = self.write_at(part, r.start) {
-                self.lock().failed = true;
-                return Err(e);
+        let todo = {
+            let mut st = self.lock();
+            let todo = st.uncovered(offset..end);
+            for r in &todo {
+                st.writing.insert(r.start, r.end);
             }
+            todo
+        };
+        for (i, r) in todo.iter().enumerate() {
+            let part = &bytes[(r.start - offset) as usize..(r.end - offset) as usize];
+            let written = self.write_at(part, r.start);
             let mut crc = crc32fast::Hasher::new();
             crc.update(part);
             let mut st = self.lock();
-            // Another thread may have recorded some of it meanwhile; what
-            // is left uncovered is read again before the commit.
-            if !st.overlaps(&r) {
-                st.parts.insert(r.start, (r.end, crc));
-                st.covered += r.end - r.start;
+            st.writing.remove(&r.start);
+            if let Err(e) = written {
+                st.failed = true;
+                for r in &todo[i + 1..] {
+                    st.writing.remove(&r.start);
+                }
+                return Err(e);
             }
+            st.parts.insert(r.start, (r.end, crc));
+            st.covered += r.end - r.start;
         }
         Ok(())
+    }
+
+    /// Waits (up to a minute) for the ranges other threads are writing.
+    pub fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.lock().writing.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Writes `part` at `at`: its aligned middle directly to disk when the
@@ -170,7 +194,7 @@ impl Fill {
         });
         match written {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                log::debug!(
+                log::warn!(
                     "{}: direct writes refused ({e}), writing through the page cache",
                     self.path.display()
                 );
@@ -190,21 +214,9 @@ impl Fill {
         self.lock().failed
     }
 
-    /// The ranges not recorded yet, in file order.
+    /// The ranges neither recorded nor being written, in file order.
     pub fn missing(&self) -> Vec<Range<u64>> {
-        let st = self.lock();
-        let mut gaps = Vec::new();
-        let mut at = 0;
-        for (start, (end, _)) in &st.parts {
-            if *start > at {
-                gaps.push(at..*start);
-            }
-            at = at.max(*end);
-        }
-        if at < self.size {
-            gaps.push(at..self.size);
-        }
-        gaps
+        self.lock().uncovered(0..self.size)
     }
 
     /// Claims the right to complete this fill; true for the first caller.
@@ -312,6 +324,37 @@ mod tests {
         f.record(10, &data[10..]).unwrap();
         f.record(0, &data[..10]).unwrap();
         assert!(!f.direct_refused.load(Ordering::Relaxed));
+        assert_eq!(std::fs::read(&f.path).unwrap(), data);
+        assert_eq!(f.checksum(), Some(crc32fast::hash(&data)));
+    }
+
+    #[test]
+    fn threads_recording_overlapping_ranges_write_each_byte_once() {
+        // Read-ahead threads and the completing thread record overlapping
+        // ranges with different bounds at once: each range is written by
+        // one of them, so no page is written both directly and through the
+        // page cache at the same time.
+        let size = 1 << 20;
+        let (_dir, f) = fill(size);
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (f, data) = (&f, &data);
+                s.spawn(move || {
+                    let step = 65_536 + t * 1_000 + 1;
+                    let mut at = t * 333;
+                    while at < size {
+                        let end = (at + step).min(size);
+                        f.record(at, &data[at as usize..end as usize]).unwrap();
+                        at = end;
+                    }
+                    f.record(0, &data[..(t * 333) as usize]).unwrap();
+                });
+            }
+        });
+        f.settle();
+        assert!(f.missing().is_empty());
+        assert_eq!(f.covered(), size);
         assert_eq!(std::fs::read(&f.path).unwrap(), data);
         assert_eq!(f.checksum(), Some(crc32fast::hash(&data)));
     }

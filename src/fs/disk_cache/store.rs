@@ -194,6 +194,8 @@ fn complete(inner: &dyn StoredVersion, fill: &Fill) -> std::result::Result<(), S
         }
         read_into(inner, fill, &missing, &mut buf)?;
     }
+    // What readers are still writing counts once written.
+    fill.settle();
     Ok(())
 }
 
