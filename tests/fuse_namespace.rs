@@ -790,8 +790,28 @@ fn a_plain_directory_moves_with_what_it_holds() {
     std::fs::write(m.join("plain/f"), b"outer").unwrap();
     std::fs::write(m.join("plain/inner/g"), b"inner").unwrap();
     let mut open = std::fs::File::open(m.join("plain/inner/g")).unwrap();
+    // A file unlinked while open keeps its storage, and its name, until
+    // closed: after the move too (the name was left free to the next
+    // create there, which deleted the storage under the descriptor).
+    std::fs::write(m.join("plain/inner/held"), b"held bytes").unwrap();
+    let mut held = std::fs::File::open(m.join("plain/inner/held")).unwrap();
+    std::fs::remove_file(m.join("plain/inner/held")).unwrap();
     std::fs::rename(m.join("plain"), m.join("moved")).unwrap();
     assert_eq!(names(m), ["moved"]);
+    assert_eq!(
+        errno(std::fs::write(m.join("moved/inner/held"), b"new")),
+        Some(libc::EEXIST)
+    );
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut read).unwrap();
+    assert_eq!(read, b"held bytes");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while errno(std::fs::write(m.join("moved/inner/held"), b"new")) == Some(libc::EEXIST) {
+        assert!(std::time::Instant::now() < deadline, "held still taken after its close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(m.join("moved/inner/held")).unwrap();
     assert_eq!(std::fs::read(m.join("moved/f")).unwrap(), b"outer");
     let mut read = Vec::new();
     std::io::Read::read_to_end(&mut open, &mut read).unwrap();

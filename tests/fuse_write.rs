@@ -716,14 +716,15 @@ fn lines_appended_and_synced_while_the_log_is_renamed_are_all_kept() {
         let renamer = {
             let (done, names) = (done.clone(), names.clone());
             std::thread::spawn(move || {
-                let mut at = 0;
+                let (mut at, mut renames) = (0, 0);
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     // EBUSY while a line is written and not yet synced.
                     if std::fs::rename(&names[at], &names[1 - at]).is_ok() {
                         at = 1 - at;
+                        renames += 1;
                     }
                 }
-                names[at].clone()
+                (names[at].clone(), renames)
             })
         };
         for i in 0..lines {
@@ -732,7 +733,8 @@ fn lines_appended_and_synced_while_the_log_is_renamed_are_all_kept() {
         }
         drop(log);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let at = renamer.join().unwrap();
+        let (at, renames) = renamer.join().unwrap();
+        assert!(renames > 0, "{}: no rename raced the writer", mnt.dir.display());
         let want: String = (0..lines).map(|i| format!("line {i}\n")).collect();
         let got = std::fs::read_to_string(&at).unwrap();
         let missing: Vec<&str> = want.lines().filter(|l| !got.lines().any(|g| g == *l)).collect();

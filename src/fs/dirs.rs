@@ -270,8 +270,8 @@ impl ModelFs {
     fn put_back(&self, old: &Entry, aside: &str) {
         match self.store.put_back(old, aside) {
             Ok(()) => self.storage_moved(aside, &old.uri),
-            Err(e) => warn!(
-                "{aside}: {} was set aside for a rename that failed, and cannot go back (it shows no more): {e}",
+            Err(e) => log::error!(
+                "{aside}: {} was set aside for a rename that failed, and cannot go back: it is kept there, hidden (remove its __modelfs_removed file and move it back by hand): {e}",
                 old.uri
             ),
         }

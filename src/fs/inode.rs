@@ -239,6 +239,31 @@ impl InodeTable {
     /// The inode for `entry` in `parent`: the existing one when it still
     /// stands for the same storage, a new one otherwise.
     pub fn upsert(&self, parent: Ino, entry: Entry, node: NodeState, seen: Seen) -> Arc<Inode> {
+        self.upsert_inner(parent, entry, node, seen, None).0
+    }
+
+    /// [`Inodes::upsert`] of a node read from storage by a read that began
+    /// at `started`: a file's inode refreshed since (a commit here while
+    /// the read ran, its writer gone by now) keeps its newer node. Returns
+    /// the inode and whether it took `node`.
+    pub fn upsert_read_since(
+        &self,
+        parent: Ino,
+        entry: Entry,
+        node: NodeState,
+        started: Instant,
+    ) -> (Arc<Inode>, bool) {
+        self.upsert_inner(parent, entry, node, Seen::Read, Some(started))
+    }
+
+    fn upsert_inner(
+        &self,
+        parent: Ino,
+        entry: Entry,
+        node: NodeState,
+        seen: Seen,
+        read_since: Option<Instant>,
+    ) -> (Arc<Inode>, bool) {
         let key = (parent, entry.name.clone());
         let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
         let mut by_ino = self.by_ino.write().unwrap_or_else(PoisonError::into_inner);
@@ -252,7 +277,7 @@ impl InodeTable {
             let mut c = inode.lock();
             if seen == Seen::Partial && c.node.is_dir() {
                 // What the listing knows adds nothing to a directory's node.
-                return inode.clone();
+                return (inode.clone(), false);
             }
             if c.active_writer().is_some() && matches!(c.node, NodeState::File(_)) {
                 // A file being written keeps the node its writer's commits
@@ -260,7 +285,12 @@ impl InodeTable {
                 // of them, by a lookup racing it, would take its size back
                 // and the kernel's with it, so the next `O_APPEND` write
                 // would land over the last one.
-                return inode.clone();
+                return (inode.clone(), false);
+            }
+            if matches!(c.node, NodeState::File(_))
+                && read_since.is_some_and(|since| c.read_at.is_some_and(|at| at > since))
+            {
+                return (inode.clone(), false);
             }
             if c.node != node {
                 c.version = None;
@@ -270,7 +300,7 @@ impl InodeTable {
                 c.read_at = Some(Instant::now());
             }
             drop(c);
-            return inode;
+            return (inode, true);
         }
         let ino = Ino(self.next.fetch_add(1, Ordering::Relaxed));
         let mut cached = Cached::new(node);
@@ -284,7 +314,7 @@ impl InodeTable {
         });
         by_name.insert(key, ino);
         by_ino.insert(ino, inode.clone());
-        inode
+        (inode, true)
     }
 
     /// Forgets the name `name` in `parent` (the inode stays while handles

@@ -350,17 +350,22 @@ impl ModelFs {
             let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
+        let started = Instant::now();
         let (node, listing, at) = self.node_and_listing(&entry)?;
         let node = node.ok_or_else(|| Error::not_found(&entry.uri))?;
-        let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Read);
-        {
-            // Trusted for the TTL from when it was answered (maybe ahead).
+        let (inode, took) = self.inodes.upsert_read_since(parent, entry, node, started);
+        let node = {
             let mut c = inode.lock();
-            c.read_at = Some(at);
+            // Trusted for the TTL from when it was answered (maybe ahead),
+            // unless what it holds is newer than this read.
+            if took {
+                c.read_at = Some(at);
+            }
             if let Some(shape) = listing {
                 c.keep_shape(shape, at);
             }
-        }
+            c.node.clone()
+        };
         Ok((self.attr_of(inode.ino, &node), Some(inode)))
     }
 

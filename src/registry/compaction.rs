@@ -241,6 +241,21 @@ impl Upkeep {
         }
     }
 
+    /// What was held at `from` or inside it moved to `to` (a plain
+    /// directory's folder, a file set aside): held there now, so the move
+    /// does not leave it free for the next use of its name to delete.
+    pub(super) fn rebase_held(&self, from: &str, to: &str) {
+        let mut set = self.removed_held.lock().unwrap_or_else(PoisonError::into_inner);
+        let moved: Vec<(String, String)> = set
+            .iter()
+            .filter_map(|k| super::uri::rebase(k, from, to).map(|n| (k.clone(), n)))
+            .collect();
+        for (old, new) in moved {
+            set.remove(&old);
+            set.insert(super::uri::canonical(&new).to_string());
+        }
+    }
+
     /// Whether this process keeps the storage of a file it removed at `uri`.
     pub(super) fn removed_held(&self, uri: &str) -> bool {
         let set = self.removed_held.lock().unwrap_or_else(PoisonError::into_inner);

@@ -979,6 +979,7 @@ impl Registry {
             Storage::PlainDir => self.vfs.move_dir(&entry.uri, &to)?,
             _ => tiledb::object_move(&self.ctx, &entry.uri, &to)?,
         }
+        self.upkeep.rebase_held(&entry.uri, &to);
         let moved = Entry {
             name: new_name.to_string(),
             uri: to,
@@ -1017,27 +1018,41 @@ impl Registry {
             n += 1;
         };
         let marker = removed_marker(&entry.uri);
-        self.upkeep.hold_removed(&aside, true);
+        // Held from the mark on, wherever it is: this process never frees
+        // it as a crash's leftover.
+        self.upkeep.hold_removed(&entry.uri, true);
         let moved = self
             .vfs
             .touch(&marker)
             .and_then(|()| tiledb::object_move(&self.ctx, &entry.uri, &aside));
         if let Err(e) = moved {
-            self.upkeep.hold_removed(&aside, false);
-            if let Err(e) = self.vfs.remove_file(&marker) {
-                warn!("{marker}: not removed after a failed move ({e}): the file is hidden until its name is used");
+            match self.vfs.remove_file(&marker) {
+                Ok(()) => self.upkeep.hold_removed(&entry.uri, false),
+                Err(e) => log::error!(
+                    "{marker}: not removed after a failed move ({e}): {} is hidden; remove that file to show it again",
+                    entry.uri
+                ),
             }
             return Err(e.into());
         }
+        self.upkeep.rebase_held(&entry.uri, &aside);
         Ok(aside)
     }
 
     /// Undoes [`Registry::set_aside`]: the file set aside at `aside` goes
-    /// back to `entry`'s place and shows again.
+    /// back to `entry`'s place and shows again. Once it is back in place
+    /// this succeeds; a mark that cannot be removed then is logged.
     pub fn put_back(&self, entry: &Entry, aside: &str) -> Result<()> {
         tiledb::object_move(&self.ctx, aside, &entry.uri)?;
-        self.upkeep.hold_removed(aside, false);
-        self.vfs.remove_file(&removed_marker(&entry.uri))?;
+        self.upkeep.rebase_held(aside, &entry.uri);
+        let marker = removed_marker(&entry.uri);
+        match self.vfs.remove_file(&marker) {
+            Ok(()) => self.upkeep.hold_removed(&entry.uri, false),
+            Err(e) => log::error!(
+                "{marker}: not removed ({e}): {} is hidden; remove that file to show it again",
+                entry.uri
+            ),
+        }
         Ok(())
     }
 
