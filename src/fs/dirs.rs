@@ -370,18 +370,25 @@ impl ModelFs {
         // In a plain directory the replaced file's storage is its name: one
         // open here moves out of the way first, its descriptors following
         // it, as a local file's inode outlives its name.
+        // Every inode of that storage counts: the name may have a newer
+        // one (see `pinned_differs`) while an older one is still open.
         let set_aside = match &replaced {
-            Some(old) if new_dir_entry.storage != Storage::Group => self
-                .inodes
-                .find(new_parent, new_name)
-                .filter(|i| i.lock().open_handles > 0)
-                .map(|inode| -> Result<_> {
+            Some(old) if new_dir_entry.storage != Storage::Group => {
+                let inodes: Vec<Arc<Inode>> = self
+                    .inodes
+                    .stored_at_or_inside(&old.uri)
+                    .into_iter()
+                    .filter(|i| crate::registry::uri::same(&i.entry().uri, &old.uri))
+                    .collect();
+                if inodes.iter().any(|i| i.lock().open_handles > 0) {
                     let aside = self.store.set_aside(&new_dir_entry, old)?;
                     self.storage_moved(&old.uri, &aside);
                     self.forget_history(&old.uri);
-                    Ok((inode, old.clone(), aside))
-                })
-                .transpose()?,
+                    Some((inodes, old.clone(), aside))
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
         if set_aside.is_some() {
@@ -399,12 +406,20 @@ impl ModelFs {
                 return Err(e.into());
             }
         };
-        if let Some((inode, _, aside)) = &set_aside {
+        if let Some((inodes, old, aside)) = &set_aside {
             // Open, its name gone: its storage goes at its last close, or
             // now if that came meanwhile.
             self.inodes.remove_name(new_parent, new_name);
-            if !self.mark_unlinked(Some(inode)) {
-                self.delete_unlinked(&new_dir, &inode.entry(), None);
+            let mut open = false;
+            for inode in inodes {
+                open |= self.mark_unlinked(Some(inode));
+            }
+            if !open {
+                let entry = Entry {
+                    uri: aside.clone(),
+                    ..old.clone()
+                };
+                self.delete_unlinked(&new_dir, &entry, None);
             }
             info!("{new_name}: replaced while open, its storage set aside at {aside} until closed");
         }

@@ -601,8 +601,21 @@ impl ModelFs {
                 c.open_handles = c.open_handles.saturating_sub(1);
                 c.open_handles == 0 && std::mem::take(&mut c.delete_on_close)
             };
-            if delete && let Some(dir) = self.inodes.get(inode.parent()) {
-                self.delete_unlinked(&dir, &inode.entry(), None);
+            // Another inode of the same storage still open (the name got a
+            // newer inode meanwhile) deletes it at its own last close.
+            let entry = inode.entry();
+            let shared = || {
+                self.inodes.stored_at_or_inside(&entry.uri).iter().any(|o| {
+                    !Arc::ptr_eq(o, &inode)
+                        && crate::registry::uri::same(&o.entry().uri, &entry.uri)
+                        && o.lock().open_handles > 0
+                })
+            };
+            if delete
+                && !shared()
+                && let Some(dir) = self.inodes.get(inode.parent())
+            {
+                self.delete_unlinked(&dir, &entry, None);
             }
         }
     }

@@ -121,7 +121,7 @@ impl Vfs {
             .call("tiledb_vfs_move_dir", |c| unsafe {
                 ffi::tiledb_vfs_move_dir(c, self.raw, c_from.as_ptr(), c_to.as_ptr())
             })
-            .map_err(|e| in_uri(e, from))
+            .map_err(|e| in_uri(e, &format!("{from} -> {to}")))
     }
 
     /// Creates an empty file (an empty object on object stores).
