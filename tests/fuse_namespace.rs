@@ -846,7 +846,7 @@ fn a_file_open_in_a_plain_folder_can_be_replaced_by_a_rename() {
     // is, such a rename got EBUSY until the reader closed. The old file now
     // moves out of the way, hidden, its descriptor reading on, and its
     // storage goes at its last close.
-    let Some((_tmp, reg, mnt)) = mounted_empty_folder() else {
+    let Some((tmp, reg, mnt)) = mounted_empty_folder() else {
         return;
     };
     let m = &mnt.dir;
@@ -879,7 +879,7 @@ fn a_file_open_in_a_plain_folder_can_be_replaced_by_a_rename() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(mnt);
-    let again = MountGuard::new(&reg, &_tmp.path().join("mnt2"), &[]);
+    let again = MountGuard::new(&reg, &tmp.path().join("mnt2"), &[]);
     assert_eq!(names(&again.dir), ["model.bin"]);
     assert_eq!(std::fs::read(again.dir.join("model.bin")).unwrap(), new);
 }
