@@ -754,15 +754,32 @@ fn a_file_removed_while_open_frees_its_name_after_the_daemon_dies() {
     std::fs::write(mnt.dir.join("g"), b"kept").unwrap();
     let open = std::fs::File::open(mnt.dir.join("f")).unwrap();
     std::fs::remove_file(mnt.dir.join("f")).unwrap();
+    // The same in a plain folder made beside the mount (shown once the
+    // listing's TTL is over), which then could not be removed (ENOTEMPTY,
+    // with nothing shown in it).
+    std::fs::create_dir(Path::new(&reg).join("sub")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !mnt.dir.join("sub").is_dir() {
+        assert!(std::time::Instant::now() < deadline, "sub not shown");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(mnt.dir.join("sub/h"), b"removed too").unwrap();
+    let open_in_sub = std::fs::File::open(mnt.dir.join("sub/h")).unwrap();
+    std::fs::remove_file(mnt.dir.join("sub/h")).unwrap();
+    assert_eq!(errno(std::fs::remove_dir(mnt.dir.join("sub"))), Some(libc::ENOTEMPTY));
     std::process::Command::new("kill")
         .args(["-KILL", &mnt.pid().to_string()])
         .status()
         .unwrap();
     assert!(mnt.wait_exit(10));
-    drop(open);
+    drop((open, open_in_sub));
     drop(mnt);
     let mnt = MountGuard::new(&reg, &tmp.path().join("again"), &[]);
     let m = &mnt.dir;
+    assert_eq!(names(m), ["g", "sub"]);
+    assert!(names(&m.join("sub")).is_empty());
+    std::fs::remove_dir(m.join("sub")).unwrap();
+    assert!(!Path::new(&reg).join("sub").exists());
     assert_eq!(names(m), ["g"]);
     std::fs::write(m.join("f"), b"new").unwrap();
     assert_eq!(std::fs::read(m.join("f")).unwrap(), b"new");

@@ -451,10 +451,7 @@ impl Registry {
     /// this process holds: one a crash left, or whose remover is gone. The
     /// name is free then. A remover still holding it keeps it (`false`).
     fn free_removed_file(&self, uri: &str) -> Result<bool> {
-        if self.upkeep.removed_held(uri)
-            || !self.vfs.is_file(&removed_marker(uri))?
-            || tiledb::object_type(&self.ctx, uri)? != ObjectType::Array
-        {
+        if !self.is_removed_leftover(uri)? {
             return Ok(false);
         }
         log::info!("{uri}: storage of a removed file, left by a crash or another mount, deleted");
@@ -793,9 +790,26 @@ impl Registry {
     pub fn is_empty_dir(&self, dir: &Entry) -> Result<bool> {
         match dir.storage {
             Storage::Group => Ok(self.view(&dir.uri)?.is_empty(&dir.uri)),
-            Storage::PlainDir => Ok(self.vfs.ls(&dir.uri)?.is_empty()),
+            Storage::PlainDir => {
+                for child in self.vfs.ls(&dir.uri)? {
+                    if !self.is_removed_leftover(&child)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
             Storage::Array => Err(Error::NotADirectory { uri: dir.uri.clone() }),
         }
+    }
+
+    /// Whether `uri` is the storage of a file removed from a plain
+    /// directory (or set aside there) that no descriptor of this process
+    /// holds: what a crash left, shown nowhere (see
+    /// [`Registry::free_removed_file`]).
+    fn is_removed_leftover(&self, uri: &str) -> Result<bool> {
+        Ok(!self.upkeep.removed_held(uri)
+            && self.vfs.is_file(&removed_marker(uri))?
+            && tiledb::object_type(&self.ctx, uri)? == ObjectType::Array)
     }
 
     /// Deletes what `entry` stores: an array; for a directory its own files
@@ -804,9 +818,18 @@ impl Registry {
     pub fn delete_storage(&self, entry: &Entry) -> Result<()> {
         match entry.storage {
             Storage::PlainDir => {
-                if self.vfs.ls(&entry.uri)?.is_empty() {
-                    self.vfs.remove_dir(&entry.uri)?;
+                // What crashes left in it goes with it; anything else keeps it.
+                let children = self.vfs.ls(&entry.uri)?;
+                for child in &children {
+                    if !self.is_removed_leftover(child)? {
+                        return Ok(());
+                    }
                 }
+                for child in &children {
+                    log::info!("{child}: storage of a removed file, left by a crash or another mount, deleted");
+                    tiledb::object_remove(&self.ctx, child)?;
+                }
+                self.vfs.remove_dir(&entry.uri)?;
             }
             Storage::Group => self.delete_group(&entry.uri)?,
             Storage::Array => {
