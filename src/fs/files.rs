@@ -422,10 +422,11 @@ impl ModelFs {
         let inode = match known {
             Some(i) => i,
             None => {
+                let started = Instant::now();
                 let node = self
                     .node_of(&entry)?
                     .ok_or_else(|| CoreError::ExistsNotAFile { uri: entry.uri.clone() })?;
-                self.inodes.upsert(parent, entry, node, Seen::Read)
+                self.inodes.upsert_read_since(parent, entry, node, started).0
             }
         };
         self.wait_unpinned(&inode)?;

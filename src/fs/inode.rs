@@ -279,6 +279,11 @@ impl InodeTable {
                 // What the listing knows adds nothing to a directory's node.
                 return (inode.clone(), false);
             }
+            if seen == Seen::Cached {
+                // `node` is a copy of this inode's own: what a commit set
+                // since is newer.
+                return (inode.clone(), false);
+            }
             if c.active_writer().is_some() && matches!(c.node, NodeState::File(_)) {
                 // A file being written keeps the node its writer's commits
                 // set (as `fresh_node` does): one read before the latest

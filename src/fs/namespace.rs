@@ -347,7 +347,8 @@ impl ModelFs {
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         if let Some(node) = self.known_node(parent, &entry) {
-            let inode = self.inodes.upsert(parent, entry, node.clone(), Seen::Cached);
+            let inode = self.inodes.upsert(parent, entry, node, Seen::Cached);
+            let node = inode.lock().node.clone();
             return Ok((self.attr_of(inode.ino, &node), Some(inode)));
         }
         let started = Instant::now();
@@ -382,6 +383,8 @@ impl ModelFs {
         }
         let mut names = HashSet::new();
         let entries = self.entries(&dir)?;
+        // What a commit here stored while the nodes were read is newer.
+        let started = Instant::now();
         let nodes = self.nodes_of(ino, &entries);
         for (entry, node) in entries.iter().zip(nodes) {
             if ino == Ino::ROOT && entry.name == STATS_NAME {
@@ -391,7 +394,10 @@ impl ModelFs {
             let Some((node, seen)) = node else { continue };
             let kind = if node.is_dir() { Kind::Dir } else { Kind::File };
             let name = entry.name.clone();
-            let child = self.inodes.upsert(ino, entry.clone(), node, seen);
+            let child = match seen {
+                Seen::Read => self.inodes.upsert_read_since(ino, entry.clone(), node, started).0,
+                _ => self.inodes.upsert(ino, entry.clone(), node, seen),
+            };
             names.insert(name.clone());
             push_dir_item(&mut items, child.ino, kind, name);
         }
