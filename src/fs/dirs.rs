@@ -374,12 +374,7 @@ impl ModelFs {
         // one (see `pinned_differs`) while an older one is still open.
         let set_aside = match &replaced {
             Some(old) if new_dir_entry.storage != Storage::Group => {
-                let inodes: Vec<Arc<Inode>> = self
-                    .inodes
-                    .stored_at_or_inside(&old.uri)
-                    .into_iter()
-                    .filter(|i| crate::registry::uri::same(&i.entry().uri, &old.uri))
-                    .collect();
+                let inodes = self.inodes.stored_at(&old.uri);
                 if inodes.iter().any(|i| i.lock().open_handles > 0) {
                     let aside = self.store.set_aside(&new_dir_entry, old)?;
                     self.storage_moved(&old.uri, &aside);

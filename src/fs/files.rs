@@ -606,11 +606,10 @@ impl ModelFs {
             // newer inode meanwhile) deletes it at its own last close.
             let entry = inode.entry();
             let shared = || {
-                self.inodes.stored_at_or_inside(&entry.uri).iter().any(|o| {
-                    !Arc::ptr_eq(o, &inode)
-                        && crate::registry::uri::same(&o.entry().uri, &entry.uri)
-                        && o.lock().open_handles > 0
-                })
+                self.inodes
+                    .stored_at(&entry.uri)
+                    .iter()
+                    .any(|o| !Arc::ptr_eq(o, &inode) && o.lock().open_handles > 0)
             };
             if delete
                 && !shared()

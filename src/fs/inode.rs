@@ -340,6 +340,14 @@ impl InodeTable {
         *place = (parent, entry);
     }
 
+    /// Inodes whose storage is at `uri` (a file may have several: see
+    /// `pinned_differs`).
+    pub fn stored_at(&self, uri: &str) -> Vec<Arc<Inode>> {
+        let mut found = self.stored_at_or_inside(uri);
+        found.retain(|i| crate::registry::uri::same(&i.entry().uri, uri));
+        found
+    }
+
     /// Inodes whose storage is at `uri` or inside it.
     pub fn stored_at_or_inside(&self, uri: &str) -> Vec<Arc<Inode>> {
         let by_ino = self.by_ino.read().unwrap_or_else(PoisonError::into_inner);

@@ -1029,7 +1029,8 @@ impl Registry {
     /// marked removed (hidden from listings, held), then moved to a fresh
     /// name in the same folder, whose storage the caller deletes once the
     /// last descriptor closes. Returns that storage's URI. On failure the
-    /// file stays where and as it was.
+    /// file stays where it was, shown again unless its mark cannot be
+    /// removed (see `unmark_removed`).
     pub fn set_aside(&self, dir: &Entry, entry: &Entry) -> Result<String> {
         let stamp = now_ns();
         let mut n = 0;
@@ -1049,13 +1050,7 @@ impl Registry {
             .touch(&marker)
             .and_then(|()| tiledb::object_move(&self.ctx, &entry.uri, &aside));
         if let Err(e) = moved {
-            match self.vfs.remove_file(&marker) {
-                Ok(()) => self.upkeep.hold_removed(&entry.uri, false),
-                Err(e) => log::error!(
-                    "{marker}: not removed after a failed move ({e}): {} is hidden; remove that file to show it again",
-                    entry.uri
-                ),
-            }
+            self.unmark_removed(&entry.uri);
             return Err(e.into());
         }
         self.upkeep.rebase_held(&entry.uri, &aside);
@@ -1068,15 +1063,19 @@ impl Registry {
     pub fn put_back(&self, entry: &Entry, aside: &str) -> Result<()> {
         tiledb::object_move(&self.ctx, aside, &entry.uri)?;
         self.upkeep.rebase_held(aside, &entry.uri);
-        let marker = removed_marker(&entry.uri);
-        match self.vfs.remove_file(&marker) {
-            Ok(()) => self.upkeep.hold_removed(&entry.uri, false),
-            Err(e) => log::error!(
-                "{marker}: not removed ({e}): {} is hidden; remove that file to show it again",
-                entry.uri
-            ),
-        }
+        self.unmark_removed(&entry.uri);
         Ok(())
+    }
+
+    /// Shows the file at `uri` again, marked removed by
+    /// [`Registry::set_aside`], and lets it go. A mark that stays keeps it
+    /// held (this process never frees it), and says how to show it.
+    fn unmark_removed(&self, uri: &str) {
+        let marker = removed_marker(uri);
+        match self.vfs.remove_file(&marker) {
+            Ok(()) => self.upkeep.hold_removed(uri, false),
+            Err(e) => log::error!("{marker}: not removed ({e}): {uri} is hidden; remove that file to show it again"),
+        }
     }
 
     /// Marks the storage of `entry`, named now from a directory other
