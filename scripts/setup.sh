@@ -18,7 +18,7 @@ venv="$root/.venv"
 python="${PYTHON:-python3}"
 pip_pkgs=(tiledb==0.36.1 safetensors numpy pytest ml_dtypes)
 # With --tests (scripts/test.sh): torch (with its CUDA libraries, PyPI's
-# only build: about 5 GB, 2 minutes here), transformers and accelerate for
+# only build: about 6 GB, 2 minutes here), transformers and accelerate for
 # tests/python/test_transformers.py.
 test_pkgs=(torch==2.15.0 transformers==5.25.0 accelerate==1.16.0)
 tests=0
@@ -66,8 +66,16 @@ if ! installed "${pip_pkgs[@]}"; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"
 fi
 if [ "$tests" -eq 1 ] && ! installed "${test_pkgs[@]}"; then
+    # About 6 GB installed; without pip's cache (another 3 GB of wheels
+    # kept for nothing) the peak stays near that. Say so up front rather
+    # than leave pip to fail half-way with ENOSPC.
+    free_gib=$(df -P --block-size=1G "$venv" | awk 'NR == 2 { print $4 }')
+    if [ "$free_gib" -lt 8 ]; then
+        say "error: ${test_pkgs[*]} need about 8 GiB free beside $venv; $free_gib GiB free"
+        exit 1
+    fi
     say "installing ${test_pkgs[*]} into $venv (for the tests)"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${test_pkgs[@]}"
+    "$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "${test_pkgs[@]}"
 fi
 
 lib=$(ls "$venv"/lib/python3*/site-packages/tiledb.libs/libtiledb-*.so.2.30 2>/dev/null | head -n 1 || true)

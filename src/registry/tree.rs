@@ -696,8 +696,10 @@ impl Registry {
                 );
                 return Ok(());
             }
-            let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
-            if group.metadata()?.iter().any(|(k, _)| *k == key) {
+            if Group::read_metadata(&self.ctx, &dir.uri)?
+                .iter()
+                .any(|(k, _)| *k == key)
+            {
                 debug!("{}: removed from {}, storage kept for snapshots", entry.uri, dir.uri);
                 return Ok(());
             }
@@ -718,9 +720,7 @@ impl Registry {
         // them (the keys read before it, the records after).
         let view = self.view(&dir.uri)?;
         let removals = view.fates(&dir.uri).1;
-        let group = Group::open(&self.ctx, &dir.uri, GroupMode::Read)?;
-        let mut out: Vec<(String, String, u64)> = group
-            .metadata()?
+        let mut out: Vec<(String, String, u64)> = Group::read_metadata(&self.ctx, &dir.uri)?
             .iter()
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix(DELETED_KEY_PREFIX)?;
@@ -1156,7 +1156,13 @@ impl Registry {
     /// every open reads).
     fn dir_attrs(&self, uri: &str, view: &mut super::members::View) -> Result<Attrs> {
         let mut attrs = match view.group.take() {
-            Some(g) => Attrs::parse(&g.metadata()?),
+            // The view's open may have listed a metadata file still being
+            // written; the stored attributes read it again.
+            Some(g) => match g.metadata() {
+                Ok(meta) => Attrs::parse(&meta),
+                Err(e) if e.is_vanished_file() => self.stored_dir_attrs(uri)?,
+                Err(e) => return Err(e.into()),
+            },
             None => self.stored_dir_attrs(uri)?,
         };
         self.tidy_if_grown(uri, view.lists.count());
@@ -1177,7 +1183,7 @@ impl Registry {
     /// metadata files stay the same (one listing checks it), since opening
     /// the group reads its whole member list.
     fn stored_dir_attrs(&self, uri: &str) -> Result<Attrs> {
-        let open = || -> Result<Attrs> { Ok(Attrs::parse(&Group::open(&self.ctx, uri, GroupMode::Read)?.metadata()?)) };
+        let open = || -> Result<Attrs> { Ok(Attrs::parse(&Group::read_metadata(&self.ctx, uri)?)) };
         if self.at.is_some() {
             return open();
         }

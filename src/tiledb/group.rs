@@ -180,6 +180,15 @@ impl Group {
         &self.uri
     }
 
+    /// Every metadata key and value of group `uri`, sorted by key, from a
+    /// fresh open. TileDB reads a group's metadata files when first asked,
+    /// after the open listed them: one still being written there (a
+    /// consolidation by this process or another, on a local disk) reads
+    /// short, and a new attempt lists again.
+    pub fn read_metadata(ctx: &Context, uri: &str) -> Result<Vec<(String, MetaValue)>> {
+        super::error::retry_vanished(|| Self::open_at_once(ctx, uri, GroupMode::Read, None)?.metadata())
+    }
+
     /// Every metadata key and value (group opened for reading), sorted by key.
     pub fn metadata(&self) -> Result<Vec<(String, MetaValue)>> {
         metadata::GROUP

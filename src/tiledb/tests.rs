@@ -341,3 +341,37 @@ fn metadata_of_every_kind_round_trips() {
     assert_eq!(meta[2].1.as_u64(), Some(5));
     assert_eq!(format_values(meta[0].1.datatype, &meta[0].1.bytes), "-5");
 }
+
+#[test]
+fn group_metadata_read_while_a_metadata_file_is_written_waits_for_it() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let g = tmp_uri(&dir, "g");
+    Group::create(&ctx, &g).unwrap();
+    for key in ["a", "b"] {
+        let mut w = Group::open(&ctx, &g, GroupMode::Write).unwrap();
+        w.put_metadata(key, &MetaValue::u64(1)).unwrap();
+        w.close().unwrap();
+    }
+    // The newest metadata file as a writer leaves it half-way: its name
+    // listed, its bytes not all there.
+    let meta_dir = dir.path().join("g/__meta");
+    let newest = std::fs::read_dir(&meta_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let whole = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &whole[..whole.len() / 2]).unwrap();
+    let short = Group::open(&ctx, &g, GroupMode::Read).unwrap().metadata().unwrap_err();
+    assert!(short.is_vanished_file(), "{short}");
+
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::write(&newest, &whole).unwrap();
+    });
+    let meta = Group::read_metadata(&ctx, &g).unwrap();
+    writer.join().unwrap();
+    let keys: Vec<_> = meta.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+}
