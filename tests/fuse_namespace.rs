@@ -900,3 +900,40 @@ fn a_file_open_in_a_plain_folder_can_be_replaced_by_a_rename() {
     assert_eq!(names(&again.dir), ["model.bin"]);
     assert_eq!(std::fs::read(again.dir.join("model.bin")).unwrap(), new);
 }
+
+#[test]
+fn an_open_after_another_mount_removed_or_replaced_the_file_sees_that() {
+    // Mount `a` looked the names up (the kernel and the mount trust that
+    // for the metadata TTL) just before mount `b` removed one file and
+    // renamed a new one over the other. Where that deletes their storage
+    // (in a plain folder; a group keeps it for snapshots, and `a` reads
+    // the old bytes until its TTL ends), the opens failed with EIO ("Array
+    // does not exist"): the one must find the name gone, the other the
+    // new file.
+    let tmp = tempfile::tempdir().unwrap();
+    let (group, _mnt) = mounted(tmp.path(), &[]);
+    let plain = registry_uri(&tmp.path().join("plain"));
+    std::fs::create_dir_all(&plain).unwrap();
+    for (i, reg) in [group, plain].iter().enumerate() {
+        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
+        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+        std::fs::write(a.dir.join("gone"), b"old").unwrap();
+        std::fs::write(a.dir.join("replaced"), b"old").unwrap();
+        assert!(a.dir.join("replaced").exists() && a.dir.join("gone").exists());
+
+        std::fs::remove_file(b.dir.join("gone")).unwrap();
+        std::fs::write(b.dir.join("new"), b"new").unwrap();
+        std::fs::rename(b.dir.join("new"), b.dir.join("replaced")).unwrap();
+
+        let kept = i == 0;
+        match std::fs::read(a.dir.join("gone")) {
+            Ok(bytes) => assert!(kept && bytes == b"old", "{reg}: gone read {bytes:?}"),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{reg}: {e}"),
+        }
+        let bytes = std::fs::read(a.dir.join("replaced")).unwrap_or_else(|e| panic!("{reg}: {e}"));
+        assert!(
+            bytes == b"new" || (kept && bytes == b"old"),
+            "{reg}: replaced read {bytes:?}"
+        );
+    }
+}

@@ -48,6 +48,11 @@ pub enum CoreError {
     /// file or directory modelfs shows).
     #[error("{uri}: no longer shown")]
     NoLongerShown { uri: String },
+    /// An open found the storage a lookup had resolved the name to gone
+    /// (removed or replaced by another mount since). ESTALE makes the
+    /// kernel look the name up again and retry the open once.
+    #[error("{uri}: removed since it was looked up")]
+    GoneSinceLookup { uri: String },
     #[error("{what}: not a directory")]
     NotADirectory { what: String },
     #[error("{what}: is a directory")]
@@ -215,6 +220,7 @@ impl CoreError {
         match self {
             E::NotFound { .. } | E::UnknownInode { .. } | E::NoLongerShown { .. } => (libc::ENOENT, Level::Debug),
             E::NotUtf8 { .. } => (libc::ENOENT, Level::Debug),
+            E::GoneSinceLookup { .. } => (libc::ESTALE, Level::Debug),
             E::NotADirectory { .. } | E::TargetNotADirectory => (libc::ENOTDIR, Level::Debug),
             E::IsADirectory { .. } | E::TargetIsADirectory | E::ReadOfDirectory => (libc::EISDIR, Level::Debug),
             E::Exists { .. } => (libc::EEXIST, Level::Debug),

@@ -18,7 +18,7 @@ use log::debug;
 
 use super::counters::Counters;
 use super::dirs::DirChange;
-use super::error::{CoreError, Result};
+use super::error::{CoreError, Error, Result};
 use super::handles::{FileHandle, FollowHandle, Handle, WriteHandle};
 use super::inode::{Inode, NodeState, Seen};
 use super::read::{ChunkSource, Data, FileVersion, Prefetcher};
@@ -58,7 +58,28 @@ impl ModelFs {
         if let Some(writer) = writer {
             return Ok(self.open_following(&inode, &writer));
         }
-        self.open_read(&inode, &inode.entry().uri, meta, false)
+        let uri = inode.entry().uri;
+        let known = (meta.size, meta.timestamp);
+        self.open_read(&inode, &uri, meta, false)
+            .map_err(|e| self.gone_since_lookup(&inode, known, e))
+    }
+
+    /// `e`, a failed open of `inode` as read before (`known`: its size and
+    /// version), or, when the file was since removed or replaced by
+    /// another mount (the open trusted a lookup within the metadata TTL),
+    /// [`CoreError::GoneSinceLookup`].
+    fn gone_since_lookup(&self, inode: &Inode, known: (u64, Option<u64>), e: Error) -> Error {
+        let entry = inode.entry();
+        let changed = match self.store.node(&entry) {
+            Ok(Node::File(now)) => (now.size, now.timestamp) != known,
+            Ok(_) => true,
+            Err(err) => matches!(err, crate::registry::Error::NotFound { .. }),
+        };
+        if !changed {
+            return e;
+        }
+        debug!("{}: {e}; changed since it was looked up", entry.uri);
+        self.gone_since_lookup_of(inode)
     }
 
     /// Opens for reading a file this mount is writing (see [`FollowHandle`]).

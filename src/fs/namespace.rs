@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use super::attr::push_dir_item;
 use super::counters::Counters;
-use super::error::{CoreError, Error, Result};
+use super::error::{Cause, CoreError, Error, Result};
 use super::handles::Handle;
 use super::inode::{DirShape, Inode, NodeState, Seen};
 use super::views::ViewNode;
 use super::{Attr, DirItem, Fh, Ino, Kind, ModelFs, STATS_NAME, VERSIONS_NAME, invalid_name, lock};
-use crate::registry::{Attrs, Entry, Node, Storage};
+use crate::registry::{self, Attrs, Entry, Node, Storage};
 
 /// Entries of one listing whose arrays are opened at once: on an object
 /// store each open is a few round trips, so a model directory's files are
@@ -121,7 +121,12 @@ impl ModelFs {
             return Ok(node);
         }
         let entry = inode.entry();
-        let (node, listing, at) = match self.node_and_listing(&entry)? {
+        let read = self.node_and_listing(&entry).map_err(|e| match e.cause {
+            // Removed, or replaced, by another mount since the lookup.
+            Cause::Registry(registry::Error::NotFound { .. }) => self.gone_since_lookup_of(inode),
+            _ => e,
+        });
+        let (node, listing, at) = match read? {
             (Some(node), listing, at) => (node, listing, at),
             (None, ..) => return Err(CoreError::NoLongerShown { uri: entry.uri.clone() }.into()),
         };
@@ -139,6 +144,20 @@ impl ModelFs {
         c.node = node.clone();
         c.read_at = Some(at);
         Ok(node)
+    }
+
+    /// [`CoreError::GoneSinceLookup`] for `inode`, whose storage is gone
+    /// or holds another file than the one it was read as: what was read of
+    /// it and of its directory is forgotten, so that the lookup the kernel
+    /// makes again on ESTALE asks the registry.
+    pub(super) fn gone_since_lookup_of(&self, inode: &Inode) -> Error {
+        {
+            let mut c = inode.lock();
+            c.read_at = None;
+            c.version = None;
+        }
+        self.forget_listing(inode.parent());
+        CoreError::GoneSinceLookup { uri: inode.entry().uri }.into()
     }
 
     pub(super) fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {

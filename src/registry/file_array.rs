@@ -176,6 +176,16 @@ pub fn parse_meta(uri: &str, meta: &[(String, MetaValue)]) -> Result<FileMeta> {
     })
 }
 
+/// `e`, a failed open of the array at `uri`, as [`Error::NotFound`] when
+/// the array is no longer there: removed (by another mount, or here)
+/// between the lookup that found it and the open.
+pub(super) fn unless_removed(ctx: &Context, uri: &str, e: tiledb::Error) -> Error {
+    match tiledb::object_type(ctx, uri) {
+        Ok(tiledb::ObjectType::Invalid) => Error::NotFound { uri: uri.to_string() },
+        _ => e.into(),
+    }
+}
+
 /// Reads the current metadata of the file array at `uri` (latest commit).
 pub fn read_meta(ctx: &Context, uri: &str) -> Result<FileMeta> {
     let mut array = Array::open_latest(ctx, uri)?;
@@ -232,7 +242,7 @@ impl FileArray {
                 return Err(super::versions::gone(uri, t));
             }
         }
-        let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp)?;
+        let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp).map_err(|e| unless_removed(ctx, uri, e))?;
         Self::from_array(uri, array, meta)
     }
 
@@ -246,7 +256,7 @@ impl FileArray {
         let Some(t) = meta.timestamp else {
             return Self::open_version(ctx, uri, meta);
         };
-        let own = Array::open_between(ctx, uri, t, t)?;
+        let own = Array::open_between(ctx, uri, t, t).map_err(|e| unless_removed(ctx, uri, e))?;
         if !covers(meta.size, own.non_empty_domain_u64(0)?) {
             return Err(super::versions::gone(uri, t));
         }

@@ -127,10 +127,11 @@ impl Registry {
     /// Opens the array at `uri` for reading: with every write there is, or
     /// as of the snapshot time.
     fn open_array(&self, uri: &str) -> Result<Array> {
-        Ok(match self.at {
-            Some(at) => Array::open_at(&self.ctx, uri, tiledb::Mode::Read, Some(at))?,
-            None => Array::open_latest(&self.ctx, uri)?,
-        })
+        match self.at {
+            Some(at) => Array::open_at(&self.ctx, uri, tiledb::Mode::Read, Some(at)),
+            None => Array::open_latest(&self.ctx, uri),
+        }
+        .map_err(|e| file_array::unless_removed(&self.ctx, uri, e))
     }
 
     /// The versions and tags of the file array at `uri` (up to the snapshot
