@@ -912,9 +912,13 @@ fn an_open_after_another_mount_removed_or_replaced_the_file_sees_that() {
     // new file.
     let tmp = tempfile::tempdir().unwrap();
     let (group, _mnt) = mounted(tmp.path(), &[]);
-    let plain = registry_uri(&tmp.path().join("plain"));
-    std::fs::create_dir_all(&plain).unwrap();
-    for (i, reg) in [group, plain].iter().enumerate() {
+    let mut registries = vec![group];
+    if !on_s3() {
+        let plain = registry_uri(&tmp.path().join("plain"));
+        std::fs::create_dir_all(&plain).unwrap();
+        registries.push(plain);
+    }
+    for (i, reg) in registries.iter().enumerate() {
         let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
         let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
         std::fs::write(a.dir.join("gone"), b"old").unwrap();
