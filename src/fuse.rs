@@ -228,6 +228,9 @@ impl Filesystem for FuseAdapter {
         if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
             let _ = config.set_max_write(max);
         }
+        // A file opened with direct I/O (while another handle reads an
+        // older version of it) can still be mapped shared, as loaders do.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         if self.core.config().passthrough && self.core.config().disk_cache.is_some() {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 // Depth 2: the cache may itself be on a stacked filesystem

@@ -112,7 +112,7 @@ impl ModelFs {
         };
         if let Some(writer) = writer {
             let w = lock(&writer);
-            if w.holds_bytes() {
+            if w.serves_reads() {
                 return Ok(Data::from(w.read(self.store.as_ref(), offset, size)?));
             }
         }
@@ -137,13 +137,6 @@ impl ModelFs {
     pub(super) fn open_read(&self, inode: &Arc<Inode>, uri: &str, meta: FileMeta, past: bool) -> Result<Opened> {
         let ino = inode.ino;
         let version = self.version_for(inode, uri, meta, past)?;
-        let keep_cache = {
-            let mut c = inode.lock();
-            let keep = c.page_cache_version == Some(version.id());
-            c.page_cache_version = Some(version.id());
-            c.open_handles += 1;
-            keep
-        };
         Counters::add(&self.counters.opens, 1);
         let source: Arc<dyn ChunkSource> = version.clone();
         let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
@@ -166,14 +159,30 @@ impl ModelFs {
             }
             None => None,
         };
+        let (keep_cache, direct_io) = {
+            let mut c = inode.lock();
+            c.open_handles += 1;
+            let others = c.start_reading(version.id());
+            // The inode's page cache holds one version's bytes: while a
+            // handle on another version is open (one opened before a
+            // commit), its reads may put that version's there, so this
+            // handle reads past it.
+            let direct = others && passthrough.is_none();
+            let keep = !direct && c.page_cache_version == Some(version.id());
+            if !direct {
+                c.page_cache_version = Some(version.id());
+            }
+            (keep, direct)
+        };
         let fh = self.handles.insert(Handle::File(FileHandle {
             ino,
+            version: version.id(),
             source,
             prefetch: std::sync::Mutex::new(prefetch),
             pinned: std::sync::atomic::AtomicBool::new(passthrough.is_some()),
         }));
         debug!(
-            "open ino={} fh={} keep_cache={keep_cache} passthrough={}",
+            "open ino={} fh={} keep_cache={keep_cache} direct_io={direct_io} passthrough={}",
             ino.0,
             fh.0,
             passthrough.is_some()
@@ -181,7 +190,7 @@ impl ModelFs {
         Ok(Opened {
             fh,
             keep_cache,
-            direct_io: false,
+            direct_io,
             passthrough,
         })
     }
@@ -563,6 +572,7 @@ impl ModelFs {
                     c.version = None;
                     c.page_cache_version = None;
                 }
+                lock(&w.writer).settle();
             }
         }
         Ok(())
@@ -586,6 +596,9 @@ impl ModelFs {
             Handle::File(f) => {
                 if f.pinned.swap(false, std::sync::atomic::Ordering::AcqRel) {
                     self.unpin(f.ino);
+                }
+                if let Some(inode) = self.inodes.get(f.ino) {
+                    inode.lock().stop_reading(f.version);
                 }
                 f.ino
             }

@@ -13,6 +13,8 @@ use crate::registry::tiledb_ml::ViewFile;
 
 pub struct FileHandle {
     pub ino: Ino,
+    /// The id of the version `source` reads.
+    pub version: u64,
     pub source: Arc<dyn ChunkSource>,
     pub prefetch: Mutex<Prefetcher>,
     /// Offered for passthrough and not declined: counted in the inode's

@@ -95,6 +95,11 @@ pub struct Cached {
     pub writer: Weak<Mutex<Writer>>,
     /// Open handles on this inode.
     pub open_handles: u32,
+    /// The versions this inode's open read handles read (by version id),
+    /// with how many read each. The kernel keeps one page cache per inode:
+    /// a handle on an older version fills it with that version's bytes,
+    /// so while one is open, opens of another version bypass it.
+    pub reading: Vec<(u64, u32)>,
     /// Removed from its directory.
     pub unlinked: bool,
     /// References the kernel holds (entries it was given, not yet
@@ -118,6 +123,27 @@ pub struct Cached {
 }
 
 impl Cached {
+    /// One more open handle reads version `id`. Returns whether another
+    /// version is read through an open handle too.
+    pub fn start_reading(&mut self, id: u64) -> bool {
+        let others = self.reading.iter().any(|&(v, _)| v != id);
+        match self.reading.iter_mut().find(|(v, _)| *v == id) {
+            Some((_, n)) => *n += 1,
+            None => self.reading.push((id, 1)),
+        }
+        others
+    }
+
+    /// A handle reading version `id` closed.
+    pub fn stop_reading(&mut self, id: u64) {
+        if let Some(i) = self.reading.iter().position(|&(v, _)| v == id) {
+            self.reading[i].1 -= 1;
+            if self.reading[i].1 == 0 {
+                self.reading.swap_remove(i);
+            }
+        }
+    }
+
     fn new(node: NodeState) -> Self {
         Cached {
             node,
@@ -126,6 +152,7 @@ impl Cached {
             page_cache_version: None,
             writer: Weak::new(),
             open_handles: 0,
+            reading: Vec::new(),
             unlinked: false,
             lookups: 0,
             delete_on_close: false,

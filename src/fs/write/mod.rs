@@ -110,6 +110,10 @@ pub struct Writer {
     created_ns: Option<u64>,
     /// A write or truncation came since the writer was made.
     changed: bool,
+    /// Committed, and the inode's node not yet set to the new version:
+    /// until [`Writer::settle`], readers following this writer read the
+    /// committed bytes through it.
+    unsettled: bool,
 }
 
 /// The latest committed version of the file `entry`.
@@ -145,6 +149,7 @@ impl Writer {
             changed: false,
             handles: 0,
             changed_by_path: false,
+            unsettled: false,
         }
     }
 
@@ -457,6 +462,18 @@ impl Writer {
         matches!(self.state, State::Buffering(_) | State::Staging(_))
     }
 
+    /// Whether readers must read the file through this writer: it holds
+    /// the bytes, or has just committed them and the file's node does not
+    /// show that version yet (the node still names the one before).
+    pub fn serves_reads(&self) -> bool {
+        self.holds_bytes() || (self.unsettled && !matches!(self.state, State::Streaming(_)))
+    }
+
+    /// The file's node now shows this writer's last commit.
+    pub fn settle(&mut self) {
+        self.unsettled = false;
+    }
+
     /// Reads back what this handle wrote (for files open read-write).
     pub fn read(&self, store: &dyn Store, offset: u64, len: u32) -> Result<Vec<u8>> {
         self.check()?;
@@ -506,6 +523,7 @@ impl Writer {
         match r {
             Ok(c) => {
                 self.dirty = false;
+                self.unsettled = true;
                 Ok(Some(c))
             }
             Err(e) => {
