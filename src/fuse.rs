@@ -228,9 +228,15 @@ impl Filesystem for FuseAdapter {
         if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
             let _ = config.set_max_write(max);
         }
-        // A file opened with direct I/O (while another handle reads an
-        // older version of it) can still be mapped shared, as loaders do.
-        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Opens made direct while another handle reads an older version
+        // must still map shared, as loaders do: without it (before Linux
+        // 6.6) none is made direct.
+        match config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+            Ok(()) => self.core.set_direct_io_mmap(true),
+            Err(_) => warn!(
+                "the kernel cannot map files opened with direct I/O (Linux 6.6+): a file's newer version opened while a descriptor reads an older one may read that one's bytes from the page cache"
+            ),
+        }
         if self.core.config().passthrough && self.core.config().disk_cache.is_some() {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 // Depth 2: the cache may itself be on a stacked filesystem

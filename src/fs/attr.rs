@@ -71,7 +71,8 @@ pub struct Opened {
     pub fh: Fh,
     /// The file is unchanged since it was last cached: keep the page cache.
     pub keep_cache: bool,
-    /// Bypass the page cache (generated files whose size is not known).
+    /// Bypass the page cache: generated files whose size is not known, and
+    /// opens of a file another handle reads an older version of.
     pub direct_io: bool,
     /// A local file holding exactly the version opened, which the kernel
     /// may read itself (FUSE passthrough); reads through the handle serve

@@ -48,11 +48,12 @@ pub enum CoreError {
     /// file or directory modelfs shows).
     #[error("{uri}: no longer shown")]
     NoLongerShown { uri: String },
-    /// An open found the storage a lookup had resolved the name to gone
-    /// (removed or replaced by another mount since). ESTALE makes the
-    /// kernel look the name up again and retry the open once.
-    #[error("{uri}: removed since it was looked up")]
-    GoneSinceLookup { uri: String },
+    /// The storage a lookup had resolved a name to is gone, or holds
+    /// another file (removed or replaced by another mount since). ESTALE
+    /// makes the kernel look the name up again and retry a call by path
+    /// once; a call on an open descriptor gets it as it is.
+    #[error("{uri}: removed or replaced since it was looked up ({error})")]
+    GoneSinceLookup { uri: String, error: Box<Error> },
     #[error("{what}: not a directory")]
     NotADirectory { what: String },
     #[error("{what}: is a directory")]

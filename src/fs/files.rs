@@ -61,14 +61,14 @@ impl ModelFs {
         let uri = inode.entry().uri;
         let known = (meta.size, meta.timestamp);
         self.open_read(&inode, &uri, meta, false)
-            .map_err(|e| self.gone_since_lookup(&inode, known, e))
+            .map_err(|e| self.stale_unless_unchanged(&inode, known, e))
     }
 
     /// `e`, a failed open of `inode` as read before (`known`: its size and
     /// version), or, when the file was since removed or replaced by
     /// another mount (the open trusted a lookup within the metadata TTL),
     /// [`CoreError::GoneSinceLookup`].
-    fn gone_since_lookup(&self, inode: &Inode, known: (u64, Option<u64>), e: Error) -> Error {
+    fn stale_unless_unchanged(&self, inode: &Inode, known: (u64, Option<u64>), e: Error) -> Error {
         let entry = inode.entry();
         let changed = match self.store.node(&entry) {
             Ok(Node::File(now)) => (now.size, now.timestamp) != known,
@@ -78,23 +78,31 @@ impl ModelFs {
         if !changed {
             return e;
         }
-        debug!("{}: {e}; changed since it was looked up", entry.uri);
-        self.gone_since_lookup_of(inode)
+        self.forget_stale(inode, e)
     }
 
     /// Opens for reading a file this mount is writing (see [`FollowHandle`]).
     fn open_following(&self, inode: &Inode, writer: &Arc<Mutex<Writer>>) -> Opened {
-        inode.lock().open_handles += 1;
+        // It reads the latest bytes: past the page cache while a handle
+        // reads a version (maybe an older one; see `Cached::reading`).
+        let direct_io = {
+            let mut c = inode.lock();
+            c.open_handles += 1;
+            !c.reading.is_empty() && self.direct_io_mmap()
+        };
         Counters::add(&self.counters.opens, 1);
         let fh = self.handles.insert(Handle::Follow(FollowHandle {
             ino: inode.ino,
             writer: writer.clone(),
         }));
-        debug!("open ino={} fh={} following its writer", inode.ino.0, fh.0);
+        debug!(
+            "open ino={} fh={} following its writer, direct_io={direct_io}",
+            inode.ino.0, fh.0
+        );
         Opened {
             fh,
             keep_cache: false,
-            direct_io: false,
+            direct_io,
             passthrough: None,
         }
     }
@@ -167,7 +175,7 @@ impl ModelFs {
             // handle on another version is open (one opened before a
             // commit), its reads may put that version's there, so this
             // handle reads past it.
-            let direct = others && passthrough.is_none();
+            let direct = others && passthrough.is_none() && self.direct_io_mmap();
             let keep = !direct && c.page_cache_version == Some(version.id());
             if !direct {
                 c.page_cache_version = Some(version.id());
@@ -567,12 +575,17 @@ impl ModelFs {
                     .filter(|o| !Arc::ptr_eq(o, &inode) && o.entry().same_storage(&entry));
                 for i in std::iter::once(&inode).chain(named.as_ref()) {
                     let mut c = i.lock();
+                    // Another handle's commit of the writer, made later,
+                    // may have stored its node first.
+                    if matches!(&c.node, NodeState::File(m) if m.timestamp > meta.timestamp) {
+                        continue;
+                    }
                     c.node = NodeState::File(meta.clone());
                     c.read_at = Some(Instant::now());
                     c.version = None;
                     c.page_cache_version = None;
                 }
-                lock(&w.writer).settle();
+                lock(&w.writer).settle(committed.timestamp);
             }
         }
         Ok(())

@@ -4,9 +4,10 @@
 //! An inode's number never changes; its place (parent and entry) changes
 //! only on rename. Cached state (the `Node` and when it was read, the open
 //! file version, the active writer, open handles) sits behind the inode's
-//! own mutex, which is never held across TileDB I/O nor while taking a
-//! writer's lock (a writer's lock is held across its commit). Lock order:
-//! the table's maps, then an inode's place, then its cached state.
+//! own mutex, which is never held across TileDB I/O (a writer's lock is
+//! held across its commit, so an inode's is never taken while holding a
+//! writer's). Lock order: the table's maps, then an inode's place, then its
+//! cached state, then its writer's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

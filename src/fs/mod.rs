@@ -165,6 +165,11 @@ pub struct ModelFs {
     warned: Mutex<HashSet<String>>,
     /// Files' histories read within the metadata TTL (`.versions`).
     histories: versions::Histories,
+    /// The kernel maps files opened with direct I/O (Linux 6.6+,
+    /// `FUSE_DIRECT_IO_ALLOW_MMAP`); without it a shared mapping of one
+    /// fails with ENODEV, so opens are never made direct to spare the page
+    /// cache (see [`Cached::reading`](inode::Cached::reading)).
+    direct_io_mmap: std::sync::atomic::AtomicBool,
 }
 
 impl ModelFs {
@@ -252,7 +257,17 @@ impl ModelFs {
             warned: Mutex::new(HashSet::new()),
             histories: Default::default(),
             ml_models,
+            direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The kernel maps files opened with direct I/O (told at init).
+    pub fn set_direct_io_mmap(&self, yes: bool) {
+        self.direct_io_mmap.store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn direct_io_mmap(&self) -> bool {
+        self.direct_io_mmap.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &Config {

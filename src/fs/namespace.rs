@@ -54,6 +54,8 @@ impl ModelFs {
                 );
                 Ok(None)
             }
+            // Removed since it was listed: a race, not a bad entry.
+            Err(e @ registry::Error::NotFound { .. }) => Err(e.into()),
             Err(e) => {
                 self.warn_once(&entry.uri, format_args!("{}: cannot be read: {e}", entry.uri));
                 Err(e.into())
@@ -123,7 +125,7 @@ impl ModelFs {
         let entry = inode.entry();
         let read = self.node_and_listing(&entry).map_err(|e| match e.cause {
             // Removed, or replaced, by another mount since the lookup.
-            Cause::Registry(registry::Error::NotFound { .. }) => self.gone_since_lookup_of(inode),
+            Cause::Registry(registry::Error::NotFound { .. }) => self.forget_stale(inode, e),
             _ => e,
         });
         let (node, listing, at) = match read? {
@@ -147,17 +149,22 @@ impl ModelFs {
     }
 
     /// [`CoreError::GoneSinceLookup`] for `inode`, whose storage is gone
-    /// or holds another file than the one it was read as: what was read of
-    /// it and of its directory is forgotten, so that the lookup the kernel
-    /// makes again on ESTALE asks the registry.
-    pub(super) fn gone_since_lookup_of(&self, inode: &Inode) -> Error {
+    /// or holds another file than the one it was read as (`error` says
+    /// how that showed): what was read of it and of its directory is
+    /// forgotten, so that the lookup the kernel makes again on ESTALE asks
+    /// the registry.
+    pub(super) fn forget_stale(&self, inode: &Inode, error: Error) -> Error {
         {
             let mut c = inode.lock();
             c.read_at = None;
             c.version = None;
         }
         self.forget_listing(inode.parent());
-        CoreError::GoneSinceLookup { uri: inode.entry().uri }.into()
+        CoreError::GoneSinceLookup {
+            uri: inode.entry().uri,
+            error: Box::new(error),
+        }
+        .into()
     }
 
     pub(super) fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {

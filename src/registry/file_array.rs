@@ -178,8 +178,13 @@ pub fn parse_meta(uri: &str, meta: &[(String, MetaValue)]) -> Result<FileMeta> {
 
 /// `e`, a failed open of the array at `uri`, as [`Error::NotFound`] when
 /// the array is no longer there: removed (by another mount, or here)
-/// between the lookup that found it and the open.
+/// between the lookup that found it and the open. (A folder that cannot
+/// be read also looks like nothing to TileDB: only its own "does not
+/// exist" counts.)
 pub(super) fn unless_removed(ctx: &Context, uri: &str, e: tiledb::Error) -> Error {
+    if !e.message.contains("does not exist") {
+        return e.into();
+    }
     match tiledb::object_type(ctx, uri) {
         Ok(tiledb::ObjectType::Invalid) => Error::NotFound { uri: uri.to_string() },
         _ => e.into(),

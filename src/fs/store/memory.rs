@@ -346,7 +346,8 @@ impl Store for MemStore {
                     reason: "no committed version (an unfinished write?)".into(),
                 }),
             },
-            None => Err(Inner::missing(&entry.uri)),
+            // As the registry: a file array no longer there is not found.
+            None => Err(Error::NotFound { uri: entry.uri.clone() }),
         }
     }
 
@@ -395,7 +396,7 @@ impl Store for MemStore {
     fn open_version(&self, uri: &str, meta: FileMeta) -> Result<Box<dyn StoredVersion>> {
         let s = self.lock();
         let Some(Object::File { versions, .. }) = s.objects.get(uri) else {
-            return Err(Inner::missing(uri));
+            return Err(Error::NotFound { uri: uri.to_string() });
         };
         let bytes = versions
             .iter()

@@ -110,10 +110,11 @@ pub struct Writer {
     created_ns: Option<u64>,
     /// A write or truncation came since the writer was made.
     changed: bool,
-    /// Committed, and the inode's node not yet set to the new version:
-    /// until [`Writer::settle`], readers following this writer read the
-    /// committed bytes through it.
-    unsettled: bool,
+    /// The timestamp of a commit whose version the inode's node does not
+    /// show yet: until [`Writer::settle`] with it, readers following this
+    /// writer read the committed bytes through it. (Commits of handles
+    /// sharing the writer may overlap: only the last one's settle counts.)
+    unsettled: Option<u64>,
 }
 
 /// The latest committed version of the file `entry`.
@@ -149,7 +150,7 @@ impl Writer {
             changed: false,
             handles: 0,
             changed_by_path: false,
-            unsettled: false,
+            unsettled: None,
         }
     }
 
@@ -466,12 +467,14 @@ impl Writer {
     /// the bytes, or has just committed them and the file's node does not
     /// show that version yet (the node still names the one before).
     pub fn serves_reads(&self) -> bool {
-        self.holds_bytes() || (self.unsettled && !matches!(self.state, State::Streaming(_)))
+        self.holds_bytes() || (self.unsettled.is_some() && !matches!(self.state, State::Streaming(_)))
     }
 
-    /// The file's node now shows this writer's last commit.
-    pub fn settle(&mut self) {
-        self.unsettled = false;
+    /// The file's node now shows the version committed at `timestamp`.
+    pub fn settle(&mut self, timestamp: u64) {
+        if self.unsettled == Some(timestamp) {
+            self.unsettled = None;
+        }
     }
 
     /// Reads back what this handle wrote (for files open read-write).
@@ -523,7 +526,7 @@ impl Writer {
         match r {
             Ok(c) => {
                 self.dirty = false;
-                self.unsettled = true;
+                self.unsettled = Some(c.timestamp);
                 Ok(Some(c))
             }
             Err(e) => {
