@@ -250,8 +250,7 @@ impl ModelFs {
         };
         if source.is_local() {
             let len = source.size().saturating_sub(offset).min(size as u64);
-            let mut buf = vec![0u8; len as usize];
-            source.read_exact_at(offset, &mut buf).map_err(failed)?;
+            let buf = source.read_exact(offset, len as usize).map_err(failed)?;
             return Ok(Data::from(buf));
         }
         if let Some(prefetch) = prefetch {

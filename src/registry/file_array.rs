@@ -318,6 +318,27 @@ impl FileArray {
         }
         Ok(len as usize)
     }
+
+    /// [`FileArray::read_at`] of up to `len` bytes, appended to `out`
+    /// without zeroing them first.
+    pub fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        if offset >= self.meta.size || len == 0 {
+            return Ok(0);
+        }
+        let len = (self.meta.size - offset).min(len as u64);
+        let per = self.tile_bytes.max(1).saturating_mul(MAX_QUERY_TILES);
+        let (mut at, end) = (offset, offset + len);
+        let start = out.len();
+        while at < end {
+            let n = per.min(end - at);
+            if let Err(e) = self.array.read_cells_append(ATTR_NAME, at, at + n - 1, n as usize, out) {
+                out.truncate(start);
+                return Err(e.into());
+            }
+            at += n;
+        }
+        Ok(len as usize)
+    }
 }
 
 /// Refuses a tile extent over [`MAX_TILE_BYTES`].

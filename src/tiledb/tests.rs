@@ -115,6 +115,18 @@ fn global_write_over_several_submits_then_tail_and_read_back() {
     let mut part = vec![0u8; 10];
     array.read_cells("contents", 995, 1004, &mut part).unwrap();
     assert_eq!(part, &data[995..1005]);
+    // Appended after what the vector holds, across both fragments.
+    let mut out = b"kept".to_vec();
+    array.read_cells_append("contents", 990, 1010, 21, &mut out).unwrap();
+    assert_eq!(&out[..4], b"kept");
+    assert_eq!(&out[4..], &data[990..1011]);
+    // A failed read (past the domain) leaves the vector as it was.
+    assert!(
+        array
+            .read_cells_append("contents", (1 << 40) - 2, 1 << 40, 3, &mut out)
+            .is_err()
+    );
+    assert_eq!(out.len(), 25);
 
     let frags = fragments(&ctx, &uri).unwrap();
     assert_eq!(frags.len(), 2);

@@ -247,6 +247,23 @@ impl StoredVersion for CachedVersion {
         Ok(n)
     }
 
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        if matches!(&*lock(&self.local), Local::Ready(_)) {
+            let start = out.len();
+            out.resize(start + len, 0);
+            if let Some(n) = self.read_local(offset, &mut out[start..]) {
+                out.truncate(start + n);
+                return Ok(n);
+            }
+            out.truncate(start);
+        }
+        let inner = self.inner()?;
+        let start = out.len();
+        let n = inner.read_append(offset, len, out)?;
+        self.tee(&inner, offset, &out[start..start + n]);
+        Ok(n)
+    }
+
     fn local_file(&self) -> Option<Arc<File>> {
         match &*lock(&self.local) {
             Local::Ready(f) => Some(f.clone()),

@@ -16,8 +16,8 @@ pub trait ChunkSource: Send + Sync {
     fn size(&self) -> u64;
     /// The cache's unit for this file, in bytes: whole storage tiles.
     fn chunk_bytes(&self) -> u64;
-    /// Fills `buf` with the bytes at `offset`; the range lies within the file.
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// The `len` bytes at `offset`; the range lies within the file.
+    fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Names the file in log lines.
     fn describe(&self) -> &str;
     /// Whether the bytes come from a local file (a complete disk cache
@@ -101,18 +101,19 @@ impl ChunkSource for FileVersion {
         self.chunk_bytes
     }
 
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let n = self.reader().read_at(offset, buf)?;
-        if n != buf.len() {
+    fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        let n = self.reader().read_append(offset, len, &mut buf)?;
+        if n != len {
             return Err(CoreError::ShortRead {
                 uri: self.uri.clone(),
                 got: n,
-                wanted: buf.len(),
+                wanted: len,
                 offset,
             }
             .into());
         }
-        Ok(())
+        Ok(buf)
     }
 
     fn describe(&self) -> &str {
@@ -165,9 +166,9 @@ pub mod testing {
         fn chunk_bytes(&self) -> u64 {
             self.chunk
         }
-        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
             self.reads.fetch_add(1, Ordering::Relaxed);
-            let end = offset + buf.len() as u64;
+            let end = offset + len as u64;
             if self
                 .failing
                 .lock()
@@ -179,13 +180,12 @@ pub mod testing {
                 return Err(CoreError::ShortRead {
                     uri: "injected failure".to_string(),
                     got: 0,
-                    wanted: buf.len(),
+                    wanted: len,
                     offset,
                 }
                 .into());
             }
-            buf.copy_from_slice(&self.data[offset as usize..end as usize]);
-            Ok(())
+            Ok(self.data[offset as usize..end as usize].to_vec())
         }
         fn describe(&self) -> &str {
             "memory"

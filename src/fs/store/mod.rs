@@ -37,6 +37,16 @@ pub trait StoredVersion: Send + Sync {
     fn uri(&self) -> &str;
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Appends up to `len` bytes at `offset` to `out`; fewer only at the
+    /// end. Stores that can read into `out`'s spare room without zeroing
+    /// it first do.
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        let start = out.len();
+        out.resize(start + len, 0);
+        let n = self.read_at(offset, &mut out[start..]);
+        out.truncate(start + n.as_ref().map_or(0, |n| *n));
+        n
+    }
     /// A local file holding exactly this version's bytes, when there is one
     /// (a complete disk cache entry).
     fn local_file(&self) -> Option<std::sync::Arc<std::fs::File>> {

@@ -23,6 +23,10 @@ impl StoredVersion for FileArray {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         FileArray::read_at(self, offset, buf)
     }
+
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        FileArray::read_append(self, offset, len, out)
+    }
 }
 
 impl VersionWriter for FileWriter {
