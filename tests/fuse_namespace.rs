@@ -944,6 +944,78 @@ fn an_open_after_another_mount_removed_or_replaced_the_file_sees_that() {
 }
 
 #[test]
+fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registry() {
+    // Mount `a` looked the names up just before mount `b` removed three
+    // files and renamed a new one over a fourth; then `a` writes to them
+    // by name, as `echo > f`, `truncate`, `touch` and `>>` do. The kernel
+    // and `a` trusted the lookup (metadata TTL), so the opens went to the
+    // storage the names no longer held: in a directory (which keeps a
+    // removed file's array for snapshots) every call succeeded and every
+    // write was lost; in a plain folder they failed with EIO. Each write
+    // must land under its name, as it would after the TTL.
+    let tmp = tempfile::tempdir().unwrap();
+    let (group, _mnt) = mounted(tmp.path(), &[]);
+    let mut registries = vec![group];
+    if !on_s3() {
+        let plain = registry_uri(&tmp.path().join("plain"));
+        std::fs::create_dir_all(&plain).unwrap();
+        registries.push(plain);
+    }
+    for (i, reg) in registries.iter().enumerate() {
+        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
+        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+        for name in ["written", "truncated", "touched", "appended"] {
+            std::fs::write(a.dir.join(name), b"old").unwrap();
+        }
+        for name in ["written", "truncated", "touched"] {
+            std::fs::remove_file(b.dir.join(name)).unwrap();
+        }
+        std::fs::write(b.dir.join("new"), b"new").unwrap();
+        std::fs::rename(b.dir.join("new"), b.dir.join("appended")).unwrap();
+
+        std::fs::write(a.dir.join("written"), b"mine").unwrap_or_else(|e| panic!("{reg}: write: {e}"));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(a.dir.join("truncated"))
+            .unwrap_or_else(|e| panic!("{reg}: open: {e}"));
+        f.set_len(2).unwrap();
+        drop(f);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(a.dir.join("touched"))
+            .unwrap_or_else(|e| panic!("{reg}: open: {e}"));
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap();
+        drop(f);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(a.dir.join("appended"))
+            .unwrap_or_else(|e| panic!("{reg}: append: {e}"));
+        f.write_all(b"+mine").unwrap();
+        drop(f);
+        drop((a, b));
+
+        // What the registry holds, seen by a fresh mount.
+        let c = MountGuard::new(reg, &tmp.path().join(format!("c{i}")), &[]);
+        let read = |name: &str| std::fs::read(c.dir.join(name)).unwrap_or_else(|e| panic!("{reg}: {name}: {e}"));
+        assert_eq!(read("written"), b"mine", "{reg}");
+        assert_eq!(read("truncated"), b"\0\0", "{reg}");
+        assert_eq!(read("touched"), b"", "{reg}");
+        let mtime = std::fs::metadata(c.dir.join("touched")).unwrap().modified().unwrap();
+        assert_eq!(
+            mtime,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000),
+            "{reg}"
+        );
+        assert_eq!(read("appended"), b"new+mine", "{reg}");
+    }
+}
+
+#[test]
 fn a_handle_on_an_older_version_does_not_fill_the_page_cache_newer_opens_read() {
     // The kernel keeps one page cache per inode. A reader that opened the
     // file before an append was committed reads the older version, and a

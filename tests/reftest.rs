@@ -1640,6 +1640,56 @@ fn subdirectories_read_ahead_are_not_trusted_past_the_ttl() {
     assert_eq!((attr.perm, attr.nlink), (0o700, 3));
 }
 
+/// Writes `data` as file `name` of the root through `fs`, committed.
+fn put(fs: &ModelFs, name: &str, data: &[u8]) {
+    let flags = modelfs::fs::CreateFlags {
+        exclusive: false,
+        truncate: true,
+    };
+    let (_, opened) = fs.create(Ino::ROOT, name, flags, Some(OPENER), 0o644, owner()).unwrap();
+    fs.write(opened.fh, 0, data).unwrap();
+    fs.flush(opened.fh, Some(OPENER)).unwrap();
+    fs.release(opened.fh);
+}
+
+/// An open for writing of a name this core looked up within the TTL,
+/// whose file another mount has since removed or replaced, is ESTALE (the
+/// kernel then looks the name up again: this core answers from the
+/// registry) instead of writing to storage no name holds.
+#[test]
+fn a_write_open_after_another_mount_removed_or_replaced_the_file_is_stale() {
+    let store = Arc::new(MemStore::new());
+    let staging = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let other = core_with_ttl(&store, &staging, ttl);
+    put(&other, "gone", b"old");
+    put(&other, "replaced", b"old");
+    let fs = core_with_ttl(&store, &staging, ttl);
+    let gone = fs.lookup(Ino::ROOT, "gone").unwrap().ino;
+    let replaced = fs.lookup(Ino::ROOT, "replaced").unwrap().ino;
+    other.unlink(Ino::ROOT, "gone").unwrap();
+    put(&other, "new", b"new");
+    other.rename(Ino::ROOT, "new", Ino::ROOT, "replaced").unwrap();
+
+    for ino in [gone, replaced] {
+        match fs.open(ino, true, false, Some(OPENER)) {
+            Ok(_) => panic!("opened storage its name no longer holds"),
+            Err(e) => assert_eq!(e.errno, libc::ESTALE, "{e}"),
+        }
+    }
+    assert_eq!(fs.lookup(Ino::ROOT, "gone").err().map(|e| e.errno), Some(libc::ENOENT));
+    let now = fs.lookup(Ino::ROOT, "replaced").unwrap();
+    assert_eq!(now.size, 3);
+    let opened = fs.open(now.ino, true, false, Some(OPENER)).unwrap();
+    fs.write(opened.fh, 3, b"+").unwrap();
+    fs.release(opened.fh);
+    let fresh = core_with_ttl(&store, &staging, ttl);
+    let ino = fresh.lookup(Ino::ROOT, "replaced").unwrap().ino;
+    let fh = fresh.open(ino, false, false, None).unwrap().fh;
+    assert_eq!(&*fresh.read(fh, 0, 64).unwrap(), b"new+");
+    fresh.release(fh);
+}
+
 /// A core whose lister's directories are all read whole first.
 fn core_reading_whole(store: &Arc<MemStore>, staging: &tempfile::TempDir) -> ModelFs {
     let config = Config {

@@ -45,6 +45,10 @@ impl ModelFs {
         }
         if write {
             self.check_writable(&inode.entry().uri)?;
+            // Before the wait: readers opening meanwhile would pin it again.
+            if inode.lock().active_writer().is_none() {
+                self.registry_node(&inode)?;
+            }
             self.wait_unpinned(&inode)?;
             return self.open_writer(&inode, truncate, opener);
         }

@@ -112,9 +112,42 @@ impl ModelFs {
 
     /// The committed node of `inode`, read again when older than the TTL.
     pub(super) fn fresh_node(&self, inode: &Inode) -> Result<NodeState> {
+        self.node_read(inode, true)
+    }
+
+    /// The committed node of `inode` as the registry holds it now, when
+    /// `inode` still holds the file its name had when looked up: another
+    /// mount may have removed or replaced it since, and this mount and the
+    /// kernel trust a lookup for the metadata TTL. A write-open of the
+    /// storage the name no longer holds wrote where no listing shows it (a
+    /// directory keeps a removed file's array for snapshots): the write
+    /// was lost though every call succeeded. [`CoreError::GoneSinceLookup`]
+    /// (ESTALE) then, and the kernel looks the name up again.
+    pub(super) fn registry_node(&self, inode: &Inode) -> Result<NodeState> {
+        let (unlinked, in_view) = {
+            let c = inode.lock();
+            (c.unlinked, c.node.is_inside_view())
+        };
+        if !unlinked && !in_view && inode.ino != Ino::ROOT {
+            let entry = inode.entry();
+            let dir = self.inode(inode.parent())?;
+            match self.child(&dir, &entry.name, Listed::Fresh)? {
+                Some((now, _)) if now.same_storage(&entry) => {}
+                _ => {
+                    let gone = registry::Error::NotFound { uri: entry.uri.clone() };
+                    return Err(self.forget_stale(inode, Error::from(gone)));
+                }
+            }
+        }
+        self.node_read(inode, false)
+    }
+
+    /// `inode`'s node, read from the registry unless `trust_ttl` and it
+    /// was read within the metadata TTL.
+    fn node_read(&self, inode: &Inode, trust_ttl: bool) -> Result<NodeState> {
         let (writer, node, fresh, read_at) = {
             let c = inode.lock();
-            let fresh = c.unlinked || c.node.is_inside_view() || self.within_ttl(c.read_at);
+            let fresh = c.unlinked || c.node.is_inside_view() || (trust_ttl && self.within_ttl(c.read_at));
             (c.active_writer(), c.node.clone(), fresh, c.read_at)
         };
         // A file being written keeps its node: a new one is not in the
