@@ -1016,6 +1016,62 @@ fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registr
 }
 
 #[test]
+fn nothing_is_added_to_a_directory_another_mount_removed() {
+    // Mount `a` looked directories up just before mount `b` removed them;
+    // then `a` made a directory, a file and a move into them. A directory
+    // keeps a removed subdirectory's storage for snapshots: every call
+    // succeeded and what it added was shown nowhere (the moved file was
+    // gone from where it came from). In a plain folder, EIO. Each must
+    // fail with ENOENT, as after the TTL, and the moved file stay put. A
+    // file created before the removal (the directory looked empty to `b`)
+    // fails to commit instead of going where nothing shows it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (group, _mnt) = mounted(tmp.path(), &[]);
+    let mut registries = vec![group];
+    if !on_s3() {
+        let plain = registry_uri(&tmp.path().join("plain"));
+        std::fs::create_dir_all(&plain).unwrap();
+        registries.push(plain);
+    }
+    for (i, reg) in registries.iter().enumerate() {
+        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
+        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+        for d in ["d1", "d2", "d3", "d4"] {
+            std::fs::create_dir(a.dir.join(d)).unwrap();
+        }
+        std::fs::write(a.dir.join("moved"), b"kept").unwrap();
+        let mut open = std::fs::File::create(a.dir.join("d4/open")).unwrap();
+        open.write_all(b"bytes").unwrap();
+        for d in ["d1", "d2", "d3", "d4"] {
+            std::fs::remove_dir(b.dir.join(d)).unwrap();
+        }
+
+        let enoent = |r: std::io::Result<()>, what: &str| {
+            let e = r.expect_err(what);
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOENT),
+                "{reg}: {what}: {e}\n{}",
+                a.log_text()
+            );
+        };
+        enoent(std::fs::create_dir(a.dir.join("d1/x")), "mkdir");
+        enoent(std::fs::write(a.dir.join("d2/new"), b"new"), "create");
+        enoent(std::fs::rename(a.dir.join("moved"), a.dir.join("d3/moved")), "rename");
+        let e = open.sync_all().expect_err("commit into a removed directory");
+        assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{reg}: {e}");
+        drop(open);
+        drop((a, b));
+
+        let c = MountGuard::new(reg, &tmp.path().join(format!("c{i}")), &[]);
+        assert_eq!(std::fs::read(c.dir.join("moved")).unwrap(), b"kept", "{reg}");
+        for d in ["d1", "d2", "d3", "d4"] {
+            assert!(!c.dir.join(d).exists(), "{reg}: {d}");
+        }
+    }
+}
+
+#[test]
 fn a_handle_on_an_older_version_does_not_fill_the_page_cache_newer_opens_read() {
     // The kernel keeps one page cache per inode. A reader that opened the
     // file before an append was committed reads the older version, and a

@@ -1690,6 +1690,47 @@ fn a_write_open_after_another_mount_removed_or_replaced_the_file_is_stale() {
     fresh.release(fh);
 }
 
+/// Nothing is added to a directory another mount removed since this core
+/// looked it up (its storage stays for snapshots, shown nowhere): the
+/// change is ESTALE, a lookup in it finds nothing, and a file created
+/// there before the removal fails to commit.
+#[test]
+fn nothing_is_added_to_a_directory_another_mount_removed() {
+    let store = Arc::new(MemStore::new());
+    let staging = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let other = core_with_ttl(&store, &staging, ttl);
+    for d in ["d1", "d2"] {
+        other.mkdir(Ino::ROOT, d, 0o755, owner()).unwrap();
+    }
+    put(&other, "moved", b"kept");
+    let fs = core_with_ttl(&store, &staging, ttl);
+    let d1 = fs.lookup(Ino::ROOT, "d1").unwrap().ino;
+    let d2 = fs.lookup(Ino::ROOT, "d2").unwrap().ino;
+    fs.lookup(Ino::ROOT, "moved").unwrap();
+    let flags = modelfs::fs::CreateFlags {
+        exclusive: false,
+        truncate: true,
+    };
+    let (_, early) = fs.create(d2, "early", flags, Some(OPENER), 0o644, owner()).unwrap();
+    fs.write(early.fh, 0, b"bytes").unwrap();
+    other.rmdir(Ino::ROOT, "d1").unwrap();
+    other.rmdir(Ino::ROOT, "d2").unwrap();
+
+    let stale = |r: Result<(), modelfs::fs::Error>, what: &str| {
+        assert_eq!(r.err().map(|e| e.errno), Some(libc::ESTALE), "{what}");
+    };
+    stale(fs.mkdir(d1, "x", 0o755, owner()).map(drop), "mkdir");
+    stale(fs.rename(Ino::ROOT, "moved", d1, "moved"), "rename");
+    stale(fs.flush(early.fh, Some(OPENER)), "commit");
+    fs.release(early.fh);
+    let in_d1 = fs.lookup(d1, "x").err().map(|e| e.errno);
+    assert_eq!(in_d1, Some(libc::ENOENT));
+    assert_eq!(fs.lookup(Ino::ROOT, "d1").err().map(|e| e.errno), Some(libc::ENOENT));
+    let fresh = core_with_ttl(&store, &staging, ttl);
+    assert_eq!(fresh.lookup(Ino::ROOT, "moved").unwrap().size, 4);
+}
+
 /// A core whose lister's directories are all read whole first.
 fn core_reading_whole(store: &Arc<MemStore>, staging: &tempfile::TempDir) -> ModelFs {
     let config = Config {

@@ -92,6 +92,7 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "mkdir")?;
         self.refuse_versions_name(&dir, name, "mkdir")?;
+        self.check_dir_still_shown(&dir)?;
         // The registry refuses a name it holds; one being created is known
         // here alone.
         if self.creating_child(&dir, name).is_some() {
@@ -327,6 +328,9 @@ impl ModelFs {
         let new_dir = self.changeable_dir(new_parent, "rename")?;
         self.refuse_versions_name(&dir, name, "rename")?;
         self.refuse_versions_name(&new_dir, new_name, "rename")?;
+        if parent != new_parent {
+            self.check_dir_still_shown(&new_dir)?;
+        }
         if let Some(reason) = crate::registry::names::invalid_name_reason(new_name) {
             return Err(invalid_name(new_name, reason));
         }

@@ -390,6 +390,7 @@ impl ModelFs {
         self.check_writable(name)?;
         let dir = self.changeable_dir(parent, "create")?;
         self.refuse_versions_name(&dir, name, "create")?;
+        self.check_dir_still_shown(&dir)?;
         if let Some(reason) = crate::registry::names::invalid_name_reason(name) {
             return Err(invalid_name(name, reason));
         }
@@ -539,6 +540,20 @@ impl ModelFs {
     }
 
     fn commit(&self, w: &WriteHandle) -> Result<()> {
+        // A new file's first commit links it into its directory: not into
+        // one another mount removed since the create (it was empty then).
+        let links = {
+            let writer = lock(&w.writer);
+            !writer.target().exists && writer.needs_commit()
+        };
+        if links
+            && let Some(dir) = self.inodes.get(w.ino).and_then(|i| self.inodes.get(i.parent()))
+            && let Err(e) = self.check_dir_still_shown(&dir)
+        {
+            log::warn!("commit of {} refused: {e}", lock(&w.writer).target().entry.uri);
+            Counters::add(&self.counters.commit_failures, 1);
+            return Err(e);
+        }
         let (committed, was_new) = {
             let mut writer = lock(&w.writer);
             let was_new = !writer.target().exists;

@@ -128,18 +128,60 @@ impl ModelFs {
             let c = inode.lock();
             (c.unlinked, c.node.is_inside_view())
         };
-        if !unlinked && !in_view && inode.ino != Ino::ROOT {
-            let entry = inode.entry();
-            let dir = self.inode(inode.parent())?;
-            match self.child(&dir, &entry.name, Listed::Fresh)? {
-                Some((now, _)) if now.same_storage(&entry) => {}
-                _ => {
-                    let gone = registry::Error::NotFound { uri: entry.uri.clone() };
-                    return Err(self.forget_stale(inode, Error::from(gone)));
-                }
-            }
+        if !unlinked && !in_view {
+            self.check_still_named(inode)?;
         }
         self.node_read(inode, false)
+    }
+
+    /// [`CoreError::GoneSinceLookup`] (ESTALE) unless `inode`'s name, asked
+    /// of the registry itself, still holds its storage: another mount may
+    /// have removed or replaced it since this mount's lookup, which this
+    /// mount and the kernel trust for the metadata TTL. The kernel retries
+    /// a call that gets ESTALE once, after looking the path up again.
+    pub(super) fn check_still_named(&self, inode: &Inode) -> Result<()> {
+        if inode.ino == Ino::ROOT {
+            return Ok(());
+        }
+        let entry = inode.entry();
+        let dir = self.inode(inode.parent())?;
+        let found = match self.child(&dir, &entry.name, Listed::Fresh) {
+            Ok(found) => found,
+            // The directory may be what went, with its storage.
+            Err(e) => {
+                self.check_still_named(&dir)?;
+                return Err(e);
+            }
+        };
+
+        match found {
+            Some((now, _)) if now.same_storage(&entry) => Ok(()),
+            _ => {
+                let gone = registry::Error::NotFound { uri: entry.uri.clone() };
+                Err(self.forget_stale(inode, Error::from(gone)))
+            }
+        }
+    }
+
+    /// `e`, a failed read of directory `dir`, or ESTALE when that is
+    /// because another mount removed it (see
+    /// [`ModelFs::check_still_named`]).
+    fn stale_or(&self, dir: &Inode, e: Error) -> Error {
+        match self.check_still_named(dir) {
+            Err(stale) if stale.errno == libc::ESTALE => stale,
+            _ => e,
+        }
+    }
+
+    /// Directory `dir`, about to get a new entry: checked to be still
+    /// shown (see [`ModelFs::check_still_named`]). A directory another
+    /// mount removed keeps its storage for snapshots: what this mount
+    /// added there was shown nowhere.
+    pub(super) fn check_dir_still_shown(&self, dir: &Inode) -> Result<()> {
+        if dir.lock().unlinked {
+            return Ok(());
+        }
+        self.check_still_named(dir)
     }
 
     /// `inode`'s node, read from the registry unless `trust_ttl` and it
@@ -202,7 +244,8 @@ impl ModelFs {
 
     pub(super) fn dir_inode(&self, ino: Ino) -> Result<Arc<Inode>> {
         let dir = self.inode(ino)?;
-        if !self.fresh_node(&dir)?.is_dir() {
+        let node = self.fresh_node(&dir).map_err(|e| self.stale_or(&dir, e))?;
+        if !node.is_dir() {
             return Err(CoreError::NotADirectory { what: dir.entry().uri }.into());
         }
         Ok(dir)
@@ -381,7 +424,7 @@ impl ModelFs {
         if parent == Ino::ROOT && name == STATS_NAME {
             return Ok((self.stats_attr(), None));
         }
-        let dir = self.dir_inode(parent)?;
+        let dir = gone_is_empty(self.dir_inode(parent), || format!("{name} in directory {}", parent.0))?;
         let dir_node = dir.lock().node.clone();
         if let NodeState::View(view) = dir_node {
             return self.lookup_in_view(&dir, &view, name);
@@ -389,9 +432,11 @@ impl ModelFs {
         if name == VERSIONS_NAME {
             return self.lookup_versions_index(&dir);
         }
-        let (entry, known) = self
-            .child(&dir, name, Listed::Cached)?
-            .ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
+        let found = self
+            .child(&dir, name, Listed::Cached)
+            .map_err(|e| self.stale_or(&dir, e));
+        let found = gone_is_empty(found, || format!("{}/{name}", dir.entry().uri))?;
+        let (entry, known) = found.ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
         self.stat_ahead_of(&dir, &entry);
         if let Some(inode) = known {
             let node = self.shown_node(&inode)?;
@@ -479,5 +524,17 @@ impl ModelFs {
 
     pub fn releasedir(&self, fh: Fh) {
         self.handles.remove(fh);
+    }
+}
+
+/// A lookup's answer in a directory another mount removed since this
+/// mount looked it up (ESTALE from the read of it): nothing is in it, so
+/// ENOENT. The kernel does not retry a lookup's ESTALE (`mkdir`,
+/// `rename` report it as is), but retries the change that follows, whose
+/// own check finds the directory gone, after looking the path up again.
+fn gone_is_empty<T>(r: Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    match r {
+        Err(e) if e.errno == libc::ESTALE => Err(Error::not_found(what())),
+        r => r,
     }
 }
