@@ -902,6 +902,30 @@ fn a_file_open_in_a_plain_folder_can_be_replaced_by_a_rename() {
     assert_eq!(std::fs::read(again.dir.join("model.bin")).unwrap(), new);
 }
 
+/// A registry whose root is a group and, except on S3, one that is a
+/// plain folder (the plain-folder tests run locally only).
+fn group_and_plain_registries(tmp: &Path) -> Vec<String> {
+    let reg = registry_uri(tmp);
+    let seed = tmp.join("seed.txt");
+    std::fs::write(&seed, b"seed").unwrap();
+    modelfs_ok(&["import", seed.to_str().unwrap(), &format!("{reg}/seed.txt")]);
+    let mut registries = vec![reg];
+    if !on_s3() {
+        let plain = registry_uri(&tmp.join("plain"));
+        std::fs::create_dir_all(&plain).unwrap();
+        registries.push(plain);
+    }
+    registries
+}
+
+/// Two mounts of `reg`: `a` trusts its lookups for 30 s, `b` changes
+/// the registry behind them.
+fn trusting_and_changing_mounts(tmp: &Path, reg: &str, i: usize) -> (MountGuard, MountGuard) {
+    let a = MountGuard::new(reg, &tmp.join(format!("a{i}")), &["--metadata-ttl", "30"]);
+    let b = MountGuard::new(reg, &tmp.join(format!("b{i}")), &[]);
+    (a, b)
+}
+
 #[test]
 fn an_open_after_another_mount_removed_or_replaced_the_file_sees_that() {
     // Mount `a` looked the names up (the kernel and the mount trust that
@@ -912,16 +936,8 @@ fn an_open_after_another_mount_removed_or_replaced_the_file_sees_that() {
     // does not exist"): the one must find the name gone, the other the
     // new file.
     let tmp = tempfile::tempdir().unwrap();
-    let (group, _mnt) = mounted(tmp.path(), &[]);
-    let mut registries = vec![group];
-    if !on_s3() {
-        let plain = registry_uri(&tmp.path().join("plain"));
-        std::fs::create_dir_all(&plain).unwrap();
-        registries.push(plain);
-    }
-    for (i, reg) in registries.iter().enumerate() {
-        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
-        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+    for (i, reg) in group_and_plain_registries(tmp.path()).iter().enumerate() {
+        let (a, b) = trusting_and_changing_mounts(tmp.path(), reg, i);
         std::fs::write(a.dir.join("gone"), b"old").unwrap();
         std::fs::write(a.dir.join("replaced"), b"old").unwrap();
         assert!(a.dir.join("replaced").exists() && a.dir.join("gone").exists());
@@ -954,16 +970,8 @@ fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registr
     // write was lost; in a plain folder they failed with EIO. Each write
     // must land under its name, as it would after the TTL.
     let tmp = tempfile::tempdir().unwrap();
-    let (group, _mnt) = mounted(tmp.path(), &[]);
-    let mut registries = vec![group];
-    if !on_s3() {
-        let plain = registry_uri(&tmp.path().join("plain"));
-        std::fs::create_dir_all(&plain).unwrap();
-        registries.push(plain);
-    }
-    for (i, reg) in registries.iter().enumerate() {
-        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
-        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+    for (i, reg) in group_and_plain_registries(tmp.path()).iter().enumerate() {
+        let (a, b) = trusting_and_changing_mounts(tmp.path(), reg, i);
         for name in ["written", "truncated", "touched", "appended"] {
             std::fs::write(a.dir.join(name), b"old").unwrap();
         }
@@ -1026,16 +1034,8 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
     // file created before the removal (the directory looked empty to `b`)
     // fails to commit instead of going where nothing shows it.
     let tmp = tempfile::tempdir().unwrap();
-    let (group, _mnt) = mounted(tmp.path(), &[]);
-    let mut registries = vec![group];
-    if !on_s3() {
-        let plain = registry_uri(&tmp.path().join("plain"));
-        std::fs::create_dir_all(&plain).unwrap();
-        registries.push(plain);
-    }
-    for (i, reg) in registries.iter().enumerate() {
-        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "30"]);
-        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+    for (i, reg) in group_and_plain_registries(tmp.path()).iter().enumerate() {
+        let (a, b) = trusting_and_changing_mounts(tmp.path(), reg, i);
         for d in ["d1", "d2", "d3", "d4"] {
             std::fs::create_dir(a.dir.join(d)).unwrap();
         }
