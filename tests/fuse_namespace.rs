@@ -1032,7 +1032,8 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
     // gone from where it came from). In a plain folder, EIO. Each must
     // fail with ENOENT, as after the TTL, and the moved file stay put. A
     // file created before the removal (the directory looked empty to `b`)
-    // fails to commit instead of going where nothing shows it.
+    // and open longer than its mount's TTL fails to commit instead of
+    // going where nothing shows it.
     let tmp = tempfile::tempdir().unwrap();
     for (i, reg) in group_and_plain_registries(tmp.path()).iter().enumerate() {
         let (a, b) = trusting_and_changing_mounts(tmp.path(), reg, i);
@@ -1040,11 +1041,13 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
             std::fs::create_dir(a.dir.join(d)).unwrap();
         }
         std::fs::write(a.dir.join("moved"), b"kept").unwrap();
-        let mut open = std::fs::File::create(a.dir.join("d4/open")).unwrap();
+        let o = MountGuard::new(reg, &tmp.path().join(format!("o{i}")), &["--metadata-ttl", "0.3"]);
+        let mut open = std::fs::File::create(o.dir.join("d4/open")).unwrap();
         open.write_all(b"bytes").unwrap();
         for d in ["d1", "d2", "d3", "d4"] {
             std::fs::remove_dir(b.dir.join(d)).unwrap();
         }
+        std::thread::sleep(Duration::from_millis(400));
 
         let enoent = |r: std::io::Result<()>, what: &str| {
             let e = r.expect_err(what);
@@ -1061,7 +1064,7 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
         let e = open.sync_all().expect_err("commit into a removed directory");
         assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{reg}: {e}");
         drop(open);
-        drop((a, b));
+        drop((a, b, o));
 
         let c = MountGuard::new(reg, &tmp.path().join(format!("c{i}")), &[]);
         assert_eq!(std::fs::read(c.dir.join("moved")).unwrap(), b"kept", "{reg}");

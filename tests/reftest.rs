@@ -1706,24 +1706,29 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
     put(&other, "moved", b"kept");
     let fs = core_with_ttl(&store, &staging, ttl);
     let d1 = fs.lookup(Ino::ROOT, "d1").unwrap().ino;
-    let d2 = fs.lookup(Ino::ROOT, "d2").unwrap().ino;
     fs.lookup(Ino::ROOT, "moved").unwrap();
     let flags = modelfs::fs::CreateFlags {
         exclusive: false,
         truncate: true,
     };
-    let (_, early) = fs.create(d2, "early", flags, Some(OPENER), 0o644, owner()).unwrap();
-    fs.write(early.fh, 0, b"bytes").unwrap();
+    // Checked again at the commit when open longer than the TTL.
+    let short = core_with_ttl(&store, &staging, std::time::Duration::from_millis(100));
+    let short_d2 = short.lookup(Ino::ROOT, "d2").unwrap().ino;
+    let (_, early) = short
+        .create(short_d2, "early", flags, Some(OPENER), 0o644, owner())
+        .unwrap();
+    short.write(early.fh, 0, b"bytes").unwrap();
     other.rmdir(Ino::ROOT, "d1").unwrap();
     other.rmdir(Ino::ROOT, "d2").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
 
     let stale = |r: Result<(), modelfs::fs::Error>, what: &str| {
         assert_eq!(r.err().map(|e| e.errno), Some(libc::ESTALE), "{what}");
     };
     stale(fs.mkdir(d1, "x", 0o755, owner()).map(drop), "mkdir");
     stale(fs.rename(Ino::ROOT, "moved", d1, "moved"), "rename");
-    stale(fs.flush(early.fh, Some(OPENER)), "commit");
-    fs.release(early.fh);
+    stale(short.flush(early.fh, Some(OPENER)), "commit");
+    short.release(early.fh);
     let in_d1 = fs.lookup(d1, "x").err().map(|e| e.errno);
     assert_eq!(in_d1, Some(libc::ENOENT));
     assert_eq!(fs.lookup(Ino::ROOT, "d1").err().map(|e| e.errno), Some(libc::ENOENT));

@@ -542,9 +542,16 @@ impl ModelFs {
     fn commit(&self, w: &WriteHandle) -> Result<()> {
         // A new file's first commit links it into its directory: not into
         // one another mount removed since the create (it was empty then).
+        // `create` checked the directory: again only for a file open longer
+        // than the metadata TTL (each check reads the directory's parent:
+        // about 16 requests on S3), so short writes keep their cost.
         let links = {
             let writer = lock(&w.writer);
-            !writer.target().exists && writer.needs_commit()
+            let ttl_ns = u64::try_from(self.config.metadata_ttl.as_nanos()).unwrap_or(u64::MAX);
+            let checked_lately = writer
+                .created_ns()
+                .is_some_and(|t| crate::registry::file_array::now_ns().saturating_sub(t) < ttl_ns);
+            !writer.target().exists && writer.needs_commit() && !checked_lately
         };
         if links
             && let Some(dir) = self.inodes.get(w.ino).and_then(|i| self.inodes.get(i.parent()))

@@ -159,6 +159,12 @@ impl Writer {
         self.created_ns = Some(ns);
     }
 
+    /// When the new file was created (ns since the epoch), until its first
+    /// commit.
+    pub fn created_ns(&self) -> Option<u64> {
+        self.created_ns
+    }
+
     /// Never commit (the file was removed before it existed in storage).
     pub fn discard(&mut self) {
         self.discarded = true;
