@@ -968,18 +968,26 @@ fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registr
     // storage the names no longer held: in a directory (which keeps a
     // removed file's array for snapshots) every call succeeded and every
     // write was lost; in a plain folder they failed with EIO. Each write
-    // must land under its name, as it would after the TTL.
+    // must land under its name, as it would after the TTL; a `truncate`
+    // by path of a removed file finds nothing; and an append to a file `b`
+    // appended to goes after `b`'s bytes (the kernel's size was `a`'s).
     let tmp = tempfile::tempdir().unwrap();
     for (i, reg) in group_and_plain_registries(tmp.path()).iter().enumerate() {
         let (a, b) = trusting_and_changing_mounts(tmp.path(), reg, i);
-        for name in ["written", "truncated", "touched", "appended"] {
+        for name in ["written", "truncated", "touched", "appended", "cut", "grown"] {
             std::fs::write(a.dir.join(name), b"old").unwrap();
         }
-        for name in ["written", "truncated", "touched"] {
+        for name in ["written", "truncated", "touched", "cut"] {
             std::fs::remove_file(b.dir.join(name)).unwrap();
         }
-        std::fs::write(b.dir.join("new"), b"new").unwrap();
+        std::fs::write(b.dir.join("new"), b"newer").unwrap();
         std::fs::rename(b.dir.join("new"), b.dir.join("appended")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(b.dir.join("grown"))
+            .unwrap();
+        f.write_all(b"+theirs").unwrap();
+        drop(f);
 
         std::fs::write(a.dir.join("written"), b"mine").unwrap_or_else(|e| panic!("{reg}: write: {e}"));
         let f = std::fs::OpenOptions::new()
@@ -1005,6 +1013,17 @@ fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registr
             .unwrap_or_else(|e| panic!("{reg}: append: {e}"));
         f.write_all(b"+mine").unwrap();
         drop(f);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(a.dir.join("grown"))
+            .unwrap_or_else(|e| panic!("{reg}: append: {e}"));
+        f.write_all(b"+mine").unwrap();
+        drop(f);
+        let path = std::ffi::CString::new(a.dir.join("cut").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        let rc = unsafe { libc::truncate(path.as_ptr(), 1) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!((rc, e.raw_os_error()), (-1, Some(libc::ENOENT)), "{reg}: truncate: {e}");
         drop((a, b));
 
         // What the registry holds, seen by a fresh mount.
@@ -1019,7 +1038,9 @@ fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registr
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000),
             "{reg}"
         );
-        assert_eq!(read("appended"), b"new+mine", "{reg}");
+        assert_eq!(read("appended"), b"newer+mine", "{reg}");
+        assert_eq!(read("grown"), b"old+theirs+mine", "{reg}");
+        assert!(!c.dir.join("cut").exists(), "{reg}");
     }
 }
 

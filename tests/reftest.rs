@@ -1662,32 +1662,50 @@ fn a_write_open_after_another_mount_removed_or_replaced_the_file_is_stale() {
     let staging = tempfile::tempdir().unwrap();
     let ttl = std::time::Duration::from_secs(60);
     let other = core_with_ttl(&store, &staging, ttl);
-    put(&other, "gone", b"old");
-    put(&other, "replaced", b"old");
+    for name in ["gone", "replaced", "grown", "cut"] {
+        put(&other, name, b"old");
+    }
     let fs = core_with_ttl(&store, &staging, ttl);
-    let gone = fs.lookup(Ino::ROOT, "gone").unwrap().ino;
-    let replaced = fs.lookup(Ino::ROOT, "replaced").unwrap().ino;
+    let ino = |name: &str| fs.lookup(Ino::ROOT, name).unwrap().ino;
+    let (gone, replaced, grown, cut) = (ino("gone"), ino("replaced"), ino("grown"), ino("cut"));
     other.unlink(Ino::ROOT, "gone").unwrap();
-    put(&other, "new", b"new");
+    other.unlink(Ino::ROOT, "cut").unwrap();
+    put(&other, "new", b"newer");
     other.rename(Ino::ROOT, "new", Ino::ROOT, "replaced").unwrap();
+    // A new version of the same storage: the kernel's size is out of date.
+    put(&other, "grown", b"old+theirs");
 
-    for ino in [gone, replaced] {
+    for ino in [gone, replaced, grown] {
         match fs.open(ino, true, false, Some(OPENER)) {
-            Ok(_) => panic!("opened storage its name no longer holds"),
+            Ok(_) => panic!("opened what its name no longer holds"),
             Err(e) => assert_eq!(e.errno, libc::ESTALE, "{e}"),
         }
     }
-    assert_eq!(fs.lookup(Ino::ROOT, "gone").err().map(|e| e.errno), Some(libc::ENOENT));
-    let now = fs.lookup(Ino::ROOT, "replaced").unwrap();
-    assert_eq!(now.size, 3);
-    let opened = fs.open(now.ino, true, false, Some(OPENER)).unwrap();
-    fs.write(opened.fh, 3, b"+").unwrap();
-    fs.release(opened.fh);
+    // `truncate(2)` by path.
+    let cut_by_path = SetAttr {
+        size: Some(1),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(cut, cut_by_path).err().map(|e| e.errno), Some(libc::ESTALE));
+    // What the kernel's retry finds.
+    for name in ["gone", "cut"] {
+        assert_eq!(fs.lookup(Ino::ROOT, name).err().map(|e| e.errno), Some(libc::ENOENT));
+    }
+    for (name, size) in [("replaced", 5), ("grown", 10)] {
+        let now = fs.lookup(Ino::ROOT, name).unwrap();
+        assert_eq!(now.size, size, "{name}");
+        let opened = fs.open(now.ino, true, false, Some(OPENER)).unwrap();
+        fs.write(opened.fh, size, b"+").unwrap();
+        fs.release(opened.fh);
+    }
     let fresh = core_with_ttl(&store, &staging, ttl);
-    let ino = fresh.lookup(Ino::ROOT, "replaced").unwrap().ino;
-    let fh = fresh.open(ino, false, false, None).unwrap().fh;
-    assert_eq!(&*fresh.read(fh, 0, 64).unwrap(), b"new+");
-    fresh.release(fh);
+    for (name, want) in [("replaced", &b"newer+"[..]), ("grown", b"old+theirs+")] {
+        let ino = fresh.lookup(Ino::ROOT, name).unwrap().ino;
+        let fh = fresh.open(ino, false, false, None).unwrap().fh;
+        assert_eq!(&*fresh.read(fh, 0, 64).unwrap(), want, "{name}");
+        fresh.release(fh);
+    }
+    assert!(fresh.lookup(Ino::ROOT, "cut").is_err());
 }
 
 /// Nothing is added to a directory another mount removed since this core
@@ -1700,12 +1718,13 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
     let staging = tempfile::tempdir().unwrap();
     let ttl = std::time::Duration::from_secs(60);
     let other = core_with_ttl(&store, &staging, ttl);
-    for d in ["d1", "d2"] {
+    for d in ["d1", "d2", "d3"] {
         other.mkdir(Ino::ROOT, d, 0o755, owner()).unwrap();
     }
     put(&other, "moved", b"kept");
     let fs = core_with_ttl(&store, &staging, ttl);
     let d1 = fs.lookup(Ino::ROOT, "d1").unwrap().ino;
+    let d3 = fs.lookup(Ino::ROOT, "d3").unwrap().ino;
     fs.lookup(Ino::ROOT, "moved").unwrap();
     let flags = modelfs::fs::CreateFlags {
         exclusive: false,
@@ -1718,15 +1737,16 @@ fn nothing_is_added_to_a_directory_another_mount_removed() {
         .create(short_d2, "early", flags, Some(OPENER), 0o644, owner())
         .unwrap();
     short.write(early.fh, 0, b"bytes").unwrap();
-    other.rmdir(Ino::ROOT, "d1").unwrap();
-    other.rmdir(Ino::ROOT, "d2").unwrap();
+    for d in ["d1", "d2", "d3"] {
+        other.rmdir(Ino::ROOT, d).unwrap();
+    }
     std::thread::sleep(std::time::Duration::from_millis(150));
 
     let stale = |r: Result<(), modelfs::fs::Error>, what: &str| {
         assert_eq!(r.err().map(|e| e.errno), Some(libc::ESTALE), "{what}");
     };
     stale(fs.mkdir(d1, "x", 0o755, owner()).map(drop), "mkdir");
-    stale(fs.rename(Ino::ROOT, "moved", d1, "moved"), "rename");
+    stale(fs.rename(Ino::ROOT, "moved", d3, "moved"), "rename");
     stale(short.flush(early.fh, Some(OPENER)), "commit");
     short.release(early.fh);
     let in_d1 = fs.lookup(d1, "x").err().map(|e| e.errno);

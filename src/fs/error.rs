@@ -54,6 +54,10 @@ pub enum CoreError {
     /// once; a call on an open descriptor gets it as it is.
     #[error("{uri}: removed or replaced since it was looked up ({error})")]
     GoneSinceLookup { uri: String, error: Box<Error> },
+    /// Another mount committed a version of the file since this mount
+    /// looked it up: the kernel's size for it is out of date.
+    #[error("{uri}: another version was committed since it was looked up")]
+    NewVersionSinceLookup { uri: String },
     #[error("{what}: not a directory")]
     NotADirectory { what: String },
     #[error("{what}: is a directory")]
@@ -221,7 +225,7 @@ impl CoreError {
         match self {
             E::NotFound { .. } | E::UnknownInode { .. } | E::NoLongerShown { .. } => (libc::ENOENT, Level::Debug),
             E::NotUtf8 { .. } => (libc::ENOENT, Level::Debug),
-            E::GoneSinceLookup { .. } => (libc::ESTALE, Level::Debug),
+            E::GoneSinceLookup { .. } | E::NewVersionSinceLookup { .. } => (libc::ESTALE, Level::Debug),
             E::NotADirectory { .. } | E::TargetNotADirectory => (libc::ENOTDIR, Level::Debug),
             E::IsADirectory { .. } | E::TargetIsADirectory | E::ReadOfDirectory => (libc::EISDIR, Level::Debug),
             E::Exists { .. } => (libc::EEXIST, Level::Debug),

@@ -37,7 +37,14 @@ impl ModelFs {
             return self.open_stats(write);
         }
         let inode = self.inode(ino)?;
-        let node = self.fresh_node(&inode)?;
+        // A change asks the registry, not the TTL's cache (see
+        // `registry_node`); before the passthrough wait below, as readers
+        // opening meanwhile would pin the file again.
+        let node = if write && !self.config.read_only && !self.writer_busy(&inode) {
+            self.registry_node(&inode)?
+        } else {
+            self.fresh_node(&inode)?
+        };
         if let NodeState::View(view) = &node
             && !view.is_dir()
         {
@@ -45,10 +52,6 @@ impl ModelFs {
         }
         if write {
             self.check_writable(&inode.entry().uri)?;
-            // Before the wait: readers opening meanwhile would pin it again.
-            if inode.lock().active_writer().is_none() {
-                self.registry_node(&inode)?;
-            }
             self.wait_unpinned(&inode)?;
             return self.open_writer(&inode, truncate, opener);
         }
@@ -791,7 +794,9 @@ impl ModelFs {
             w.changed_by_path |= by_path;
             return w.truncate(self.store.as_ref(), size);
         }
-        // Nobody writes it: a new version of `size` bytes, committed now.
+        // Nobody writes it: a new version of `size` bytes, committed now
+        // (to what the name holds now: `truncate(2)` by path).
+        self.registry_node(inode)?;
         let opened = self.open_writer(inode, size == 0, None)?;
         let result = match self.handles.get(opened.fh).as_deref() {
             Some(Handle::Write(w)) => {

@@ -216,6 +216,11 @@ impl Inode {
     pub fn parent(&self) -> Ino {
         self.place.read().unwrap_or_else(PoisonError::into_inner).0
     }
+
+    /// Its directory and entry, read together (a rename changes both).
+    pub fn place(&self) -> (Ino, Entry) {
+        self.place.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 #[derive(Default)]

@@ -115,46 +115,64 @@ impl ModelFs {
         self.node_read(inode, true)
     }
 
-    /// The committed node of `inode` as the registry holds it now, when
-    /// `inode` still holds the file its name had when looked up: another
-    /// mount may have removed or replaced it since, and this mount and the
-    /// kernel trust a lookup for the metadata TTL. A write-open of the
-    /// storage the name no longer holds wrote where no listing shows it (a
-    /// directory keeps a removed file's array for snapshots): the write
-    /// was lost though every call succeeded. [`CoreError::GoneSinceLookup`]
-    /// (ESTALE) then, and the kernel looks the name up again.
+    /// The committed node of `inode` as the registry holds it now, for a
+    /// change to the file. Another mount may have removed or replaced it,
+    /// or committed a new version, since this mount's lookup, which this
+    /// mount and the kernel trust for the metadata TTL: a write-open of
+    /// storage the name no longer held wrote where no listing shows it (a
+    /// directory keeps a removed file's array for snapshots), and an
+    /// `O_APPEND` write went at the kernel's old size.
+    /// [`CoreError::GoneSinceLookup`] (ESTALE) then, and the kernel looks
+    /// the name up again (getting the new size) and retries once.
     pub(super) fn registry_node(&self, inode: &Inode) -> Result<NodeState> {
-        let (unlinked, in_view) = {
+        let (unlinked, in_view, before) = {
             let c = inode.lock();
-            (c.unlinked, c.node.is_inside_view())
+            (c.unlinked, c.node.is_inside_view(), c.node.clone())
         };
-        if !unlinked && !in_view {
-            self.check_still_named(inode)?;
+        if unlinked || in_view {
+            return self.node_read(inode, false);
         }
-        self.node_read(inode, false)
+        self.check_still_named(inode)?;
+        let now = self.node_read(inode, false)?;
+        if let (NodeState::File(was), NodeState::File(is)) = (&before, &now)
+            && (was.size, was.timestamp) != (is.size, is.timestamp)
+        {
+            let uri = inode.entry().uri;
+            return Err(self.forget_stale(inode, CoreError::NewVersionSinceLookup { uri }.into()));
+        }
+        Ok(now)
     }
 
-    /// [`CoreError::GoneSinceLookup`] (ESTALE) unless `inode`'s name, asked
-    /// of the registry itself, still holds its storage: another mount may
-    /// have removed or replaced it since this mount's lookup, which this
-    /// mount and the kernel trust for the metadata TTL. The kernel retries
-    /// a call that gets ESTALE once, after looking the path up again.
+    /// [`CoreError::GoneSinceLookup`] (ESTALE) when `inode`'s name, asked
+    /// of the registry itself, no longer holds its storage: another mount
+    /// may have removed or replaced it since this mount's lookup. Also
+    /// when its directory, asked of its own parent, is gone (its storage
+    /// with it, so the name cannot be asked of it). Other errors come as
+    /// they are. The kernel retries a change that gets ESTALE once, after
+    /// looking the path up again.
     pub(super) fn check_still_named(&self, inode: &Inode) -> Result<()> {
+        match self.still_named(inode) {
+            Err(e) if e.errno != libc::ESTALE => {
+                // Only one level up: a storage outage must not walk to the
+                // root, a timeout per level.
+                let dir = self.inode(inode.parent())?;
+                match self.still_named(&dir) {
+                    Err(stale) if stale.errno == libc::ESTALE => Err(stale),
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// [`ModelFs::check_still_named`] for `inode` alone.
+    fn still_named(&self, inode: &Inode) -> Result<()> {
         if inode.ino == Ino::ROOT {
             return Ok(());
         }
-        let entry = inode.entry();
-        let dir = self.inode(inode.parent())?;
-        let found = match self.child(&dir, &entry.name, Listed::Fresh) {
-            Ok(found) => found,
-            // The directory may be what went, with its storage.
-            Err(e) => {
-                self.check_still_named(&dir)?;
-                return Err(e);
-            }
-        };
-
-        match found {
+        let (parent, entry) = inode.place();
+        let dir = self.inode(parent)?;
+        match self.child(&dir, &entry.name, Listed::Fresh)? {
             Some((now, _)) if now.same_storage(&entry) => Ok(()),
             _ => {
                 let gone = registry::Error::NotFound { uri: entry.uri.clone() };
@@ -167,7 +185,10 @@ impl ModelFs {
     /// because another mount removed it (see
     /// [`ModelFs::check_still_named`]).
     fn stale_or(&self, dir: &Inode, e: Error) -> Error {
-        match self.check_still_named(dir) {
+        if e.errno == libc::ESTALE {
+            return e;
+        }
+        match self.still_named(dir) {
             Err(stale) if stale.errno == libc::ESTALE => stale,
             _ => e,
         }
@@ -176,7 +197,9 @@ impl ModelFs {
     /// Directory `dir`, about to get a new entry: checked to be still
     /// shown (see [`ModelFs::check_still_named`]). A directory another
     /// mount removed keeps its storage for snapshots: what this mount
-    /// added there was shown nowhere.
+    /// added there was shown nowhere. One this mount removed (its
+    /// descriptors still open) has no name to check: its own removal
+    /// refuses the change further on.
     pub(super) fn check_dir_still_shown(&self, dir: &Inode) -> Result<()> {
         if dir.lock().unlinked {
             return Ok(());
@@ -281,12 +304,18 @@ impl ModelFs {
     /// An idle writer (all committed, its handles not yet released) leaves
     /// the file to be renamed or replaced as any other.
     pub(super) fn creating_child(&self, dir: &Inode, name: &str) -> Option<Arc<Inode>> {
-        self.inodes.find(dir.ino, name).filter(|inode| {
-            let writer = inode.lock().active_writer();
-            writer.is_some_and(|w| {
-                let w = super::lock(&w);
-                w.needs_commit() || !w.target().exists
-            })
+        self.inodes.find(dir.ino, name).filter(|inode| self.writer_busy(inode))
+    }
+
+    /// Whether a writer of this mount holds bytes of `inode` the registry
+    /// does not have yet (a new file, or changes not committed): then this
+    /// mount knows the file better than the registry. An idle writer
+    /// (all committed, a descriptor still open) does not count.
+    pub(super) fn writer_busy(&self, inode: &Inode) -> bool {
+        let writer = inode.lock().active_writer();
+        writer.is_some_and(|w| {
+            let w = lock(&w);
+            w.needs_commit() || !w.target().exists
         })
     }
 
@@ -529,9 +558,10 @@ impl ModelFs {
 
 /// A lookup's answer in a directory another mount removed since this
 /// mount looked it up (ESTALE from the read of it): nothing is in it, so
-/// ENOENT. The kernel does not retry a lookup's ESTALE (`mkdir`,
-/// `rename` report it as is), but retries the change that follows, whose
-/// own check finds the directory gone, after looking the path up again.
+/// ENOENT. The kernel does not retry the ESTALE of the lookup that
+/// `mkdir` (and `mknod`, `symlink`) make of the new name, but retries the
+/// change that follows, whose own check finds the directory gone, after
+/// looking the path up again.
 fn gone_is_empty<T>(r: Result<T>, what: impl FnOnce() -> String) -> Result<T> {
     match r {
         Err(e) if e.errno == libc::ESTALE => Err(Error::not_found(what())),

@@ -329,6 +329,7 @@ impl FileArray {
         let per = self.tile_bytes.max(1).saturating_mul(MAX_QUERY_TILES);
         let (mut at, end) = (offset, offset + len);
         let start = out.len();
+        out.reserve(len as usize);
         while at < end {
             let n = per.min(end - at);
             if let Err(e) = self.array.read_cells_append(ATTR_NAME, at, at + n - 1, n as usize, out) {

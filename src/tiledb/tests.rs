@@ -127,6 +127,11 @@ fn global_write_over_several_submits_then_tail_and_read_back() {
             .is_err()
     );
     assert_eq!(out.len(), 25);
+    // So does one that wrote some bytes before it failed (fewer cells than
+    // asked for).
+    let before = out.clone();
+    assert!(array.read_cells_append("contents", 0, 9, 12, &mut out).is_err());
+    assert_eq!(out, before);
 
     let frags = fragments(&ctx, &uri).unwrap();
     assert_eq!(frags.len(), 2);
