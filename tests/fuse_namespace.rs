@@ -990,35 +990,23 @@ fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registr
         drop(f);
 
         std::fs::write(a.dir.join("written"), b"mine").unwrap_or_else(|e| panic!("{reg}: write: {e}"));
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(a.dir.join("truncated"))
-            .unwrap_or_else(|e| panic!("{reg}: open: {e}"));
-        f.set_len(2).unwrap();
-        drop(f);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(a.dir.join("touched"))
-            .unwrap_or_else(|e| panic!("{reg}: open: {e}"));
-        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        // As `truncate` and `touch` open (O_CREAT, no O_TRUNC), and as `>>`.
+        let open = |name: &str, options: &mut std::fs::OpenOptions| {
+            options
+                .open(a.dir.join(name))
+                .unwrap_or_else(|e| panic!("{reg}: open {name}: {e}"))
+        };
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create(true).truncate(false);
+        let mut append = std::fs::OpenOptions::new();
+        append.append(true);
+        open("truncated", &mut create).set_len(2).unwrap();
+        open("touched", &mut create)
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
             .unwrap();
-        drop(f);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(a.dir.join("appended"))
-            .unwrap_or_else(|e| panic!("{reg}: append: {e}"));
-        f.write_all(b"+mine").unwrap();
-        drop(f);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(a.dir.join("grown"))
-            .unwrap_or_else(|e| panic!("{reg}: append: {e}"));
-        f.write_all(b"+mine").unwrap();
-        drop(f);
+        for name in ["appended", "grown"] {
+            open(name, &mut append).write_all(b"+mine").unwrap();
+        }
         let path = std::ffi::CString::new(a.dir.join("cut").to_str().unwrap()).unwrap();
         // SAFETY: a NUL-terminated path.
         let rc = unsafe { libc::truncate(path.as_ptr(), 1) };

@@ -461,11 +461,11 @@ impl ModelFs {
         if name == VERSIONS_NAME {
             return self.lookup_versions_index(&dir);
         }
+        let path = || format!("{}/{name}", dir.entry().uri);
         let found = self
             .child(&dir, name, Listed::Cached)
             .map_err(|e| self.stale_or(&dir, e));
-        let found = gone_is_empty(found, || format!("{}/{name}", dir.entry().uri))?;
-        let (entry, known) = found.ok_or_else(|| Error::not_found(format!("{}/{name}", dir.entry().uri)))?;
+        let (entry, known) = gone_is_empty(found, path)?.ok_or_else(|| Error::not_found(path()))?;
         self.stat_ahead_of(&dir, &entry);
         if let Some(inode) = known {
             let node = self.shown_node(&inode)?;

@@ -304,41 +304,38 @@ impl FileArray {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read
     /// (fewer only at the end of the file, 0 at or past it).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.meta.size || buf.is_empty() {
-            return Ok(0);
+        let mut done = 0;
+        for (at, n) in self.query_pieces(offset, buf.len()) {
+            let piece = &mut buf[done..done + n];
+            self.array.read_cells(ATTR_NAME, at, at + n as u64 - 1, piece)?;
+            done += n;
         }
-        let len = (self.meta.size - offset).min(buf.len() as u64);
-        let buf = &mut buf[..len as usize];
-        let per = usize::try_from(self.tile_bytes.max(1).saturating_mul(MAX_QUERY_TILES)).unwrap_or(usize::MAX);
-        let mut at = offset;
-        for piece in buf.chunks_mut(per) {
-            let last = at.saturating_add(piece.len() as u64 - 1);
-            self.array.read_cells(ATTR_NAME, at, last, piece)?;
-            at = last.saturating_add(1);
-        }
-        Ok(len as usize)
+        Ok(done)
     }
 
     /// [`FileArray::read_at`] of up to `len` bytes, appended to `out`
-    /// without zeroing them first.
+    /// without zeroing them first; on an error `out` is left as it was.
     pub fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
-        if offset >= self.meta.size || len == 0 {
-            return Ok(0);
-        }
-        let len = (self.meta.size - offset).min(len as u64);
-        let per = self.tile_bytes.max(1).saturating_mul(MAX_QUERY_TILES);
-        let (mut at, end) = (offset, offset + len);
         let start = out.len();
-        out.reserve(len as usize);
-        while at < end {
-            let n = per.min(end - at);
-            if let Err(e) = self.array.read_cells_append(ATTR_NAME, at, at + n - 1, n as usize, out) {
+        out.reserve(self.meta.size.saturating_sub(offset).min(len as u64) as usize);
+        for (at, n) in self.query_pieces(offset, len) {
+            if let Err(e) = self.array.read_cells_append(ATTR_NAME, at, at + n as u64 - 1, n, out) {
                 out.truncate(start);
                 return Err(e.into());
             }
-            at += n;
         }
-        Ok(len as usize)
+        Ok(out.len() - start)
+    }
+
+    /// The read queries for up to `len` bytes at `offset`, as (first
+    /// byte, bytes): within the file, at most [`MAX_QUERY_TILES`] tiles
+    /// each.
+    fn query_pieces(&self, offset: u64, len: usize) -> impl Iterator<Item = (u64, usize)> {
+        let end = offset.saturating_add(len as u64).min(self.meta.size);
+        let per = self.tile_bytes.max(1).saturating_mul(MAX_QUERY_TILES);
+        (offset..end)
+            .step_by(usize::try_from(per).unwrap_or(usize::MAX))
+            .map(move |at| (at, per.min(end - at) as usize))
     }
 }
 

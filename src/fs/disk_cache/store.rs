@@ -248,14 +248,9 @@ impl StoredVersion for CachedVersion {
     }
 
     fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        // From the local file (or, should that fail, the registry).
         if matches!(&*lock(&self.local), Local::Ready(_)) {
-            let start = out.len();
-            out.resize(start + len, 0);
-            if let Some(n) = self.read_local(offset, &mut out[start..]) {
-                out.truncate(start + n);
-                return Ok(n);
-            }
-            out.truncate(start);
+            return crate::fs::store::append_zeroed(out, len, |buf| self.read_at(offset, buf));
         }
         let inner = self.inner()?;
         let start = out.len();

@@ -41,17 +41,24 @@ pub trait StoredVersion: Send + Sync {
     /// end. Stores that can read into `out`'s spare room without zeroing
     /// it first do.
     fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
-        let start = out.len();
-        out.resize(start + len, 0);
-        let n = self.read_at(offset, &mut out[start..]);
-        out.truncate(start + n.as_ref().map_or(0, |n| *n));
-        n
+        append_zeroed(out, len, |buf| self.read_at(offset, buf))
     }
     /// A local file holding exactly this version's bytes, when there is one
     /// (a complete disk cache entry).
     fn local_file(&self) -> Option<std::sync::Arc<std::fs::File>> {
         None
     }
+}
+
+/// Appends `len` zeroed bytes to `out`, lets `read` fill them, and keeps
+/// those it read (none on an error): [`StoredVersion::read_append`] over
+/// [`StoredVersion::read_at`].
+pub fn append_zeroed(out: &mut Vec<u8>, len: usize, read: impl FnOnce(&mut [u8]) -> Result<usize>) -> Result<usize> {
+    let start = out.len();
+    out.resize(start + len, 0);
+    let n = read(&mut out[start..]);
+    out.truncate(start + n.as_ref().map_or(0, |n| *n));
+    n
 }
 
 /// A new version being written, bytes in order; nothing is visible before
