@@ -154,7 +154,12 @@ impl ModelFs {
         let version = self.version_for(inode, uri, meta, past)?;
         Counters::add(&self.counters.opens, 1);
         let source: Arc<dyn ChunkSource> = version.clone();
-        let prefetch = Prefetcher::new(source.size(), source.chunk_bytes(), self.config.prefetch_window_bytes);
+        let prefetch = Prefetcher::new(
+            source.size(),
+            source.chunk_bytes(),
+            self.config.prefetch_window_bytes,
+            self.config.prefetch_fetch_bytes,
+        );
         let passthrough = match version.local_file() {
             Some(file) if self.config.passthrough => {
                 let mut c = inode.lock();

@@ -8,7 +8,10 @@
 //! loaded ahead of the reader doubles, from one chunk up to the maximum. A
 //! read elsewhere ends the streak and the window. Each plan names only bytes
 //! not planned before, rounded to whole chunks, and is made only once less
-//! than half the window is left ahead, so plans are large.
+//! than half the window is left ahead, so plans are large. Once the window
+//! holds a whole query, plans end on multiples of the query size and the
+//! pool cuts them there: every query in a long read is a full one, so an
+//! object store sees the fewest and largest range requests.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ pub struct Prefetcher {
     size: u64,
     chunk: u64,
     max_window: u64,
+    /// The read-ahead query size, to which large plans are aligned.
+    query: u64,
     /// Where a sequential reader's next read would start.
     next: u64,
     /// Bytes to keep loaded ahead of the reader; 0 when not sequential.
@@ -39,12 +44,15 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     /// A planner for a file of `size` bytes cached in `chunk`-byte chunks,
-    /// reading at most `max_window` bytes ahead.
-    pub fn new(size: u64, chunk: u64, max_window: u64) -> Self {
+    /// reading at most `max_window` bytes ahead (plus up to one `query`,
+    /// the read-ahead query size, to end a plan on a query boundary).
+    pub fn new(size: u64, chunk: u64, max_window: u64, query: u64) -> Self {
+        let chunk = chunk.max(1);
         Prefetcher {
             size,
-            chunk: chunk.max(1),
+            chunk,
             max_window: max_window.max(chunk),
+            query: query.div_ceil(chunk).max(1) * chunk,
             next: 0,
             window: 0,
             streak: 0,
@@ -69,7 +77,8 @@ impl Prefetcher {
             self.planned_until = 0;
             return None;
         }
-        let round_up = |x: u64| x.div_ceil(self.chunk).saturating_mul(self.chunk).min(self.size);
+        let round_up_to = |x: u64, unit: u64| x.div_ceil(unit).saturating_mul(unit).min(self.size);
+        let round_up = |x: u64| round_up_to(x, self.chunk);
         // Top up only when less than half the window is left ahead, so each
         // plan (and the queries it becomes) covers half a window or more
         // instead of one chunk per read.
@@ -77,7 +86,12 @@ impl Prefetcher {
             return None;
         }
         let start = round_up(end).max(self.planned_until);
-        let stop = round_up(end.saturating_add(self.window));
+        let unit = if self.window >= self.query {
+            self.query
+        } else {
+            self.chunk
+        };
+        let stop = round_up_to(end.saturating_add(self.window), unit);
         if stop > start {
             self.planned_until = stop;
             Some(start..stop)
@@ -171,7 +185,9 @@ impl PrefetchPool {
     }
 
     /// Queues the loading of byte range `bytes` of `src`, split into jobs of
-    /// at most the fetch size so several workers share a long range.
+    /// at most the fetch size so several workers share a long range. Jobs
+    /// are cut at multiples of the fetch size within the file, so plans
+    /// that end there make only full jobs past their first.
     pub fn submit(&self, src: &Arc<dyn ChunkSource>, bytes: Range<u64>) {
         let cb = src.chunk_bytes();
         let first = bytes.start / cb;
@@ -179,22 +195,35 @@ impl PrefetchPool {
         let per_job = (self.fetch_bytes / cb).max(1);
         let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else { return };
-        let mut c = first;
-        while c < end {
-            let stop = c.saturating_add(per_job).min(end);
+        for chunks in job_ranges(first, end, per_job) {
+            let n = chunks.end - chunks.start;
             let job = Job {
                 src: src.clone(),
-                chunks: c..stop,
+                chunks,
             };
             match tx.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    Counters::add(&self.counters.prefetch_dropped, stop - c);
+                    Counters::add(&self.counters.prefetch_dropped, n);
                 }
             }
-            c = stop;
         }
     }
+}
+
+/// Chunks `first..end` cut at the multiples of `per_job`.
+fn job_ranges(first: u64, end: u64, per_job: u64) -> impl Iterator<Item = Range<u64>> {
+    let per_job = per_job.max(1);
+    let mut c = first;
+    std::iter::from_fn(move || {
+        if c >= end {
+            return None;
+        }
+        let stop = (c / per_job).saturating_add(1).saturating_mul(per_job).min(end);
+        let job = c..stop;
+        c = stop;
+        Some(job)
+    })
 }
 
 fn worker(rx: &Mutex<Receiver<Job>>, cache: &ChunkCache, in_flight: &InFlight) {
@@ -263,13 +292,13 @@ mod tests {
 
     #[test]
     fn one_read_plans_nothing() {
-        let mut p = Prefetcher::new(100 * MIB, MIB, 8 * MIB);
+        let mut p = Prefetcher::new(100 * MIB, MIB, 8 * MIB, MIB);
         assert_eq!(p.on_read(0, 4096), None);
     }
 
     #[test]
     fn sequential_reads_grow_the_window_to_the_limit() {
-        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB);
+        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB, MIB);
         let step = 128 * 1024;
         let mut planned = Vec::new();
         for i in 0..200u64 {
@@ -294,8 +323,46 @@ mod tests {
     }
 
     #[test]
+    fn a_long_read_is_planned_and_cut_in_whole_queries() {
+        // An object store's settings: 1 MiB chunks, 8 MiB queries, 96 MiB
+        // read-ahead, a reader of 128 KiB reads.
+        let (chunk, query) = (MIB, 8 * MIB);
+        let mut p = Prefetcher::new(1000 * MIB, chunk, 96 * MIB, query);
+        let step = 128 * 1024;
+        let mut planned = Vec::new();
+        for i in 0..4000u64 {
+            if let Some(r) = p.on_read(i * step, step) {
+                planned.push(r);
+            }
+        }
+        for w in planned.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        let full = planned.iter().skip_while(|r| r.end - r.start < query);
+        let jobs: Vec<_> = full
+            .flat_map(|r| job_ranges(r.start / chunk, r.end / chunk, query / chunk))
+            .collect();
+        assert!(jobs.len() > 50, "{planned:?}");
+        // Past the first plan of a full window, every job is a whole query
+        // on a query boundary.
+        assert!(
+            jobs.iter().skip(1).all(|j| j.start % 8 == 0 && j.end - j.start == 8),
+            "{jobs:?}"
+        );
+    }
+
+    #[test]
+    fn jobs_are_cut_on_multiples_of_the_query() {
+        let cut = |a, b| job_ranges(a, b, 8).collect::<Vec<_>>();
+        assert_eq!(cut(3, 30), vec![3..8, 8..16, 16..24, 24..30]);
+        assert_eq!(cut(16, 32), vec![16..24, 24..32]);
+        assert_eq!(cut(5, 6), vec![5..6]);
+        assert!(cut(6, 6).is_empty());
+    }
+
+    #[test]
     fn a_seek_resets_the_window() {
-        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB);
+        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB, MIB);
         for i in 0..20 {
             p.on_read(i * MIB, MIB);
         }
@@ -306,7 +373,7 @@ mod tests {
 
     #[test]
     fn never_plans_past_the_end() {
-        let mut p = Prefetcher::new(3 * MIB + 5, MIB, 64 * MIB);
+        let mut p = Prefetcher::new(3 * MIB + 5, MIB, 64 * MIB, 8 * MIB);
         for i in 0..10 {
             if let Some(r) = p.on_read(i * 65536, 65536) {
                 assert!(r.end <= 3 * MIB + 5);
@@ -316,7 +383,7 @@ mod tests {
 
     #[test]
     fn slightly_reordered_readahead_stays_sequential() {
-        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB);
+        let mut p = Prefetcher::new(1000 * MIB, MIB, 8 * MIB, MIB);
         let k = 128 * 1024;
         for off in [0, k, 3 * k, 2 * k, 4 * k, 6 * k, 5 * k, 7 * k] {
             p.on_read(off, k);
@@ -329,13 +396,14 @@ mod tests {
         fn plans_stay_in_the_file_and_never_repeat(
             size in 0u64..(64 * MIB),
             reads in proptest::collection::vec((0u64..(70 * MIB), 0u64..(2 * MIB)), 1..50),
+            query in proptest::sample::select(vec![256 * 1024, MIB, 3 * MIB + 7, 8 * MIB]),
         ) {
-            let mut p = Prefetcher::new(size, 256 * 1024, 8 * MIB);
+            let mut p = Prefetcher::new(size, 256 * 1024, 8 * MIB, query);
             let mut last_end = 0u64;
             for (off, len) in reads {
                 if let Some(r) = p.on_read(off, len) {
                     proptest::prop_assert!(r.start < r.end && r.end <= size);
-                    proptest::prop_assert!(r.end - r.start <= 8 * MIB + 512 * 1024);
+                    proptest::prop_assert!(r.end - r.start <= 8 * MIB + query + 512 * 1024);
                     if p.streak > 2 {
                         proptest::prop_assert!(r.start >= last_end.min(r.start));
                     }
