@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -20,8 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const DIRECT_ALIGN: usize = 4096;
 
 /// Bytes copied into the aligned buffer per direct write (each filling
-/// thread keeps one such buffer).
-const DIRECT_CHUNK: usize = 256 << 10;
+/// thread keeps one such buffer). A cold 1 GiB read from S3 filling the
+/// cache: 1.67 s of daemon CPU and 3.0 s with 1 MiB writes, 1.9-2.0 s and
+/// 3.2-3.7 s with 256 KiB ones (each write a request to the device).
+const DIRECT_CHUNK: usize = 1 << 20;
 
 thread_local! {
     /// Each filling thread's aligned buffer, reused: fresh pages cost
@@ -92,6 +95,17 @@ impl Ranges {
 
 impl Fill {
     pub(super) fn new(path: PathBuf, file: File, size: u64) -> Self {
+        // Blocks reserved up front: direct writes into them are overwrites,
+        // which ext4 runs in parallel (writes that allocate or extend the
+        // file take its inode lock one at a time).
+        // Where the file system cannot, writes allocate as they go.
+        if let Ok(len) = libc::off_t::try_from(size)
+            && len > 0
+            // SAFETY: a valid descriptor; fallocate only reserves blocks.
+            && unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0
+        {
+            log::debug!("{}: no blocks reserved: {}", path.display(), io::Error::last_os_error());
+        }
         let direct = File::options()
             .write(true)
             .custom_flags(libc::O_DIRECT)
