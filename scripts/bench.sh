@@ -32,9 +32,14 @@
 # S3 requests of a mount start, of `ls -l` of a 10-file model directory and
 # of a full read, the disk cache's first cold read and a fresh daemon reading
 # it (with its S3 requests), the same file as a plain object read cold
-# through s3fs and rclone mount (Debian packages, installed by setup.sh), and
-# `ls` and mount start-up on registries of 10 and 1,000 model directories
-# (scripts/bench/bench_s3.py; bench-out/bench-s3.json).
+# through s3fs and rclone mount (Debian packages, installed by setup.sh;
+# each timed from a fresh mount, its lookup of the file included, as the
+# mount's is), and `ls` and mount start-up on registries of 10 and 1,000
+# model directories (scripts/bench/bench_s3.py; bench-out/bench-s3.json).
+# While it runs, delayed ACKs are off on the loopback routes (as root; put
+# back after; S3_QUICKACK=0 keeps them): Garage's ranged GET answers
+# otherwise wait 40 ms each for one, which TileDB's small reads pay and a
+# real object store does not charge.
 #
 # Then the TileDB-ML column (unless ML=0), when torch and tiledb-ml are in
 # .venv (`pip install torch tiledb-ml tensorboard`; skipped with a note
