@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
-use modelfs::fs::disk_cache::DiskCacheConfig;
+use modelfs::fs::disk_cache::{DiskCacheConfig, FILL_BUFFER_BYTES};
 use modelfs::fs::read::source::MIN_CHUNK_BYTES;
 use modelfs::fs::{Config, ModelFs};
 use modelfs::fuse::{MountOptions, Mounted};
@@ -111,8 +111,15 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
     let query_bytes = fair.clamp(MIN_CHUNK_BYTES, defaults.query_bytes);
     let per_query = query_bytes * QUERY_MEMORY_FACTOR;
     let queries = defaults.queries.min(((budget / 2) / per_query).max(1) as usize);
-    let cache_bytes = budget.saturating_sub(queries as u64 * per_query);
-    let most = cache_bytes / 2;
+    // Each thread that may fill a disk cache entry (the read-ahead
+    // threads and the FUSE threads) keeps a buffer for its direct writes.
+    let fill_buffers = if uses_disk_cache(args) {
+        (queries + args.threads) as u64 * FILL_BUFFER_BYTES
+    } else {
+        0
+    };
+    let cache_bytes = budget.saturating_sub(queries as u64 * per_query + fill_buffers);
+    let most = cache_bytes / 2 / MIN_CHUNK_BYTES * MIN_CHUNK_BYTES;
     let window = match args.read_ahead {
         Some(bytes) if bytes > most => bail!(
             "--read-ahead {} is more than half the chunk cache ({} of --cache-size {}): raise --cache-size",
@@ -124,10 +131,18 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
         None => defaults.window.min(most),
     };
     info!(
-        "--cache-size {} MiB: a {} MiB chunk cache and {queries} read-ahead queries of {} MiB; read-ahead up to {} MiB per reader",
+        "--cache-size {} MiB: a {} MiB chunk cache, {queries} read-ahead queries of {} MiB{}; read-ahead up to {} MiB per reader",
         budget >> 20,
         cache_bytes >> 20,
         query_bytes >> 20,
+        if fill_buffers > 0 {
+            format!(
+                " and {} MiB of disk cache write buffers",
+                fill_buffers.div_ceil(1 << 20)
+            )
+        } else {
+            String::new()
+        },
         window >> 20
     );
     Ok(Config {
@@ -144,12 +159,18 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// Whether [`disk_cache`] gives the mount a disk cache (unless the default
+/// one cannot be made).
+fn uses_disk_cache(args: &Args) -> bool {
+    !args.no_disk_cache && (args.disk_cache.is_some() || !is_local(&args.registry))
+}
+
 /// The disk cache a mount uses: the one asked for, else the default one
 /// for registries on object stores. A local registry is already on local
 /// disk: a copy only pays for passthrough (see the README's figures), so
 /// it takes one only when asked.
 fn disk_cache(args: &Args) -> Option<DiskCacheConfig> {
-    if args.no_disk_cache {
+    if !uses_disk_cache(args) {
         return None;
     }
     let dir = match &args.disk_cache {
@@ -430,6 +451,26 @@ mod tests {
         assert_eq!((small.prefetch_threads, small.cache_bytes >> 20), (4, 8));
         let tiny = read_settings(&args("/data/reg", Some(1 << 20), None), Config::default()).unwrap();
         assert_eq!((tiny.prefetch_threads, tiny.prefetch_fetch_bytes), (1, MIN_CHUNK_BYTES));
+    }
+
+    #[test]
+    fn disk_cache_write_buffers_count_in_the_budget() {
+        for registry in ["/data/reg", "s3://team/reg"] {
+            for mib in [112, 384, 4096] {
+                let mut a = args(registry, Some(mib << 20), None);
+                let without = read_settings(&a, Config::default()).unwrap();
+                a.no_disk_cache = false;
+                a.disk_cache = Some(PathBuf::from("/nonexistent/cache"));
+                let with = read_settings(&a, Config::default()).unwrap();
+                let in_flight = with.prefetch_threads as u64 * with.prefetch_fetch_bytes * QUERY_MEMORY_FACTOR;
+                let buffers = (with.prefetch_threads + a.threads) as u64 * FILL_BUFFER_BYTES;
+                assert!(
+                    with.cache_bytes + in_flight + buffers <= mib << 20,
+                    "{registry} {mib}M: over the budget"
+                );
+                assert_eq!(with.cache_bytes, without.cache_bytes - buffers, "{registry} {mib}M");
+            }
+        }
     }
 
     #[test]

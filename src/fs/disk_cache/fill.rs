@@ -26,6 +26,10 @@ const DIRECT_ALIGN: usize = 4096;
 /// 3.2-3.7 s with 256 KiB ones (each write a request to the device).
 const DIRECT_CHUNK: usize = 1 << 20;
 
+/// Memory each thread that fills a cache entry keeps for its direct
+/// writes, counted in `--cache-size`.
+pub const FILL_BUFFER_BYTES: u64 = (DIRECT_CHUNK + DIRECT_ALIGN) as u64;
+
 thread_local! {
     /// Each filling thread's aligned buffer, reused: fresh pages cost
     /// what direct writes save.

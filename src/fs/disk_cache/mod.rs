@@ -46,7 +46,7 @@ use std::time::SystemTime;
 use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 
-pub use fill::Fill;
+pub use fill::{FILL_BUFFER_BYTES, Fill};
 pub use store::CachingStore;
 
 use super::counters::Counters;
