@@ -278,15 +278,15 @@ impl ChunkCache {
         let len = stop.saturating_sub(start) as usize;
         Counters::add(&self.counters.tiledb_reads, 1);
         Counters::add(&self.counters.tiledb_bytes, len as u64);
-        let buf = src.read_exact(start, len)?;
-        let total = buf.len();
-        let buf = Arc::new(buf);
+        let read = src.read_exact(start, len)?;
+        let (base, total) = (read.start, read.bytes().len());
+        let buf = Arc::new(read.buf);
         let chunks: Vec<Chunk> = (first..end)
             .map(|c| {
                 let s = usize::try_from((c - first).saturating_mul(cb)).unwrap_or(usize::MAX);
                 Chunk {
                     buf: buf.clone(),
-                    start: s.min(total),
+                    start: base + s.min(total),
                     len: (cb as usize).min(total.saturating_sub(s)),
                 }
             })
@@ -501,8 +501,8 @@ mod tests {
         fn chunk_bytes(&self) -> u64 {
             1 << 20
         }
-        fn read_exact(&self, _offset: u64, len: usize) -> Result<Vec<u8>> {
-            Ok(vec![0; len])
+        fn read_exact(&self, _offset: u64, len: usize) -> Result<super::super::source::QueryBuf> {
+            Ok(vec![0; len].into())
         }
         fn describe(&self) -> &str {
             "end of range"

@@ -6,6 +6,8 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use super::source::QueryBuf;
+
 /// The bytes of one read.
 #[derive(Debug, Clone)]
 pub struct Data(Repr);
@@ -31,6 +33,17 @@ impl Data {
 impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Self {
         Data(Repr::Owned(v))
+    }
+}
+
+impl From<QueryBuf> for Data {
+    fn from(q: QueryBuf) -> Self {
+        let len = q.bytes().len();
+        Data(Repr::Shared {
+            buf: Arc::new(q.buf),
+            start: q.start,
+            len,
+        })
     }
 }
 

@@ -17,7 +17,7 @@ pub trait ChunkSource: Send + Sync {
     /// The cache's unit for this file, in bytes: whole storage tiles.
     fn chunk_bytes(&self) -> u64;
     /// The `len` bytes at `offset`; the range lies within the file.
-    fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn read_exact(&self, offset: u64, len: usize) -> Result<QueryBuf>;
     /// Names the file in log lines.
     fn describe(&self) -> &str;
     /// Whether the bytes come from a local file (a complete disk cache
@@ -25,6 +25,37 @@ pub trait ChunkSource: Send + Sync {
     fn is_local(&self) -> bool {
         false
     }
+}
+
+/// Bytes read in one query: `buf[start..]`.
+pub struct QueryBuf {
+    pub buf: Vec<u8>,
+    pub start: usize,
+}
+
+impl QueryBuf {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl From<Vec<u8>> for QueryBuf {
+    fn from(buf: Vec<u8>) -> Self {
+        QueryBuf { buf, start: 0 }
+    }
+}
+
+/// Memory page size for the placement of query bytes.
+const PAGE_BYTES: usize = 4096;
+
+/// An empty buffer with room for `len` bytes that start on a page boundary
+/// once `start` bytes of padding are in: a disk cache entry takes them
+/// with direct writes straight from there, with no copy to an aligned one.
+fn page_aligned(len: usize) -> (Vec<u8>, usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(len.saturating_add(PAGE_BYTES));
+    let start = buf.as_ptr().align_offset(PAGE_BYTES).min(PAGE_BYTES - 1);
+    buf.resize(start, 0);
+    (buf, start)
 }
 
 /// Smallest cache chunk: arrays with small tiles (TileDB's filestore uses
@@ -101,8 +132,8 @@ impl ChunkSource for FileVersion {
         self.chunk_bytes
     }
 
-    fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(len);
+    fn read_exact(&self, offset: u64, len: usize) -> Result<QueryBuf> {
+        let (mut buf, start) = page_aligned(len);
         let n = self.reader().read_append(offset, len, &mut buf)?;
         if n != len {
             return Err(CoreError::ShortRead {
@@ -113,7 +144,7 @@ impl ChunkSource for FileVersion {
             }
             .into());
         }
-        Ok(buf)
+        Ok(QueryBuf { buf, start })
     }
 
     fn describe(&self) -> &str {
@@ -166,7 +197,7 @@ pub mod testing {
         fn chunk_bytes(&self) -> u64 {
             self.chunk
         }
-        fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        fn read_exact(&self, offset: u64, len: usize) -> Result<QueryBuf> {
             self.reads.fetch_add(1, Ordering::Relaxed);
             let end = offset + len as u64;
             if self
@@ -185,7 +216,7 @@ pub mod testing {
                 }
                 .into());
             }
-            Ok(self.data[offset as usize..end as usize].to_vec())
+            Ok(self.data[offset as usize..end as usize].to_vec().into())
         }
         fn describe(&self) -> &str {
             "memory"
