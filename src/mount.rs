@@ -111,10 +111,12 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
     let query_bytes = fair.clamp(MIN_CHUNK_BYTES, defaults.query_bytes);
     let per_query = query_bytes * QUERY_MEMORY_FACTOR;
     let queries = defaults.queries.min(((budget / 2) / per_query).max(1) as usize);
-    // Each thread that may fill a disk cache entry (the read-ahead
-    // threads and the FUSE threads) keeps a buffer for its direct writes.
+    // A thread that writes bytes not on a memory page into a disk cache
+    // entry keeps a buffer for its direct writes: the FUSE threads (files
+    // written through the mount) and a thread completing an entry. Bytes
+    // read from the registry come on a page and need none.
     let fill_buffers = if uses_disk_cache(args) {
-        (queries + args.threads) as u64 * FILL_BUFFER_BYTES
+        (args.threads + 1) as u64 * FILL_BUFFER_BYTES
     } else {
         0
     };
@@ -463,7 +465,7 @@ mod tests {
                 a.disk_cache = Some(PathBuf::from("/nonexistent/cache"));
                 let with = read_settings(&a, Config::default()).unwrap();
                 let in_flight = with.prefetch_threads as u64 * with.prefetch_fetch_bytes * QUERY_MEMORY_FACTOR;
-                let buffers = (with.prefetch_threads + a.threads) as u64 * FILL_BUFFER_BYTES;
+                let buffers = (a.threads + 1) as u64 * FILL_BUFFER_BYTES;
                 assert!(
                     with.cache_bytes + in_flight + buffers <= mib << 20,
                     "{registry} {mib}M: over the budget"

@@ -346,8 +346,18 @@ fn a_read_ahead_over_half_the_chunk_cache_is_refused_naming_both() {
     let (_model, reg) = registry_with_model(tmp.path(), 1);
     let dir = tmp.path().join("mnt");
     std::fs::create_dir(&dir).unwrap();
-    // 16M leaves an 8 MiB chunk cache beside the read-ahead queries.
-    let out = modelfs(&["mount", &reg, s(&dir), "--cache-size", "16M", "--read-ahead", "9M"]);
+    // 16M leaves an 8 MiB chunk cache beside the read-ahead queries (and
+    // no disk cache, whose write buffers would take some).
+    let out = modelfs(&[
+        "mount",
+        &reg,
+        s(&dir),
+        "--no-disk-cache",
+        "--cache-size",
+        "16M",
+        "--read-ahead",
+        "9M",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -359,7 +369,14 @@ fn a_read_ahead_over_half_the_chunk_cache_is_refused_naming_both() {
     let mnt = MountGuard::new(
         &reg,
         &dir,
-        &["--read-only", "--cache-size", "16M", "--read-ahead", "4M"],
+        &[
+            "--read-only",
+            "--no-disk-cache",
+            "--cache-size",
+            "16M",
+            "--read-ahead",
+            "4M",
+        ],
     );
     assert!(std::fs::read(mnt.dir.join("tiny-model/config.json")).is_ok());
 }

@@ -14,20 +14,21 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// File offsets, lengths and memory of direct writes are multiples of this
 /// (the largest logical block size of common devices).
 const DIRECT_ALIGN: usize = 4096;
 
-/// Bytes copied into the aligned buffer per direct write (each filling
-/// thread keeps one such buffer). A cold 1 GiB read from S3 filling the
-/// cache: 1.67 s of daemon CPU and 3.0 s with 1 MiB writes, 1.9-2.0 s and
-/// 3.2-3.7 s with 256 KiB ones (each write a request to the device).
+/// Bytes copied into the aligned buffer per direct write (each thread that
+/// writes bytes not on a memory page keeps one such buffer). When every
+/// fill went through it, a cold 1 GiB read from S3 filling the cache took
+/// 1.67 s of daemon CPU and 3.0 s with 1 MiB writes, 1.9-2.0 s and 3.2-3.7
+/// s with 256 KiB ones (each write a request to the device).
 const DIRECT_CHUNK: usize = 1 << 20;
 
-/// Memory each thread that fills a cache entry keeps for its direct
-/// writes, counted in `--cache-size`.
+/// Memory each thread that writes bytes not on a memory page into a cache
+/// entry keeps for its direct writes, counted in `--cache-size`.
 pub const FILL_BUFFER_BYTES: u64 = (DIRECT_CHUNK + DIRECT_ALIGN) as u64;
 
 thread_local! {
@@ -53,6 +54,8 @@ pub struct Fill {
     state: Mutex<Ranges>,
     /// Set once by whoever takes the fill to completion.
     finishing: AtomicBool,
+    /// Ranges read and handed to the writer thread, not recorded yet.
+    queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -123,6 +126,7 @@ impl Fill {
             size,
             state: Mutex::new(Ranges::default()),
             finishing: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -171,10 +175,24 @@ impl Fill {
         Ok(())
     }
 
-    /// Waits (up to a minute) for the ranges other threads are writing.
+    /// Counts a range handed to the writer thread until its
+    /// [`Fill::dequeue`].
+    pub fn queue(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The writer thread is done with a range [`Fill::queue`] counted.
+    pub fn dequeue(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Waits (up to a minute) for the ranges other threads are writing or
+    /// have queued.
     pub fn settle(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !self.lock().writing.is_empty() && std::time::Instant::now() < deadline {
+        while (self.queued.load(Ordering::Acquire) > 0 || !self.lock().writing.is_empty())
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }

@@ -39,8 +39,9 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use log::{debug, warn};
@@ -149,7 +150,17 @@ pub struct DiskCache {
     namespace: String,
     counters: Arc<Counters>,
     seq: AtomicU64,
+    /// The writer thread's queue, started at the first write behind.
+    behind: Mutex<Option<SyncSender<WriteJob>>>,
 }
+
+/// Bytes to write into an entry, and what follows.
+pub(crate) type WriteJob = Box<dyn FnOnce() + Send>;
+
+/// Writes a reader may leave behind it at once; more are written by the
+/// reader itself. Each holds one query's buffer (8 MiB on object stores),
+/// most often still held by the chunk cache too.
+const WRITES_BEHIND: usize = 2;
 
 impl DiskCache {
     /// Opens (creating) the cache in `config.dir` for versions of the
@@ -164,6 +175,7 @@ impl DiskCache {
             namespace: namespace.to_string(),
             counters,
             seq: AtomicU64::new(0),
+            behind: Mutex::new(None),
         };
         let lock = cache.lock()?;
         let usage = cache.scan(&lock)?;
@@ -300,6 +312,35 @@ impl DiskCache {
         let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
         fs::write(&tmp, bytes)?;
         fs::rename(&tmp, self.meta_path(name))
+    }
+
+    /// Hands `job` to the cache's writer thread, so that the read whose
+    /// bytes it writes does not wait on the disk; gives it back when that
+    /// thread has [`WRITES_BEHIND`] jobs waiting already, or cannot start.
+    pub(crate) fn write_behind(&self, job: WriteJob) -> std::result::Result<(), WriteJob> {
+        let mut behind = self.behind.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if behind.is_none() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(WRITES_BEHIND);
+            let spawned = std::thread::Builder::new()
+                .name("modelfs-cache-writer".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                });
+            match spawned {
+                Ok(_) => *behind = Some(tx),
+                Err(e) => {
+                    debug!("disk cache: no writer thread: {e}");
+                    return Err(job);
+                }
+            }
+        }
+        let tx = behind.as_ref().expect("started above");
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => Err(job),
+        }
     }
 
     /// Starts an entry of `size` bytes, making room for it first. `tag`

@@ -13,7 +13,7 @@ use log::{debug, warn};
 
 use super::{DiskCache, Fill, VersionKey};
 use crate::fs::counters::Counters;
-use crate::fs::store::{Store, StoredVersion, VersionWriter};
+use crate::fs::store::{QueryBuf, Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
 use crate::registry::{
     Attrs, Committed, DirStat, Entry, FileKind, FileMeta, History, NameSlot, Node, Result, StatLabel, Summaries,
@@ -123,36 +123,87 @@ impl CachedVersion {
         }
     }
 
+    /// The entry bytes read up to `end` go into: the one being filled, or
+    /// one started now once the reads get far enough.
+    fn fill_for(&self, key: &VersionKey, end: u64) -> Option<Arc<Fill>> {
+        let mut local = lock(&self.local);
+        match &*local {
+            Local::Filling(f) => Some(f.clone()),
+            Local::Idle if key.size <= FILL_START_BYTES || end >= FILL_START_BYTES => {
+                match self.cache.begin_fill(&key.file_name(), key.size) {
+                    Some(f) => {
+                        *local = Local::Filling(f.clone());
+                        Some(f)
+                    }
+                    None => {
+                        *local = Local::Off;
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Keeps `bytes`, read from the registry at `offset`, in the entry.
     fn tee(&self, inner: &Arc<dyn StoredVersion>, offset: u64, bytes: &[u8]) {
         let Some(key) = &self.key else { return };
         let end = offset.saturating_add(bytes.len() as u64);
-        let fill = {
-            let mut local = lock(&self.local);
-            match &*local {
-                Local::Filling(f) => f.clone(),
-                Local::Idle if key.size <= FILL_START_BYTES || end >= FILL_START_BYTES => {
-                    match self.cache.begin_fill(&key.file_name(), key.size) {
-                        Some(f) => {
-                            *local = Local::Filling(f.clone());
-                            f
-                        }
-                        None => {
-                            *local = Local::Off;
-                            return;
-                        }
-                    }
-                }
-                _ => return,
-            }
+        if let Some(fill) = self.fill_for(key, end) {
+            self.keeper().keep(inner, &fill, key, offset, bytes);
+        }
+    }
+
+    fn keeper(&self) -> Keeper {
+        Keeper {
+            uri: self.uri.clone(),
+            cache: self.cache.clone(),
+            local: self.local.clone(),
+        }
+    }
+
+    /// [`CachedVersion::tee`] of a query's bytes, written behind the read
+    /// by the cache's writer thread when it has room for them (the read
+    /// then waits on the registry only), else here.
+    fn tee_query(&self, inner: &Arc<dyn StoredVersion>, offset: u64, read: &QueryBuf) {
+        let Some(key) = &self.key else { return };
+        let Some(fill) = self.fill_for(key, offset.saturating_add(read.len as u64)) else {
+            return;
         };
+        fill.queue();
+        let job = {
+            let (keeper, inner, fill, key, read) =
+                (self.keeper(), inner.clone(), fill.clone(), key.clone(), read.clone());
+            Box::new(move || {
+                keeper.keep(&inner, &fill, &key, offset, read.bytes());
+                fill.dequeue();
+            })
+        };
+        if let Err(job) = self.cache.write_behind(job) {
+            job();
+        }
+    }
+}
+
+/// What keeping a version's bytes in its entry needs, apart from the
+/// version: for the cache's writer thread.
+struct Keeper {
+    uri: String,
+    cache: Arc<DiskCache>,
+    local: Arc<Mutex<Local>>,
+}
+
+impl Keeper {
+    /// Records `bytes` at `offset` in `fill`; completes the entry once the
+    /// reads have covered nearly all of it.
+    fn keep(&self, inner: &Arc<dyn StoredVersion>, fill: &Arc<Fill>, key: &VersionKey, offset: u64, bytes: &[u8]) {
         if let Err(e) = fill.record(offset, bytes) {
             warn!("disk cache: writing {} into the cache failed: {e}", self.uri);
             *lock(&self.local) = Local::Off;
             return;
         }
         if fill.covered().saturating_add(FILL_GAP_BYTES) >= key.size && fill.claim() {
-            self.finish(inner.clone(), fill, key.clone());
+            self.finish(inner.clone(), fill.clone(), key.clone());
         }
     }
 
@@ -184,7 +235,8 @@ impl CachedVersion {
 
 /// Reads the ranges `fill` lacks from the registry.
 fn complete(inner: &dyn StoredVersion, fill: &Fill) -> std::result::Result<(), String> {
-    let mut buf = Vec::new();
+    // Bytes already read and waiting to be written are not read again.
+    fill.settle();
     // A range another thread was recording while this one looked may be
     // left partly uncovered: look again.
     for _ in 0..3 {
@@ -192,7 +244,7 @@ fn complete(inner: &dyn StoredVersion, fill: &Fill) -> std::result::Result<(), S
         if missing.is_empty() {
             break;
         }
-        read_into(inner, fill, &missing, &mut buf)?;
+        read_into(inner, fill, &missing)?;
     }
     // What readers are still writing counts once written.
     fill.settle();
@@ -203,19 +255,20 @@ fn read_into(
     inner: &dyn StoredVersion,
     fill: &Fill,
     missing: &[std::ops::Range<u64>],
-    buf: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
     for gap in missing.iter().cloned() {
         let mut at = gap.start;
         while at < gap.end {
             let len = (gap.end - at).min(GAP_READ_BYTES) as usize;
-            buf.resize(len, 0);
-            let n = inner.read_at(at, buf).map_err(|e| format!("reading the rest: {e}"))?;
-            if n == 0 {
+            // Read as queries are, so the bytes go to disk without a copy.
+            let read = inner
+                .read_query(at, len)
+                .map_err(|e| format!("reading the rest: {e}"))?;
+            if read.len == 0 {
                 return Err(format!("the registry gave nothing at byte {at}"));
             }
-            fill.record(at, &buf[..n]).map_err(|e| format!("writing: {e}"))?;
-            at += n as u64;
+            fill.record(at, read.bytes()).map_err(|e| format!("writing: {e}"))?;
+            at += read.len as u64;
         }
     }
     Ok(())
@@ -257,6 +310,22 @@ impl StoredVersion for CachedVersion {
         let n = inner.read_append(offset, len, out)?;
         self.tee(&inner, offset, &out[start..start + n]);
         Ok(n)
+    }
+
+    fn read_query(&self, offset: u64, len: usize) -> Result<QueryBuf> {
+        if matches!(&*lock(&self.local), Local::Ready(_)) {
+            let (mut buf, start) = crate::fs::store::page_aligned(len);
+            let len = self.read_append(offset, len, &mut buf)?;
+            return Ok(QueryBuf {
+                buf: Arc::new(buf),
+                start,
+                len,
+            });
+        }
+        let inner = self.inner()?;
+        let read = inner.read_query(offset, len)?;
+        self.tee_query(&inner, offset, &read);
+        Ok(read)
     }
 
     fn local_file(&self) -> Option<Arc<File>> {

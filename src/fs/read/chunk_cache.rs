@@ -279,8 +279,7 @@ impl ChunkCache {
         Counters::add(&self.counters.tiledb_reads, 1);
         Counters::add(&self.counters.tiledb_bytes, len as u64);
         let read = src.read_exact(start, len)?;
-        let (base, total) = (read.start, read.bytes().len());
-        let buf = Arc::new(read.buf);
+        let (base, total, buf) = (read.start, read.len, read.buf);
         let chunks: Vec<Chunk> = (first..end)
             .map(|c| {
                 let s = usize::try_from((c - first).saturating_mul(cb)).unwrap_or(usize::MAX);
@@ -501,7 +500,7 @@ mod tests {
         fn chunk_bytes(&self) -> u64 {
             1 << 20
         }
-        fn read_exact(&self, _offset: u64, len: usize) -> Result<super::super::source::QueryBuf> {
+        fn read_exact(&self, _offset: u64, len: usize) -> Result<crate::fs::store::QueryBuf> {
             Ok(vec![0; len].into())
         }
         fn describe(&self) -> &str {

@@ -6,7 +6,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use super::source::QueryBuf;
+use crate::fs::store::QueryBuf;
 
 /// The bytes of one read.
 #[derive(Debug, Clone)]
@@ -38,11 +38,10 @@ impl From<Vec<u8>> for Data {
 
 impl From<QueryBuf> for Data {
     fn from(q: QueryBuf) -> Self {
-        let len = q.bytes().len();
         Data(Repr::Shared {
-            buf: Arc::new(q.buf),
+            buf: q.buf,
             start: q.start,
-            len,
+            len: q.len,
         })
     }
 }

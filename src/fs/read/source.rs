@@ -5,7 +5,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::fs::error::{CoreError, Result};
-use crate::fs::store::StoredVersion;
+use crate::fs::store::{QueryBuf, StoredVersion};
 use crate::registry::FileMeta;
 
 /// One immutable version of a file, readable by byte range from any thread.
@@ -25,37 +25,6 @@ pub trait ChunkSource: Send + Sync {
     fn is_local(&self) -> bool {
         false
     }
-}
-
-/// Bytes read in one query: `buf[start..]`.
-pub struct QueryBuf {
-    pub buf: Vec<u8>,
-    pub start: usize,
-}
-
-impl QueryBuf {
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-impl From<Vec<u8>> for QueryBuf {
-    fn from(buf: Vec<u8>) -> Self {
-        QueryBuf { buf, start: 0 }
-    }
-}
-
-/// Memory page size for the placement of query bytes.
-const PAGE_BYTES: usize = 4096;
-
-/// An empty buffer with room for `len` bytes that start on a page boundary
-/// once `start` bytes of padding are in: a disk cache entry takes them
-/// with direct writes straight from there, with no copy to an aligned one.
-fn page_aligned(len: usize) -> (Vec<u8>, usize) {
-    let mut buf: Vec<u8> = Vec::with_capacity(len.saturating_add(PAGE_BYTES));
-    let start = buf.as_ptr().align_offset(PAGE_BYTES).min(PAGE_BYTES - 1);
-    buf.resize(start, 0);
-    (buf, start)
 }
 
 /// Smallest cache chunk: arrays with small tiles (TileDB's filestore uses
@@ -133,8 +102,8 @@ impl ChunkSource for FileVersion {
     }
 
     fn read_exact(&self, offset: u64, len: usize) -> Result<QueryBuf> {
-        let (mut buf, start) = page_aligned(len);
-        let n = self.reader().read_append(offset, len, &mut buf)?;
+        let read = self.reader().read_query(offset, len)?;
+        let n = read.len;
         if n != len {
             return Err(CoreError::ShortRead {
                 uri: self.uri.clone(),
@@ -144,7 +113,7 @@ impl ChunkSource for FileVersion {
             }
             .into());
         }
-        Ok(QueryBuf { buf, start })
+        Ok(read)
     }
 
     fn describe(&self) -> &str {

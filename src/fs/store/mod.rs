@@ -43,11 +43,62 @@ pub trait StoredVersion: Send + Sync {
     fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
         append_zeroed(out, len, |buf| self.read_at(offset, buf))
     }
+    /// Reads up to `len` bytes at `offset` into a buffer of their own,
+    /// placed on a memory page (see [`page_aligned`]); fewer only at the end.
+    fn read_query(&self, offset: u64, len: usize) -> Result<QueryBuf> {
+        let (mut buf, start) = page_aligned(len);
+        let len = self.read_append(offset, len, &mut buf)?;
+        Ok(QueryBuf {
+            buf: std::sync::Arc::new(buf),
+            start,
+            len,
+        })
+    }
     /// A local file holding exactly this version's bytes, when there is one
     /// (a complete disk cache entry).
     fn local_file(&self) -> Option<std::sync::Arc<std::fs::File>> {
         None
     }
+}
+
+/// Bytes read in one query, shared by whatever keeps them (the chunks of
+/// the chunk cache, a disk cache entry's pending write): `buf[start..start
+/// + len]`.
+#[derive(Clone)]
+pub struct QueryBuf {
+    pub buf: std::sync::Arc<Vec<u8>>,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl QueryBuf {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl From<Vec<u8>> for QueryBuf {
+    fn from(buf: Vec<u8>) -> Self {
+        let len = buf.len();
+        QueryBuf {
+            buf: std::sync::Arc::new(buf),
+            start: 0,
+            len,
+        }
+    }
+}
+
+/// Memory page size, for the placement of query bytes.
+const PAGE_BYTES: usize = 4096;
+
+/// An empty buffer with room for `len` bytes that start on a page boundary
+/// once its first `start` bytes (padding, returned) are in: a disk cache
+/// entry takes them with direct writes straight from there.
+pub fn page_aligned(len: usize) -> (Vec<u8>, usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(len.saturating_add(PAGE_BYTES));
+    let start = buf.as_ptr().align_offset(PAGE_BYTES).min(PAGE_BYTES - 1);
+    buf.resize(start, 0);
+    (buf, start)
 }
 
 /// Appends `len` zeroed bytes to `out`, lets `read` fill them, and keeps
