@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
-use modelfs::fs::disk_cache::{DiskCacheConfig, FILL_BUFFER_BYTES};
+use modelfs::fs::disk_cache::{BOUNCE_BYTES, DiskCacheConfig, WRITES_BEHIND};
 use modelfs::fs::read::source::MIN_CHUNK_BYTES;
 use modelfs::fs::{Config, ModelFs};
 use modelfs::fuse::{MountOptions, Mounted};
@@ -111,12 +111,11 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
     let query_bytes = fair.clamp(MIN_CHUNK_BYTES, defaults.query_bytes);
     let per_query = query_bytes * QUERY_MEMORY_FACTOR;
     let queries = defaults.queries.min(((budget / 2) / per_query).max(1) as usize);
-    // A thread that writes bytes not on a memory page into a disk cache
-    // entry keeps a buffer for its direct writes: the FUSE threads (files
-    // written through the mount) and a thread completing an entry. Bytes
-    // read from the registry come on a page and need none.
-    let fill_buffers = if uses_disk_cache(args) {
-        (args.threads + 1) as u64 * FILL_BUFFER_BYTES
+    // A disk cache's buffers: its aligned ones for direct writes, and the
+    // query buffers waiting for its writer thread (or being written),
+    // which the chunk cache may have let go.
+    let fill_buffers = if config.disk_cache.is_some() {
+        BOUNCE_BYTES + (WRITES_BEHIND as u64 + 1) * query_bytes
     } else {
         0
     };
@@ -161,18 +160,12 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// Whether [`disk_cache`] gives the mount a disk cache (unless the default
-/// one cannot be made).
-fn uses_disk_cache(args: &Args) -> bool {
-    !args.no_disk_cache && (args.disk_cache.is_some() || !is_local(&args.registry))
-}
-
 /// The disk cache a mount uses: the one asked for, else the default one
 /// for registries on object stores. A local registry is already on local
 /// disk: a copy only pays for passthrough (see the README's figures), so
 /// it takes one only when asked.
 fn disk_cache(args: &Args) -> Option<DiskCacheConfig> {
-    if !uses_disk_cache(args) {
+    if args.no_disk_cache {
         return None;
     }
     let dir = match &args.disk_cache {
@@ -456,16 +449,21 @@ mod tests {
     }
 
     #[test]
-    fn disk_cache_write_buffers_count_in_the_budget() {
+    fn disk_cache_buffers_count_in_the_budget() {
         for registry in ["/data/reg", "s3://team/reg"] {
             for mib in [112, 384, 4096] {
-                let mut a = args(registry, Some(mib << 20), None);
+                let a = args(registry, Some(mib << 20), None);
                 let without = read_settings(&a, Config::default()).unwrap();
-                a.no_disk_cache = false;
-                a.disk_cache = Some(PathBuf::from("/nonexistent/cache"));
-                let with = read_settings(&a, Config::default()).unwrap();
+                let config = Config {
+                    disk_cache: Some(DiskCacheConfig {
+                        dir: PathBuf::from("/nonexistent/cache"),
+                        limit_bytes: 1 << 30,
+                    }),
+                    ..Config::default()
+                };
+                let with = read_settings(&a, config).unwrap();
                 let in_flight = with.prefetch_threads as u64 * with.prefetch_fetch_bytes * QUERY_MEMORY_FACTOR;
-                let buffers = (a.threads + 1) as u64 * FILL_BUFFER_BYTES;
+                let buffers = BOUNCE_BYTES + (WRITES_BEHIND as u64 + 1) * with.prefetch_fetch_bytes;
                 assert!(
                     with.cache_bytes + in_flight + buffers <= mib << 20,
                     "{registry} {mib}M: over the budget"

@@ -175,12 +175,12 @@ def run(a):
                 sample(f"s3_requests_{name}_read", requests)
 
         disk_cache(a, res, sample, mnt)
-        rest(a, res, sample, mnt, runs, reg)
+        listing_requests(a, res, sample, mnt, runs, reg)
     res["median"] = {k: med(v) for k, v in R.items()}
     report(res, size, a)
 
 
-def rest(a, res, sample, mnt, runs, reg):
+def listing_requests(a, res, sample, mnt, runs, reg):
     """The requests of listing a model directory and of big registries."""
     out, bin_ = Path(a.out), a.bin
 

@@ -5,36 +5,70 @@
 //! overlaps one already recorded is skipped, since both hold the same bytes
 //! of the same version.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use nix::fcntl::{FallocateFlags, fallocate};
 
 /// File offsets, lengths and memory of direct writes are multiples of this
 /// (the largest logical block size of common devices).
 const DIRECT_ALIGN: usize = 4096;
 
-/// Bytes copied into the aligned buffer per direct write (each thread that
-/// writes bytes not on a memory page keeps one such buffer). When every
-/// fill went through it, a cold 1 GiB read from S3 filling the cache took
-/// 1.67 s of daemon CPU and 3.0 s with 1 MiB writes, 1.9-2.0 s and 3.2-3.7
-/// s with 256 KiB ones (each write a request to the device).
+/// Bytes copied into an aligned buffer per direct write. When every fill
+/// went through one, a cold 1 GiB read from S3 filling the cache took 1.67
+/// s of daemon CPU and 3.0 s with 1 MiB writes, 1.9-2.0 s and 3.2-3.7 s
+/// with 256 KiB ones (each write a request to the device).
 const DIRECT_CHUNK: usize = 1 << 20;
 
-/// Memory each thread that writes bytes not on a memory page into a cache
-/// entry keeps for its direct writes, counted in `--cache-size`.
-pub const FILL_BUFFER_BYTES: u64 = (DIRECT_CHUNK + DIRECT_ALIGN) as u64;
+/// Aligned buffers for direct writes of bytes not on a memory page (files
+/// written through the mount, arrays whose tiles are not whole pages),
+/// shared by every thread: a writer waits for one when all are in use.
+const BOUNCE_BUFFERS: usize = 2;
 
-thread_local! {
-    /// Each filling thread's aligned buffer, reused: fresh pages cost
-    /// what direct writes save.
-    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// The memory of those buffers, counted in `--cache-size`.
+pub const BOUNCE_BYTES: u64 = (BOUNCE_BUFFERS * (DIRECT_CHUNK + DIRECT_ALIGN)) as u64;
+
+/// The [`BOUNCE_BUFFERS`], made as first needed and reused: fresh pages
+/// cost what direct writes save.
+struct BouncePool {
+    /// Buffers not in use, and how many were made.
+    free: Mutex<(Vec<Vec<u8>>, usize)>,
+    returned: Condvar,
+}
+
+static BOUNCE: BouncePool = BouncePool {
+    free: Mutex::new((Vec::new(), 0)),
+    returned: Condvar::new(),
+};
+
+impl BouncePool {
+    /// Runs `f` on a [`DIRECT_CHUNK`]-byte buffer aligned for direct writes.
+    fn with<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut buf = {
+            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(buf) = free.0.pop() {
+                    break buf;
+                }
+                if free.1 < BOUNCE_BUFFERS {
+                    free.1 += 1;
+                    break vec![0; DIRECT_CHUNK + DIRECT_ALIGN];
+                }
+                free = self.returned.wait(free).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let r = f(&mut buf[start..start + DIRECT_CHUNK]);
+        self.free.lock().unwrap_or_else(PoisonError::into_inner).0.push(buf);
+        self.returned.notify_one();
+        r
+    }
 }
 
 /// A temporary entry file and what it holds so far.
@@ -54,7 +88,8 @@ pub struct Fill {
     state: Mutex<Ranges>,
     /// Set once by whoever takes the fill to completion.
     finishing: AtomicBool,
-    /// Ranges read and handed to the writer thread, not recorded yet.
+    /// Ranges read and queued for recording ([`Fill::queue`]), not
+    /// recorded yet.
     queued: AtomicUsize,
 }
 
@@ -101,24 +136,27 @@ impl Ranges {
 }
 
 impl Fill {
-    pub(super) fn new(path: PathBuf, file: File, size: u64) -> Self {
-        // Blocks reserved up front: direct writes into them are overwrites,
-        // which ext4 runs in parallel (writes that allocate or extend the
-        // file take its inode lock one at a time).
-        // Where the file system cannot, writes allocate as they go.
+    /// A fill of `size` bytes into `file` at `path`, its blocks reserved
+    /// first: direct writes into them are overwrites, which ext4 runs in
+    /// parallel (writes that allocate or extend the file take its inode
+    /// lock one at a time). Where the file system cannot reserve blocks,
+    /// writes allocate as they go; a full disk is an error.
+    pub(super) fn new(path: PathBuf, file: File, size: u64) -> io::Result<Self> {
         if let Ok(len) = libc::off_t::try_from(size)
             && len > 0
-            // SAFETY: a valid descriptor; fallocate only reserves blocks.
-            && unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0
+            && let Err(e) = fallocate(&file, FallocateFlags::empty(), 0, len)
         {
-            log::debug!("{}: no blocks reserved: {}", path.display(), io::Error::last_os_error());
+            if e == nix::errno::Errno::ENOSPC {
+                return Err(e.into());
+            }
+            log::debug!("{}: no blocks reserved: {e}", path.display());
         }
         let direct = File::options()
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(&path)
             .ok();
-        Fill {
+        Ok(Fill {
             path,
             file,
             direct,
@@ -127,7 +165,7 @@ impl Fill {
             state: Mutex::new(Ranges::default()),
             finishing: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// The version's size in bytes.
@@ -136,7 +174,7 @@ impl Fill {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ranges> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes `bytes`, the version's bytes at `offset`: the parts of them
@@ -149,6 +187,10 @@ impl Fill {
         }
         let todo = {
             let mut st = self.lock();
+            // Never committed: nothing more is worth writing.
+            if st.failed {
+                return Ok(());
+            }
             let todo = st.uncovered(offset..end);
             for r in &todo {
                 st.writing.insert(r.start, r.end);
@@ -175,15 +217,12 @@ impl Fill {
         Ok(())
     }
 
-    /// Counts a range handed to the writer thread until its
-    /// [`Fill::dequeue`].
-    pub fn queue(&self) {
+    /// Counts a range read and queued for recording until the guard
+    /// returned goes (recorded, or dropped unrecorded): [`Fill::settle`]
+    /// waits for it.
+    pub fn queue(self: &Arc<Self>) -> Queued {
         self.queued.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The writer thread is done with a range [`Fill::queue`] counted.
-    pub fn dequeue(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Queued(self.clone())
     }
 
     /// Waits (up to a minute) for the ranges other threads are writing or
@@ -234,15 +273,10 @@ impl Fill {
         }
     }
 
-    /// Writes `mid` at `at` (both aligned) with direct writes, through
-    /// this thread's aligned buffer.
+    /// Writes `mid` at `at` (both aligned) with direct writes, through an
+    /// aligned buffer of the pool.
     fn write_bounced(direct: &File, mid: &[u8], at: u64) -> io::Result<()> {
-        BOUNCE.with_borrow_mut(|buf| -> io::Result<()> {
-            if buf.len() < DIRECT_CHUNK + DIRECT_ALIGN {
-                buf.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
-            }
-            let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-            let aligned = &mut buf[start..start + DIRECT_CHUNK];
+        BOUNCE.with(|aligned| -> io::Result<()> {
             let mut pos = at;
             for piece in mid.chunks(DIRECT_CHUNK) {
                 aligned[..piece.len()].copy_from_slice(piece);
@@ -286,6 +320,15 @@ impl Fill {
     }
 }
 
+/// A range counted by [`Fill::queue`].
+pub struct Queued(Arc<Fill>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for Fill {
     fn drop(&mut self) {
         // A committed part was renamed away; an abandoned one goes.
@@ -307,7 +350,7 @@ mod tests {
             .create_new(true)
             .open(&path)
             .unwrap();
-        (dir, Fill::new(path, file, size))
+        (dir, Fill::new(path, file, size).unwrap())
     }
 
     proptest! {

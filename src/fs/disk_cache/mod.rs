@@ -47,7 +47,7 @@ use std::time::SystemTime;
 use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 
-pub use fill::{FILL_BUFFER_BYTES, Fill};
+pub use fill::{BOUNCE_BYTES, Fill};
 pub use store::CachingStore;
 
 use super::counters::Counters;
@@ -159,8 +159,9 @@ pub(crate) type WriteJob = Box<dyn FnOnce() + Send>;
 
 /// Writes a reader may leave behind it at once; more are written by the
 /// reader itself. Each holds one query's buffer (8 MiB on object stores),
-/// most often still held by the chunk cache too.
-const WRITES_BEHIND: usize = 2;
+/// most often still held by the chunk cache too; with the one being
+/// written, `--cache-size` counts them.
+pub const WRITES_BEHIND: usize = 1;
 
 impl DiskCache {
     /// Opens (creating) the cache in `config.dir` for versions of the
@@ -376,7 +377,14 @@ impl DiskCache {
                 .open(&path)?;
             // Held while the part lives: a part nobody holds is a leftover.
             file.try_lock().map_err(io::Error::other)?;
-            Ok(Some(Arc::new(Fill::new(path, file, size))))
+            match Fill::new(path.clone(), file, size) {
+                Ok(fill) => Ok(Some(Arc::new(fill))),
+                Err(e) => {
+                    // Dropping the part here would need the fill; remove it.
+                    let _ = fs::remove_file(&path);
+                    Err(e)
+                }
+            }
         })();
         started.unwrap_or_else(|e| {
             warn!("disk cache: starting an entry in {}: {e}", self.dir.display());

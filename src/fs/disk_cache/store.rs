@@ -170,13 +170,12 @@ impl CachedVersion {
         let Some(fill) = self.fill_for(key, offset.saturating_add(read.len as u64)) else {
             return;
         };
-        fill.queue();
+        let queued = fill.queue();
         let job = {
-            let (keeper, inner, fill, key, read) =
-                (self.keeper(), inner.clone(), fill.clone(), key.clone(), read.clone());
+            let (keeper, inner, key, read) = (self.keeper(), inner.clone(), key.clone(), read.clone());
             Box::new(move || {
                 keeper.keep(&inner, &fill, &key, offset, read.bytes());
-                fill.dequeue();
+                drop(queued);
             })
         };
         if let Err(job) = self.cache.write_behind(job) {
@@ -314,13 +313,7 @@ impl StoredVersion for CachedVersion {
 
     fn read_query(&self, offset: u64, len: usize) -> Result<QueryBuf> {
         if matches!(&*lock(&self.local), Local::Ready(_)) {
-            let (mut buf, start) = crate::fs::store::page_aligned(len);
-            let len = self.read_append(offset, len, &mut buf)?;
-            return Ok(QueryBuf {
-                buf: Arc::new(buf),
-                start,
-                len,
-            });
+            return crate::fs::store::query_by_append(self, offset, len);
         }
         let inner = self.inner()?;
         let read = inner.read_query(offset, len)?;

@@ -197,3 +197,65 @@ proptest! {
         prop_assert!(c.lookup(last).is_some());
     }
 }
+
+#[test]
+fn writes_behind_wait_in_a_bounded_queue_and_the_rest_come_back_to_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    // The writer thread takes this one and blocks in it.
+    let blocking: WriteJob = Box::new(move || {
+        started_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+    });
+    assert!(c.write_behind(blocking).is_ok());
+    started.recv_timeout(Duration::from_secs(30)).unwrap();
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let job = |ran: &Arc<std::sync::atomic::AtomicUsize>| -> WriteJob {
+        let ran = ran.clone();
+        Box::new(move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    for _ in 0..WRITES_BEHIND {
+        assert!(c.write_behind(job(&ran)).is_ok());
+    }
+    // The queue is full: the job comes back, for the reader to run.
+    let Err(back) = c.write_behind(job(&ran)) else {
+        panic!("a job beyond the queue was taken")
+    };
+    back();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    go.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ran.load(Ordering::SeqCst) < 1 + WRITES_BEHIND {
+        assert!(std::time::Instant::now() < deadline, "queued jobs never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn settle_waits_for_queued_ranges_and_a_range_dropped_unwritten_counts_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let fill = c.begin_fill("queued", 100).unwrap();
+    let queued = fill.queue();
+    let settled = {
+        let fill = fill.clone();
+        std::thread::spawn(move || {
+            fill.settle();
+            fill.covered()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    fill.record(0, &[7; 100]).unwrap();
+    drop(queued);
+    // settle returned only once the queued range was recorded.
+    assert_eq!(settled.join().unwrap(), 100);
+    // A queued range whose job never ran (dropped) does not hold it up.
+    drop(fill.queue());
+    let t = std::time::Instant::now();
+    fill.settle();
+    assert!(t.elapsed() < Duration::from_secs(30));
+}

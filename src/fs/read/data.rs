@@ -38,11 +38,7 @@ impl From<Vec<u8>> for Data {
 
 impl From<QueryBuf> for Data {
     fn from(q: QueryBuf) -> Self {
-        Data(Repr::Shared {
-            buf: q.buf,
-            start: q.start,
-            len: q.len,
-        })
+        Data::shared(q.buf, q.start, q.len)
     }
 }
 

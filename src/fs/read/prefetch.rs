@@ -9,9 +9,9 @@
 //! read elsewhere ends the streak and the window. Each plan names only bytes
 //! not planned before, rounded to whole chunks, and is made only once less
 //! than half the window is left ahead, so plans are large. Once the window
-//! holds a whole query, plans end on multiples of the query size and the
-//! pool cuts them there: every query in a long read is a full one, so an
-//! object store sees the fewest and largest range requests.
+//! holds a whole query, plans end on the last multiple of the query size
+//! within it and the pool cuts them there: every query in a long read is a
+//! full one, so an object store sees the fewest and largest range requests.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -44,15 +44,17 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     /// A planner for a file of `size` bytes cached in `chunk`-byte chunks,
-    /// reading at most `max_window` bytes ahead (plus up to one `query`,
-    /// the read-ahead query size, to end a plan on a query boundary).
+    /// reading at most `max_window` bytes ahead, in queries of `query`
+    /// bytes (rounded down to whole chunks, as [`PrefetchPool::submit`]
+    /// cuts them).
     pub fn new(size: u64, chunk: u64, max_window: u64, query: u64) -> Self {
         let chunk = chunk.max(1);
         Prefetcher {
             size,
             chunk,
             max_window: max_window.max(chunk),
-            query: query.div_ceil(chunk).max(1) * chunk,
+            // Whole chunks, as the pool cuts jobs.
+            query: (query / chunk).max(1) * chunk,
             next: 0,
             window: 0,
             streak: 0,
@@ -77,8 +79,7 @@ impl Prefetcher {
             self.planned_until = 0;
             return None;
         }
-        let round_up_to = |x: u64, unit: u64| x.div_ceil(unit).saturating_mul(unit).min(self.size);
-        let round_up = |x: u64| round_up_to(x, self.chunk);
+        let round_up = |x: u64| x.div_ceil(self.chunk).saturating_mul(self.chunk).min(self.size);
         // Top up only when less than half the window is left ahead, so each
         // plan (and the queries it becomes) covers half a window or more
         // instead of one chunk per read.
@@ -86,12 +87,15 @@ impl Prefetcher {
             return None;
         }
         let start = round_up(end).max(self.planned_until);
-        let unit = if self.window >= self.query {
-            self.query
+        // Within the window: on the last query boundary in it, once it
+        // holds a query (and the plan would not be empty).
+        let reach = end.saturating_add(self.window);
+        let on_query = reach / self.query * self.query;
+        let stop = if self.window >= self.query && on_query > start && reach < self.size {
+            on_query
         } else {
-            self.chunk
+            round_up(reach)
         };
-        let stop = round_up_to(end.saturating_add(self.window), unit);
         if stop > start {
             self.planned_until = stop;
             Some(start..stop)
@@ -324,31 +328,43 @@ mod tests {
 
     #[test]
     fn a_long_read_is_planned_and_cut_in_whole_queries() {
-        // An object store's settings: 1 MiB chunks, 8 MiB queries, 96 MiB
-        // read-ahead, a reader of 128 KiB reads.
-        let (chunk, query) = (MIB, 8 * MIB);
-        let mut p = Prefetcher::new(1000 * MIB, chunk, 96 * MIB, query);
-        let step = 128 * 1024;
-        let mut planned = Vec::new();
-        for i in 0..4000u64 {
-            if let Some(r) = p.on_read(i * step, step) {
-                planned.push(r);
+        // An object store's settings (1 MiB chunks, 8 MiB queries, 96 MiB
+        // read-ahead), and chunks of 3 MiB tiles that do not divide the
+        // query (cut at 6 MiB); a reader of 128 KiB reads, the file ending
+        // off any boundary.
+        for (chunk, query) in [(MIB, 8 * MIB), (3 * MIB, 8 * MIB)] {
+            let size = 1000 * MIB + 12345;
+            let mut p = Prefetcher::new(size, chunk, 96 * MIB, query);
+            let per_job = query / chunk;
+            let step = 128 * 1024;
+            let mut planned = Vec::new();
+            for i in 0..=size / step {
+                if let Some(r) = p.on_read(i * step, step) {
+                    // Never past the window.
+                    assert!(r.end <= (i + 1) * step + 96 * MIB + chunk, "{r:?} at read {i}");
+                    planned.push(r);
+                }
             }
+            for w in planned.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+            assert_eq!(planned.last().unwrap().end, size);
+            let full = planned.iter().skip_while(|r| r.end - r.start < query);
+            let jobs: Vec<_> = full
+                .flat_map(|r| job_ranges(r.start / chunk, r.end.div_ceil(chunk), per_job))
+                .collect();
+            assert!(jobs.len() > 50, "{planned:?}");
+            // Past the first plan of a full window, every job but the
+            // file's last is a whole query on a query boundary.
+            let (last, jobs) = jobs.split_last().unwrap();
+            assert!(
+                jobs.iter()
+                    .skip(1)
+                    .all(|j| j.start % per_job == 0 && j.end - j.start == per_job),
+                "{chunk}: {jobs:?}"
+            );
+            assert_eq!(last.end, size.div_ceil(chunk));
         }
-        for w in planned.windows(2) {
-            assert_eq!(w[0].end, w[1].start);
-        }
-        let full = planned.iter().skip_while(|r| r.end - r.start < query);
-        let jobs: Vec<_> = full
-            .flat_map(|r| job_ranges(r.start / chunk, r.end / chunk, query / chunk))
-            .collect();
-        assert!(jobs.len() > 50, "{planned:?}");
-        // Past the first plan of a full window, every job is a whole query
-        // on a query boundary.
-        assert!(
-            jobs.iter().skip(1).all(|j| j.start % 8 == 0 && j.end - j.start == 8),
-            "{jobs:?}"
-        );
     }
 
     #[test]
@@ -403,7 +419,7 @@ mod tests {
             for (off, len) in reads {
                 if let Some(r) = p.on_read(off, len) {
                     proptest::prop_assert!(r.start < r.end && r.end <= size);
-                    proptest::prop_assert!(r.end - r.start <= 8 * MIB + query + 512 * 1024);
+                    proptest::prop_assert!(r.end - r.start <= 8 * MIB + 512 * 1024);
                     if p.streak > 2 {
                         proptest::prop_assert!(r.start >= last_end.min(r.start));
                     }

@@ -185,7 +185,14 @@ pub mod testing {
                 }
                 .into());
             }
-            Ok(self.data[offset as usize..end as usize].to_vec().into())
+            // Placed as a query's bytes are: after some padding.
+            let (mut buf, start) = crate::fs::store::page_aligned(len);
+            buf.extend_from_slice(&self.data[offset as usize..end as usize]);
+            Ok(QueryBuf {
+                buf: Arc::new(buf),
+                start,
+                len,
+            })
         }
         fn describe(&self) -> &str {
             "memory"

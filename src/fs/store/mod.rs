@@ -46,13 +46,7 @@ pub trait StoredVersion: Send + Sync {
     /// Reads up to `len` bytes at `offset` into a buffer of their own,
     /// placed on a memory page (see [`page_aligned`]); fewer only at the end.
     fn read_query(&self, offset: u64, len: usize) -> Result<QueryBuf> {
-        let (mut buf, start) = page_aligned(len);
-        let len = self.read_append(offset, len, &mut buf)?;
-        Ok(QueryBuf {
-            buf: std::sync::Arc::new(buf),
-            start,
-            len,
-        })
+        query_by_append(self, offset, len)
     }
     /// A local file holding exactly this version's bytes, when there is one
     /// (a complete disk cache entry).
@@ -61,17 +55,32 @@ pub trait StoredVersion: Send + Sync {
     }
 }
 
+/// [`StoredVersion::read_query`] over [`StoredVersion::read_append`].
+pub fn query_by_append<V: StoredVersion + ?Sized>(v: &V, offset: u64, len: usize) -> Result<QueryBuf> {
+    let (mut buf, start) = page_aligned(len);
+    let len = v.read_append(offset, len, &mut buf)?;
+    Ok(QueryBuf {
+        buf: std::sync::Arc::new(buf),
+        start,
+        len,
+    })
+}
+
 /// Bytes read in one query, shared by whatever keeps them (the chunks of
-/// the chunk cache, a disk cache entry's pending write): `buf[start..start
-/// + len]`.
+/// the chunk cache, a disk cache entry's pending write).
 #[derive(Clone)]
 pub struct QueryBuf {
+    /// The buffer the bytes were read into.
     pub buf: std::sync::Arc<Vec<u8>>,
+    /// Where in `buf` they start (after the padding that puts them on a
+    /// memory page).
     pub start: usize,
+    /// How many there are.
     pub len: usize,
 }
 
 impl QueryBuf {
+    /// The bytes read.
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
