@@ -960,6 +960,34 @@ fn an_open_after_another_mount_removed_or_replaced_the_file_sees_that() {
 }
 
 #[test]
+fn fstat_of_a_file_another_mount_removed_while_open_shows_no_links() {
+    // A process holds a file open on mount `a` while mount `b` removes it.
+    // Once `a`'s attributes expire, `fstat` asks the mount again: it must
+    // answer for the open file, not fail with ESTALE. In a plain folder,
+    // whose removal deletes the storage, the file shows as removed (no
+    // links), as after an `rm` on `a` itself; a directory keeps a removed
+    // file's array for snapshots, and `a` reads that.
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, reg) in group_and_plain_registries(tmp.path()).iter().enumerate() {
+        let a = MountGuard::new(reg, &tmp.path().join(format!("a{i}")), &["--metadata-ttl", "1"]);
+        let b = MountGuard::new(reg, &tmp.path().join(format!("b{i}")), &[]);
+        std::fs::write(a.dir.join("held"), b"old").unwrap();
+        let f = std::fs::File::open(a.dir.join("held")).unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 1);
+        std::fs::remove_file(b.dir.join("held")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let meta = f.metadata().unwrap_or_else(|e| panic!("{reg}: fstat: {e}"));
+        assert_eq!(meta.len(), 3, "{reg}");
+        if i > 0 {
+            assert_eq!(meta.nlink(), 0, "{reg}");
+        }
+        drop(f);
+        assert!(!a.dir.join("held").exists(), "{reg}");
+    }
+}
+
+#[test]
 fn a_write_after_another_mount_removed_or_replaced_the_file_lands_in_the_registry() {
     // Mount `a` looked the names up just before mount `b` removed three
     // files and renamed a new one over a fourth; then `a` writes to them

@@ -1708,6 +1708,28 @@ fn a_write_open_after_another_mount_removed_or_replaced_the_file_is_stale() {
     assert!(fresh.lookup(Ino::ROOT, "cut").is_err());
 }
 
+/// `fstat` on a descriptor open on a file another mount then removed
+/// shows the file removed (no links, its size), as one this core removed
+/// while open does; once closed, it is stale, as before.
+#[test]
+fn a_file_another_mount_removed_while_open_here_shows_no_links() {
+    let store = Arc::new(MemStore::new());
+    let staging = tempfile::tempdir().unwrap();
+    let other = core_with_ttl(&store, &staging, std::time::Duration::from_secs(60));
+    put(&other, "f", b"old");
+    // No TTL: every stat asks the registry.
+    let fs = core_with_ttl(&store, &staging, std::time::Duration::ZERO);
+    let ino = fs.lookup(Ino::ROOT, "f").unwrap().ino;
+    let fh = fs.open(ino, false, false, None).unwrap().fh;
+    other.unlink(Ino::ROOT, "f").unwrap();
+    let attr = fs.getattr(ino).unwrap();
+    assert_eq!((attr.nlink, attr.size), (0, 3));
+    fs.release(fh);
+    // Not open, it is stale: the kernel looks the name up again.
+    let errno = fs.getattr(ino).err().map(|e| e.errno);
+    assert!(matches!(errno, Some(libc::ESTALE | libc::ENOENT)), "{errno:?}");
+}
+
 /// Nothing is added to a directory another mount removed since this core
 /// looked it up (its storage stays for snapshots, shown nowhere): the
 /// change is ESTALE, a lookup in it finds nothing, and a file created

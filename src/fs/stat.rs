@@ -60,7 +60,20 @@ impl ModelFs {
             return Ok(self.stats_attr());
         }
         let inode = self.inode(ino)?;
-        let node = self.shown_node(&inode)?;
+        let node = match self.shown_node(&inode) {
+            // Another mount removed the file while it is open here (the
+            // kernel asks by inode for `fstat`, with no handle): it is
+            // still open, so it shows as removed, as one this mount
+            // removed while open does, not ESTALE. Not open, the ESTALE
+            // makes the kernel look its name up again.
+            Err(e) if (e.errno == libc::ESTALE || e.errno == libc::ENOENT) && inode.lock().open_handles > 0 => {
+                let node = inode.lock().node.clone();
+                let mut attr = self.attr_of(ino, &node);
+                attr.nlink = 0;
+                return Ok(attr);
+            }
+            r => r?,
+        };
         let mut attr = self.attr_of(ino, &node);
         if matches!(node, NodeState::Dir(_)) {
             attr.nlink = self.dir_links(&inode);
