@@ -120,7 +120,7 @@ fn read_settings(args: &Args, config: Config) -> Result<Config> {
         0
     };
     let cache_bytes = budget.saturating_sub(queries as u64 * per_query + fill_buffers);
-    let most = cache_bytes / 2 / MIN_CHUNK_BYTES * MIN_CHUNK_BYTES;
+    let most = cache_bytes / 2;
     let window = match args.read_ahead {
         Some(bytes) if bytes > most => bail!(
             "--read-ahead {} is more than half the chunk cache ({} of --cache-size {}): raise --cache-size",
