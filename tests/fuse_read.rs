@@ -196,6 +196,31 @@ fn sequential_reads_are_prefetched_and_header_reads_stay_small() {
 }
 
 #[test]
+fn a_reader_of_large_blocks_gets_the_whole_read_ahead_window_at_its_second_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, reg) = registry_with_model(tmp.path(), 64);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &["--read-ahead", "32M"]);
+    let f = std::fs::File::open(mnt.dir.join("tiny-model/model.safetensors")).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut block, 0).unwrap();
+    f.read_exact_at(&mut block, 1 << 20).unwrap();
+    // Doubling per read, two reads plan one chunk (256 KiB); the whole
+    // window is about 30 MiB past the two reads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let chunks = mnt.stats()["prefetch_chunks"].as_u64().unwrap();
+        if chunks >= 100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two 1 MiB reads read ahead {chunks} chunks"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn bad_entries_are_left_out_or_fail_with_eio_and_the_rest_serves() {
     let tmp = tempfile::tempdir().unwrap();
     // A plain directory as the registry root, as many TileDB-ML users have

@@ -266,12 +266,12 @@ impl ModelFs {
             return Ok(Data::from(buf));
         }
         if let Some(prefetch) = prefetch {
-            let plan = prefetch
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .on_read(offset, size as u64);
+            let (plan, streak_start) = {
+                let mut p = prefetch.lock().unwrap_or_else(PoisonError::into_inner);
+                (p.on_read(offset, size as u64), p.streak_start())
+            };
             if let Some(range) = plan {
-                self.prefetch.submit(source, range);
+                self.prefetch.submit(source, range, streak_start);
             }
         }
         Ok(self.cache.read_data(source.as_ref(), offset, size).map_err(failed)?)
