@@ -6,8 +6,9 @@
 //! own readahead may deliver requests slightly out of order) continues a
 //! streak; from the second read of a streak on, the window of bytes to keep
 //! loaded ahead of the reader doubles, from one chunk up to the maximum. A
-//! streak that starts with a bulk read ([`BULK_READ_BYTES`] or more) takes
-//! the whole window at its second read: its jobs, cut growing from the
+//! streak that starts at the file's start with a bulk read
+//! ([`BULK_READ_BYTES`] or more: a whole-file copy) takes the whole window
+//! at its second read: its jobs, cut growing from the
 //! streak's start, load in parallel, so the reader is fed from the first
 //! small one on while the pipe fills. A read elsewhere ends the streak and
 //! the window. Each plan names only bytes
@@ -29,10 +30,13 @@ use super::chunk_cache::ChunkCache;
 use super::source::ChunkSource;
 use crate::fs::counters::Counters;
 
-/// A streak's first read this large marks a reader of large blocks (`cp`,
-/// `cat`, `rsync` and loaders' buffered reads ask 128 KiB or more a time,
-/// and the kernel's readahead at least doubles that), not one parsing a
-/// header a few KiB at a time. On an object store, each range request
+/// A streak's first read this large, at the file's start, marks a reader
+/// of the whole file in large blocks (`cp`, `cat`, `rsync` and loaders'
+/// buffered reads ask 128 KiB or more a time, and the kernel's readahead
+/// at least doubles that), not one parsing a header a few KiB at a time.
+/// Elsewhere in the file such a streak is as likely one tensor read
+/// through a mapping (the kernel faults in 1 MiB around each access), and
+/// a whole window for each would read far more than asked. On an object store, each range request
 /// streams no faster than the store reads one object (about 80 MB/s from
 /// one Garage node): the window taken at once is what gets the reader to
 /// full speed. Doubling per read instead, a cold 1 GiB read from Garage
@@ -106,7 +110,7 @@ impl Prefetcher {
         } else {
             self.streak = 1;
             self.streak_start = offset;
-            self.bulk = len >= BULK_READ_BYTES;
+            self.bulk = offset == 0 && len >= BULK_READ_BYTES;
             self.window = 0;
             self.next = end;
             self.planned_until = 0;
@@ -440,11 +444,15 @@ mod tests {
         // Topped up once half the window is read.
         assert_eq!(p.on_read(2 * MIB, MIB), None);
         assert_eq!(p.on_read(49 * MIB, MIB), Some(96 * MIB..144 * MIB));
-        // A streak of small reads (a header parsed) still starts small.
+        // A streak of small reads (a header parsed) still starts small, and
+        // so does one of large reads elsewhere (a tensor through a mapping).
         let mut p = Prefetcher::new(1000 * MIB, 256 * 1024, 96 * MIB, 8 * MIB);
         assert_eq!(p.on_read(0, 16 * 1024), None);
         let r = p.on_read(16 * 1024, 16 * 1024).unwrap();
         assert!(r.end <= 512 * 1024, "{r:?}");
+        assert_eq!(p.on_read(300 * MIB, MIB), None);
+        let r = p.on_read(301 * MIB, MIB).unwrap();
+        assert!(r.end <= 303 * MIB, "{r:?}");
     }
 
     #[test]
