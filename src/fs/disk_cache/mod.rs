@@ -345,27 +345,28 @@ impl DiskCache {
     }
 
     /// Starts an entry of `size` bytes, making room for it first. `tag`
-    /// names what is filled (a key's file name); a version another mount
-    /// is filling already, one larger than the whole cache, or no room
-    /// left by parts in flight, gives `None`.
-    pub fn begin_fill(&self, tag: &str, size: u64) -> Option<Arc<Fill>> {
+    /// names what is filled (a key's file name). An empty version, one
+    /// larger than the whole cache, or a cache failure gives
+    /// [`NoFill::Never`]; a version another mount is filling already, or
+    /// no room left beside entries being written, [`NoFill::NotNow`].
+    pub fn begin_fill(&self, tag: &str, size: u64) -> Result<Arc<Fill>, NoFill> {
         if size == 0 {
-            return None;
+            return Err(NoFill::Never);
         }
         if size > self.limit_bytes {
             debug!("disk cache: {tag}: {size} bytes is more than the cache holds");
-            return None;
+            return Err(NoFill::Never);
         }
-        let started = (|| -> io::Result<Option<Arc<Fill>>> {
+        let started = (|| -> io::Result<Result<Arc<Fill>, NoFill>> {
             let lock = self.lock()?;
             let usage = self.scan(&lock)?;
             if usage.filling.iter().any(|t| t == tag) {
                 debug!("disk cache: {tag}: another mount is filling it");
-                return Ok(None);
+                return Ok(Err(NoFill::NotNow));
             }
             if !self.make_room(&lock, usage, size) {
                 debug!("disk cache: {tag}: no room for {size} bytes beside entries being written");
-                return Ok(None);
+                return Ok(Err(NoFill::NotNow));
             }
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             let path = self.dir.join(format!("{tag}.{}.{seq}.{size}.part", std::process::id()));
@@ -378,7 +379,7 @@ impl DiskCache {
             // Held while the part lives: a part nobody holds is a leftover.
             file.try_lock().map_err(io::Error::other)?;
             match Fill::new(path.clone(), file, size) {
-                Ok(fill) => Ok(Some(Arc::new(fill))),
+                Ok(fill) => Ok(Ok(Arc::new(fill))),
                 Err(e) => {
                     // Dropping the part here would need the fill; remove it.
                     let _ = fs::remove_file(&path);
@@ -388,7 +389,7 @@ impl DiskCache {
         })();
         started.unwrap_or_else(|e| {
             warn!("disk cache: starting an entry in {}: {e}", self.dir.display());
-            None
+            Err(NoFill::Never)
         })
     }
 
@@ -496,6 +497,17 @@ impl DiskCache {
         let lock = self.lock()?;
         Ok(self.scan(&lock)?.bytes)
     }
+}
+
+/// Why [`DiskCache::begin_fill`] started no entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoFill {
+    /// Not for this version: empty, larger than the cache, or the cache
+    /// failed.
+    Never,
+    /// Not now: another mount is filling it, or entries being written
+    /// leave no room.
+    NotNow,
 }
 
 /// The CRC-32 of the first `size` bytes of `file`.

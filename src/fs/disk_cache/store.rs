@@ -8,10 +8,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{DiskCache, Fill, VersionKey};
+use super::{DiskCache, Fill, NoFill, VersionKey};
 use crate::fs::counters::Counters;
 use crate::fs::store::{QueryBuf, Store, StoredVersion, VersionWriter};
 use crate::registry::tiledb_ml::{ModelOptions, TileDbMlModel};
@@ -50,7 +51,7 @@ impl CachingStore {
             inner,
             cache: self.cache.clone(),
             uri: uri.to_string(),
-            fill: self.cache.begin_fill("written", size),
+            fill: self.cache.begin_fill("written", size).ok(),
         })
     }
 }
@@ -60,9 +61,17 @@ enum Local {
     Idle,
     Filling(Arc<Fill>),
     Ready(Arc<File>),
-    /// Not cached (no version timestamp, no room, a cache failure).
+    /// No entry could start (another mount was filling it, or entries
+    /// being written left no room): looked for, and started, again from
+    /// this instant on.
+    Later(Instant),
+    /// Not cached (no version timestamp, too large, a cache failure).
     Off,
 }
+
+/// How long a version whose entry could not start waits before trying
+/// again: each try takes the cache's lock and lists its folder.
+const FILL_RETRY: Duration = Duration::from_secs(1);
 
 /// One version: its local file when complete, the registry otherwise.
 struct CachedVersion {
@@ -125,23 +134,37 @@ impl CachedVersion {
 
     /// The entry bytes read up to `end` go into: the one being filled, or
     /// one started now once the reads get far enough.
+    ///
+    /// A version whose entry could not start tries again after
+    /// [`FILL_RETRY`]: by then another mount may have completed it (read
+    /// from it from the next read on), or room may be free.
     fn fill_for(&self, key: &VersionKey, end: u64) -> Option<Arc<Fill>> {
         let mut local = lock(&self.local);
+        let far_enough = key.size <= FILL_START_BYTES || end >= FILL_START_BYTES;
         match &*local {
-            Local::Filling(f) => Some(f.clone()),
-            Local::Idle if key.size <= FILL_START_BYTES || end >= FILL_START_BYTES => {
-                match self.cache.begin_fill(&key.file_name(), key.size) {
-                    Some(f) => {
-                        *local = Local::Filling(f.clone());
-                        Some(f)
-                    }
-                    None => {
-                        *local = Local::Off;
-                        None
-                    }
+            Local::Filling(f) => return Some(f.clone()),
+            Local::Idle if far_enough => {}
+            Local::Later(at) if far_enough && Instant::now() >= *at => {
+                if let Some(file) = self.cache.lookup(key) {
+                    *local = Local::Ready(file);
+                    return None;
                 }
             }
-            _ => None,
+            _ => return None,
+        }
+        match self.cache.begin_fill(&key.file_name(), key.size) {
+            Ok(f) => {
+                *local = Local::Filling(f.clone());
+                Some(f)
+            }
+            Err(NoFill::NotNow) => {
+                *local = Local::Later(Instant::now() + FILL_RETRY);
+                None
+            }
+            Err(NoFill::Never) => {
+                *local = Local::Off;
+                None
+            }
         }
     }
 

@@ -17,7 +17,7 @@ fn cache(dir: &Path, limit_bytes: u64) -> Arc<DiskCache> {
 
 /// Writes `bytes` as the entry of `key` through a fill, in two pieces.
 fn put(c: &DiskCache, key: &VersionKey, bytes: &[u8]) -> Option<Arc<File>> {
-    let fill = c.begin_fill(&key.file_name(), bytes.len() as u64)?;
+    let fill = c.begin_fill(&key.file_name(), bytes.len() as u64).ok()?;
     let half = bytes.len() / 2;
     fill.record(half as u64, &bytes[half..]).unwrap();
     fill.record(0, &bytes[..half]).unwrap();
@@ -109,9 +109,9 @@ fn a_version_being_filled_by_another_mount_is_not_filled_twice() {
     let b = cache(dir.path(), 1 << 20);
     let key = a.key("file:///r/a", 1, 100);
     let fill = a.begin_fill(&key.file_name(), 100).unwrap();
-    assert!(b.begin_fill(&key.file_name(), 100).is_none());
+    assert_eq!(b.begin_fill(&key.file_name(), 100).err(), Some(NoFill::NotNow));
     drop(fill);
-    assert!(b.begin_fill(&key.file_name(), 100).is_some());
+    assert!(b.begin_fill(&key.file_name(), 100).is_ok());
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn parts_left_by_a_dead_writer_are_removed() {
     let c = cache(dir.path(), 1000);
     // As a crashed process leaves it: no one holds its lock.
     fs::write(c.dir().join("abc.999999.0.900.part"), b"x").unwrap();
-    assert!(c.begin_fill("def", 500).is_some());
+    assert!(c.begin_fill("def", 500).is_ok());
     assert!(!c.dir().join("abc.999999.0.900.part").exists());
 }
 
@@ -128,12 +128,13 @@ fn parts_left_by_a_dead_writer_are_removed() {
 fn too_big_for_the_cache_is_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(dir.path(), 100);
-    assert!(c.begin_fill("a", 101).is_none());
+    assert_eq!(c.begin_fill("a", 101).err(), Some(NoFill::Never));
+    assert_eq!(c.begin_fill("empty", 0).err(), Some(NoFill::Never));
     let held = c.begin_fill("b", 60).unwrap();
-    // Parts in flight count: no room for another 60 bytes.
-    assert!(c.begin_fill("c", 60).is_none());
+    // Parts in flight count: no room for another 60 bytes, for now.
+    assert_eq!(c.begin_fill("c", 60).err(), Some(NoFill::NotNow));
     drop(held);
-    assert!(c.begin_fill("c", 60).is_some());
+    assert!(c.begin_fill("c", 60).is_ok());
 }
 
 #[test]
