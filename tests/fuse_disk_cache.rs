@@ -320,25 +320,29 @@ fn the_size_limit_holds_under_a_workload_larger_than_it() {
 #[test]
 fn a_version_another_mount_was_filling_is_read_from_its_entry_once_that_is_done() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = pseudo_random(9, 8 << 20);
+    // Larger than what an entry leaves to be completed at the end, so b's
+    // entry stays unfinished until b reads nearly all of it.
+    let gap = modelfs::fs::disk_cache::FILL_GAP_BYTES as usize;
+    let start = modelfs::fs::disk_cache::FILL_START_BYTES as usize;
+    let data = pseudo_random(9, gap + (32 << 20));
     let reg = registry(tmp.path(), &[("model.bin", &data)]);
     let cache = tmp.path().join("cache");
     // Without passthrough, so reads reach the daemons.
     let a = mount(&reg, &tmp.path().join("a"), &cache, &["--no-passthrough"]);
     let b = mount(&reg, &tmp.path().join("b"), &cache, &["--no-passthrough"]);
-    let mib = 1usize << 20;
     // Small reads, far apart: no read-ahead, each one a read of its own.
     let read = |f: &std::fs::File, at: usize| {
         let mut block = vec![0u8; 4096];
         f.read_exact_at(&mut block, at as u64).unwrap();
         assert!(block == data[at..at + 4096], "bytes at {at}");
     };
-    // b starts the version's entry and leaves it unfinished.
+    // b starts the version's entry (reading past where entries start)
+    // and leaves it unfinished.
     let fb = std::fs::File::open(b.dir.join("model.bin")).unwrap();
-    read(&fb, 0);
+    read(&fb, start + 4096);
     // a finds it being filled: no entry of its own.
     let fa = std::fs::File::open(a.dir.join("model.bin")).unwrap();
-    read(&fa, 0);
+    read(&fa, start + (1 << 20));
     // b reads the rest, and commits the entry.
     let mut all = vec![0u8; data.len()];
     fb.read_exact_at(&mut all, 0).unwrap();
@@ -348,9 +352,10 @@ fn a_version_another_mount_was_filling_is_read_from_its_entry_once_that_is_done(
     // Past the retry delay, a's next read finds the entry, and the one
     // after reads from it (before: a never looked again).
     std::thread::sleep(Duration::from_millis(1100));
-    read(&fa, 2 * mib);
-    read(&fa, 7 * mib);
+    read(&fa, start + (8 << 20));
+    read(&fa, data.len() - 4096);
     assert!(counter(&a, "disk_cache_read_bytes") >= 4096, "{}", a.stats());
+    assert_eq!(counter(&a, "disk_cache_fills"), 0, "{}", a.stats());
 }
 
 #[test]

@@ -48,7 +48,7 @@ use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 
 pub use fill::{BOUNCE_BYTES, Fill};
-pub use store::CachingStore;
+pub use store::{CachingStore, FILL_GAP_BYTES, FILL_START_BYTES};
 
 use super::counters::Counters;
 

@@ -135,22 +135,21 @@ impl CachedVersion {
     /// The entry bytes read up to `end` go into: the one being filled, or
     /// one started now once the reads get far enough.
     ///
-    /// A version whose entry could not start tries again after
-    /// [`FILL_RETRY`]: by then another mount may have completed it (read
-    /// from it from the next read on), or room may be free.
+    /// Another mount may have completed the entry since this version was
+    /// opened: it is then read from, from the next read on. A version
+    /// whose entry could not start tries again after [`FILL_RETRY`].
     fn fill_for(&self, key: &VersionKey, end: u64) -> Option<Arc<Fill>> {
         let mut local = lock(&self.local);
         let far_enough = key.size <= FILL_START_BYTES || end >= FILL_START_BYTES;
         match &*local {
             Local::Filling(f) => return Some(f.clone()),
             Local::Idle if far_enough => {}
-            Local::Later(at) if far_enough && Instant::now() >= *at => {
-                if let Some(file) = self.cache.lookup(key) {
-                    *local = Local::Ready(file);
-                    return None;
-                }
-            }
+            Local::Later(at) if far_enough && Instant::now() >= *at => {}
             _ => return None,
+        }
+        if let Some(file) = self.cache.lookup(key) {
+            *local = Local::Ready(file);
+            return None;
         }
         match self.cache.begin_fill(&key.file_name(), key.size) {
             Ok(f) => {

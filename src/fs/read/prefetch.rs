@@ -8,9 +8,10 @@
 //! loaded ahead of the reader doubles, from one chunk up to the maximum. A
 //! streak that starts at the file's start with a bulk read
 //! ([`BULK_READ_BYTES`] or more: a whole-file copy) takes the whole window
-//! at its second read instead; its jobs, cut growing from the streak's
-//! start, load in parallel and the first, small, come in first. A read
-//! elsewhere ends the streak and the window. Each plan names only bytes
+//! at its second read instead. Near a streak's start the pool cuts jobs
+//! no longer than their distance from it, so a window taken at once loads
+//! in parallel and its first, small jobs come in first. A read elsewhere
+//! ends the streak and the window. Each plan names only bytes
 //! not planned before, rounded to whole chunks, and is made only once less
 //! than half the window is left ahead, so plans are large. Once the window
 //! holds a whole query, plans end on the last multiple of the query size
@@ -31,11 +32,13 @@ use crate::fs::counters::Counters;
 
 /// A streak's first read this large, at the file's start, marks a reader
 /// of the whole file in large blocks (`cp`, `cat`, `rsync` and loaders'
-/// buffered reads ask 128 KiB or more a time, and the kernel's readahead
-/// at least doubles that), not one parsing a header a few KiB at a time.
-/// Elsewhere in a file such a streak is as likely one tensor read through
-/// a mapping (the kernel faults in 1 MiB around each access), for which a
-/// whole window would read far more than asked.
+/// buffered reads ask 128 KiB or more a time, and the kernel's readahead,
+/// raised to 1 MiB when the daemon runs as root, at least doubles that),
+/// not one reading a header a few KiB at a time. A loader mapping the file
+/// starts the same way (the kernel faults in 1 MiB around an access): if
+/// it then reads only the first tensors, up to a window more is read than
+/// it asked. Elsewhere in a file such a streak is as likely one tensor
+/// read through a mapping, for which a whole window would be waste.
 ///
 /// On an object store one range request streams no faster than the store
 /// reads one object (about 80 MB/s from a Garage node), so the reader's
@@ -417,6 +420,8 @@ mod tests {
     #[test]
     fn jobs_are_cut_on_multiples_of_the_query() {
         let cut = |a, b| job_ranges(a, b, 8, 0).collect::<Vec<_>>();
+        // Near the streak's start (chunk 0) a job is also no longer than
+        // its distance from it: 3..6.
         assert_eq!(cut(3, 30), vec![3..6, 6..8, 8..16, 16..24, 24..30]);
         assert_eq!(cut(16, 32), vec![16..24, 24..32]);
         assert_eq!(cut(5, 6), vec![5..6]);
