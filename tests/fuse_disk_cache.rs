@@ -48,18 +48,22 @@ fn wait_counter(m: &MountGuard, name: &str, at_least: u64) {
     }
 }
 
+/// The cache's files named `*.{ext}`.
+fn cache_files(cache: &Path, ext: &str) -> Vec<PathBuf> {
+    let Ok(items) = std::fs::read_dir(cache.join("v1")) else {
+        return Vec::new();
+    };
+    items
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect()
+}
+
 /// Waits until no entry is being written in the cache (no `*.part`).
 fn wait_parts_done(cache: &Path) {
     let start = Instant::now();
     loop {
-        let parts: Vec<_> = std::fs::read_dir(cache.join("v1"))
-            .map(|items| {
-                items
-                    .map(|e| e.unwrap().path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "part"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let parts = cache_files(cache, "part");
         if parts.is_empty() {
             return;
         }
@@ -73,13 +77,8 @@ fn wait_parts_done(cache: &Path) {
 
 /// The cache's entry files (`*.data`) with their sizes.
 fn entries(cache: &Path) -> Vec<(PathBuf, u64)> {
-    let dir = cache.join("v1");
-    let Ok(items) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    items
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+    cache_files(cache, "data")
+        .into_iter()
         .map(|p| {
             let len = std::fs::metadata(&p).unwrap().len();
             (p, len)

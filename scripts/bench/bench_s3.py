@@ -94,9 +94,8 @@ class LoopbackQuickAck:
             self.off = self.loopback_quickack()
             say(f"S3: loopback routes left as they are (delayed ACKs {'off' if self.off else 'on'})")
             return self
-        out = subprocess.run(["ip", "route", "show", "table", "local"], capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            if line.startswith("local 127.") and "quickack" not in line:
+        for line in self.loopback_routes():
+            if "quickack" not in line:
                 r = subprocess.run(["ip", "route", "change", *line.split(), "table", "local", "quickack", "1"],
                                    capture_output=True, text=True)
                 if r.returncode == 0:
@@ -109,12 +108,17 @@ class LoopbackQuickAck:
         return self
 
     @staticmethod
-    def loopback_quickack():
-        """Whether every loopback route has delayed ACKs off."""
+    def loopback_routes():
+        """The loopback routes of the local table, as `ip route` prints them."""
         if not shutil.which("ip"):
-            return False
+            return []
         out = subprocess.run(["ip", "route", "show", "table", "local"], capture_output=True, text=True)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("local 127.")]
+        return [ln for ln in out.stdout.splitlines() if ln.startswith("local 127.")]
+
+    @classmethod
+    def loopback_quickack(cls):
+        """Whether every loopback route has delayed ACKs off."""
+        lines = cls.loopback_routes()
         return bool(lines) and all("quickack 1" in ln for ln in lines)
 
     def __exit__(self, *exc):
