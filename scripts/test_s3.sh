@@ -26,7 +26,7 @@ scripts/garage.sh start "$state/single" 1
     source "$state/single/env"
     cargo test --quiet --test tiledb_import_export --test fuse_read --test fuse_write --test fuse_attrs \
         --test fuse_namespace --test tiledb_crash --test fuse_tools --test group_compaction \
-        --test fuse_disk_cache --test fuse_versions --test tiledb_versions --test dir_stats 2>&1
+        --test fuse_disk_cache --test fuse_versions --test tiledb_versions --test dir_stats --test stored_tiles 2>&1
     MODELFS_BIN="$root/target/debug/modelfs" .venv/bin/python -m pytest -q \
         tests/python/test_interop.py tests/python/test_mount.py tests/python/test_write.py \
         tests/python/test_versions.py tests/python/test_transformers.py

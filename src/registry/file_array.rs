@@ -16,8 +16,11 @@
 //! as of its `modelfs.timestamp`, so fragments of a write that died before
 //! its metadata are never seen.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::tiledb::{
-    self, Array, AttributeSpec, Context, Datatype, DimensionSpec, GlobalWrite, MetaValue, Mode, Schema,
+    self, Array, AttributeSpec, Context, Datatype, DimensionSpec, GlobalWrite, MetaValue, Mode, Schema, StoredTiles,
 };
 
 use super::attrs::{self, Attrs};
@@ -50,6 +53,18 @@ pub const MAX_TILE_BYTES: u64 = 64 << 20;
 /// query spans 600,000 tiles); split, at 48 MiB. Files modelfs writes
 /// (256 KiB tiles) never reach it.
 pub const MAX_QUERY_TILES: u64 = 4096;
+
+/// Versions of at least this many whole tiles, each of at least
+/// [`STORED_MIN_TILE_BYTES`], read their tiles straight from storage when
+/// they are stored unfiltered (as modelfs writes them), in reads of at
+/// least [`STORED_MIN_READ_TILES`] tiles: a query costs the daemon more CPU
+/// and memory, and on a host shared with the store that slows the read.
+/// Measured on a cold 1 GiB read from Garage on loopback (2 cores): the
+/// daemon's CPU from 1.40 to 1.19 s, the read 3% sooner. Smaller versions
+/// and reads keep to queries: finding the tiles costs 4-5 requests.
+pub const STORED_MIN_TILES: u64 = 64;
+pub const STORED_MIN_TILE_BYTES: u64 = 64 * 1024;
+pub const STORED_MIN_READ_TILES: u64 = 4;
 
 /// Bytes gathered before one submit of a streaming write: each submit costs
 /// TileDB a fixed amount of work, so FUSE's 128 KiB-1 MiB writes are
@@ -208,6 +223,21 @@ pub struct FileArray {
     array: Array,
     meta: FileMeta,
     tile_bytes: u64,
+    /// The version's whole tiles as stored, for reads that skip the query
+    /// (see [`STORED_MIN_TILES`]): `None` when it is read by queries only.
+    stored: Option<Stored>,
+}
+
+/// A version's whole tiles, found at its first large read.
+struct Stored {
+    /// Where they are: the version's timestamp, how many fragments it
+    /// wrote (the tail is a fragment of its own), the attribute's index.
+    timestamp: u64,
+    fragments: usize,
+    attribute: usize,
+    tiles: OnceLock<Option<StoredTiles>>,
+    /// Set at the first failed read of them: queries from then on.
+    failed: AtomicBool,
 }
 
 impl FileArray {
@@ -237,7 +267,7 @@ impl FileArray {
             && let Ok(mut own) = Array::open_between(ctx, uri, t, t)
         {
             if covers(meta.size, own.non_empty_domain_u64(0)?) {
-                return Self::from_array(uri, own, meta);
+                return Self::from_array(uri, own, meta, true);
             }
             let committed_at_t = parse_meta(uri, &own.metadata()?).is_ok_and(|m| m.timestamp == Some(t));
             let merged_up_to_t = tiledb::fragments(ctx, uri)?
@@ -248,7 +278,7 @@ impl FileArray {
             }
         }
         let array = Array::open_at(ctx, uri, Mode::Read, meta.timestamp).map_err(|e| unless_removed(ctx, uri, e))?;
-        Self::from_array(uri, array, meta)
+        Self::from_array(uri, array, meta, false)
     }
 
     /// Opens past version `meta` (its `timestamp` set), from its own writes
@@ -265,22 +295,42 @@ impl FileArray {
         if !covers(meta.size, own.non_empty_domain_u64(0)?) {
             return Err(super::versions::gone(uri, t));
         }
-        Self::from_array(uri, own, meta)
+        Self::from_array(uri, own, meta, true)
     }
 
-    fn from_array(uri: &str, array: Array, meta: FileMeta) -> Result<Self> {
-        let tile_bytes = array
-            .schema()?
+    /// `own`: `array` is open on the version's own writes only.
+    fn from_array(uri: &str, array: Array, meta: FileMeta, own: bool) -> Result<Self> {
+        let schema = array.schema()?;
+        let tile_bytes = schema
             .dimensions()?
             .first()
             .and_then(|d| d.as_u64())
             .map_or(TILE_BYTES, |(_, _, extent)| extent);
         check_tile_bytes(uri, tile_bytes)?;
         check_size_written(uri, meta.size, array.non_empty_domain_u64(0)?)?;
+        let stored = match meta.timestamp {
+            Some(timestamp)
+                if own && tile_bytes >= STORED_MIN_TILE_BYTES && meta.size / tile_bytes >= STORED_MIN_TILES =>
+            {
+                schema
+                    .attributes()?
+                    .iter()
+                    .position(|a| a.name == ATTR_NAME)
+                    .map(|attribute| Stored {
+                        timestamp,
+                        fragments: 1 + usize::from(!meta.size.is_multiple_of(tile_bytes)),
+                        attribute,
+                        tiles: OnceLock::new(),
+                        failed: AtomicBool::new(false),
+                    })
+            }
+            _ => None,
+        };
         Ok(FileArray {
             array,
             meta,
             tile_bytes,
+            stored,
         })
     }
 
@@ -317,7 +367,10 @@ impl FileArray {
     /// without zeroing them first; on an error `out` is left as it was.
     pub fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
         let start = out.len();
-        out.reserve(self.meta.size.saturating_sub(offset).min(len as u64) as usize);
+        let end = offset.saturating_add(len as u64).min(self.meta.size);
+        out.reserve(end.saturating_sub(offset) as usize);
+        let offset = self.read_stored_tiles(offset, end, out);
+        let len = end.saturating_sub(offset) as usize;
         for (at, n) in self.query_pieces(offset, len) {
             if let Err(e) = self.array.read_cells_append(ATTR_NAME, at, at + n as u64 - 1, n, out) {
                 out.truncate(start);
@@ -325,6 +378,66 @@ impl FileArray {
             }
         }
         Ok(out.len() - start)
+    }
+
+    /// Whether reads of whole tiles go straight to the stored tiles: they
+    /// were found (at the first large read) and no read of them failed.
+    pub fn reads_stored_tiles(&self) -> bool {
+        self.stored
+            .as_ref()
+            .is_some_and(|s| matches!(s.tiles.get(), Some(Some(_))) && !s.failed.load(Ordering::Relaxed))
+    }
+
+    /// Appends the whole tiles at the start of `offset..end` straight from
+    /// storage when that is how this version is read (see
+    /// [`STORED_MIN_TILES`]); returns where the rest starts. A failure is
+    /// logged once and leaves the version to queries, which report any
+    /// storage error themselves.
+    fn read_stored_tiles(&self, offset: u64, end: u64, out: &mut Vec<u8>) -> u64 {
+        let Some(stored) = &self.stored else {
+            return offset;
+        };
+        let tile = self.tile_bytes;
+        let first = offset / tile;
+        let whole = self.meta.size / tile;
+        let last = (end / tile).min(whole);
+        if !offset.is_multiple_of(tile) || last < first + STORED_MIN_READ_TILES || stored.failed.load(Ordering::Relaxed)
+        {
+            return offset;
+        }
+        let tiles = stored.tiles.get_or_init(|| {
+            let found = StoredTiles::find(
+                self.array.context(),
+                self.uri(),
+                stored.timestamp,
+                stored.fragments,
+                stored.attribute,
+                tile,
+                whole,
+            );
+            match found {
+                Ok(tiles) => {
+                    log::debug!("{}: whole tiles read as stored", self.uri());
+                    Some(tiles)
+                }
+                Err(e) => {
+                    log::info!("{}: read by queries: {e}", self.uri());
+                    None
+                }
+            }
+        });
+        let Some(tiles) = tiles else {
+            return offset;
+        };
+        match tiles.read_append(first, last - first, out) {
+            Ok(()) => last * tile,
+            Err(e) => {
+                if !stored.failed.swap(true, Ordering::Relaxed) {
+                    log::warn!("{}: read by queries from now on: {e}", self.uri());
+                }
+                offset
+            }
+        }
     }
 
     /// The read queries for up to `len` bytes at `offset`, as (first

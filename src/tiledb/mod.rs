@@ -16,6 +16,7 @@ mod group_history;
 mod metadata;
 mod object;
 mod schema;
+mod stored_tiles;
 mod vfs;
 mod wait;
 
@@ -32,7 +33,8 @@ pub use group_history::{
 };
 pub use object::{ObjectType, object_move, object_remove, object_type};
 pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};
-pub use vfs::Vfs;
+pub use stored_tiles::StoredTiles;
+pub use vfs::{ReadFile, Vfs};
 pub use wait::{interposed as yield_interposed, naps as yield_naps};
 
 #[cfg(test)]

@@ -318,6 +318,77 @@ impl Vfs {
     }
 }
 
+/// A file opened once for many ranged reads from any thread (on an object
+/// store an open checks the object; each read is one ranged request).
+pub struct ReadFile {
+    vfs: Vfs,
+    raw: *mut ffi::tiledb_vfs_fh_t,
+    uri: String,
+}
+
+// SAFETY: a read-mode handle only names the file; each read is independent
+// and TileDB's backends serve concurrent reads (as `Vfs` above).
+unsafe impl Send for ReadFile {}
+// SAFETY: as above.
+unsafe impl Sync for ReadFile {}
+
+impl Vfs {
+    /// Opens `uri` for reads through this VFS, which the handle keeps.
+    pub fn open_read(self, uri: &str) -> Result<ReadFile> {
+        let c_uri = cstring("tiledb_vfs_open", uri)?;
+        let mut raw = ptr::null_mut();
+        self.ctx
+            // SAFETY: live handles, valid URI and out-pointer.
+            .call("tiledb_vfs_open", |c| unsafe {
+                ffi::tiledb_vfs_open(c, self.raw, c_uri.as_ptr(), ffi::TILEDB_VFS_READ, &mut raw)
+            })
+            .map_err(|e| in_uri(e, uri))?;
+        Ok(ReadFile {
+            vfs: self,
+            raw,
+            uri: uri.to_string(),
+        })
+    }
+}
+
+impl ReadFile {
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Appends the `len` bytes at `offset` to `out` (all of them, or an
+    /// error and `out` as it was), without zeroing them first.
+    pub fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        out.reserve(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        self.vfs
+            .ctx
+            // SAFETY: open handle; `spare` is valid for writes of `len` bytes
+            // for the whole call, and TileDB reads exactly `len` or fails.
+            .call("tiledb_vfs_read", |c| unsafe {
+                ffi::tiledb_vfs_read(c, self.raw, offset, spare.as_mut_ptr() as *mut c_void, len as u64)
+            })
+            .map_err(|e| in_uri(e, &self.uri))?;
+        // SAFETY: the read above initialized all `len` bytes.
+        unsafe { out.set_len(out.len() + len) };
+        Ok(())
+    }
+}
+
+impl Drop for ReadFile {
+    fn drop(&mut self) {
+        // SAFETY: owned handle, freed once; closing a read handle has
+        // nothing to flush, so its status is not needed.
+        unsafe {
+            ffi::tiledb_vfs_close(self.vfs.ctx.raw(), self.raw);
+            ffi::tiledb_vfs_fh_free(&mut self.raw);
+        }
+    }
+}
+
 impl Drop for Vfs {
     fn drop(&mut self) {
         // SAFETY: owned handle, freed once.

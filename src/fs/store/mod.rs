@@ -102,9 +102,13 @@ const PAGE_BYTES: usize = 4096;
 
 /// An empty buffer with room for `len` bytes that start on a page boundary
 /// once its first `start` bytes (padding, returned) are in: a disk cache
-/// entry takes them with direct writes straight from there.
+/// entry takes them with direct writes straight from there. The room is a
+/// little more than `len`: a read of tiles as stored takes their headers
+/// in too (a few bytes per 64 KiB) before it drops them, and a buffer it
+/// had to grow would move off the page boundary.
 pub fn page_aligned(len: usize) -> (Vec<u8>, usize) {
-    let mut buf: Vec<u8> = Vec::with_capacity(len.saturating_add(PAGE_BYTES));
+    let room = len.saturating_add(len / 1024).saturating_add(PAGE_BYTES);
+    let mut buf: Vec<u8> = Vec::with_capacity(room);
     let start = buf.as_ptr().align_offset(PAGE_BYTES).min(PAGE_BYTES - 1);
     buf.resize(start, 0);
     (buf, start)
