@@ -196,6 +196,23 @@ fn sequential_reads_are_prefetched_and_header_reads_stay_small() {
 }
 
 #[test]
+fn a_large_file_is_read_as_its_stored_tiles_through_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, reg) = registry_with_model(tmp.path(), 24);
+    let mnt = MountGuard::new(&reg, &tmp.path().join("mnt"), &[]);
+    let path = mnt.dir.join("tiny-model/model.safetensors");
+    let want = std::fs::read(model.join("model.safetensors")).unwrap();
+    assert!(std::fs::read(&path).unwrap() == want);
+    let stats = mnt.stats();
+    let (stored, asked) = (
+        stats["stored_tile_bytes"].as_u64().unwrap(),
+        stats["tiledb_bytes"].as_u64().unwrap(),
+    );
+    // All but the header's reads and the last partial tile.
+    assert!(stored >= 16 << 20 && stored * 4 >= asked * 3, "{stats}");
+}
+
+#[test]
 fn a_reader_of_large_blocks_gets_the_whole_read_ahead_window_at_its_second_read() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, reg) = registry_with_model(tmp.path(), 64);

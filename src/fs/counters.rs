@@ -43,6 +43,9 @@ counters! {
     tiledb_reads,
     /// Bytes asked of TileDB.
     tiledb_bytes,
+    /// Of those, bytes read as stored tiles, without a query (a gauge, set
+    /// when read).
+    stored_tile_bytes,
     /// Calls of `sched_yield` in a spin during a read query (TileDB's
     /// thread pool waiting for its tasks) that slept briefly instead (see
     /// `tiledb::wait`; a gauge, set when read).

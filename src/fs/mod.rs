@@ -280,6 +280,7 @@ impl ModelFs {
         c.view_memory_used.store(self.ml_models.memory().0, relaxed);
         c.ml_models_alive.store(self.ml_models.alive() as u64, relaxed);
         c.yield_naps.store(crate::registry::yield_naps(), relaxed);
+        c.stored_tile_bytes.store(crate::registry::stored_tile_bytes(), relaxed);
         c.yield_interposed
             .store(u64::from(crate::registry::yield_interposed()), relaxed);
         c.snapshot()

@@ -38,6 +38,12 @@ pub fn yield_naps() -> u64 {
     crate::tiledb::yield_naps()
 }
 
+/// Bytes of files read as their stored tiles, without a query (see
+/// `file_array::STORED_MIN_TILES`), over the life of the process.
+pub fn stored_tile_bytes() -> u64 {
+    crate::tiledb::stored_tile_bytes()
+}
+
 /// Whether the storage library's `sched_yield` calls reach the process's
 /// own, which naps.
 pub fn yield_interposed() -> bool {

@@ -13,6 +13,8 @@
 //! Every tile read is checked against that layout, so a file that does not
 //! hold it gives an error, never other bytes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::context::Context;
 use super::error::{Error, Result};
 use super::vfs::{ReadFile, Vfs};
@@ -25,6 +27,15 @@ const COUNT_BYTES: usize = 8;
 const CHUNK_HEADER_BYTES: usize = 12;
 
 const OP: &str = "stored tiles";
+
+/// Bytes read as stored tiles over the life of the process.
+static BYTES_READ: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes read as stored tiles, without a query, over the life of the
+/// process.
+pub fn stored_tile_bytes() -> u64 {
+    BYTES_READ.load(Ordering::Relaxed)
+}
 
 /// The first `tiles` tiles of one attribute of one dense fragment, stored
 /// unfiltered, `tile_bytes` each.
@@ -136,6 +147,7 @@ impl StoredTiles {
         match unfilter_in_place(&mut out[start..], self.stride as usize, self.tile_bytes as usize) {
             Ok(n) => {
                 out.truncate(start + n);
+                BYTES_READ.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(why) => {
