@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use modelfs::registry::file_array::{ATTR_NAME, DIM_NAME, DOMAIN_MAX, STORED_MIN_TILES, TILE_BYTES};
 use modelfs::registry::{FileArray, FileKind, FileWriter, Registry};
-use modelfs::tiledb::{AttributeSpec, Context, Datatype, DimensionSpec, Filter, FilterType, Schema, Vfs};
+use modelfs::tiledb::{
+    self, Array, AttributeSpec, Context, Datatype, DimensionSpec, Filter, FilterType, GlobalWrite, Mode, Schema, Vfs,
+};
 
 const TILE: usize = TILE_BYTES as usize;
 
@@ -58,6 +60,7 @@ fn a_large_version_reads_its_stored_tiles_byte_for_byte() {
         (5 * TILE, 10 * TILE + 17),
         ((tiles - 4) * TILE, end),
         (2 * TILE, end + 999),
+        (TILE + 1, 20 * TILE),
         (0, end),
     ];
     for (from, to) in ranges {
@@ -69,7 +72,7 @@ fn a_large_version_reads_its_stored_tiles_byte_for_byte() {
 }
 
 #[test]
-fn filtered_tiles_and_small_versions_are_read_by_queries() {
+fn checksummed_tiles_and_small_versions_are_read_by_queries() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = Context::new().unwrap();
     let root = registry_uri(tmp.path());
@@ -87,7 +90,7 @@ fn filtered_tiles_and_small_versions_are_read_by_queries() {
         &[AttributeSpec {
             name: ATTR_NAME.into(),
             datatype: Datatype::BLOB,
-            filters: vec![Filter::Compress(FilterType::ZSTD, None)],
+            filters: vec![Filter::Plain(FilterType::CHECKSUM_MD5)],
         }],
     )
     .unwrap()
@@ -97,7 +100,7 @@ fn filtered_tiles_and_small_versions_are_read_by_queries() {
     commit(&ctx, &uri, &data);
     let file = FileArray::open(&ctx, &uri).unwrap();
     assert!(read(&file, 0, data.len()).unwrap() == data);
-    assert!(!file.reads_stored_tiles(), "compressed tiles were read as stored");
+    assert!(!file.reads_stored_tiles(), "checksummed tiles were read as stored");
 
     let small = pseudo_random(4, (STORED_MIN_TILES as usize - 1) * TILE);
     let uri = file_with(&tmp.path().join("small"), &ctx, &small);
@@ -120,11 +123,13 @@ fn a_damaged_tile_header_is_an_error_never_other_bytes() {
     let a0 = format!("{fragment}/a0.tdb");
     let mut stored = vfs.read_file(&a0).unwrap();
     let stride = stored.len() / STORED_MIN_TILES as usize;
-    // Tile 10's first chunk now claims 16 bytes fewer than it holds, and
-    // its 16 last bytes come forward as if they were the next header.
-    let size = 10 * stride + 8 + 4;
-    let claimed = u32::from_le_bytes(stored[size..size + 4].try_into().unwrap()) - 16;
-    stored[size..size + 4].copy_from_slice(&claimed.to_le_bytes());
+    // Tile 10's first chunk now holds 16 bytes fewer by both its sizes, so
+    // its last 16 bytes read as the next chunk's header.
+    let sizes = 10 * stride + 8;
+    for word in [sizes, sizes + 4] {
+        let v = u32::from_le_bytes(stored[word..word + 4].try_into().unwrap()) - 16;
+        stored[word..word + 4].copy_from_slice(&v.to_le_bytes());
+    }
     vfs.write_file(&a0, &stored).unwrap();
 
     let file = FileArray::open(&ctx, &uri).unwrap();
@@ -140,4 +145,60 @@ fn a_damaged_tile_header_is_an_error_never_other_bytes() {
     assert!(!file.reads_stored_tiles(), "the damaged tile left stored reads on");
     // Tiles before the damage still read right, by queries now.
     assert!(read(&file, 0, 8 * TILE).unwrap() == data[..8 * TILE]);
+}
+
+#[test]
+fn each_version_reads_its_own_stored_tiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = Context::new().unwrap();
+    let len = STORED_MIN_TILES as usize * TILE + 5;
+    let old = pseudo_random(11, len);
+    let uri = file_with(tmp.path(), &ctx, &old);
+    let old_meta = modelfs::registry::file_array::read_meta(&ctx, &uri).unwrap();
+    let new = pseudo_random(12, len);
+    commit(&ctx, &uri, &new);
+
+    let latest = FileArray::open(&ctx, &uri).unwrap();
+    assert!(read(&latest, 0, len).unwrap() == new);
+    assert!(latest.reads_stored_tiles());
+    let past = FileArray::open_past(&ctx, &uri, old_meta).unwrap();
+    assert!(read(&past, 0, len).unwrap() == old);
+    assert!(past.reads_stored_tiles());
+}
+
+#[test]
+fn a_fragment_that_holds_the_tiles_elsewhere_in_the_file_is_not_read_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = Context::new().unwrap();
+    let tiles = STORED_MIN_TILES as usize + 2;
+    let data = pseudo_random(13, tiles * TILE + 5);
+    let uri = file_with(tmp.path(), &ctx, &data);
+    let t = modelfs::registry::file_array::read_meta(&ctx, &uri)
+        .unwrap()
+        .timestamp
+        .unwrap();
+    // Another writer's fragments at the version's timestamp: the first tile
+    // alone, then all the others in one fragment of as many tiles as the
+    // file has whole ones, which is what modelfs's own layout looks like.
+    let own: Vec<String> = tiledb::fragments(&ctx, &uri)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.uri)
+        .collect();
+    tiledb::delete_fragments(&ctx, &uri, &own).unwrap();
+    let write = |lo: usize, bytes: &[u8]| {
+        let array = Array::open_at(&ctx, &uri, Mode::Write, Some(t)).unwrap();
+        let hi = (lo + bytes.len() - 1) as u64;
+        let mut w = GlobalWrite::new(array, ATTR_NAME, lo as u64, hi).unwrap();
+        w.submit(bytes).unwrap();
+        w.finalize().unwrap();
+    };
+    write(0, &data[..TILE]);
+    let mut rest = data[TILE..].to_vec();
+    rest.resize(tiles * TILE, 0);
+    write(TILE, &rest);
+
+    let file = FileArray::open(&ctx, &uri).unwrap();
+    assert!(read(&file, 0, data.len()).unwrap() == data);
+    assert!(!file.reads_stored_tiles(), "tiles shifted by one were read as stored");
 }

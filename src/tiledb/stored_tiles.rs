@@ -49,23 +49,27 @@ pub struct StoredTiles {
 
 impl StoredTiles {
     /// The fragment of the array at `array_uri` written at `timestamp`
-    /// (both ends of its range) whose attribute `attribute` (by index)
-    /// holds exactly `tiles` unfiltered tiles of `tile_bytes`, when the
-    /// array has `fragments` fragments at that timestamp and exactly one of
-    /// them is such. Lists the fragments, sizes their attribute files and
-    /// reads the first tile.
+    /// (both ends of its range) whose only attribute holds exactly `tiles`
+    /// unfiltered tiles of `tile_bytes`, when the array has `fragments`
+    /// fragments at that timestamp and exactly one of them is such. Lists
+    /// the fragments and sizes their attribute files; then reads the first,
+    /// a middle and the last tile both as stored and through `query` (tile
+    /// index, buffer to append its bytes to), which must agree: a fragment
+    /// not where the layout puts it (another domain, another attribute's
+    /// file) is refused, not read.
     ///
     /// # Errors
     /// Why the tiles cannot be read this way (the fragments, their format
-    /// version, their sizes, a filtered tile) or the storage error.
+    /// version, their sizes, a filtered or disagreeing tile) or the
+    /// storage error.
     pub fn find(
         ctx: &Context,
         array_uri: &str,
         timestamp: u64,
         fragments: usize,
-        attribute: usize,
         tile_bytes: u64,
         tiles: u64,
+        query: impl Fn(u64, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Self> {
         let refuse = |why: String| Error::new(OP, format!("{array_uri}: {why}"));
         if tiles == 0 || tile_bytes == 0 {
@@ -95,7 +99,7 @@ impl StoredTiles {
         }
         let mut found = None;
         for uri in at_t {
-            let file = format!("{}/a{attribute}.tdb", uri.trim_end_matches('/'));
+            let file = format!("{}/a0.tdb", uri.trim_end_matches('/'));
             let size = vfs.file_size(&file)?;
             let stride = size / tiles;
             let fits = size.is_multiple_of(tiles)
@@ -110,15 +114,21 @@ impl StoredTiles {
         }
         let (file, stride) =
             found.ok_or_else(|| refuse(format!("no fragment at {timestamp} holds {tiles} unfiltered tiles")))?;
-        let tiles = StoredTiles {
+        let stored = StoredTiles {
             file: vfs.open_read(&file)?,
             tile_bytes,
             stride,
             tiles,
         };
-        let mut first = Vec::new();
-        tiles.read_append(0, 1, &mut first)?;
-        Ok(tiles)
+        for k in [0, tiles / 2, tiles - 1] {
+            let (mut as_stored, mut queried) = (Vec::new(), Vec::new());
+            stored.read_append(k, 1, &mut as_stored)?;
+            query(k, &mut queried)?;
+            if as_stored != queried {
+                return Err(refuse(format!("{file}: tile {k} is not the array's tile {k}")));
+            }
+        }
+        Ok(stored)
     }
 
     /// How many tiles there are.
@@ -162,9 +172,10 @@ impl StoredTiles {
 }
 
 /// Smallest chunk taken: TileDB cuts tiles into chunks of 64 KiB unless a
-/// filter list asks otherwise. The bound keeps a read's buffer within a
-/// percent of the bytes it returns, whatever an array's files claim.
-const MIN_CHUNK_BYTES: u64 = 1024;
+/// filter list asks otherwise (such arrays are read by queries). The bound
+/// keeps a read's buffer within 0.02% of the bytes it returns, whatever an
+/// array's files claim.
+const MIN_CHUNK_BYTES: u64 = 64 * 1024;
 
 /// The most header bytes a tile of `tile_bytes` may carry here.
 fn max_header_bytes(tile_bytes: u64) -> u64 {

@@ -326,8 +326,9 @@ pub struct ReadFile {
     uri: String,
 }
 
-// SAFETY: a read-mode handle only names the file; each read is independent
-// and TileDB's backends serve concurrent reads (as `Vfs` above).
+// SAFETY: a read-mode handle holds the file's URI and its VFS only; each
+// read forwards to the VFS's read of that URI at an offset, keeping no
+// state between reads, and the VFS serves concurrent reads (see `Vfs`).
 unsafe impl Send for ReadFile {}
 // SAFETY: as above.
 unsafe impl Sync for ReadFile {}
