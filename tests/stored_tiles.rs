@@ -6,11 +6,9 @@
 mod common;
 
 use common::*;
-use modelfs::registry::file_array::{ATTR_NAME, DIM_NAME, DOMAIN_MAX, STORED_MIN_TILES, TILE_BYTES};
+use modelfs::registry::file_array::{self, ATTR_NAME, STORED_MIN_TILES, TILE_BYTES};
 use modelfs::registry::{FileArray, FileKind, FileWriter, Registry};
-use modelfs::tiledb::{
-    self, Array, AttributeSpec, Context, Datatype, DimensionSpec, Filter, FilterType, GlobalWrite, Mode, Schema, Vfs,
-};
+use modelfs::tiledb::{self, Array, Context, Filter, FilterType, GlobalWrite, Mode, Vfs};
 
 const TILE: usize = TILE_BYTES as usize;
 
@@ -76,26 +74,9 @@ fn checksummed_tiles_and_small_versions_are_read_by_queries() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = Context::new().unwrap();
     let root = registry_uri(tmp.path());
-    let uri = format!("{root}/zstd.bin");
+    let uri = format!("{root}/md5.bin");
     Vfs::new(&ctx).unwrap().create_dir(&root).unwrap();
-    Schema::dense(
-        &ctx,
-        &[DimensionSpec {
-            name: DIM_NAME.into(),
-            lo: 0,
-            hi: DOMAIN_MAX,
-            extent: TILE_BYTES,
-            filters: vec![],
-        }],
-        &[AttributeSpec {
-            name: ATTR_NAME.into(),
-            datatype: Datatype::BLOB,
-            filters: vec![Filter::Plain(FilterType::CHECKSUM_MD5)],
-        }],
-    )
-    .unwrap()
-    .create_array(&uri)
-    .unwrap();
+    file_array::create_filtered(&ctx, &uri, vec![Filter::Plain(FilterType::CHECKSUM_MD5)]).unwrap();
     let data = pseudo_random(3, (STORED_MIN_TILES as usize + 2) * TILE);
     commit(&ctx, &uri, &data);
     let file = FileArray::open(&ctx, &uri).unwrap();
@@ -154,7 +135,7 @@ fn each_version_reads_its_own_stored_tiles() {
     let len = STORED_MIN_TILES as usize * TILE + 5;
     let old = pseudo_random(11, len);
     let uri = file_with(tmp.path(), &ctx, &old);
-    let old_meta = modelfs::registry::file_array::read_meta(&ctx, &uri).unwrap();
+    let old_meta = file_array::read_meta(&ctx, &uri).unwrap();
     let new = pseudo_random(12, len);
     commit(&ctx, &uri, &new);
 
@@ -173,10 +154,7 @@ fn a_fragment_that_holds_the_tiles_elsewhere_in_the_file_is_not_read_as_stored()
     let tiles = STORED_MIN_TILES as usize + 2;
     let data = pseudo_random(13, tiles * TILE + 5);
     let uri = file_with(tmp.path(), &ctx, &data);
-    let t = modelfs::registry::file_array::read_meta(&ctx, &uri)
-        .unwrap()
-        .timestamp
-        .unwrap();
+    let t = file_array::read_meta(&ctx, &uri).unwrap().timestamp.unwrap();
     // Another writer's fragments at the version's timestamp: the first tile
     // alone, then all the others in one fragment of as many tiles as the
     // file has whole ones, which is what modelfs's own layout looks like.

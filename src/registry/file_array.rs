@@ -59,9 +59,10 @@ pub const MAX_QUERY_TILES: u64 = 4096;
 /// they are stored unfiltered (as modelfs writes them), in reads of at
 /// least [`STORED_MIN_READ_TILES`] tiles: a query costs the daemon more CPU
 /// and memory, and on a host shared with the store that slows the read.
-/// Measured on a cold 1 GiB read from Garage on loopback (2 cores): the
-/// daemon's CPU from 1.40 to 1.19 s, the read 3% sooner. Smaller versions
-/// and reads keep to queries: finding the tiles costs about 10 requests.
+/// Measured on cold 1 GiB reads from Garage on loopback (2 cores, 3
+/// alternated runs): 2.54-2.68 s against 2.82-3.02 s by queries, the
+/// daemon's CPU 1.1-1.3 s against 1.5-1.8 s. Smaller versions and reads
+/// keep to queries: finding the tiles costs about 10 requests.
 pub const STORED_MIN_TILES: u64 = 64;
 pub const STORED_MIN_TILE_BYTES: u64 = 64 * 1024;
 pub const STORED_MIN_READ_TILES: u64 = 4;
@@ -230,10 +231,6 @@ pub struct FileArray {
 
 /// A version's whole tiles, found at its first large read.
 struct Stored {
-    /// Where they are: the version's timestamp and how many fragments it
-    /// wrote (the tail is a fragment of its own).
-    timestamp: u64,
-    fragments: usize,
     tiles: OnceLock<Option<StoredTiles>>,
     /// Set by the read that looks for them: reads meanwhile use queries
     /// rather than wait on its requests.
@@ -313,23 +310,16 @@ impl FileArray {
         let attributes = schema.attributes()?;
         let plain = matches!(attributes.as_slice(), [a] if a.name == ATTR_NAME && a.filters.is_empty() && !a.nullable)
             && dimension.is_some_and(|(lo, _, _)| lo == 0);
-        let stored = match meta.timestamp {
-            Some(timestamp)
-                if own
-                    && plain
-                    && tile_bytes >= STORED_MIN_TILE_BYTES
-                    && meta.size / tile_bytes >= STORED_MIN_TILES =>
-            {
-                Some(Stored {
-                    timestamp,
-                    fragments: 1 + usize::from(!meta.size.is_multiple_of(tile_bytes)),
-                    tiles: OnceLock::new(),
-                    finding: AtomicBool::new(false),
-                    failed: AtomicBool::new(false),
-                })
-            }
-            _ => None,
-        };
+        let stored = (own
+            && plain
+            && meta.timestamp.is_some()
+            && tile_bytes >= STORED_MIN_TILE_BYTES
+            && meta.size / tile_bytes >= STORED_MIN_TILES)
+            .then(|| Stored {
+                tiles: OnceLock::new(),
+                finding: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+            });
         Ok(FileArray {
             array,
             meta,
@@ -398,7 +388,7 @@ impl FileArray {
     /// logged once and leaves the version to queries, which report any
     /// storage error themselves.
     fn read_stored_tiles(&self, offset: u64, end: u64, out: &mut Vec<u8>) -> u64 {
-        let Some(stored) = &self.stored else {
+        let (Some(stored), Some(timestamp)) = (&self.stored, self.meta.timestamp) else {
             return offset;
         };
         let tile = self.tile_bytes;
@@ -413,8 +403,9 @@ impl FileArray {
             let found = StoredTiles::find(
                 self.array.context(),
                 self.uri(),
-                stored.timestamp,
-                stored.fragments,
+                timestamp,
+                // The tail is a fragment of its own.
+                1 + usize::from(!self.meta.size.is_multiple_of(tile)),
                 tile,
                 whole,
                 |first, out| {
@@ -498,6 +489,12 @@ pub fn covers(size: u64, written: Option<(u64, u64)>) -> bool {
 
 /// Creates an empty file array at `uri` with the layout above.
 pub fn create(ctx: &Context, uri: &str) -> Result<()> {
+    create_filtered(ctx, uri, vec![])
+}
+
+/// [`create`] with `filters` on the attribute, as other tools may write
+/// file arrays (readers accept any filters).
+pub fn create_filtered(ctx: &Context, uri: &str, filters: Vec<tiledb::Filter>) -> Result<()> {
     let schema = Schema::dense(
         ctx,
         &[DimensionSpec {
@@ -510,7 +507,7 @@ pub fn create(ctx: &Context, uri: &str) -> Result<()> {
         &[AttributeSpec {
             name: ATTR_NAME.into(),
             datatype: Datatype::BLOB,
-            filters: vec![],
+            filters,
         }],
     )?;
     schema.create_array(uri)?;

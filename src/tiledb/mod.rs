@@ -34,7 +34,7 @@ pub use group_history::{
 pub use object::{ObjectType, object_move, object_remove, object_type};
 pub use schema::{ArrayType, AttributeInfo, AttributeSpec, DimensionInfo, DimensionSpec, Schema};
 pub use stored_tiles::{StoredTiles, stored_tile_bytes};
-pub use vfs::{ReadFile, Vfs};
+pub use vfs::Vfs;
 pub use wait::{interposed as yield_interposed, naps as yield_naps};
 
 #[cfg(test)]
